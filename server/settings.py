@@ -44,6 +44,26 @@ class Settings(BaseSettings):
     # How often partition maintenance runs (it also runs at start).
     maintenance_interval_s: float = 24 * 3600.0
     shutdown_timeout_s: float = 10.0
+    # Bound on the /healthz database probe (`SELECT 1` through the pool).
+    health_timeout_s: float = 2.0
+
+    # Wire protocol limits (docs/protocol.md#7-limits; per-session ones are announced in hello).
+    max_frame_bytes: int = 1_048_576  # larger: frame_too_large, session stays open
+    frame_hard_limit_bytes: int = 4_194_304  # larger: refused by the WebSocket layer (1009)
+    max_messages_per_s: float = 100.0
+    max_message_burst: int = 200
+    send_queue_len: int = 1024  # frames; full: slow_consumer close
+    max_invalid_updates: int = 10
+    max_open_docs: int = 100
+    max_joined_workspaces: int = 20
+    max_list_items: int = 1000
+    # Tokens (docs/protocol.md#2-connecting-and-authentication). No secret: kept in data_dir.
+    jwt_secret: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_s: float = 5.0
+    max_token_bytes: int = 8192
+    token_ttl_s: float = 3600.0  # default lifetime of tokens `tandem token issue` makes
 
 
 def load_settings(**overrides: object) -> Settings:

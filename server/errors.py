@@ -1,0 +1,126 @@
+"""Error codes of the wire protocol: stable snake_case codes, default messages, close codes.
+
+This module mirrors the table in docs/protocol.md section 8 exactly (tests/test_protocol.py
+compares them). It imports nothing from the server: every layer may raise `TandemError`, and
+the session turns it into an `error` frame. Codes are never renamed or reused; add new ones.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+# Close codes (docs/protocol.md#8-error-codes). 4xxx mirrors an HTTP status where one fits.
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOKEN_EXPIRED = 4440  # "login time-out"; distinct so clients know to refresh the token
+CLOSE_UNSUPPORTED_VERSION = 4426  # "upgrade required"
+CLOSE_TOO_MANY_INVALID_UPDATES = 4422  # "unprocessable"
+CLOSE_SLOW_CONSUMER = 4408  # the peer did not read in time
+CLOSE_GOING_AWAY = 1001  # RFC 6455 7.4.1: server going down
+CLOSE_INTERNAL_ERROR = 1011  # RFC 6455 7.4.1: only when the session loop itself fails
+
+
+class ErrorCode(StrEnum):
+    """Every error code the server may send. The value is what goes on the wire."""
+
+    BAD_JSON = "bad_json"
+    UNSUPPORTED_FRAME = "unsupported_frame"
+    FRAME_TOO_LARGE = "frame_too_large"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_MESSAGE = "invalid_message"
+    UNEXPECTED_MESSAGE = "unexpected_message"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNAUTHORIZED = "unauthorized"
+    TOKEN_EXPIRED = "token_expired"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    NOT_MEMBER = "not_member"
+    WORKSPACE_FULL = "workspace_full"
+    DOC_NOT_OPEN = "doc_not_open"
+    INVALID_UPDATE = "invalid_update"
+    TOO_MANY_INVALID_UPDATES = "too_many_invalid_updates"
+    RATE_LIMITED = "rate_limited"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    SLOW_CONSUMER = "slow_consumer"
+    CONFLICT = "conflict"  # later: workspace state
+    LOCKED = "locked"  # later: locks
+    INVALID_TRANSITION = "invalid_transition"  # later: tasks and workflows
+    SERVER_SHUTDOWN = "server_shutdown"
+    INTERNAL_ERROR = "internal_error"
+
+    @property
+    def message(self) -> str:
+        return _TABLE[self][0]
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code the session ends with after this error; None: it stays open."""
+        return _TABLE[self][1]
+
+
+_TABLE: dict[ErrorCode, tuple[str, int | None]] = {
+    ErrorCode.BAD_JSON: ("The frame is not valid JSON.", None),
+    ErrorCode.UNSUPPORTED_FRAME: ("Binary frames are not used; send JSON text frames.", None),
+    ErrorCode.FRAME_TOO_LARGE: ("The frame is larger than max_frame_bytes.", None),
+    ErrorCode.UNKNOWN_TYPE: ("Unknown message type.", None),
+    ErrorCode.INVALID_MESSAGE: ("The message has missing, extra or mistyped fields.", None),
+    ErrorCode.UNEXPECTED_MESSAGE: ("This message is not allowed at this point of the session.", None),
+    ErrorCode.UNSUPPORTED_VERSION: ("This protocol version is not supported.", CLOSE_UNSUPPORTED_VERSION),
+    ErrorCode.UNAUTHORIZED: ("Authentication failed.", CLOSE_UNAUTHORIZED),
+    ErrorCode.TOKEN_EXPIRED: ("The token has expired.", CLOSE_TOKEN_EXPIRED),
+    ErrorCode.FORBIDDEN: ("You are not allowed to do this.", None),
+    ErrorCode.NOT_FOUND: ("Not found.", None),
+    ErrorCode.NOT_MEMBER: ("Join the workspace first.", None),
+    ErrorCode.WORKSPACE_FULL: ("The workspace has reached its member limit.", None),
+    ErrorCode.DOC_NOT_OPEN: ("Open the document first.", None),
+    ErrorCode.INVALID_UPDATE: ("The update is not a valid Yjs update.", None),
+    ErrorCode.TOO_MANY_INVALID_UPDATES: ("Too many invalid updates.", CLOSE_TOO_MANY_INVALID_UPDATES),
+    ErrorCode.RATE_LIMITED: ("Too many messages; slow down.", None),
+    ErrorCode.LIMIT_EXCEEDED: ("A session limit was reached.", None),
+    ErrorCode.SLOW_CONSUMER: ("The client does not read fast enough.", CLOSE_SLOW_CONSUMER),
+    ErrorCode.CONFLICT: ("The state changed meanwhile.", None),
+    ErrorCode.LOCKED: ("Locked by another agent.", None),
+    ErrorCode.INVALID_TRANSITION: ("This state change is not allowed.", None),
+    ErrorCode.SERVER_SHUTDOWN: ("The server is shutting down.", CLOSE_GOING_AWAY),
+    ErrorCode.INTERNAL_ERROR: ("Internal server error.", None),
+}
+
+RequestId = str | int
+
+
+def error_frame(
+    code: ErrorCode,
+    re: RequestId | None = None,
+    message: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `error` message as a JSON-ready dict (docs/protocol.md#56-errors).
+
+    `details` is omitted when None; `re` is always present (null when unknown).
+    """
+    frame: dict[str, Any] = {"type": "error", "re": re, "code": code.value, "message": message or code.message}
+    if details is not None:
+        frame["details"] = details
+    return frame
+
+
+class TandemError(Exception):
+    """A client-visible failure with a stable code; raised anywhere, sent as an `error` frame.
+
+    Never put internal state (SQL, stack traces, other tenants' ids) in `message` or `details`:
+    both go on the wire. Server faults are not TandemErrors; the session logs them and sends
+    `internal_error`.
+    """
+
+    def __init__(self, code: ErrorCode, message: str | None = None, details: dict[str, Any] | None = None) -> None:
+        self.code = code
+        self.message = message or code.message
+        self.details = details
+        super().__init__(f"{code.value}: {self.message}")
+
+    @property
+    def close_code(self) -> int | None:
+        return self.code.close_code
+
+    def frame(self, re: RequestId | None = None) -> dict[str, Any]:
+        return error_frame(self.code, re, self.message, self.details)

@@ -1,0 +1,666 @@
+"""Sans-I/O core of the wire protocol (docs/protocol.md): messages, `parse`, `encode`, session state.
+
+Rule 1: nothing here awaits, reads a clock or touches a socket. Frames and `now` go in; typed
+messages, `ProtocolError` values and frames to send come out. Rule 2: no import of asyncio,
+starlette, asyncpg or redis. The session loop (server/session.py) drives a `Session`; any change
+here updates docs/protocol.md and tests/test_protocol.py with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Union
+from uuid import UUID
+
+import pydantic_core
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
+
+from server.errors import ErrorCode, RequestId, error_frame
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript clients lose precision above this
+MAX_REQUEST_ID_CHARS = 128
+MAX_ERROR_DETAILS = 20
+
+# --- field types (docs/protocol.md#3-framing-and-encoding) -----------------------------------
+
+
+def _request_id(value: object) -> RequestId:
+    if isinstance(value, str) and 1 <= len(value) <= MAX_REQUEST_ID_CHARS:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_SAFE_INTEGER:
+        return value
+    raise PydanticCustomError("request_id", "id must be a string of 1 to 128 characters or an integer of at most 2^53-1")
+
+
+def _b64decode(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise PydanticCustomError("base64", "Expected a base64 string")
+    try:
+        return binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PydanticCustomError("base64", "Invalid base64: {reason}", {"reason": str(exc)}) from None
+
+
+def _non_empty(value: bytes) -> bytes:
+    if not value:
+        raise PydanticCustomError("empty_update", "The update must not be empty")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "Must not be only whitespace")
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL
+        raise PydanticCustomError("nul_character", "Must not contain NUL characters")
+    return value
+
+
+def _b64encode(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _bytes_or_b64(value: object) -> bytes:
+    return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else _b64decode(value)
+
+
+ReqId = Annotated[RequestId, PlainValidator(_request_id)]
+B64 = Annotated[bytes, PlainValidator(_b64decode)]  # decoded on input; frames bound the size
+B64Update = Annotated[bytes, PlainValidator(_b64decode), AfterValidator(_non_empty)]
+# Server side: bytes in code, base64 on the wire; a client reading frames back gets bytes again.
+B64Out = Annotated[bytes, PlainValidator(_bytes_or_b64), PlainSerializer(_b64encode, return_type=str)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_not_blank)]
+ShortName = Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_not_blank)]
+Visibility = Literal["private", "team", "public"]
+ContentType = Literal["text", "markdown", "json", "yaml", "code"]
+Role = Literal["owner", "admin", "member", "viewer"]
+
+# --- client messages (docs/protocol.md#5-messages) -------------------------------------------
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Hello(_Request):
+    type: Literal["hello"] = "hello"
+    id: ReqId | None = None
+    protocol: Annotated[int, Field(ge=1, le=2**31 - 1)]
+    client: Name | None = None
+
+
+class Ping(_Request):
+    type: Literal["ping"] = "ping"
+    id: ReqId | None = None
+
+
+class WorkspaceCreate(_Request):
+    type: Literal["workspace.create"] = "workspace.create"
+    id: ReqId | None = None
+    name: Name
+    # Not `type`: the envelope's `type` is the message type (docs/protocol.md#54-workspaces).
+    workspace_type: ShortName = "general"
+    visibility: Visibility = "private"
+    max_members: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class WorkspaceList(_Request):
+    type: Literal["workspace.list"] = "workspace.list"
+    id: ReqId | None = None
+
+
+class WorkspaceJoin(_Request):
+    type: Literal["workspace.join"] = "workspace.join"
+    id: ReqId | None = None
+    workspace_id: UUID
+
+
+class WorkspaceLeave(_Request):
+    type: Literal["workspace.leave"] = "workspace.leave"
+    id: ReqId | None = None
+    workspace_id: UUID
+
+
+class DocCreate(_Request):
+    type: Literal["doc.create"] = "doc.create"
+    id: ReqId | None = None
+    workspace_id: UUID
+    title: Name
+    content_type: ContentType = "text"
+    language: ShortName | None = None
+
+
+class DocList(_Request):
+    type: Literal["doc.list"] = "doc.list"
+    id: ReqId | None = None
+    workspace_id: UUID
+
+
+class DocOpen(_Request):
+    type: Literal["doc.open"] = "doc.open"
+    id: ReqId | None = None
+    doc_id: UUID
+    state_vector: B64 = b""
+
+
+class DocClose(_Request):
+    type: Literal["doc.close"] = "doc.close"
+    id: ReqId | None = None
+    doc_id: UUID
+
+
+class DocUpdate(_Request):
+    type: Literal["doc.update"] = "doc.update"
+    id: ReqId | None = None
+    doc_id: UUID
+    update: B64Update
+
+
+class DocResync(_Request):
+    type: Literal["doc.resync"] = "doc.resync"
+    id: ReqId | None = None
+    doc_id: UUID
+    state_vector: B64 = b""
+
+
+ClientMessage = Union[
+    Hello, Ping, WorkspaceCreate, WorkspaceList, WorkspaceJoin, WorkspaceLeave,
+    DocCreate, DocList, DocOpen, DocClose, DocUpdate, DocResync,
+]  # fmt: skip
+CLIENT_MESSAGES: dict[str, type[BaseModel]] = {
+    cls.model_fields["type"].default: cls for cls in ClientMessage.__args__  # type: ignore[attr-defined]
+}
+_CLIENT_ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(Annotated[ClientMessage, Field(discriminator="type")])
+
+# --- server messages: replies carry `re`, events do not ---------------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Out):
+    """Per-session limits, announced in `hello` (docs/protocol.md#7-limits). Defaults = settings."""
+
+    max_frame_bytes: Annotated[int, Field(gt=0)] = 1_048_576
+    max_messages_per_s: Annotated[float, Field(gt=0)] = 100.0
+    max_message_burst: Annotated[int, Field(ge=1)] = 200
+    max_open_docs: Annotated[int, Field(ge=1)] = 100
+    max_joined_workspaces: Annotated[int, Field(ge=1)] = 20
+    max_invalid_updates: Annotated[int, Field(ge=1)] = 10
+    send_queue_len: Annotated[int, Field(ge=1)] = 1024
+
+    @classmethod
+    def from_settings(cls, settings: object) -> Limits:
+        return cls(**{name: getattr(settings, name) for name in cls.model_fields})
+
+
+class WorkspaceInfo(_Out):
+    workspace_id: UUID
+    name: str
+    workspace_type: str
+    visibility: Visibility
+    max_members: int
+    owner_id: str
+    created_at: AwareDatetime
+
+
+class DocumentInfo(_Out):
+    doc_id: UUID
+    workspace_id: UUID
+    title: str
+    content_type: ContentType
+    language: str | None
+    created_by: str
+    created_at: AwareDatetime
+
+
+class MemberInfo(_Out):
+    agent_id: str
+    role: Role
+    joined_at: AwareDatetime
+
+
+class ServerHello(_Out):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    node_id: str
+    server_version: str
+    session_id: UUID
+    agent_id: str
+    tenant_id: UUID
+    expires_at: AwareDatetime
+    limits: Limits
+
+
+class HelloOk(_Out):
+    type: Literal["hello.ok"] = "hello.ok"
+    re: RequestId | None
+    protocol: int
+
+
+class Pong(_Out):
+    type: Literal["pong"] = "pong"
+    re: RequestId | None
+
+
+class WorkspaceCreateOk(_Out):
+    type: Literal["workspace.create.ok"] = "workspace.create.ok"
+    re: RequestId | None
+    workspace: WorkspaceInfo
+
+
+class WorkspaceListOk(_Out):
+    type: Literal["workspace.list.ok"] = "workspace.list.ok"
+    re: RequestId | None
+    workspaces: list[WorkspaceInfo]
+    truncated: bool
+
+
+class WorkspaceJoinOk(_Out):
+    type: Literal["workspace.join.ok"] = "workspace.join.ok"
+    re: RequestId | None
+    workspace: WorkspaceInfo
+    role: Role
+    state_version: int
+    members: list[MemberInfo]
+    documents: list[DocumentInfo]
+    truncated: bool
+
+
+class WorkspaceLeaveOk(_Out):
+    type: Literal["workspace.leave.ok"] = "workspace.leave.ok"
+    re: RequestId | None
+    workspace_id: UUID
+    closed_doc_ids: list[UUID]
+
+
+class DocCreateOk(_Out):
+    type: Literal["doc.create.ok"] = "doc.create.ok"
+    re: RequestId | None
+    document: DocumentInfo
+
+
+class DocListOk(_Out):
+    type: Literal["doc.list.ok"] = "doc.list.ok"
+    re: RequestId | None
+    workspace_id: UUID
+    documents: list[DocumentInfo]
+    truncated: bool
+
+
+class DocOpenOk(_Out):
+    type: Literal["doc.open.ok"] = "doc.open.ok"
+    re: RequestId | None
+    doc_id: UUID
+    workspace_id: UUID
+    seq: int
+    update: B64Out
+    state_vector: B64Out
+
+
+class DocCloseOk(_Out):
+    type: Literal["doc.close.ok"] = "doc.close.ok"
+    re: RequestId | None
+    doc_id: UUID
+
+
+class DocUpdateOk(_Out):
+    type: Literal["doc.update.ok"] = "doc.update.ok"
+    re: RequestId | None
+    doc_id: UUID
+    seq: int | None  # None: the update held nothing new; nothing stored or forwarded
+
+
+class DocResyncOk(_Out):
+    type: Literal["doc.resync.ok"] = "doc.resync.ok"
+    re: RequestId | None
+    doc_id: UUID
+    workspace_id: UUID
+    seq: int
+    update: B64Out
+    state_vector: B64Out
+
+
+class DocOp(_Out):
+    type: Literal["doc.op"] = "doc.op"
+    doc_id: UUID
+    seq: int
+    agent_id: str
+    update: B64Out
+
+
+class SessionClosing(_Out):
+    type: Literal["session.closing"] = "session.closing"
+    code: int
+    reason: str
+    message: str
+
+
+SERVER_MESSAGES: dict[str, type[BaseModel]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        ServerHello, HelloOk, Pong, WorkspaceCreateOk, WorkspaceListOk, WorkspaceJoinOk,
+        WorkspaceLeaveOk, DocCreateOk, DocListOk, DocOpenOk, DocCloseOk, DocUpdateOk,
+        DocResyncOk, DocOp, SessionClosing,
+    )
+}  # fmt: skip
+
+
+def encode(message: BaseModel | dict[str, Any]) -> str:
+    """One server message as the text of one frame (compact JSON, UTF-8 safe).
+
+    Models serialize themselves (bytes fields as base64); dicts (such as `error_frame`) must
+    hold JSON values, UUIDs or datetimes only. Encode once and send the same string to every
+    subscriber of a broadcast.
+    """
+    if isinstance(message, BaseModel):
+        return message.model_dump_json()
+    return pydantic_core.to_json(message).decode()
+
+
+# --- parsing (docs/protocol.md#43-when-each-request-is-legal, steps 1 and 3) -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    """A client fault as a value: what `parse` and `Session` return instead of raising."""
+
+    code: ErrorCode
+    re: RequestId | None = None
+    details: dict[str, Any] | None = None
+    message: str | None = None
+
+    @property
+    def close_code(self) -> int | None:
+        return self.code.close_code
+
+    def frame(self) -> dict[str, Any]:
+        return error_frame(self.code, self.re, self.message, self.details)
+
+
+def frame_bytes(frame: str, limit: int) -> int:
+    """UTF-8 length of `frame`, computed only when it could exceed `limit` (else a lower bound)."""
+    if len(frame) * 4 <= limit:
+        return len(frame)
+    return len(frame.encode("utf-8", "surrogatepass"))
+
+
+def parse(frame: str | bytes, max_frame_bytes: int) -> ClientMessage | ProtocolError:
+    """Validate one received frame into a typed message, or say why not. Never raises.
+
+    Binary frames get `unsupported_frame`, text over `max_frame_bytes` UTF-8 bytes gets
+    `frame_too_large` (not parsed), then `bad_json`, `unknown_type` or `invalid_message`. The
+    error carries the request's `id` as `re` whenever the frame is a JSON object with a valid id.
+    """
+    if not isinstance(frame, str):
+        return ProtocolError(ErrorCode.UNSUPPORTED_FRAME)
+    size = frame_bytes(frame, max_frame_bytes)
+    if size > max_frame_bytes:
+        return ProtocolError(ErrorCode.FRAME_TOO_LARGE, details={"max_frame_bytes": max_frame_bytes, "frame_bytes": size})
+    try:
+        return _CLIENT_ADAPTER.validate_json(frame)
+    except ValidationError as exc:
+        return _classify(frame, exc)
+
+
+def _classify(frame: str, exc: ValidationError) -> ProtocolError:
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    kinds = {e["type"] for e in errors}
+    if kinds & {"json_invalid", "string_unicode"}:  # string_unicode: lone surrogates
+        return ProtocolError(ErrorCode.BAD_JSON)
+    re = _request_id_of(frame)
+    if "union_tag_invalid" in kinds:
+        return ProtocolError(ErrorCode.UNKNOWN_TYPE, re)
+    details = [_field_error(e) for e in errors[:MAX_ERROR_DETAILS]]
+    return ProtocolError(ErrorCode.INVALID_MESSAGE, re, {"errors": details})
+
+
+def _field_error(error: Any) -> dict[str, str]:
+    if error["type"] == "union_tag_not_found":
+        return {"field": "type", "type": "missing", "message": "Field required"}
+    loc = list(error["loc"])
+    if loc and loc[0] in CLIENT_MESSAGES:  # the discriminated union prefixes the tag
+        loc = loc[1:]
+    return {"field": ".".join(str(part) for part in loc), "type": error["type"], "message": error["msg"]}
+
+
+def _request_id_of(frame: str) -> RequestId | None:
+    try:
+        data = pydantic_core.from_json(frame)
+        return _request_id(data["id"]) if isinstance(data, dict) and "id" in data else None
+    except (ValueError, TypeError):  # PydanticCustomError is a ValueError
+        return None
+
+
+# --- session state (docs/protocol.md#4-session-state) -----------------------------------------
+
+
+class ConnState(StrEnum):
+    CONNECTING = "connecting"
+    READY = "ready"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class ConnEvent(StrEnum):
+    ACCEPT = "accept"
+    FAIL = "fail"
+    TRANSPORT_CLOSED = "transport_closed"
+
+
+TRANSITIONS: dict[tuple[ConnState, ConnEvent], ConnState] = {
+    (ConnState.CONNECTING, ConnEvent.ACCEPT): ConnState.READY,
+    (ConnState.CONNECTING, ConnEvent.FAIL): ConnState.CLOSING,
+    (ConnState.READY, ConnEvent.FAIL): ConnState.CLOSING,
+    (ConnState.CONNECTING, ConnEvent.TRANSPORT_CLOSED): ConnState.CLOSED,
+    (ConnState.READY, ConnEvent.TRANSPORT_CLOSED): ConnState.CLOSED,
+    (ConnState.CLOSING, ConnEvent.TRANSPORT_CLOSED): ConnState.CLOSED,
+}
+
+
+class Rule(StrEnum):
+    FIRST = "first"
+    ALWAYS = "always"
+    JOIN_SLOT = "join_slot"
+    JOINED = "joined"
+    OPEN_SLOT = "open_slot"
+    OPEN = "open"
+
+
+RULES: dict[str, Rule] = {
+    "hello": Rule.FIRST,
+    "ping": Rule.ALWAYS,
+    "workspace.create": Rule.ALWAYS,
+    "workspace.list": Rule.ALWAYS,
+    "workspace.join": Rule.JOIN_SLOT,
+    "workspace.leave": Rule.JOINED,
+    "doc.create": Rule.JOINED,
+    "doc.list": Rule.JOINED,
+    "doc.open": Rule.OPEN_SLOT,
+    "doc.close": Rule.OPEN,
+    "doc.update": Rule.OPEN,
+    "doc.resync": Rule.OPEN,
+}
+
+
+class LocalProtocolError(RuntimeError):
+    """The server drove the session wrongly (a bug here, never the client's doing)."""
+
+
+@dataclass
+class TokenBucket:
+    """`rate_per_s` tokens a second, at most `burst` saved up. `now` is a monotonic clock in s."""
+
+    rate_per_s: float
+    burst: int
+    tokens: float = field(init=False)
+    updated_at: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.burst)
+
+    def take(self, now: float) -> float:
+        """Take one token: 0.0 when taken, else the seconds until one is available."""
+        if self.updated_at is not None:
+            self.tokens = min(float(self.burst), self.tokens + max(0.0, now - self.updated_at) * self.rate_per_s)
+        self.updated_at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate_per_s
+
+
+@dataclass(frozen=True)
+class Closing:
+    """What to send to end a session (docs/protocol.md#44-the-closing-sequence)."""
+
+    frames: tuple[str, ...]  # the `error` frame, then `session.closing`; both skip the queue
+    code: int
+    reason: str
+
+
+class Session:
+    """The protocol state of one connection, without I/O.
+
+    The loop calls `accept` (or `fail`) once the token is checked, feeds every received frame to
+    `receive`, and reports what handlers did (`joined`, `left`, `opened`, `closed_doc`,
+    `invalid_update`). Bounds: at most `max_joined_workspaces` joined and `max_open_docs` open.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.state = ConnState.CONNECTING
+        self.protocol = PROTOCOL_VERSION
+        self.workspaces: set[UUID] = set()
+        self.docs: dict[UUID, UUID] = {}  # open doc_id -> its workspace_id
+        self.frames_received = 0
+        self.invalid_updates = 0
+        self._bucket = TokenBucket(limits.max_messages_per_s, limits.max_message_burst)
+
+    def _apply(self, event: ConnEvent) -> None:
+        try:
+            self.state = TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise LocalProtocolError(f"{event.value} is not legal in state {self.state.value}") from None
+
+    def accept(self, hello: ServerHello) -> str:
+        """connecting -> ready; returns the `hello` frame to send first."""
+        self._apply(ConnEvent.ACCEPT)
+        return encode(hello)
+
+    def receive(self, frame: str | bytes, now: float) -> ClientMessage | ProtocolError | None:
+        """Steps 1-4 of docs/protocol.md#43: a message to handle, an error to send, or None
+        (the session is closing and the frame is discarded). `now` is a monotonic time in s."""
+        if self.state is ConnState.CLOSING:
+            return None
+        if self.state is not ConnState.READY:
+            raise LocalProtocolError(f"frame received in state {self.state.value}")
+        first = self.frames_received == 0
+        self.frames_received += 1
+        result = parse(frame, self.limits.max_frame_bytes)
+        if isinstance(result, ProtocolError) and result.code in (ErrorCode.UNSUPPORTED_FRAME, ErrorCode.FRAME_TOO_LARGE):
+            return result
+        wait_s = self._bucket.take(now)
+        if wait_s > 0:
+            re = result.re if isinstance(result, ProtocolError) else result.id
+            return ProtocolError(ErrorCode.RATE_LIMITED, re, {"retry_after_ms": math.ceil(wait_s * 1000)})
+        if isinstance(result, ProtocolError):
+            return result
+        return self._check(result, first) or result
+
+    def _check(self, msg: ClientMessage, first: bool) -> ProtocolError | None:
+        rule = RULES[msg.type]
+        if rule is Rule.FIRST:
+            assert isinstance(msg, Hello)
+            if not first:
+                return ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, msg.id)
+            if msg.protocol not in SUPPORTED_VERSIONS:
+                return ProtocolError(ErrorCode.UNSUPPORTED_VERSION, msg.id, {"supported": list(SUPPORTED_VERSIONS)})
+            self.protocol = msg.protocol
+        elif rule is Rule.JOIN_SLOT:
+            ws_id = msg.workspace_id  # type: ignore[union-attr]
+            if ws_id not in self.workspaces and len(self.workspaces) >= self.limits.max_joined_workspaces:
+                return self._limit(msg.id, "max_joined_workspaces", self.limits.max_joined_workspaces)
+        elif rule is Rule.JOINED:
+            return self.check_joined(msg.workspace_id, msg.id)  # type: ignore[union-attr]
+        elif rule is Rule.OPEN_SLOT:
+            doc_id = msg.doc_id  # type: ignore[union-attr]
+            if doc_id not in self.docs and len(self.docs) >= self.limits.max_open_docs:
+                return self._limit(msg.id, "max_open_docs", self.limits.max_open_docs)
+        elif rule is Rule.OPEN and msg.doc_id not in self.docs:  # type: ignore[union-attr]
+            return ProtocolError(ErrorCode.DOC_NOT_OPEN, msg.id)
+        return None
+
+    @staticmethod
+    def _limit(re: RequestId | None, name: str, value: int) -> ProtocolError:
+        return ProtocolError(ErrorCode.LIMIT_EXCEEDED, re, {"limit": name, "value": value})
+
+    def check_joined(self, workspace_id: UUID, re: RequestId | None = None) -> ProtocolError | None:
+        """`not_member` unless this session joined the workspace (also for `doc.open` lookups)."""
+        return None if workspace_id in self.workspaces else ProtocolError(ErrorCode.NOT_MEMBER, re)
+
+    def joined(self, workspace_id: UUID) -> None:
+        self.workspaces.add(workspace_id)
+
+    def left(self, workspace_id: UUID) -> list[UUID]:
+        """Forget the workspace; returns the session's documents in it, which are now closed."""
+        self.workspaces.discard(workspace_id)
+        closed = [doc_id for doc_id, ws_id in self.docs.items() if ws_id == workspace_id]
+        for doc_id in closed:
+            del self.docs[doc_id]
+        return closed
+
+    def opened(self, doc_id: UUID, workspace_id: UUID) -> None:
+        if workspace_id not in self.workspaces:
+            raise LocalProtocolError("document opened in a workspace the session has not joined")
+        self.docs[doc_id] = workspace_id
+
+    def closed_doc(self, doc_id: UUID) -> None:
+        self.docs.pop(doc_id, None)
+
+    def invalid_update(self, re: RequestId | None = None, details: dict[str, Any] | None = None) -> ProtocolError:
+        """Count one invalid update: `invalid_update`, or at the budget `too_many_invalid_updates`
+        (which closes: pass it to `fail`)."""
+        self.invalid_updates += 1
+        if self.invalid_updates >= self.limits.max_invalid_updates:
+            return ProtocolError(ErrorCode.TOO_MANY_INVALID_UPDATES, re, details)
+        return ProtocolError(ErrorCode.INVALID_UPDATE, re, details)
+
+    def fail(self, error: ErrorCode | ProtocolError, re: RequestId | None = None) -> Closing | None:
+        """Start closing for an error with a close code: -> closing, and the frames to send.
+
+        None when the session is already closing or closed (a second reason to close, such as a
+        token expiring during a slow-consumer close, changes nothing).
+        """
+        err = error if isinstance(error, ProtocolError) else ProtocolError(error, re)
+        if err.close_code is None:
+            raise LocalProtocolError(f"{err.code.value} does not close the session")
+        if self.state in (ConnState.CLOSING, ConnState.CLOSED):
+            return None
+        self._apply(ConnEvent.FAIL)
+        message = err.message or err.code.message
+        closing = SessionClosing(code=err.close_code, reason=err.code.value, message=message)
+        return Closing((encode(err.frame()), encode(closing)), err.close_code, err.code.value)
+
+    def transport_closed(self) -> None:
+        """The close handshake finished or the connection dropped. Idempotent."""
+        if self.state is not ConnState.CLOSED:
+            self._apply(ConnEvent.TRANSPORT_CLOSED)
