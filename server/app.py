@@ -1,0 +1,308 @@
+"""Assemble the server: routes, middleware, and the one lifespan that owns every resource.
+
+The lifespan opens, in order: the database server (the embedded PostgreSQL, or nothing when
+`DATABASE_URL` is set), the schema (roles, migrations, partitions), the application pool, then
+the background tasks; one `AsyncExitStack` closes them in reverse. Later resources (the LISTEN
+connection, rooms, presence) join the same stack. `run` serves the app with uvicorn in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import database, health
+from server.embedded import EmbeddedPostgres
+from server.logs import bind_ids, get_logger
+from server.metrics import HttpMetrics, Metrics
+from server.migrate import MigrationError
+from server.pgcluster import ClusterError
+from server.settings import Settings
+
+# Failures a user can cause and fix (a busy data folder, an edited migration, an unreachable or
+# refusing database): reported as one line, never as a traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    ClusterError,
+    MigrationError,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+log = get_logger("tandem.app")
+
+
+class StartupError(RuntimeError):
+    """The server could not start for an expected reason; the message is one line."""
+
+
+def explain(exc: BaseException) -> str:
+    """One line describing an expected failure."""
+    if isinstance(exc, (ClusterError, MigrationError)):
+        text = str(exc)
+    elif isinstance(exc, TimeoutError):
+        text = f"timed out: {exc}" if str(exc) else "timed out"
+    elif isinstance(exc, asyncpg.PostgresError):
+        text = f"database refused: {type(exc).__name__}: {exc}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+@dataclass
+class Database:
+    admin_url: str  # migrations and maintenance only
+    pool: asyncpg.Pool  # the application role: every request
+    embedded: bool
+    schema_version: str | None
+    migrations_applied_at_start: int
+
+
+@dataclass
+class AppState:
+    """Everything the running app owns; lives on `app.state.tandem`."""
+
+    settings: Settings
+    node_id: str
+    metrics: Metrics
+    database: Database | None = None
+    startup_error: BaseException | None = None
+
+
+def with_node_id(settings: Settings) -> Settings:
+    """Settings with `node_id` filled in: the configured one, else a fresh random one."""
+    if settings.node_id:
+        return settings
+    return settings.model_copy(update={"node_id": f"node-{secrets.token_hex(4)}"})
+
+
+@contextlib.asynccontextmanager
+async def database_server(settings: Settings) -> AsyncIterator[tuple[str, bool]]:
+    """Yield `(admin_url, embedded)`: `DATABASE_URL` as is, else the embedded PostgreSQL.
+
+    The embedded cluster runs in `<data_dir>/pgdata` while the block runs and is stopped after.
+    Raises `ClusterError` when it cannot start or another server holds the data folder.
+    """
+    if settings.database_url:
+        yield settings.database_url, False
+        return
+    async with EmbeddedPostgres(settings.data_dir) as pg:
+        log.info(
+            "db.embedded",
+            data_dir=str(pg.data_dir),
+            message=f"PostgreSQL is embedded; its data is in {pg.data_dir / 'pgdata'} "
+            "(set DATABASE_URL to use your own server)",
+        )
+        try:
+            yield pg.admin_url, True
+        finally:
+            log.info("db.embedded.stopping", data_dir=str(pg.data_dir))
+
+
+async def _schema_version(admin_url: str) -> str | None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        version: str | None = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+        return version
+    finally:
+        await conn.close()
+
+
+async def _close_pool(pool: asyncpg.Pool, timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        log.warning("db.pool.close_timeout", timeout_s=timeout_s)
+        pool.terminate()
+
+
+async def open_database(stack: contextlib.AsyncExitStack, settings: Settings) -> Database:
+    """Start or reach the database, bring the schema up to date, and open the app pool."""
+    admin_url, embedded = await stack.enter_async_context(database_server(settings))
+    applied = await database.prepare(settings, admin_url)
+    for m in applied:
+        log.info("db.migration.applied", version=m.version, name=m.name)
+    version = await _schema_version(admin_url)
+    pool = await database.create_pool(
+        database.app_url(settings, admin_url), settings.db_pool_min, settings.db_pool_max
+    )
+    stack.push_async_callback(_close_pool, pool, settings.shutdown_timeout_s)
+    return Database(admin_url, pool, embedded, version, len(applied))
+
+
+async def maintain_partitions(admin_url: str, interval_s: float, metrics: Metrics) -> None:
+    """Run partition maintenance every `interval_s` (prepare already ran it at start).
+
+    Runs until cancelled; a failed run is logged and counted, and the next one is still due.
+    """
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            conn = await asyncpg.connect(admin_url, timeout=30)
+            try:
+                await database.maintain(conn)
+            finally:
+                await conn.close()
+        except EXPECTED_ERRORS as exc:
+            metrics.maintenance_runs.labels("failed").inc()
+            log.warning("db.maintenance.failed", error=explain(exc))
+        else:
+            metrics.maintenance_runs.labels("ok").inc()
+            log.info("db.maintenance.done")
+
+
+def start_background(
+    stack: contextlib.AsyncExitStack, name: str, coro: Coroutine[Any, Any, None]
+) -> asyncio.Task[None]:
+    """Run `coro` as a task for the lifespan's duration; it is cancelled and awaited on exit."""
+    task = asyncio.create_task(coro, name=name)
+
+    def report(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("background.crashed", task=name, exc_info=done.exception())
+
+    task.add_done_callback(report)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task  # a crash was already logged by `report`
+
+    stack.push_async_callback(stop)
+    return task
+
+
+def _lifespan(state: AppState) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        settings = state.settings
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                state.database = await open_database(stack, settings)
+            except EXPECTED_ERRORS as exc:
+                state.startup_error = exc
+                log.error("server.startup_failed", error=explain(exc))
+                raise
+            db = state.database
+            # Later resources (the LISTEN connection, rooms, presence) enter `stack` here, after
+            # the pool, so they are closed before it.
+            state.metrics.migrations_applied_at_start.set(db.migrations_applied_at_start)
+            state.metrics.db_up.set(1)
+            start_background(
+                stack,
+                "db.maintenance",
+                maintain_partitions(db.admin_url, settings.maintenance_interval_s, state.metrics),
+            )
+            log.info(
+                "server.ready",
+                host=settings.host,
+                port=settings.port,
+                embedded=db.embedded,
+                schema_version=db.schema_version,
+                migrations_applied_at_start=db.migrations_applied_at_start,
+            )
+            yield
+            log.info("server.stopping")
+        log.info("server.stopped")
+
+    return lifespan
+
+
+class _QuietExpectedStartupErrors:
+    """Uvicorn logs a failed startup's message, which Starlette fills with the traceback.
+
+    For an expected failure the lifespan already logged one clear line, so the traceback is
+    dropped; unexpected failures keep it.
+    """
+
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.state.startup_error is not None:
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def create_app(settings: Settings) -> Starlette:
+    settings = with_node_id(settings)
+    assert settings.node_id is not None
+    metrics = Metrics()
+    metrics.node.info({"node_id": settings.node_id, "embedded": str(not settings.database_url).lower()})
+    state = AppState(settings=settings, node_id=settings.node_id, metrics=metrics)
+    app = Starlette(
+        routes=[
+            Route("/healthz", health.healthz, methods=["GET"]),
+            Route("/metrics", health.metrics, methods=["GET"]),
+        ],
+        middleware=[
+            Middleware(_QuietExpectedStartupErrors, state=state),
+            Middleware(HttpMetrics, metrics=metrics),
+        ],
+        lifespan=_lifespan(state),
+    )
+    app.state.tandem = state
+    return app
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        # Uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so the process would die
+        # of the signal. For Tandem a requested stop that shut down cleanly is a success: exit 0.
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then finish in-flight requests and close everything.
+
+    Raises `StartupError` (one-line message) when the lifespan failed for an expected reason.
+    """
+    settings = with_node_id(settings)
+    bind_ids(node_id=settings.node_id)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_config=None,  # our handler (server.logs) formats uvicorn's records too
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
+        server_header=False,
+    )
+    server = _Server(config)
+    state: AppState = app.state.tandem
+    try:
+        server.run()
+    except SystemExit as exc:
+        # Uvicorn exits with STARTUP_FAILURE when the lifespan failed or the port is taken.
+        if state.startup_error is not None:
+            raise StartupError(explain(state.startup_error)) from state.startup_error
+        raise StartupError(f"the server did not start (exit {exc.code}); see the log above") from exc
+    if not server.started:
+        raise StartupError("the server did not start; see the log above")
