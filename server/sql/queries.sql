@@ -1,0 +1,148 @@
+-- Every SQL statement the server runs, by name. Each has a `-- name: NAME` line and a one-line
+-- description. Parameters are always bound ($1, $2, ...); nothing is built from input.
+-- Statements run as the application role inside tenant_transaction(), so RLS scopes them.
+
+-- name: set_context
+-- Bind the tenant (and the actor and client address the audit trigger records) to this transaction.
+SELECT set_config('app.current_tenant', $1::text, true),
+       set_config('app.user_id', coalesce($2::text, ''), true),
+       set_config('app.client_ip', coalesce($3::text, ''), true);
+
+-- name: advance_head
+-- Reserve $2 sequence numbers for document $1 under its row lock; returns the new head.
+UPDATE shared_documents SET head_seq = head_seq + $2 WHERE id = $1 RETURNING head_seq;
+
+-- name: insert_operations
+-- Append a batch of operations of one document: parallel arrays, one row per element.
+INSERT INTO document_operations
+    (tenant_id, document_id, sequence_number, agent_id, operation_type, vector_clock, "update")
+SELECT current_tenant_id(), $1, s.seq, s.agent_id, s.op_type, s.clock, s.upd
+FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[])
+    AS s(seq, agent_id, op_type, clock, upd);
+
+-- name: operations_after
+-- The operations of document $1 with a sequence number above $2, in order, at most $3 of them.
+SELECT sequence_number, agent_id, operation_type, vector_clock, "update", "timestamp"
+FROM document_operations
+WHERE document_id = $1 AND sequence_number > $2
+ORDER BY sequence_number
+LIMIT $3;
+
+-- ============================================================================================
+-- Workspaces, members and documents (server/workspaces.py)
+-- Nullable columns with defaults are read through coalesce() to those defaults, so callers see
+-- typed values. `permissions` comes back as text[] so the result does not depend on jsonb codecs.
+-- ============================================================================================
+
+-- name: ws_create_workspace
+-- Insert workspace ($1 tenant, $2 name, $3 type, $4 owner, $5 visibility, $6 max_members) and its owner's membership.
+WITH w AS (
+    INSERT INTO workspaces (tenant_id, name, type, owner_id, visibility, max_members)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    RETURNING id, tenant_id, name, type, visibility, max_members, owner_id, created_at, state_version
+), owner_member AS (
+    INSERT INTO workspace_members (workspace_id, agent_id, tenant_id, role)
+    SELECT id, owner_id, tenant_id, 'owner' FROM w
+)
+SELECT id AS workspace_id, name, coalesce(type, 'general') AS workspace_type,
+       coalesce(visibility, 'private')::text AS visibility, coalesce(max_members, 100) AS max_members,
+       owner_id, created_at, coalesce(state_version, 1) AS state_version
+FROM w;
+
+-- name: ws_list_workspaces
+-- Live workspaces agent $1 is a member of, plus the tenant's team and public ones; at most $2.
+SELECT w.id AS workspace_id, w.name, coalesce(w.type, 'general') AS workspace_type,
+       coalesce(w.visibility, 'private')::text AS visibility, coalesce(w.max_members, 100) AS max_members,
+       w.owner_id, w.created_at, coalesce(w.state_version, 1) AS state_version
+FROM workspaces w
+WHERE w.deleted_at IS NULL
+  AND (w.visibility IN ('team', 'public')
+       OR EXISTS (SELECT 1 FROM workspace_members m WHERE m.workspace_id = w.id AND m.agent_id = $1))
+ORDER BY w.created_at, w.id
+LIMIT $2;
+
+-- name: ws_lock_workspace
+-- Live workspace $1 under a row lock that serialises membership changes (not FK checks) until commit.
+SELECT w.id AS workspace_id, w.name, coalesce(w.type, 'general') AS workspace_type,
+       coalesce(w.visibility, 'private')::text AS visibility, coalesce(w.max_members, 100) AS max_members,
+       w.owner_id, w.created_at, coalesce(w.state_version, 1) AS state_version
+FROM workspaces w
+WHERE w.id = $1 AND w.deleted_at IS NULL
+FOR NO KEY UPDATE;
+
+-- name: ws_member_role_and_count
+-- Role of agent $2 in workspace $1 (null: not a member) and the workspace's member count.
+SELECT (SELECT coalesce(role, 'member')::text FROM workspace_members
+         WHERE workspace_id = $1 AND agent_id = $2) AS role,
+       (SELECT count(*) FROM workspace_members WHERE workspace_id = $1) AS member_count;
+
+-- name: ws_touch_member
+-- A member of workspace $1 ($2) came back: bump its last_seen_at and the workspace's activity.
+WITH activity AS (
+    UPDATE workspaces SET last_activity_at = CURRENT_TIMESTAMP WHERE id = $1
+)
+UPDATE workspace_members SET last_seen_at = CURRENT_TIMESTAMP
+WHERE workspace_id = $1 AND agent_id = $2
+RETURNING agent_id, coalesce(role, 'member')::text AS role, joined_at,
+          ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions;
+
+-- name: ws_join_member
+-- Agent $2 joins workspace $1 as a plain member (an existing row only gets last_seen_at); bumps activity.
+WITH activity AS (
+    UPDATE workspaces SET last_activity_at = CURRENT_TIMESTAMP WHERE id = $1
+)
+INSERT INTO workspace_members (workspace_id, agent_id, tenant_id, role)
+VALUES ($1, $2, current_tenant_id(), 'member')
+ON CONFLICT (workspace_id, agent_id) DO UPDATE SET last_seen_at = CURRENT_TIMESTAMP
+RETURNING agent_id, coalesce(role, 'member')::text AS role, joined_at,
+          ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions;
+
+-- name: ws_upsert_member
+-- Make agent $2 a member of workspace $1 with role $3 (an existing member gets the new role).
+INSERT INTO workspace_members (workspace_id, agent_id, tenant_id, role)
+VALUES ($1, $2, current_tenant_id(), $3)
+ON CONFLICT (workspace_id, agent_id) DO UPDATE SET role = EXCLUDED.role
+RETURNING agent_id, coalesce(role, 'member')::text AS role, joined_at,
+          ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions;
+
+-- name: ws_get_membership
+-- Membership of agent $2 in live workspace $1, with its permissions.
+SELECT m.agent_id, coalesce(m.role, 'member')::text AS role, m.joined_at,
+       ARRAY(SELECT jsonb_array_elements_text(m.permissions)) AS permissions
+FROM workspace_members m
+JOIN workspaces w ON w.id = m.workspace_id
+WHERE m.workspace_id = $1 AND m.agent_id = $2 AND w.deleted_at IS NULL;
+
+-- name: ws_list_members
+-- Members of workspace $1 in joining order, at most $2.
+SELECT agent_id, coalesce(role, 'member')::text AS role, joined_at,
+       ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions
+FROM workspace_members
+WHERE workspace_id = $1
+ORDER BY joined_at, agent_id
+LIMIT $2;
+
+-- name: ws_create_document
+-- Insert an empty document ($1 workspace, $2 title, $3 content_type, $4 language, $5 created_by).
+INSERT INTO shared_documents (workspace_id, tenant_id, title, content_type, language, created_by)
+VALUES ($1, current_tenant_id(), $2, $3, $4, $5)
+RETURNING id AS doc_id, workspace_id, title, coalesce(content_type, 'text') AS content_type, language,
+          created_by, created_at, head_seq;
+
+-- name: ws_list_documents
+-- Live documents of live workspace $1 in creation order, at most $2.
+SELECT d.id AS doc_id, d.workspace_id, d.title, coalesce(d.content_type, 'text') AS content_type, d.language,
+       d.created_by, d.created_at, d.head_seq
+FROM shared_documents d
+JOIN workspaces w ON w.id = d.workspace_id
+WHERE d.workspace_id = $1 AND d.deleted_at IS NULL AND w.deleted_at IS NULL
+ORDER BY d.created_at, d.id
+LIMIT $2;
+
+-- name: ws_get_document
+-- Live document $1 of a live workspace (none without a workspace).
+SELECT d.id AS doc_id, d.workspace_id, d.title, coalesce(d.content_type, 'text') AS content_type, d.language,
+       d.created_by, d.created_at, d.head_seq
+FROM shared_documents d
+JOIN workspaces w ON w.id = d.workspace_id
+WHERE d.id = $1 AND d.deleted_at IS NULL AND w.deleted_at IS NULL;

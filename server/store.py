@@ -1,0 +1,91 @@
+"""Every database call the server makes, over the named statements in `server/sql/queries.sql`.
+
+All calls run as the application role inside `tenant_transaction`, which binds the tenant
+transaction-locally (`set_config(..., true)`), so a pooled connection never carries one
+tenant's context into the next transaction. Sequence numbers are per document and contiguous:
+they are reserved under the document's row lock in the writer's own transaction, so they follow
+commit order and a reader catching up with `seq > last_seen` never misses a row.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+_NAME = re.compile(r"^-- name: (\w+)\n(?:--[^\n]*\n)*", re.MULTILINE)
+
+
+def _load_queries() -> dict[str, str]:
+    text = resources.files("server.sql").joinpath("queries.sql").read_text()
+    starts = list(_NAME.finditer(text))
+    queries = {}
+    for i, match in enumerate(starts):
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+        queries[match.group(1)] = text[match.end() : end].strip()
+    return queries
+
+
+Q = _load_queries()
+
+
+@dataclass(frozen=True)
+class NewOperation:
+    """An operation validated by the document model, not yet sequenced."""
+
+    agent_id: str
+    op_type: str
+    vector_clock: dict
+    update: bytes
+    # Where it came from (not stored): the connection to acknowledge, and its request id.
+    origin: str | None = None
+    request_id: str | int | None = None
+
+
+@asynccontextmanager
+async def tenant_transaction(
+    pool: asyncpg.Pool, tenant_id: uuid.UUID, agent_id: str | None = None, client_ip: str | None = None
+) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction scoped to one tenant (RLS), with the actor recorded for the audit trail."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(Q["set_context"], str(tenant_id), agent_id, client_ip)
+        yield conn
+
+
+async def set_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID, agent_id: str | None = None) -> None:
+    """Switch the tenant inside an open transaction (a group commit spanning tenants)."""
+    await conn.execute(Q["set_context"], str(tenant_id), agent_id, None)
+
+
+async def append_operations(conn: asyncpg.Connection, doc_id: uuid.UUID, ops: Sequence[NewOperation]) -> list[int]:
+    """Sequence and insert `ops` for one document in the caller's transaction; returns their seqs.
+
+    The head counter's row lock is held until the caller commits, so concurrent writers of the
+    same document commit in sequence order. Raises LookupError when the document is not visible
+    to the current tenant.
+    """
+    if not ops:
+        return []
+    head = await conn.fetchval(Q["advance_head"], doc_id, len(ops))
+    if head is None:
+        raise LookupError(f"document {doc_id} not found")
+    seqs = list(range(head - len(ops) + 1, head + 1))
+    await conn.execute(
+        Q["insert_operations"],
+        doc_id,
+        seqs,
+        [op.agent_id for op in ops],
+        [op.op_type for op in ops],
+        [op.vector_clock for op in ops],
+        [op.update for op in ops],
+    )
+    return seqs
+
+
+async def operations_after(conn: asyncpg.Connection, doc_id: uuid.UUID, after_seq: int, limit: int = 1000) -> list[asyncpg.Record]:
+    return await conn.fetch(Q["operations_after"], doc_id, after_seq, limit)
