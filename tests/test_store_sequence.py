@@ -1,0 +1,108 @@
+"""Per-document sequence numbers (NOTES 12): contiguous, unique, and never skipped by a reader.
+
+A global sequence hands out numbers at insert time, so a reader catching up with
+`seq > last_seen` misses rows that commit late. The head counter taken under the document's
+row lock makes numbers follow commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+
+from server import store
+from server.database import create_pool
+from tests.conftest import TENANT_A
+
+WRITERS = 8
+OPS_PER_WRITER = 200
+
+
+async def _make_document(pool: asyncpg.Pool, tenant_id: uuid.UUID) -> uuid.UUID:
+    async with store.tenant_transaction(pool, tenant_id, "setup") as conn:
+        ws = await conn.fetchval(
+            "INSERT INTO workspaces (tenant_id, name, owner_id) VALUES ($1, 'seq', 'setup') RETURNING id", tenant_id
+        )
+        return await conn.fetchval(
+            "INSERT INTO shared_documents (workspace_id, tenant_id, title, created_by)"
+            " VALUES ($1, $2, 'doc', 'setup') RETURNING id",
+            ws,
+            tenant_id,
+        )
+
+
+async def test_concurrent_writers_get_exactly_one_to_n_and_a_polling_reader_sees_all(db) -> None:
+    pool = await create_pool(db.app_url, min_size=2, max_size=WRITERS + 2)
+    try:
+        doc_id = await _make_document(pool, TENANT_A)
+        total = WRITERS * OPS_PER_WRITER
+        acknowledged: list[int] = []
+        writers_done = asyncio.Event()
+
+        async def writer(n: int) -> None:
+            for i in range(OPS_PER_WRITER):
+                op = store.NewOperation(f"agent-{n}", "insert", {"clock": {str(n): i + 1}}, bytes([n, i % 256]))
+                async with store.tenant_transaction(pool, TENANT_A, op.agent_id) as conn:
+                    acknowledged.extend(await store.append_operations(conn, doc_id, [op]))
+
+        async def reader() -> list[int]:
+            seen: list[int] = []
+            last = 0
+            async with asyncio.timeout(120):
+                while len(seen) < total:
+                    async with store.tenant_transaction(pool, TENANT_A) as conn:
+                        rows = await store.operations_after(conn, doc_id, last, limit=500)
+                    for row in rows:
+                        seen.append(row["sequence_number"])
+                        last = row["sequence_number"]
+                    if not rows and writers_done.is_set():
+                        break
+                    if not rows:
+                        await asyncio.sleep(0.005)  # polling interval of the reader under test
+            return seen
+
+        read_task = asyncio.create_task(reader())
+        async with asyncio.timeout(120):
+            await asyncio.gather(*(writer(n) for n in range(WRITERS)))
+        writers_done.set()
+        seen = await read_task
+
+        assert sorted(acknowledged) == list(range(1, total + 1))
+        assert seen == list(range(1, total + 1))
+        async with store.tenant_transaction(pool, TENANT_A) as conn:
+            head = await conn.fetchval("SELECT head_seq FROM shared_documents WHERE id = $1", doc_id)
+            count = await conn.fetchval("SELECT count(*) FROM document_operations WHERE document_id = $1", doc_id)
+        assert head == total and count == total
+    finally:
+        await pool.close()
+
+
+async def test_batch_append_takes_contiguous_numbers_in_one_transaction(db) -> None:
+    pool = await create_pool(db.app_url)
+    try:
+        doc_id = await _make_document(pool, TENANT_A)
+        ops = [store.NewOperation("a", "insert", {}, b"x") for _ in range(100)]
+        async with store.tenant_transaction(pool, TENANT_A, "a") as conn:
+            first = await store.append_operations(conn, doc_id, ops[:60])
+            second = await store.append_operations(conn, doc_id, ops[60:])
+        assert first + second == list(range(1, 101))
+    finally:
+        await pool.close()
+
+
+async def test_another_tenants_document_cannot_be_appended_to(db) -> None:
+    pool = await create_pool(db.app_url)
+    try:
+        doc_id = await _make_document(pool, TENANT_A)
+        other = uuid.UUID("00000000-0000-0000-0000-00000000000b")
+        async with store.tenant_transaction(pool, other, "b") as conn:
+            try:
+                await store.append_operations(conn, doc_id, [store.NewOperation("b", "insert", {}, b"x")])
+            except LookupError:
+                pass
+            else:
+                raise AssertionError("tenant B appended to tenant A's document")
+    finally:
+        await pool.close()
