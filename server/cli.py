@@ -1,25 +1,29 @@
 """The `tandem` command: one typer sub-app per command group.
 
 `tandem serve` runs the server; `tandem migrate up | down [N] | down --all | status` manages the
-schema. Each command reads the settings once (environment plus its flags) and passes them down.
-Expected failures print one line on stderr and exit 1; only bugs print a traceback.
-A new group (e.g. `token`) is a `typer.Typer()` added with `app.add_typer(...)` below.
+schema; `tandem token issue`, `workspace create`, `member add` and `document create` are the
+operator commands (bodies in server/admin.py). Each command reads the settings once (environment
+plus its flags) and passes them down. Bad arguments are usage errors (exit 2); expected failures
+print one line on stderr and exit 1; only bugs print a traceback.
+A new group is a `typer.Typer()` added with `app.add_typer(...)` below.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import asyncpg
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from server import admin, logs, migrate, protocol, workspaces
 from server import app as server_app
-from server import logs, migrate
 from server.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -157,3 +161,189 @@ def migrate_status(data_dir: DataDir = None) -> None:
     width = max((len(s.name) for s in statuses), default=0)
     for s in statuses:
         typer.echo(f"{s.version}  {s.name:<{width}}  {s.state}")
+
+
+# --- operator commands: token, workspace, member, document -----------------------------------
+
+token_app = typer.Typer(help="Issue access tokens (no database needed).", no_args_is_help=True)
+workspace_app = typer.Typer(help="Create workspaces (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True)
+member_app = typer.Typer(help="Manage workspace members (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True)
+document_app = typer.Typer(help="Create documents (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(workspace_app, name="workspace")
+app.add_typer(member_app, name="member")
+app.add_typer(document_app, name="document")
+
+# Help texts avoid square brackets: rich markup would eat them.
+Tenant = Annotated[uuid.UUID, typer.Option("--tenant", help="Tenant id (a UUID); the command sees only its data.")]
+WorkspaceId = Annotated[uuid.UUID, typer.Argument(metavar="WORKSPACE", help="Workspace id (a UUID).", show_default=False)]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the whole object as JSON.")]
+
+
+def agent_option(name: str, help: str) -> Any:
+    return typer.Option(name, parser=admin.check_agent_id, metavar="AGENT", help=f"{help}; 1 to 255 characters.")
+
+
+def validated(model: type[BaseModel], hints: dict[str, str], **values: object) -> Any:
+    """`values` checked by the wire model, so the CLI accepts exactly what the protocol does; a
+    refused value is a usage error (exit 2) naming its option."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        raise typer.BadParameter(first["msg"], param_hint=hints.get(field, field)) from None
+
+
+def run_admin(settings: Settings, action: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Run `action` on the application role's pool; the embedded PostgreSQL runs only meanwhile."""
+
+    async def body() -> T:
+        async with admin.app_pool(settings) as pool:
+            return await action(pool)
+
+    with expected_failures():
+        try:
+            return asyncio.run(body())
+        except admin.AdminError as exc:
+            fail(str(exc))
+
+
+def echo_json(obj: dict[str, Any]) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False))
+
+
+@token_app.command("issue")
+def token_issue(
+    tenant: Tenant,
+    agent: Annotated[str, agent_option("--agent", help="Agent the token is for (its sub claim)")],
+    ttl: Annotated[
+        float | None,
+        typer.Option(
+            parser=admin.parse_ttl,
+            metavar="TTL",
+            help="Lifetime: 30s, 15m, 1h, 2d or seconds (default: TANDEM_TOKEN_TTL_S, 1h).",
+        ),
+    ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", parser=admin.check_scope, metavar="SCOPE", help="A scope to grant; repeat for more."),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Print a token that `tandem serve` accepts under the same settings, and nothing else.
+
+    Signed with TANDEM_JWT_SECRET, else with the secret kept in the data dir (created on first use, as `tandem serve` does); carries TANDEM_JWT_ISSUER and TANDEM_JWT_AUDIENCE when set.
+
+    Example: TOKEN=$(tandem token issue --tenant T --agent alice --ttl 1h)
+    """
+    settings = settings_from(data_dir=data_dir)
+    with expected_failures():
+        try:
+            token = admin.issue_token(settings, tenant, agent, settings.token_ttl_s if ttl is None else ttl, scope or ())
+        except admin.AdminError as exc:
+            fail(str(exc))
+    typer.echo(token)
+
+
+@workspace_app.command("create")
+def workspace_create(
+    tenant: Tenant,
+    owner: Annotated[str, agent_option("--owner", help="Agent that owns the workspace, its first member")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="1 to 255 characters.", show_default=False)],
+    workspace_type: Annotated[str, typer.Option("--type", help="Free-form kind, 1 to 50 characters.")] = "general",
+    visibility: Annotated[
+        protocol.Visibility,
+        typer.Option(help="private: members only; team and public: any agent of the tenant may join."),
+    ] = "private",
+    max_members: Annotated[int, typer.Option(help="Member limit, 1 to 1000.")] = 100,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a workspace owned by --owner; print its id (or the workspace as JSON)."""
+    request = validated(
+        protocol.WorkspaceCreate,
+        {"name": "NAME", "workspace_type": "--type", "visibility": "--visibility", "max_members": "--max-members"},
+        name=name,
+        workspace_type=workspace_type,
+        visibility=visibility,
+        max_members=max_members,
+    )
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> workspaces.Workspace:
+        return await admin.create_workspace(pool, tenant, owner, request)
+
+    workspace = run_admin(settings, action)
+    if as_json:
+        echo_json(workspace.to_wire())
+    else:
+        typer.echo(workspace.workspace_id)
+
+
+@member_app.command("add")
+def member_add(
+    tenant: Tenant,
+    workspace: WorkspaceId,
+    agent: Annotated[
+        str,
+        typer.Argument(parser=admin.check_agent_id, metavar="AGENT", help="Agent id, 1 to 255 characters.", show_default=False),
+    ],
+    role: Annotated[
+        protocol.Role,
+        typer.Option(help="owner, admin and member write; viewer only reads. Does not transfer ownership."),
+    ],
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Make AGENT a member of WORKSPACE with --role (an existing member gets the new role).
+
+    Prints the agent and its role (or the membership as JSON).
+    """
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> workspaces.Member:
+        return await admin.add_member(pool, tenant, workspace, agent, role)
+
+    member = run_admin(settings, action)
+    if as_json:
+        echo_json({"workspace_id": str(workspace), **member.to_wire()})
+    else:
+        typer.echo(f"{member.agent_id} {member.role}")
+
+
+@document_app.command("create")
+def document_create(
+    tenant: Tenant,
+    workspace: WorkspaceId,
+    title: Annotated[str, typer.Argument(metavar="TITLE", help="1 to 255 characters.", show_default=False)],
+    content_type: Annotated[protocol.ContentType, typer.Option(help="What the text holds.")] = "text",
+    language: Annotated[str | None, typer.Option(help="Language of a code document, e.g. python.")] = None,
+    agent: Annotated[
+        str | None, agent_option("--agent", help="Creator, a member who may write (default: the workspace's owner)")
+    ] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an empty document in WORKSPACE; print its id (or the document as JSON).
+
+    Its creator, --agent or else the workspace's owner, must be a member who may write (owner, admin or member), exactly as for doc.create over the wire.
+    """
+    request = validated(
+        protocol.DocCreate,
+        {"title": "TITLE", "content_type": "--content-type", "language": "--language"},
+        workspace_id=workspace,
+        title=title,
+        content_type=content_type,
+        language=language,
+    )
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> workspaces.DocumentInfo:
+        return await admin.create_document(pool, tenant, request, agent)
+
+    document = run_admin(settings, action)
+    if as_json:
+        echo_json(document.to_wire())
+    else:
+        typer.echo(document.doc_id)
