@@ -1,1 +1,33 @@
-"""Tandem's document model over pycrdt: operations, clocks, sequence numbers, replay. Pure: no I/O."""
+"""Tandem's document model over pycrdt: operations, clocks, sequence numbers, replay. Pure: no I/O.
+
+Imports only pycrdt and the standard library (no asyncio, Starlette, asyncpg or Redis).
+"""
+
+from crdt.clock import CorruptStateVector, Ordering, VectorClock, decode_state_vector, encode_state_vector
+from crdt.document import CONTENT, Applied, CorruptUpdate, Document, UpdateTooLarge
+from crdt.operations import Operation, OpType, Origin, Snapshot, classify
+from crdt.replay import ReplayError, Span, Verification, blame, rebuild, verify
+
+__all__ = [
+    "CONTENT",
+    "Applied",
+    "CorruptStateVector",
+    "CorruptUpdate",
+    "Document",
+    "OpType",
+    "Operation",
+    "Ordering",
+    "Origin",
+    "ReplayError",
+    "Snapshot",
+    "Span",
+    "UpdateTooLarge",
+    "Verification",
+    "VectorClock",
+    "blame",
+    "classify",
+    "decode_state_vector",
+    "encode_state_vector",
+    "rebuild",
+    "verify",
+]

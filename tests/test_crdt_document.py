@@ -1,0 +1,330 @@
+"""crdt.document and crdt.operations: applying updates, corrupt input, diffs, classification.
+
+Pure tests: no network, no database; real pycrdt documents play the clients.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from pycrdt import Doc, Text
+
+from crdt.clock import CorruptStateVector, VectorClock
+from crdt.document import CONTENT, Applied, CorruptUpdate, Document, UpdateTooLarge
+from crdt.operations import Operation, OpType, Origin, Snapshot, classify
+
+
+class Client:
+    """A simulated editor: a pycrdt Doc whose every transaction yields one update."""
+
+    def __init__(self, client_id: int, text: str = "") -> None:
+        self.doc: Doc = Doc(client_id=client_id)
+        self.doc[CONTENT] = self.text = Text()
+        self.updates: list[bytes] = []
+        self.doc.observe(lambda event: self.updates.append(event.update))
+        if text:
+            self.text += text
+
+    def last(self) -> bytes:
+        return self.updates[-1]
+
+    def receive(self, update: bytes) -> None:
+        self.doc.apply_update(update)
+
+
+def snapshot_of(document: Document) -> tuple[str, bytes, bytes]:
+    return document.text(), document.state_vector(), document.encode_state()
+
+
+def seeded_document() -> tuple[Document, Client]:
+    client = Client(5, "the quick brown fox")
+    document = Document()
+    document.apply(client.last())
+    return document, client
+
+
+# corrupt input ------------------------------------------------------------------------------
+
+
+def test_empty_bytes_raise_corrupt_update() -> None:
+    document, _ = seeded_document()
+    before = snapshot_of(document)
+    with pytest.raises(CorruptUpdate):
+        document.apply(b"")
+    assert snapshot_of(document) == before
+
+
+def test_random_garbage_raises_corrupt_update_and_changes_nothing() -> None:
+    document, _ = seeded_document()
+    before = snapshot_of(document)
+    rng = random.Random(20240611)
+    for _ in range(400):
+        garbage = rng.randbytes(rng.randrange(1, 48))
+        with pytest.raises(CorruptUpdate):
+            document.apply(garbage)
+    assert snapshot_of(document) == before
+
+
+def test_every_truncation_of_a_valid_update_is_corrupt_and_changes_nothing() -> None:
+    document, _ = seeded_document()
+    author = Client(9)
+    author.receive(document.encode_state())
+    author.text.insert(4, "very ", {"bold": True})
+    del author.text[0:4]
+    author.text += " jumps 😀 é"
+    update = author.doc.get_update(document.state_vector())
+    before = snapshot_of(document)
+    for cut in range(len(update)):
+        with pytest.raises(CorruptUpdate):
+            document.apply(update[:cut])
+        assert snapshot_of(document) == before
+    assert document.apply(update).changed
+    assert document.text() == str(author.text)
+
+
+def test_mutated_updates_either_fail_cleanly_or_apply() -> None:
+    # A flipped byte may still decode (e.g. a different character); when it does not, nothing
+    # of it may have been integrated.
+    source = Client(77)
+    source.text += "hello world"
+    del source.text[2:5]
+    source.text.format(0, 3, {"italic": True})
+    source.text.insert(3, "zz")
+    rng = random.Random(8)
+    for _ in range(600):
+        update = bytearray(rng.choice(source.updates))
+        update[rng.randrange(len(update))] = rng.randrange(256)
+        document, _ = seeded_document()
+        before = snapshot_of(document)
+        try:
+            document.apply(bytes(update))
+        except CorruptUpdate:
+            assert snapshot_of(document) == before
+
+
+def test_hostile_group_count_is_rejected_before_yrs_allocates() -> None:
+    # 20 bytes declaring 2**28 struct groups make yrs allocate ~512 MB before failing; the
+    # header check refuses them without asking yrs. (Other crafted inputs may still cost CPU:
+    # the server validates off the event loop.)
+    document, _ = seeded_document()
+    before = snapshot_of(document)
+    with pytest.raises(CorruptUpdate, match="struct groups"):
+        document.apply(b"\x80\x80\x80\x80\x01" + b"\x00" * 20)
+    assert snapshot_of(document) == before
+
+
+def test_oversized_update_is_refused_before_decoding() -> None:
+    document = Document(max_update_bytes=64)
+    client = Client(3, "x" * 100)
+    with pytest.raises(UpdateTooLarge):
+        document.apply(client.last())
+    assert document.text() == "" and document.state_vector() == b"\x00"
+    assert not issubclass(UpdateTooLarge, CorruptUpdate)
+
+
+# applying and syncing -------------------------------------------------------------------------
+
+
+def test_duplicate_update_changes_nothing() -> None:
+    document, client = seeded_document()
+    again = document.apply(client.last())
+    assert not again.changed and not again.pending
+    assert again.op_clock == VectorClock()
+    assert document.text() == "the quick brown fox"
+
+
+def test_applied_reports_state_after_the_update() -> None:
+    document, client = seeded_document()
+    client.text += "!"
+    applied = document.apply(client.last(), Origin.FANOUT)
+    assert isinstance(applied, Applied)
+    assert applied.origin is Origin.FANOUT
+    assert applied.state_vector == document.state_vector()
+    assert applied.clock == document.clock() == VectorClock({5: 20})
+    assert applied.op_clock == VectorClock({5: 20})
+    assert applied.update == client.last()
+
+
+def test_out_of_order_update_is_pending_until_its_dependency_arrives() -> None:
+    client = Client(11)
+    client.text += "hello"
+    client.text += " world"
+    client.text += "!"
+    first, second, third = client.updates
+    document = Document()
+    document.apply(first)
+    waiting = document.apply(third)
+    assert waiting.pending and not waiting.changed and document.text() == "hello"
+    resolved = document.apply(second)
+    assert resolved.changed and not resolved.pending
+    assert document.text() == "hello world!"
+    assert resolved.op_clock == VectorClock({11: 12})  # the surfaced pending struct included
+
+
+def test_two_documents_exchanging_diffs_converge() -> None:
+    rng = random.Random(5)
+    left, right = Document(), Document()
+    left_client, right_client = Client(1), Client(2)
+    for round_ in range(30):
+        for client, document in ((left_client, left), (right_client, right)):
+            client.receive(document.diff(client.doc.get_state()))
+            length = len(client.text)
+            if length > 5 and rng.random() < 0.4:
+                start = rng.randrange(length - 3)
+                del client.text[start : start + 2]
+            else:
+                client.text.insert(rng.randrange(length + 1), f"<{round_}>")
+            document.apply(client.doc.get_update(document.state_vector()))
+        left.apply(right.diff(left.state_vector()))
+        right.apply(left.diff(right.state_vector()))
+        assert left.text() == right.text()
+        assert left.clock() == right.clock()
+
+
+def test_diff_is_exactly_what_the_remote_lacks() -> None:
+    document, client = seeded_document()
+    remote = Document()
+    remote.apply(document.encode_state())
+    client.text.insert(4, "sly ")
+    document.apply(client.last())
+    other = Client(6)
+    other.receive(document.encode_state())
+    del other.text[0:4]
+    document.apply(other.last())
+
+    missing = document.diff(remote.state_vector())
+    assert len(missing) < len(document.encode_state())
+    applied = remote.apply(missing)
+    assert applied.changed
+    assert remote.text() == document.text() == "sly quick brown fox"
+    assert remote.clock() == document.clock()
+    assert not remote.apply(missing).changed
+    assert not remote.apply(document.diff(remote.state_vector())).changed
+
+
+def test_diff_rejects_malformed_state_vectors() -> None:
+    document, _ = seeded_document()
+    for bad in (b"", b"\x01\x05", b"\x01\x05\x01\x00", b"\xff\xff"):
+        with pytest.raises(CorruptStateVector):
+            document.diff(bad)
+
+
+def test_state_round_trips_through_encode_state() -> None:
+    document, client = seeded_document()
+    client.text.format(0, 3, {"bold": True})
+    client.text += " 😀 é"
+    document.apply(client.last())
+    copy = Document.from_state(document.encode_state())
+    assert copy.text() == document.text() == "the quick brown fox 😀 é"
+    assert copy.clock() == document.clock()
+    assert copy.chunks() == document.chunks()
+    with pytest.raises(CorruptUpdate):
+        Document.from_state(b"\x05junk")
+
+
+def test_a_document_can_be_used_from_a_worker_thread() -> None:
+    # The server validates updates off the event loop: the Doc is created in one thread and
+    # applied to in another (one thread at a time).
+    document, client = seeded_document()
+    client.text += " jumps"
+    results: list[object] = []
+    worker = threading.Thread(target=lambda: results.append(document.apply(client.last())))
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert isinstance(results[0], Applied) and results[0].changed
+    assert document.text() == "the quick brown fox jumps"
+
+
+# classification ---------------------------------------------------------------------------------
+
+
+def classify_edit(edit) -> Applied:  # type: ignore[no-untyped-def]
+    document, client = seeded_document()
+    with client.doc.transaction():
+        edit(client.text)
+    assert len(client.updates) == 2
+    applied = document.apply(client.last())
+    assert document.text() == str(client.text)
+    return applied
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda t: t.insert(4, "sly "), OpType.INSERT),
+        (lambda t: t.insert(0, "é😀"), OpType.INSERT),
+        (lambda t: t.insert(4, "sly ", {"bold": True}), OpType.INSERT),
+        (lambda t: t.__delitem__(slice(4, 10)), OpType.DELETE),
+        (lambda t: t.format(4, 9, {"bold": True}), OpType.FORMAT),
+        (lambda t: (t.insert(0, "a"), t.__delitem__(slice(5, 8))), OpType.UPDATE),
+        (lambda t: (t.__delitem__(slice(4, 9)), t.insert(4, "rapid")), OpType.UPDATE),  # same length
+        (lambda t: (t.__delitem__(slice(0, 1)), t.insert(0, "T")), OpType.UPDATE),
+        (lambda t: (t.format(0, 3, {"bold": True}), t.__delitem__(slice(4, 10))), OpType.UPDATE),
+        (lambda t: (t.insert(0, "gone"), t.__delitem__(slice(0, 4))), OpType.UPDATE),  # no net text
+    ],
+)
+def test_operation_type_is_derived_from_the_update(edit, expected: OpType) -> None:  # type: ignore[no-untyped-def]
+    assert classify_edit(edit).op_type is expected
+
+
+def test_removing_formatting_is_a_format_operation() -> None:
+    document, client = seeded_document()
+    client.text.format(0, 9, {"bold": True})
+    document.apply(client.last())
+    client.text.format(0, 9, {"bold": None})
+    applied = document.apply(client.last())
+    assert applied.op_type is OpType.FORMAT
+    assert document.chunks() == [("the quick brown fox", None)]
+
+
+def test_delete_of_another_clients_text_clocks_the_deleted_items() -> None:
+    document, _ = seeded_document()  # client 5 wrote 19 characters
+    other = Client(6)
+    other.receive(document.encode_state())
+    del other.text[4:10]  # items 4..9 of client 5
+    applied = document.apply(other.last())
+    assert applied.op_type is OpType.DELETE
+    assert applied.op_clock == VectorClock({5: 10})
+    assert applied.op_clock.to_json() == {"5": 10}
+
+
+def test_delta_is_reported_when_asked() -> None:
+    document, client = seeded_document()
+    client.text.insert(4, "sly ")
+    applied = document.apply(client.last(), with_delta=True)
+    assert applied.delta == ({"retain": 4}, {"insert": "sly "})
+    assert document.apply(client.last(), with_delta=True).delta == ()
+
+
+def test_classify_from_facts_alone() -> None:
+    assert classify(None, structs_added=True, deleted=False, length_change=3) is OpType.INSERT
+    assert classify(None, structs_added=False, deleted=True, length_change=-3) is OpType.DELETE
+    assert classify(None, structs_added=True, deleted=True, length_change=-1) is OpType.UPDATE
+    assert classify(None, structs_added=True, deleted=False) is OpType.INSERT  # another root
+    assert classify(None, structs_added=False, deleted=False) is OpType.UPDATE
+    assert classify([{"retain": 2, "attributes": {"b": True}}], structs_added=True, deleted=True) is OpType.FORMAT
+    assert classify([{"retain": 2}], structs_added=True, deleted=True) is OpType.UPDATE
+
+
+# records ------------------------------------------------------------------------------------
+
+
+def test_origins_that_are_stored() -> None:
+    assert {o for o in Origin if o.is_stored} == {Origin.CLIENT, Origin.SERVER}
+
+
+def test_operation_rows_validate_and_decode_their_clock() -> None:
+    at = datetime(2024, 1, 1, tzinfo=UTC)
+    op = Operation("doc", 1, "agent-a", "insert", {"5": 19}, bytearray(b"\x00\x00"), at)
+    assert op.op_type is OpType.INSERT and op.update == b"\x00\x00"
+    assert op.clock == VectorClock({5: 19})
+    with pytest.raises(ValueError):
+        Operation("doc", 0, "agent-a", "insert", {}, b"")
+    with pytest.raises(ValueError):
+        Operation("doc", 1, "agent-a", "rename", {}, b"")
+    with pytest.raises(ValueError):
+        Snapshot("doc", -1, b"")
