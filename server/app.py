@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -19,15 +20,19 @@ import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import database, health
+from server import auth, database, health, session
+from server.committer import Committer
 from server.embedded import EmbeddedPostgres
 from server.logs import bind_ids, get_logger
 from server.metrics import HttpMetrics, Metrics
 from server.migrate import MigrationError
+from server.node import Node
 from server.pgcluster import ClusterError
+from server.rooms import RoomRegistry
+from server.validation import Validator
 from server.settings import Settings
 
 # Failures a user can cause and fix (a busy data folder, an edited migration, an unreachable or
@@ -78,6 +83,7 @@ class AppState:
     node_id: str
     metrics: Metrics
     database: Database | None = None
+    node: Node | None = None
     startup_error: BaseException | None = None
 
 
@@ -184,6 +190,41 @@ def start_background(
     return task
 
 
+DEV_TENANT = uuid.UUID("00000000-0000-0000-0000-000000000001")
+
+
+async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: Database, metrics: Metrics) -> Node:
+    """The realtime side: the group committer and the rooms. The committer drains on exit."""
+    assert settings.node_id is not None
+    secret = auth.resolve_secret(settings.jwt_secret, settings.data_dir)
+    committer = Committer(
+        db.pool,
+        shards=settings.commit_shards,
+        max_batch_ops=settings.commit_max_batch_ops,
+        max_wait_ms=settings.commit_max_wait_ms,
+        metrics=metrics,
+    )
+    rooms = RoomRegistry(db.pool, committer, settings, metrics)
+    committer.on_committed = rooms.on_committed
+    committer.start()
+    validator = None
+    if settings.validate_in_worker:
+        validator = Validator(
+            settings.validation_workers, settings.validation_timeout_s, settings.validation_memory_bytes
+        )
+        await validator.start()
+        stack.push_async_callback(validator.stop)
+    # Closed in reverse: the janitor stops, the committer drains, then every room is stored.
+    stack.push_async_callback(rooms.flush_all)
+    stack.push_async_callback(committer.stop)
+    start_background(stack, "rooms.janitor", rooms.janitor())
+    if db.embedded:
+        token = auth.issue_token(secret, DEV_TENANT, "dev", settings.token_ttl_s)
+        log.info("auth.dev_token", tenant_id=str(DEV_TENANT), agent_id="dev", token=token,
+                 message="development token for the embedded server (tenant 1, agent dev)")
+    return Node(settings, settings.node_id, db.pool, rooms, committer, secret, metrics, validator)
+
+
 def _lifespan(state: AppState) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -198,6 +239,7 @@ def _lifespan(state: AppState) -> Any:
             db = state.database
             # Later resources (the LISTEN connection, rooms, presence) enter `stack` here, after
             # the pool, so they are closed before it.
+            state.node = await start_node(stack, settings, db, state.metrics)
             state.metrics.migrations_applied_at_start.set(db.migrations_applied_at_start)
             state.metrics.db_up.set(1)
             start_background(
@@ -254,6 +296,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/metrics", health.metrics, methods=["GET"]),
+            WebSocketRoute("/ws", session.websocket_endpoint),
         ],
         middleware=[
             Middleware(_QuietExpectedStartupErrors, state=state),
@@ -294,6 +337,9 @@ def run(settings: Settings) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
         server_header=False,
+        # Frames above the hard limit are refused by the transport (1009) before Tandem reads
+        # them; between max_frame_bytes and this, Tandem answers frame_too_large.
+        ws_max_size=settings.frame_hard_limit_bytes,
     )
     server = _Server(config)
     state: AppState = app.state.tandem

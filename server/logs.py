@@ -8,6 +8,7 @@ their logger name becomes the `event` and their text the `message`. Imports noth
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -35,6 +36,16 @@ def _name_foreign_event(logger: WrappedLogger, method: str, event_dict: EventDic
 
 
 _FIRST_KEYS = ("timestamp", "level", "event")
+# Browsers pass the token in the query string (docs/protocol.md#21); it never reaches a log.
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"']+")
+
+
+def _redact_tokens(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    for key in ("message", "path", "event"):
+        value = event_dict.get(key)
+        if isinstance(value, str) and "token=" in value:
+            event_dict[key] = _TOKEN_IN_QUERY.sub(r"\1[redacted]", value)
+    return event_dict
 
 
 def _order_keys(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
@@ -64,7 +75,7 @@ def configure(level: str = "info", json: bool = True) -> None:
         tail = []
 
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, _name_foreign_event],
+        foreign_pre_chain=[*shared, _name_foreign_event, _redact_tokens],
         pass_foreign_args=True,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
     )

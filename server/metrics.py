@@ -64,6 +64,26 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Realtime sessions (server/session.py) and the durable path (server/committer.py).
+        self.sessions = Gauge("tandem_sessions", "Open WebSocket sessions.", registry=self.registry)
+        self.auth_failures = Counter(
+            "tandem_auth_failures", "Connections refused at authentication, by code.", ["code"], registry=self.registry
+        )
+        self.errors = Counter("tandem_protocol_errors", "Error frames sent, by code.", ["code"], registry=self.registry)
+        self.invalid_updates = Counter(
+            "tandem_invalid_updates", "CRDT updates refused as corrupt.", registry=self.registry
+        )
+        self.slow_consumers = Counter(
+            "tandem_slow_consumers", "Sessions closed because their send queue was full.", registry=self.registry
+        )
+        self.commit_batches = Counter(
+            "tandem_commit_batches", "Transactions the group committer ran.", registry=self.registry
+        )
+        self.committed_operations = Counter(
+            "tandem_committed_operations", "Document operations committed.", registry=self.registry
+        )
+        self.rooms = Gauge("tandem_rooms", "Documents loaded in memory on this node.", registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

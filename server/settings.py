@@ -65,6 +65,21 @@ class Settings(BaseSettings):
     max_token_bytes: int = 8192
     token_ttl_s: float = 3600.0  # default lifetime of tokens `tandem token issue` makes
 
+    # The durable path (server/committer.py, server/rooms.py).
+    max_inflight_updates: int = 256  # per connection: updates validated but not yet committed
+    commit_shards: int = 2  # writer loops; a document always maps to the same one
+    commit_max_batch_ops: int = 1000
+    commit_max_wait_ms: float = 0.0  # extra wait for a batch to fill once the queue is empty
+    snapshot_every_ops: int = 1000
+    snapshot_every_s: float = 60.0
+    content_debounce_s: float = 2.0  # shared_documents.content for readers that don't speak CRDT
+    room_idle_timeout_s: float = 30.0  # a document with no subscribers leaves memory after this
+    # Untrusted updates are decoded first in a worker process (server/validation.py).
+    validate_in_worker: bool = True
+    validation_workers: int = 1
+    validation_timeout_s: float = 1.0
+    validation_memory_bytes: int = 1 << 30
+
 
 def load_settings(**overrides: object) -> Settings:
     """Read the environment once; CLI flags arrive as overrides."""

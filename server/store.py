@@ -89,3 +89,30 @@ async def append_operations(conn: asyncpg.Connection, doc_id: uuid.UUID, ops: Se
 
 async def operations_after(conn: asyncpg.Connection, doc_id: uuid.UUID, after_seq: int, limit: int = 1000) -> list[asyncpg.Record]:
     return await conn.fetch(Q["operations_after"], doc_id, after_seq, limit)
+
+
+async def document_meta(conn: asyncpg.Connection, doc_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(Q["document_meta"], doc_id)
+
+
+async def latest_snapshot(conn: asyncpg.Connection, doc_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(Q["latest_snapshot"], doc_id)
+
+
+async def all_operations_after(conn: asyncpg.Connection, doc_id: uuid.UUID, after_seq: int, page: int = 5000) -> list[asyncpg.Record]:
+    """Every operation after `after_seq`, read in pages (the load path: snapshot + tail)."""
+    rows: list[asyncpg.Record] = []
+    while True:
+        batch = await operations_after(conn, doc_id, after_seq, page)
+        rows += batch
+        if len(batch) < page:
+            return rows
+        after_seq = batch[-1]["sequence_number"]
+
+
+async def insert_snapshot(conn: asyncpg.Connection, doc_id: uuid.UUID, seq: int, state: bytes) -> None:
+    await conn.execute(Q["insert_snapshot"], doc_id, seq, state)
+
+
+async def update_content(conn: asyncpg.Connection, doc_id: uuid.UUID, content: str, agent_id: str | None) -> None:
+    await conn.execute(Q["update_content"], doc_id, content, agent_id)

@@ -146,3 +146,24 @@ SELECT d.id AS doc_id, d.workspace_id, d.title, coalesce(d.content_type, 'text')
 FROM shared_documents d
 JOIN workspaces w ON w.id = d.workspace_id
 WHERE d.id = $1 AND d.deleted_at IS NULL AND w.deleted_at IS NULL;
+
+-- Rooms: loading, snapshots and readable content (server/rooms.py)
+
+-- name: document_meta
+-- A live document's workspace and committed head, for loading its room.
+SELECT workspace_id, head_seq FROM shared_documents WHERE id = $1 AND deleted_at IS NULL;
+
+-- name: latest_snapshot
+-- The newest snapshot of document $1.
+SELECT sequence_number, state, created_at FROM document_snapshots
+WHERE document_id = $1 ORDER BY sequence_number DESC LIMIT 1;
+
+-- name: insert_snapshot
+-- Record the encoded state of document $1 after operation $2 (a repeat of the same seq is a no-op).
+INSERT INTO document_snapshots (tenant_id, document_id, sequence_number, state)
+VALUES (current_tenant_id(), $1, $2, $3)
+ON CONFLICT (document_id, sequence_number) DO NOTHING;
+
+-- name: update_content
+-- The current text for readers that don't speak CRDT; `version` counts these refreshes.
+UPDATE shared_documents SET content = $2, version = version + 1, updated_by = $3 WHERE id = $1;

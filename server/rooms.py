@@ -1,0 +1,296 @@
+"""Rooms: one in-memory document per open document on this node, and who is subscribed to it.
+
+A `Room` holds the server's copy of the document (validated updates are applied to it), the
+committed head sequence, and its subscribers. Lifecycle steps are named like Hocuspocus hooks:
+`load` (latest snapshot + operations after it, one shared load per document), `on_change`
+(validate, sequence through the committer, broadcast after commit in sequence order),
+`snapshot` (every N operations or T seconds) and `unload` (after an idle timeout with no
+subscribers). Nobody is told about an operation before it is committed: the `doc.open` reply
+waits for the operations already applied to be committed, and `doc.op` events are sent from
+the committer's callback, which runs in commit (= sequence) order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import asyncpg
+import structlog
+
+from crdt.document import CorruptUpdate, Document
+from crdt.operations import Operation, Snapshot
+from crdt.replay import rebuild
+from server import store
+from server.committer import Committed, Committer
+from server.metrics import Metrics
+from server.protocol import encode
+from server.settings import Settings
+
+log = structlog.get_logger("tandem.rooms")
+
+
+class Subscriber(Protocol):
+    """The session side of a subscription: a bounded, non-blocking send of one text frame."""
+
+    conn_id: str
+
+    def send_text(self, frame: str) -> None: ...
+
+
+@dataclass
+class Subscription:
+    subscriber: Subscriber
+    # Events with seq <= synced_seq are already in what the subscriber got with its open reply;
+    # until the reply is out, events wait here so they cannot overtake it.
+    synced_seq: int | None = None
+    held: list[tuple[int, str]] = field(default_factory=list)
+
+    def deliver(self, seq: int, frame: str) -> None:
+        if self.synced_seq is None:
+            self.held.append((seq, frame))
+        elif seq > self.synced_seq:
+            self.subscriber.send_text(frame)
+
+    def release(self, synced_seq: int) -> None:
+        self.synced_seq = synced_seq
+        held, self.held = self.held, []
+        for seq, frame in held:
+            if seq > synced_seq:
+                self.subscriber.send_text(frame)
+
+
+class Room:
+    def __init__(self, tenant_id: uuid.UUID, doc_id: uuid.UUID, workspace_id: uuid.UUID, document: Document, head_seq: int) -> None:
+        self.tenant_id = tenant_id
+        self.doc_id = doc_id
+        self.workspace_id = workspace_id
+        self.document = document
+        self.head_seq = head_seq  # highest committed sequence number
+        self.snapshot_seq = head_seq
+        self.snapshot_at = time.monotonic()
+        self.content_seq = head_seq
+        self.content_at = time.monotonic()
+        self.subscriptions: dict[str, Subscription] = {}
+        self.last_pending: asyncio.Future[int] | None = None
+        self.idle_since: float | None = time.monotonic()
+        self.broken = False
+
+    # --- subscriptions -----------------------------------------------------------------------
+
+    async def open(self, subscriber: Subscriber, state_vector: bytes) -> tuple[bytes, bytes, int]:
+        """Subscribe; returns (exactly the update the subscriber lacks, the server's state vector,
+        the seq that update reaches).
+
+        The reply covers every operation applied so far; it is returned only once those are
+        committed, and events committed meanwhile are held so they follow it. Raises
+        CorruptUpdate for a state vector that does not decode.
+        """
+        missing = self.document.diff(state_vector)
+        server_vector = self.document.state_vector()
+        sub = Subscription(subscriber)
+        self.subscriptions[subscriber.conn_id] = sub
+        self.idle_since = None
+        pending = self.last_pending
+        seq = self.head_seq
+        if pending is not None and not pending.done():
+            seq = max(seq, await asyncio.shield(pending))
+        elif pending is not None and not pending.cancelled() and pending.exception() is None:
+            seq = max(seq, pending.result())
+        sub.release(seq)
+        return missing, server_vector, seq
+
+    def close(self, conn_id: str) -> None:
+        self.subscriptions.pop(conn_id, None)
+        if not self.subscriptions:
+            self.idle_since = time.monotonic()
+
+    # --- changes -----------------------------------------------------------------------------
+
+    def validate(
+        self, agent_id: str, update: bytes, origin: str | None = None, request_id: str | int | None = None
+    ) -> store.NewOperation | None:
+        """Apply to the server's copy; None when it changes nothing. Raises CorruptUpdate."""
+        applied = self.document.apply(update)
+        if not applied.changed and not applied.pending:
+            return None  # a duplicate: nothing to store or forward
+        # A pending update waits for structs not seen yet; it is logged all the same, so that
+        # replaying the log reproduces the same wait.
+        # The document's state vector after this operation (the agent is the row's agent_id).
+        clock = applied.clock.to_json()
+        return store.NewOperation(agent_id, applied.op_type.value, clock, update, origin, request_id)
+
+    @property
+    def quiet(self) -> bool:
+        """Every applied operation is committed: the in-memory state equals the log at head_seq."""
+        return self.last_pending is None or self.last_pending.done()
+
+    def expect(self) -> asyncio.Future[int]:
+        """Called right after a validated update was applied: the future of its seq. An opener
+        arriving before it commits waits for it (see `open`)."""
+        self.last_pending = asyncio.get_running_loop().create_future()
+        return self.last_pending
+
+    def on_committed(self, committed: Sequence[Committed]) -> None:
+        doc_id = str(self.doc_id)
+        for c in committed:
+            self.head_seq = max(self.head_seq, c.seq)
+            # Encoded once for every subscriber; the sender gets its ack in the same ordered
+            # stream instead (docs/protocol.md#62).
+            frame = encode({
+                "type": "doc.op", "doc_id": doc_id, "seq": c.seq, "agent_id": c.op.agent_id,
+                "update": base64.b64encode(c.op.update).decode(),
+            })
+            for conn_id, sub in list(self.subscriptions.items()):
+                if conn_id == c.op.origin:
+                    sub.deliver(c.seq, encode({"type": "doc.update.ok", "re": c.op.request_id, "doc_id": doc_id, "seq": c.seq}))
+                else:
+                    sub.deliver(c.seq, frame)
+
+
+class RoomRegistry:
+    """Rooms by document id; concurrent opens of a cold document share one load.
+
+    Memory is bounded by unloading: a room with no subscribers for `room_idle_timeout_s` is
+    stored (snapshot and content, if behind) and dropped by the janitor.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, committer: Committer, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.pool = pool
+        self.committer = committer
+        self.settings = settings
+        self.metrics = metrics
+        self.rooms: dict[uuid.UUID, Room] = {}
+        self._loading: dict[uuid.UUID, asyncio.Task[Room]] = {}
+        self.loads = 0
+
+    async def get(self, tenant_id: uuid.UUID, doc_id: uuid.UUID) -> Room:
+        """The document's room, loading it once. LookupError: not this tenant's live document."""
+        room = self.rooms.get(doc_id)
+        if room is None or room.broken:
+            task = self._loading.get(doc_id)
+            if task is None:
+                task = asyncio.create_task(self._load(tenant_id, doc_id))
+                self._loading[doc_id] = task
+                task.add_done_callback(lambda _t: self._loading.pop(doc_id, None))
+            room = await asyncio.shield(task)
+        if room.tenant_id != tenant_id:
+            raise LookupError(doc_id)
+        return room
+
+    async def _load(self, tenant_id: uuid.UUID, doc_id: uuid.UUID) -> Room:
+        """load: the latest snapshot plus the operations after it (crdt.replay, pure)."""
+        async with store.tenant_transaction(self.pool, tenant_id) as conn:
+            meta = await store.document_meta(conn, doc_id)
+            if meta is None:
+                raise LookupError(doc_id)
+            row = await store.latest_snapshot(conn, doc_id)
+            after = row["sequence_number"] if row else 0
+            rows = await store.all_operations_after(conn, doc_id, after)
+        snapshot = Snapshot(doc_id, after, row["state"], row["created_at"]) if row else None
+        operations = [
+            Operation(doc_id, r["sequence_number"], r["agent_id"], r["operation_type"], r["vector_clock"], r["update"])
+            for r in rows
+        ]
+        # Replay is CPU-bound: keep it off the event loop so a cold load does not stall others.
+        document = await asyncio.to_thread(rebuild, operations, snapshot)
+        head = operations[-1].seq if operations else after
+        room = Room(tenant_id, doc_id, meta["workspace_id"], document, head)
+        room.snapshot_seq = room.content_seq = after
+        if operations:
+            room.content_seq = -1  # unknown: refresh the readable content on the next store
+        self.rooms[doc_id] = room
+        self.loads += 1
+        if self.metrics is not None:
+            self.metrics.rooms.set(len(self.rooms))
+        log.info("room.loaded", doc_id=str(doc_id), tenant_id=str(tenant_id), ops=len(operations), snapshot_seq=after)
+        return room
+
+    def on_committed(self, committed: Sequence[Committed]) -> None:
+        by_doc: dict[uuid.UUID, list[Committed]] = {}
+        for c in committed:
+            by_doc.setdefault(c.doc_id, []).append(c)
+        for doc_id, items in by_doc.items():
+            room = self.rooms.get(doc_id)
+            if room is not None:
+                room.on_committed(items)
+
+    async def commit(self, room: Room, op: store.NewOperation, future: asyncio.Future[int]) -> int:
+        """Sequence and commit one validated operation (`future` from `room.expect()`)."""
+        try:
+            seq = await self.committer.submit(room.tenant_id, room.doc_id, op)
+        except BaseException as exc:
+            # The copy in memory holds an update the log does not: rebuild it from the log.
+            room.broken = True
+            if self.rooms.get(room.doc_id) is room:
+                del self.rooms[room.doc_id]
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: an opener that awaits it sees the error
+            raise
+        future.set_result(seq)
+        return seq
+
+    # --- snapshot, readable content, unload ----------------------------------------------------
+
+    async def store(self, room: Room, force: bool = False) -> None:
+        """snapshot: every `snapshot_every_ops` operations or `snapshot_every_s` seconds, and the
+        readable `content` (debounced). Only when the room is quiet, so the state in memory is
+        exactly the log up to `head_seq`."""
+        if not room.quiet or room.broken:
+            return
+        s = self.settings
+        now = time.monotonic()
+        behind = room.head_seq - room.snapshot_seq
+        snapshot = behind > 0 and (force or behind >= s.snapshot_every_ops or now - room.snapshot_at >= s.snapshot_every_s)
+        content = room.content_seq != room.head_seq and (force or now - room.content_at >= s.content_debounce_s)
+        if not snapshot and not content:
+            return
+        seq, state = room.head_seq, room.document.encode_state() if snapshot else b""
+        text = room.document.text() if content else ""
+        async with store.tenant_transaction(self.pool, room.tenant_id) as conn:
+            if snapshot:
+                await store.insert_snapshot(conn, room.doc_id, seq, state)
+            if content:
+                await store.update_content(conn, room.doc_id, text, None)
+        if snapshot:
+            room.snapshot_seq, room.snapshot_at = seq, now
+        if content:
+            room.content_seq, room.content_at = seq, now
+
+    async def janitor(self, interval_s: float = 1.0) -> None:
+        """Store what is due and unload idle rooms, until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            now = time.monotonic()
+            for room in list(self.rooms.values()):
+                try:
+                    idle = room.idle_since is not None and now - room.idle_since >= self.settings.room_idle_timeout_s
+                    await self.store(room, force=idle)
+                    if idle and room.quiet and room.idle_since is not None and not room.subscriptions:
+                        self.unload(room)
+                except Exception:
+                    log.exception("room.store_failed", doc_id=str(room.doc_id))
+
+    def unload(self, room: Room) -> None:
+        if self.rooms.get(room.doc_id) is room:
+            del self.rooms[room.doc_id]
+            if self.metrics is not None:
+                self.metrics.rooms.set(len(self.rooms))
+            log.info("room.unloaded", doc_id=str(room.doc_id), head_seq=room.head_seq)
+
+    async def flush_all(self) -> None:
+        """At shutdown (after the committer drained): store every room that is behind."""
+        for room in list(self.rooms.values()):
+            try:
+                await self.store(room, force=True)
+            except Exception:
+                log.exception("room.store_failed", doc_id=str(room.doc_id))
+
+
+__all__ = ["CorruptUpdate", "Room", "RoomRegistry", "Subscriber"]

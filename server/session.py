@@ -1,0 +1,337 @@
+"""The only code that touches an agent's WebSocket: authenticate, read loop, bounded send queue.
+
+It drives the sans-I/O `protocol.Session` (docs/protocol.md section 4): frames in, typed
+messages or typed errors out. Handlers call the data layer (`workspaces`, `rooms`); replies go
+through one bounded send queue per connection, and a client that cannot keep up is closed with
+`slow_consumer` instead of growing the server's memory. Cleanup sits in one `finally`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from crdt.document import CorruptUpdate
+from server import auth, protocol as p, store, workspaces
+from server.errors import ErrorCode, TandemError
+from server.node import Node
+from server.rooms import Room
+
+log = structlog.get_logger("tandem.session")
+
+SERVER_VERSION = "0.1.0"
+
+
+class Connection:
+    """One agent connection. `send_text` is the rooms' non-blocking way in (a Subscriber)."""
+
+    def __init__(self, ws: WebSocket, node: Node) -> None:
+        self.ws = ws
+        self.node = node
+        self.conn_id = str(uuid.uuid4())
+        self.session = p.Session(p.Limits.from_settings(node.settings))
+        self.queue: asyncio.Queue[str] = asyncio.Queue(node.settings.send_queue_len)
+        self.principal: auth.Principal | None = None
+        self.rooms: dict[uuid.UUID, Room] = {}  # open documents
+        self.inflight = asyncio.Semaphore(node.settings.max_inflight_updates)
+        self.updates: asyncio.Queue[p.DocUpdate] = asyncio.Queue()  # bounded by `inflight`
+        self.can_write: dict[uuid.UUID, bool] = {}  # joined workspace -> may this agent write
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closing: asyncio.Event = asyncio.Event()
+        self.log = log.bind(conn_id=self.conn_id)
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def send_text(self, frame: str) -> None:
+        """Queue a frame without waiting; a full queue closes the session (slow_consumer)."""
+        if self.closing.is_set():
+            return
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.node.metrics.slow_consumers.inc()
+            self._spawn(self.fail(ErrorCode.SLOW_CONSUMER))
+
+    def reply(self, message: Any) -> None:
+        self.send_text(p.encode(message))
+
+    def error(self, err: p.ProtocolError) -> None:
+        self.send_text(p.encode(err.frame()))
+
+    async def _sender(self) -> None:
+        while True:
+            frame = await self.queue.get()
+            await self.ws.send_text(frame)
+
+    async def fail(self, code: ErrorCode | p.ProtocolError, re: p.RequestId | None = None) -> None:
+        """The closing sequence (docs/protocol.md#44): error, session.closing, close frame."""
+        closing = self.session.fail(code, re)
+        if closing is None:
+            return
+        self.closing.set()
+        self.log.info("session.closing", reason=closing.reason, code=closing.code)
+        try:
+            async with asyncio.timeout(2):
+                for frame in closing.frames:
+                    await self.ws.send_text(frame)
+                await self.ws.close(closing.code, closing.reason)
+        except Exception:  # the peer may be gone already; the close code is best effort too
+            pass
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        token = auth.token_from_request(self.ws.query_params, self.ws.headers)
+        s = self.node.settings
+        verdict = auth.verify_token(
+            self.node.jwt_secret, token, leeway_s=s.jwt_leeway_s, issuer=s.jwt_issuer,
+            audience=s.jwt_audience, max_token_bytes=s.max_token_bytes,
+        )
+        if isinstance(verdict, ErrorCode):
+            self.node.metrics.auth_failures.labels(verdict.value).inc()
+            await self.fail(verdict)
+            return
+        self.principal = verdict
+        self.log = self.log.bind(tenant_id=str(verdict.tenant_id), agent_id=verdict.agent_id)
+        hello = p.ServerHello(
+            node_id=self.node.node_id, server_version=SERVER_VERSION, session_id=uuid.UUID(self.conn_id),
+            agent_id=verdict.agent_id, tenant_id=verdict.tenant_id, expires_at=verdict.expires_at,
+            limits=self.session.limits,
+        )
+        await self.ws.send_text(self.session.accept(hello))
+        self.node.metrics.sessions.inc()
+        sender = asyncio.create_task(self._sender())
+        pipeline = asyncio.create_task(self._update_pipeline())
+        ttl_s = (verdict.expires_at - datetime.now(timezone.utc)).total_seconds() + s.jwt_leeway_s
+        expiry = asyncio.get_running_loop().call_later(max(ttl_s, 0), lambda: self._spawn(self.fail(ErrorCode.TOKEN_EXPIRED)))
+        self.log.info("session.started")
+        try:
+            await self._read_loop()
+        except WebSocketDisconnect:
+            pass
+        except Exception:
+            self.log.exception("session.crashed")
+            if self.ws.client_state is WebSocketState.CONNECTED:
+                try:
+                    await self.ws.close(1011, "internal_error")
+                except Exception:
+                    pass
+        finally:
+            expiry.cancel()
+            sender.cancel()
+            pipeline.cancel()
+            for task in list(self.tasks):
+                task.cancel()
+            for room in self.rooms.values():
+                room.close(self.conn_id)
+            self.rooms.clear()
+            self.session.transport_closed()
+            self.node.metrics.sessions.dec()
+            self.log.info("session.ended")
+
+    async def _read_loop(self) -> None:
+        while not self.closing.is_set():
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            frame = message.get("text")
+            if frame is None:
+                frame = message.get("bytes") or b""
+            result = self.session.receive(frame, time.monotonic())
+            if result is None:
+                continue
+            if isinstance(result, p.ProtocolError):
+                self.node.metrics.errors.labels(result.code.value).inc()
+                if result.close_code is not None:
+                    await self.fail(result)
+                else:
+                    self.error(result)
+                continue
+            await self._dispatch(result)
+
+    async def _dispatch(self, msg: p.ClientMessage) -> None:
+        handler = getattr(self, "on_" + msg.type.replace(".", "_"))
+        try:
+            await handler(msg)
+        except TandemError as exc:
+            self.node.metrics.errors.labels(exc.code.value).inc()
+            self.error(p.ProtocolError(exc.code, msg.id, exc.details, exc.message))
+        except Exception:
+            self.log.exception("session.handler_failed", type=msg.type)
+            self.node.metrics.errors.labels(ErrorCode.INTERNAL_ERROR.value).inc()
+            self.error(p.ProtocolError(ErrorCode.INTERNAL_ERROR, msg.id))
+
+    def _tx(self):  # noqa: ANN202 - an async context manager
+        assert self.principal is not None
+        client = self.ws.client.host if self.ws.client else None
+        return store.tenant_transaction(self.node.pool, self.principal.tenant_id, self.principal.agent_id, client)
+
+    # --- handlers (docs/protocol.md section 5) ------------------------------------------------
+
+    async def on_hello(self, msg: p.Hello) -> None:
+        self.reply(p.HelloOk(re=msg.id, protocol=self.session.protocol))
+
+    async def on_ping(self, msg: p.Ping) -> None:
+        self.reply(p.Pong(re=msg.id))
+
+    async def on_workspace_create(self, msg: p.WorkspaceCreate) -> None:
+        assert self.principal is not None
+        async with self._tx() as conn:
+            ws = await workspaces.create_workspace(
+                conn, self.principal.tenant_id, self.principal.agent_id, msg.name, msg.workspace_type,
+                msg.visibility, msg.max_members,
+            )
+        self.reply(p.WorkspaceCreateOk(re=msg.id, workspace=ws.to_wire()))
+
+    async def on_workspace_list(self, msg: p.WorkspaceList) -> None:
+        assert self.principal is not None
+        async with self._tx() as conn:
+            items, truncated = await workspaces.list_workspaces(conn, self.principal.agent_id, self.node.settings.max_list_items)
+        self.reply(p.WorkspaceListOk(re=msg.id, workspaces=[w.to_wire() for w in items], truncated=truncated))
+
+    async def on_workspace_join(self, msg: p.WorkspaceJoin) -> None:
+        assert self.principal is not None
+        async with self._tx() as conn:
+            joined = await workspaces.join_workspace(conn, self.principal.agent_id, msg.workspace_id, self.node.settings.max_list_items)
+        self.session.joined(msg.workspace_id)
+        self.can_write[msg.workspace_id] = joined.can_write
+        self.reply(
+            p.WorkspaceJoinOk(
+                re=msg.id, workspace=joined.workspace.to_wire(), role=joined.role, state_version=joined.state_version,
+                members=[m.to_wire() for m in joined.members], documents=[d.to_wire() for d in joined.documents],
+                truncated=joined.truncated,
+            )
+        )
+
+    async def on_workspace_leave(self, msg: p.WorkspaceLeave) -> None:
+        closed = self.session.left(msg.workspace_id)
+        self.can_write.pop(msg.workspace_id, None)
+        for doc_id in closed:
+            room = self.rooms.pop(doc_id, None)
+            if room is not None:
+                room.close(self.conn_id)
+        self.reply(p.WorkspaceLeaveOk(re=msg.id, workspace_id=msg.workspace_id, closed_doc_ids=closed))
+
+    async def on_doc_create(self, msg: p.DocCreate) -> None:
+        assert self.principal is not None
+        async with self._tx() as conn:
+            doc = await workspaces.create_document(
+                conn, self.principal.agent_id, msg.workspace_id, msg.title, msg.content_type, msg.language
+            )
+        self.reply(p.DocCreateOk(re=msg.id, document=doc.to_wire()))
+
+    async def on_doc_list(self, msg: p.DocList) -> None:
+        async with self._tx() as conn:
+            docs, truncated = await workspaces.list_documents(conn, msg.workspace_id, self.node.settings.max_list_items)
+        self.reply(p.DocListOk(re=msg.id, workspace_id=msg.workspace_id, documents=[d.to_wire() for d in docs], truncated=truncated))
+
+    async def _sync(self, msg: p.DocOpen | p.DocResync) -> tuple[Room, bytes, bytes, int]:
+        assert self.principal is not None
+        room = self.rooms.get(msg.doc_id)
+        if room is None:
+            async with self._tx() as conn:
+                info = await workspaces.get_document(conn, msg.doc_id)
+            if info is None:
+                raise TandemError(ErrorCode.NOT_FOUND)
+            not_member = self.session.check_joined(info.workspace_id, msg.id)
+            if not_member is not None:
+                raise TandemError(ErrorCode.NOT_MEMBER)
+            try:
+                room = await self.node.rooms.get(self.principal.tenant_id, msg.doc_id)
+            except LookupError:
+                raise TandemError(ErrorCode.NOT_FOUND) from None
+        self.rooms[msg.doc_id] = room
+        self.session.opened(msg.doc_id, room.workspace_id)
+        missing, state_vector, seq = await room.open(self, msg.state_vector)
+        return room, missing, state_vector, seq
+
+    async def on_doc_open(self, msg: p.DocOpen) -> None:
+        room, missing, sv, seq = await self._sync(msg)
+        self.reply(p.DocOpenOk(re=msg.id, doc_id=msg.doc_id, workspace_id=room.workspace_id, seq=seq, update=missing, state_vector=sv))
+
+    async def on_doc_resync(self, msg: p.DocResync) -> None:
+        room, missing, sv, seq = await self._sync(msg)
+        self.reply(p.DocResyncOk(re=msg.id, doc_id=msg.doc_id, workspace_id=room.workspace_id, seq=seq, update=missing, state_vector=sv))
+
+    async def on_doc_close(self, msg: p.DocClose) -> None:
+        room = self.rooms.pop(msg.doc_id, None)
+        if room is not None:
+            room.close(self.conn_id)
+        self.session.closed_doc(msg.doc_id)
+        self.reply(p.DocCloseOk(re=msg.id, doc_id=msg.doc_id))
+
+    async def on_doc_update(self, msg: p.DocUpdate) -> None:
+        room = self.rooms[msg.doc_id]
+        if not self.can_write.get(room.workspace_id, False):
+            raise TandemError(ErrorCode.FORBIDDEN)
+        # Bounded pipelining: the read loop goes on while updates are checked and committed; the
+        # ack is sent by the room, in sequence order with the document's other events
+        # (docs/protocol.md#62). The pipeline keeps this connection's updates in order.
+        await self.inflight.acquire()
+        self.updates.put_nowait(msg)
+
+    async def _update_pipeline(self) -> None:
+        while True:
+            batch = [await self.updates.get()]
+            while not self.updates.empty():
+                batch.append(self.updates.get_nowait())
+            validator = self.node.validator
+            if validator is None:
+                verdicts: list[str | None] = [None] * len(batch)
+            else:  # checks queued together share one round trip to the worker
+                verdicts = await asyncio.gather(*(validator.check(m.update) for m in batch))
+            for msg, verdict in zip(batch, verdicts):
+                await self._apply_update(msg, verdict)
+
+    async def _apply_update(self, msg: p.DocUpdate, verdict: str | None) -> None:
+        assert self.principal is not None
+        room = self.rooms.get(msg.doc_id)
+        if room is None:  # closed while the update waited
+            self.inflight.release()
+            self.error(p.ProtocolError(ErrorCode.DOC_NOT_OPEN, msg.id))
+            return
+        try:
+            if verdict is not None:
+                raise CorruptUpdate(verdict)
+            op = room.validate(self.principal.agent_id, msg.update, origin=self.conn_id, request_id=msg.id)
+        except CorruptUpdate as exc:
+            self.inflight.release()
+            self.node.metrics.invalid_updates.inc()
+            err = self.session.invalid_update(msg.id, {"reason": str(exc)[:200]})
+            self.node.metrics.errors.labels(err.code.value).inc()
+            if err.close_code is not None:
+                await self.fail(err)
+            else:
+                self.error(err)
+            return
+        if op is None:
+            self.inflight.release()
+            self.reply(p.DocUpdateOk(re=msg.id, doc_id=msg.doc_id, seq=None))
+            return
+        self._spawn(self._commit(room, op, room.expect(), msg.id))
+
+    async def _commit(self, room: Room, op: store.NewOperation, seq: asyncio.Future[int], re: p.RequestId | None) -> None:
+        try:
+            await self.node.rooms.commit(room, op, seq)
+        except Exception:
+            self.log.exception("session.commit_failed", doc_id=str(room.doc_id))
+            self.error(p.ProtocolError(ErrorCode.INTERNAL_ERROR, re))
+        finally:
+            self.inflight.release()
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    node = ws.app.state.tandem.node
+    await Connection(ws, node).run()
