@@ -23,7 +23,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import auth, database, health, session
+from server import auth, database, fanout, health, session
 from server.committer import Committer
 from server.embedded import EmbeddedPostgres
 from server.logs import bind_ids, get_logger
@@ -69,6 +69,7 @@ def explain(exc: BaseException) -> str:
 @dataclass
 class Database:
     admin_url: str  # migrations and maintenance only
+    app_url: str  # the application role (the pool, and the fan-out's LISTEN connection)
     pool: asyncpg.Pool  # the application role: every request
     embedded: bool
     schema_version: str | None
@@ -141,11 +142,10 @@ async def open_database(stack: contextlib.AsyncExitStack, settings: Settings) ->
     for m in applied:
         log.info("db.migration.applied", version=m.version, name=m.name)
     version = await _schema_version(admin_url)
-    pool = await database.create_pool(
-        database.app_url(settings, admin_url), settings.db_pool_min, settings.db_pool_max
-    )
+    app_url = database.app_url(settings, admin_url)
+    pool = await database.create_pool(app_url, settings.db_pool_min, settings.db_pool_max)
     stack.push_async_callback(_close_pool, pool, settings.shutdown_timeout_s)
-    return Database(admin_url, pool, embedded, version, len(applied))
+    return Database(admin_url, app_url, pool, embedded, version, len(applied))
 
 
 async def maintain_partitions(admin_url: str, interval_s: float, metrics: Metrics) -> None:
@@ -203,9 +203,12 @@ async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: D
         max_batch_ops=settings.commit_max_batch_ops,
         max_wait_ms=settings.commit_max_wait_ms,
         metrics=metrics,
+        node_id=settings.node_id,
+        hint=fanout.ops_hint,
     )
     rooms = RoomRegistry(db.pool, committer, settings, metrics)
     committer.on_committed = rooms.on_committed
+    committer.on_reserved = rooms.on_reserved
     committer.start()
     validator = None
     if settings.validate_in_worker:
@@ -218,11 +221,15 @@ async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: D
     stack.push_async_callback(rooms.flush_all)
     stack.push_async_callback(committer.stop)
     start_background(stack, "rooms.janitor", rooms.janitor())
+    listener = fanout.Fanout(
+        db.app_url, settings.node_id, rooms, metrics, settings.fanout_check_interval_s, settings.fanout_probe_interval_s
+    )
+    start_background(stack, "fanout.listen", listener.run())
     if db.embedded:
         token = auth.issue_token(secret, DEV_TENANT, "dev", settings.token_ttl_s)
         log.info("auth.dev_token", tenant_id=str(DEV_TENANT), agent_id="dev", token=token,
                  message="development token for the embedded server (tenant 1, agent dev)")
-    return Node(settings, settings.node_id, db.pool, rooms, committer, secret, metrics, validator)
+    return Node(settings, settings.node_id, db.pool, rooms, committer, secret, metrics, validator, listener)
 
 
 def _lifespan(state: AppState) -> Any:

@@ -56,9 +56,17 @@ class Committer:
         max_queue_ops: int = 50_000,
         max_wait_ms: float = 0.0,
         metrics: Metrics | None = None,
+        node_id: str = "",
+        hint: Callable[[uuid.UUID, int, str], str] | None = None,
     ) -> None:
         self.pool = pool
         self.metrics = metrics
+        self.node_id = node_id
+        self.hint = hint  # builds the fan-out NOTIFY payload (server/fanout.py); None: no hints
+        # Told the seqs a transaction took before it commits (True) and, if it fails, that they
+        # were never committed (False): a reader of the log must not mistake them for another
+        # node's operations in the moment between the commit and `on_committed`.
+        self.on_reserved: Callable[[uuid.UUID, list[int], bool], None] | None = None
         self.on_committed = on_committed
         self.max_batch_ops = max_batch_ops
         self.max_wait_s = max_wait_ms / 1000
@@ -135,10 +143,21 @@ class Committer:
         # Lock documents in a fixed order so two shards' transactions cannot deadlock.
         groups = sorted(groups, key=lambda g: g[0].doc_id)
         results: list[tuple[list[Pending], list[int]]] = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            for group in groups:
-                await store.set_tenant(conn, group[0].tenant_id, group[0].op.agent_id)
-                results.append((group, await store.append_operations(conn, group[0].doc_id, [p.op for p in group])))
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for group in groups:
+                    await store.set_tenant(conn, group[0].tenant_id, group[0].op.agent_id)
+                    seqs = await store.append_operations(conn, group[0].doc_id, [p.op for p in group])
+                    results.append((group, seqs))
+                    if self.on_reserved is not None:
+                        self.on_reserved(group[0].doc_id, seqs, True)
+                if self.hint is not None:
+                    await store.notify(conn, [self.hint(g[0].doc_id, seqs[-1], self.node_id) for g, seqs in results])
+        except BaseException:
+            if self.on_reserved is not None:
+                for group, seqs in results:
+                    self.on_reserved(group[0].doc_id, seqs, False)
+            raise
         committed = []
         for group, seqs in results:
             for p, seq in zip(group, seqs):

@@ -41,9 +41,13 @@ async def healthz(request: Request) -> JSONResponse:
     db = state.database
     up = await probe_database(db.pool if db else None, state.settings.health_timeout_s)
     state.metrics.db_up.set(1 if up else 0)
+    node = state.node
     body = {
         "status": "ok" if up else "unavailable",
         "node_id": state.node_id,
+        # The fan-out's LISTEN connection: while it is down this node still serves, and its
+        # rooms catch up from the log when it is back.
+        "listen": {"up": node.fanout.connected if node else False, "reconnects": node.fanout.reconnects if node else 0},
         "database": {
             "up": up,
             "embedded": db.embedded if db else None,

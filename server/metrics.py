@@ -82,6 +82,17 @@ class Metrics:
         self.committed_operations = Counter(
             "tandem_committed_operations", "Document operations committed.", registry=self.registry
         )
+        self.catch_up_reads = Counter(
+            "tandem_catch_up_reads", "Reads of the log to fill a gap or follow another node.", registry=self.registry
+        )
+        self.notifications = Counter(
+            "tandem_fanout_notifications", "Hints received from other nodes, by kind.", ["kind"], registry=self.registry
+        )
+        self.fanout_lag = Histogram(
+            "tandem_fanout_lag_seconds", "From another node's commit to this node reading its hint.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0), registry=self.registry,
+        )
+        self.listen_up = Gauge("tandem_listen_up", "1 while the LISTEN connection is up.", registry=self.registry)
         self.rooms = Gauge("tandem_rooms", "Documents loaded in memory on this node.", registry=self.registry)
 
     def render(self) -> bytes:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from server.committer import Committer
+from server.fanout import Fanout
 from server.metrics import Metrics
 from server.rooms import RoomRegistry
 from server.settings import Settings
@@ -27,3 +28,4 @@ class Node:
     jwt_secret: str
     metrics: Metrics
     validator: Validator | None  # None: updates are decoded in process (trusted clients only)
+    fanout: Fanout

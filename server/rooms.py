@@ -16,7 +16,7 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,7 +24,7 @@ import asyncpg
 import structlog
 
 from crdt.document import CorruptUpdate, Document
-from crdt.operations import Operation, Snapshot
+from crdt.operations import Operation, Origin, Snapshot
 from crdt.replay import rebuild
 from server import store
 from server.committer import Committed, Committer
@@ -66,44 +66,58 @@ class Subscription:
 
 
 class Room:
+    """One document in memory. Delivery is strictly in sequence order (docs/protocol.md#62).
+
+    `head_seq` is the highest seq delivered: operations 1..head_seq are all in `document` and
+    were sent to subscribers in order. Operations this node commits arrive from the committer
+    in order but may follow a gap (another node committed the seqs between); they wait in
+    `held` while the room reads the missing ones from the log (`catch_up`), which is also how
+    other nodes' operations reach this node's subscribers.
+    """
+
     def __init__(self, tenant_id: uuid.UUID, doc_id: uuid.UUID, workspace_id: uuid.UUID, document: Document, head_seq: int) -> None:
         self.tenant_id = tenant_id
         self.doc_id = doc_id
         self.workspace_id = workspace_id
         self.document = document
-        self.head_seq = head_seq  # highest committed sequence number
+        self.head_seq = head_seq
         self.snapshot_seq = head_seq
         self.snapshot_at = time.monotonic()
         self.content_seq = head_seq
         self.content_at = time.monotonic()
         self.subscriptions: dict[str, Subscription] = {}
         self.last_pending: asyncio.Future[int] | None = None
+        self.held: dict[int, store.NewOperation] = {}  # committed here, waiting for a gap to fill
+        self.reserved: set[int] = set()  # taken by this node's transaction, not yet reported
+        self.known_seq = head_seq  # the highest seq known to be committed (here or elsewhere)
         self.idle_since: float | None = time.monotonic()
         self.broken = False
+        self.on_gap: Callable[[Room], None] = lambda room: None  # set by the registry
 
     # --- subscriptions -----------------------------------------------------------------------
 
     async def open(self, subscriber: Subscriber, state_vector: bytes) -> tuple[bytes, bytes, int]:
         """Subscribe; returns (exactly the update the subscriber lacks, the server's state vector,
-        the seq that update reaches).
+        the seq up to which that update is complete).
 
-        The reply covers every operation applied so far; it is returned only once those are
-        committed, and events committed meanwhile are held so they follow it. Raises
-        CorruptUpdate for a state vector that does not decode.
+        The update may also hold operations applied here but not yet committed; the reply is
+        returned only once they are, and events for seqs above the returned one follow it.
+        Raises CorruptUpdate for a state vector that does not decode.
         """
         missing = self.document.diff(state_vector)
         server_vector = self.document.state_vector()
+        synced = self.head_seq
         sub = Subscription(subscriber)
         self.subscriptions[subscriber.conn_id] = sub
         self.idle_since = None
         pending = self.last_pending
-        seq = self.head_seq
         if pending is not None and not pending.done():
-            seq = max(seq, await asyncio.shield(pending))
-        elif pending is not None and not pending.cancelled() and pending.exception() is None:
-            seq = max(seq, pending.result())
-        sub.release(seq)
-        return missing, server_vector, seq
+            try:
+                await asyncio.shield(pending)
+            except Exception:
+                pass  # the room is broken and reloads; the session reports it
+        sub.release(synced)
+        return missing, server_vector, synced
 
     def close(self, conn_id: str) -> None:
         self.subscriptions.pop(conn_id, None)
@@ -120,15 +134,15 @@ class Room:
         if not applied.changed and not applied.pending:
             return None  # a duplicate: nothing to store or forward
         # A pending update waits for structs not seen yet; it is logged all the same, so that
-        # replaying the log reproduces the same wait.
-        # The document's state vector after this operation (the agent is the row's agent_id).
-        clock = applied.clock.to_json()
-        return store.NewOperation(agent_id, applied.op_type.value, clock, update, origin, request_id)
+        # replaying the log reproduces the same wait. The clock is the document's state vector
+        # after the operation (the row's agent_id attributes it).
+        return store.NewOperation(agent_id, applied.op_type.value, applied.clock.to_json(), update, origin, request_id)
 
     @property
     def quiet(self) -> bool:
-        """Every applied operation is committed: the in-memory state equals the log at head_seq."""
-        return self.last_pending is None or self.last_pending.done()
+        """Nothing in flight: the document is exactly the log's operations 1..head_seq."""
+        no_pending = self.last_pending is None or self.last_pending.done()
+        return no_pending and not self.held and self.known_seq == self.head_seq
 
     def expect(self) -> asyncio.Future[int]:
         """Called right after a validated update was applied: the future of its seq. An opener
@@ -137,20 +151,61 @@ class Room:
         return self.last_pending
 
     def on_committed(self, committed: Sequence[Committed]) -> None:
-        doc_id = str(self.doc_id)
+        """This node's commits, in seq order: deliver, or hold them until a gap is filled."""
         for c in committed:
-            self.head_seq = max(self.head_seq, c.seq)
-            # Encoded once for every subscriber; the sender gets its ack in the same ordered
-            # stream instead (docs/protocol.md#62).
-            frame = encode({
-                "type": "doc.op", "doc_id": doc_id, "seq": c.seq, "agent_id": c.op.agent_id,
-                "update": base64.b64encode(c.op.update).decode(),
-            })
-            for conn_id, sub in list(self.subscriptions.items()):
-                if conn_id == c.op.origin:
-                    sub.deliver(c.seq, encode({"type": "doc.update.ok", "re": c.op.request_id, "doc_id": doc_id, "seq": c.seq}))
-                else:
-                    sub.deliver(c.seq, frame)
+            self.reserved.discard(c.seq)
+            if c.seq > self.head_seq:
+                self.held[c.seq] = c.op
+                self.known_seq = max(self.known_seq, c.seq)
+        self._deliver_held()
+        if self.held:
+            self.on_gap(self)
+
+    def on_remote(self, last_seq: int) -> None:
+        """Another node committed up to `last_seq` (a NOTIFY hint, or the periodic check)."""
+        if last_seq > self.known_seq:
+            self.known_seq = last_seq
+        if self.known_seq > self.head_seq:
+            self.on_gap(self)
+
+    def on_log_rows(self, rows: Sequence[store.LoggedOperation]) -> None:
+        """Operations read from the log after head_seq, in order: apply the other nodes' ones,
+        deliver every one (this node's own from `held`)."""
+        for row in rows:
+            if row.seq in self.reserved:
+                break  # this node's own, committed a moment ago: the committer reports it
+            if row.seq != self.head_seq + 1:
+                continue  # already delivered, or not contiguous (the next read fills it)
+            own = self.held.pop(row.seq, None)
+            if own is None:
+                try:
+                    self.document.apply(row.update, Origin.FANOUT)
+                except CorruptUpdate:  # validated by the node that stored it; never expected
+                    log.error("room.fanout_corrupt", doc_id=str(self.doc_id), seq=row.seq)
+                own = store.NewOperation(row.agent_id, row.op_type, {}, row.update)
+            self._deliver(row.seq, own)
+            self._deliver_held()
+        self.known_seq = max(self.known_seq, self.head_seq)
+
+    def _deliver_held(self) -> None:
+        while self.head_seq + 1 in self.held:
+            seq = self.head_seq + 1
+            self._deliver(seq, self.held.pop(seq))
+
+    def _deliver(self, seq: int, op: store.NewOperation) -> None:
+        self.head_seq = seq
+        doc_id = str(self.doc_id)
+        # Encoded once for every subscriber; the sender gets its ack in the same ordered
+        # stream instead (docs/protocol.md#62).
+        frame = encode({
+            "type": "doc.op", "doc_id": doc_id, "seq": seq, "agent_id": op.agent_id,
+            "update": base64.b64encode(op.update).decode(),
+        })
+        for conn_id, sub in list(self.subscriptions.items()):
+            if op.origin is not None and conn_id == op.origin:
+                sub.deliver(seq, encode({"type": "doc.update.ok", "re": op.request_id, "doc_id": doc_id, "seq": seq}))
+            else:
+                sub.deliver(seq, frame)
 
 
 class RoomRegistry:
@@ -167,6 +222,7 @@ class RoomRegistry:
         self.metrics = metrics
         self.rooms: dict[uuid.UUID, Room] = {}
         self._loading: dict[uuid.UUID, asyncio.Task[Room]] = {}
+        self._catching_up: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.loads = 0
 
     async def get(self, tenant_id: uuid.UUID, doc_id: uuid.UUID) -> Room:
@@ -204,12 +260,55 @@ class RoomRegistry:
         room.snapshot_seq = room.content_seq = after
         if operations:
             room.content_seq = -1  # unknown: refresh the readable content on the next store
+        room.on_gap = self._schedule_catch_up
         self.rooms[doc_id] = room
+        # Another node may have committed while this one was reading: look once more.
+        self._schedule_catch_up(room, force=True)
         self.loads += 1
         if self.metrics is not None:
             self.metrics.rooms.set(len(self.rooms))
         log.info("room.loaded", doc_id=str(doc_id), tenant_id=str(tenant_id), ops=len(operations), snapshot_seq=after)
         return room
+
+    # --- catching up from the log (gaps, and other nodes' operations) -------------------------
+
+    def _schedule_catch_up(self, room: Room, force: bool = False) -> None:
+        """At most one reader per room; a hint that arrives while it runs is seen by its loop."""
+        if room.doc_id in self._catching_up or room.broken:
+            return
+        task = asyncio.create_task(self._catch_up(room, force))
+        self._catching_up[room.doc_id] = task
+        task.add_done_callback(lambda _t: self._catching_up.pop(room.doc_id, None))
+
+    async def _catch_up(self, room: Room, force: bool, page: int = 1000, max_pages: int = 1000) -> None:
+        try:
+            for _ in range(max_pages):
+                if not force and room.known_seq <= room.head_seq and not room.held:
+                    return
+                force = False
+                async with store.tenant_transaction(self.pool, room.tenant_id) as conn:
+                    rows = await store.logged_operations_after(conn, room.doc_id, room.head_seq, page)
+                if self.metrics is not None:
+                    self.metrics.catch_up_reads.inc()
+                if not rows:
+                    return  # the hint ran ahead of what is visible; the periodic check retries
+                room.on_log_rows(rows)
+        except Exception:
+            log.exception("room.catch_up_failed", doc_id=str(room.doc_id))
+
+    def on_reserved(self, doc_id: uuid.UUID, seqs: list[int], reserved: bool) -> None:
+        room = self.rooms.get(doc_id)
+        if room is not None:
+            if reserved:
+                room.reserved.update(seqs)
+            else:
+                room.reserved.difference_update(seqs)
+
+    def on_remote(self, doc_id: uuid.UUID, last_seq: int) -> None:
+        """A hint from another node: document `doc_id` has operations up to `last_seq`."""
+        room = self.rooms.get(doc_id)
+        if room is not None:
+            room.on_remote(last_seq)
 
     def on_committed(self, committed: Sequence[Committed]) -> None:
         by_doc: dict[uuid.UUID, list[Committed]] = {}

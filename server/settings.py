@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     snapshot_every_s: float = 60.0
     content_debounce_s: float = 2.0  # shared_documents.content for readers that don't speak CRDT
     room_idle_timeout_s: float = 30.0  # a document with no subscribers leaves memory after this
+    # Fan-out across nodes (server/fanout.py): NOTIFY is a hint, the log is checked as well.
+    fanout_check_interval_s: float = 5.0
+    fanout_probe_interval_s: float = 5.0
     # Untrusted updates are decoded first in a worker process (server/validation.py).
     validate_in_worker: bool = True
     validation_workers: int = 1

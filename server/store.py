@@ -47,6 +47,16 @@ class NewOperation:
     request_id: str | int | None = None
 
 
+@dataclass(frozen=True)
+class LoggedOperation:
+    """A row of the log, as the rooms need it to catch up."""
+
+    seq: int
+    agent_id: str
+    op_type: str
+    update: bytes
+
+
 @asynccontextmanager
 async def tenant_transaction(
     pool: asyncpg.Pool, tenant_id: uuid.UUID, agent_id: str | None = None, client_ip: str | None = None
@@ -116,3 +126,17 @@ async def insert_snapshot(conn: asyncpg.Connection, doc_id: uuid.UUID, seq: int,
 
 async def update_content(conn: asyncpg.Connection, doc_id: uuid.UUID, content: str, agent_id: str | None) -> None:
     await conn.execute(Q["update_content"], doc_id, content, agent_id)
+
+
+async def logged_operations_after(conn: asyncpg.Connection, doc_id: uuid.UUID, after_seq: int, limit: int) -> list[LoggedOperation]:
+    rows = await operations_after(conn, doc_id, after_seq, limit)
+    return [LoggedOperation(r["sequence_number"], r["agent_id"], r["operation_type"], r["update"]) for r in rows]
+
+
+async def document_heads(conn: asyncpg.Connection, doc_ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:
+    return [(r["id"], r["head_seq"]) for r in await conn.fetch(Q["document_heads"], list(doc_ids))]
+
+
+async def notify(conn: asyncpg.Connection, payloads: Sequence[str]) -> None:
+    if payloads:
+        await conn.execute(Q["notify"], list(payloads))

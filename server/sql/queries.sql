@@ -153,6 +153,14 @@ WHERE d.id = $1 AND d.deleted_at IS NULL AND w.deleted_at IS NULL;
 -- A live document's workspace and committed head, for loading its room.
 SELECT workspace_id, head_seq FROM shared_documents WHERE id = $1 AND deleted_at IS NULL;
 
+-- name: document_heads
+-- The committed head of each of the given documents (the fan-out's periodic check).
+SELECT id, head_seq FROM shared_documents WHERE id = ANY($1::uuid[]);
+
+-- name: notify
+-- Fan-out hints, sent in the writer's transaction: delivered only if it commits, in commit order.
+SELECT pg_notify('tandem', payload) FROM unnest($1::text[]) AS payload;
+
 -- name: latest_snapshot
 -- The newest snapshot of document $1.
 SELECT sequence_number, state, created_at FROM document_snapshots

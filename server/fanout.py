@@ -1,0 +1,139 @@
+"""Fan-out across nodes: NOTIFY hints out of the writer's transaction, LISTEN on a dedicated
+connection, and catch-up from the log.
+
+The committer issues `pg_notify` inside the transaction that appends the operations, so a hint
+is delivered only if the commit happens, in commit order. The payload is small
+(`{"k": "ops", "d": doc_id, "s": last_seq, "n": node_id, "t": time}`), never the update itself (payloads
+are limited to 8,000 bytes). A node ignores its own hints; for another node's, the room reads
+what it lacks from `document_operations` (`seq > head_seq`) and delivers it in order. NOTIFY is
+only a hint, the log is the truth: at start, after every reconnect of the LISTEN connection
+(with backoff), and every `fanout_check_interval_s`, each open room compares its head with the
+document's `head_seq` and catches up. Later issues put workspace events (`"k"` of another kind)
+on the same channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from server import store
+from server.metrics import Metrics
+from server.rooms import RoomRegistry
+
+log = structlog.get_logger("tandem.fanout")
+
+CHANNEL = "tandem"
+
+
+def ops_hint(doc_id: uuid.UUID, last_seq: int, node_id: str) -> str:
+    """The NOTIFY payload for operations of one document committed up to `last_seq`; `t` (the
+    sender's clock at commit) measures propagation lag."""
+    hint = {"k": "ops", "d": str(doc_id), "s": last_seq, "n": node_id, "t": round(time.time(), 6)}
+    return json.dumps(hint, separators=(",", ":"))
+
+
+class Fanout:
+    """Owns the LISTEN connection and the periodic check. `run()` until cancelled."""
+
+    def __init__(
+        self, app_url: str, node_id: str, rooms: RoomRegistry, metrics: Metrics,
+        check_interval_s: float = 5.0, probe_interval_s: float = 5.0,
+    ) -> None:
+        self.app_url = app_url
+        self.node_id = node_id
+        self.rooms = rooms
+        self.metrics = metrics
+        self.check_interval_s = check_interval_s
+        self.probe_interval_s = probe_interval_s
+        self.connected = False
+        self.reconnects = 0
+
+    # --- hints -------------------------------------------------------------------------------
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            hint = json.loads(payload)
+            if hint.get("n") == self.node_id:
+                return
+            self.metrics.notifications.labels(hint.get("k", "?")).inc()
+            if isinstance(hint.get("t"), int | float):
+                self.metrics.fanout_lag.observe(max(0.0, time.time() - hint["t"]))
+            if hint.get("k") == "ops":
+                self.rooms.on_remote(uuid.UUID(hint["d"]), int(hint["s"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("fanout.bad_payload", payload=payload[:200])
+
+    # --- the LISTEN connection ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            lost = asyncio.Event()
+            conn = await self._connect()
+            try:
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(CHANNEL, self._on_notify)
+                self.connected = True
+                self.metrics.listen_up.set(1)
+                log.info("fanout.listening", reconnects=self.reconnects)
+                # Hints sent while nobody listened are lost: the log is read instead.
+                await self.check_all()
+                await self._watch(conn, lost)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("fanout.listen_lost", error=f"{type(exc).__name__}: {exc}")
+            finally:
+                self.connected = False
+                self.metrics.listen_up.set(0)
+                if not conn.is_closed():
+                    conn.terminate()
+            self.reconnects += 1
+
+    async def _connect(self) -> asyncpg.Connection:
+        """A dedicated (never pooled: a pool's reset runs UNLISTEN *) connection, with backoff."""
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential_jitter(initial=0.05, max=5.0),
+            retry=retry_if_exception_type((OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)),
+        ):
+            with attempt:
+                return await asyncpg.connect(self.app_url, timeout=10)
+        raise AssertionError("unreachable")  # AsyncRetrying retries forever
+
+    async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
+        """Until the connection is lost: probe it, and run the periodic check."""
+        since_check = 0.0
+        while not lost.is_set():
+            try:
+                await asyncio.wait_for(lost.wait(), self.probe_interval_s)
+                return
+            except TimeoutError:
+                pass
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), self.probe_interval_s)
+            since_check += self.probe_interval_s
+            if since_check >= self.check_interval_s:
+                since_check = 0.0
+                await self.check_all()
+
+    # --- the periodic check ---------------------------------------------------------------------
+
+    async def check_all(self) -> None:
+        """Compare every open room's head with the log's; rooms behind catch up."""
+        by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+        for room in list(self.rooms.rooms.values()):
+            by_tenant[room.tenant_id].append(room.doc_id)
+        for tenant_id, doc_ids in by_tenant.items():
+            try:
+                async with store.tenant_transaction(self.rooms.pool, tenant_id) as conn:
+                    heads = await store.document_heads(conn, doc_ids)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("fanout.check_failed", tenant_id=str(tenant_id), error=str(exc))
+                continue
+            for doc_id, head in heads:
+                self.rooms.on_remote(doc_id, head)
