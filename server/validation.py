@@ -13,19 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import multiprocessing
+import os
 import resource
+import signal
+import sys
 from collections.abc import Sequence
 
 import structlog
 
 log = structlog.get_logger("tandem.validation")
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TOO_COSTLY = "the update took too long or too much memory to decode"
 
 
-def _limit_memory(max_bytes: int) -> None:
+def _init_worker(max_bytes: int) -> None:
+    """Cap the worker's memory, and make it die with its server: a server killed with SIGKILL
+    must not leave its worker behind (the worker holds both ends of its pipes, so it would
+    never notice)."""
     resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the server died before prctl took effect
+            os._exit(1)
 
 
 def check_updates(updates: Sequence[bytes]) -> list[str | None]:
@@ -68,7 +81,7 @@ class Validator:
         return concurrent.futures.ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_limit_memory,
+            initializer=_init_worker,
             initargs=(self.max_memory_bytes,),
         )
 
