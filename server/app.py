@@ -23,7 +23,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import auth, database, fanout, health, session
+from server import auth, database, fanout, health, presence, session, yws
 from server.committer import Committer
 from server.embedded import EmbeddedPostgres
 from server.logs import bind_ids, get_logger
@@ -194,7 +194,8 @@ DEV_TENANT = uuid.UUID("00000000-0000-0000-0000-000000000001")
 
 
 async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: Database, metrics: Metrics) -> Node:
-    """The realtime side: the group committer and the rooms. The committer drains on exit."""
+    """The realtime side: the group committer, the rooms, the fan-out and presence. The committer
+    drains on exit."""
     assert settings.node_id is not None
     secret = auth.resolve_secret(settings.jwt_secret, settings.data_dir)
     committer = Committer(
@@ -225,11 +226,16 @@ async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: D
         db.app_url, settings.node_id, rooms, metrics, settings.fanout_check_interval_s, settings.fanout_probe_interval_s
     )
     start_background(stack, "fanout.listen", listener.run())
+    # Presence closes after its tasks stop (the stack runs in reverse); Redis stays optional.
+    members = presence.create_presence(settings, settings.node_id, metrics)
+    stack.push_async_callback(members.close)
+    for name, task in members.background():
+        start_background(stack, name, task)
     if db.embedded:
         token = auth.issue_token(secret, DEV_TENANT, "dev", settings.token_ttl_s)
         log.info("auth.dev_token", tenant_id=str(DEV_TENANT), agent_id="dev", token=token,
                  message="development token for the embedded server (tenant 1, agent dev)")
-    return Node(settings, settings.node_id, db.pool, rooms, committer, secret, metrics, validator, listener)
+    return Node(settings, settings.node_id, db.pool, rooms, committer, secret, metrics, validator, listener, members)
 
 
 def _lifespan(state: AppState) -> Any:
@@ -304,6 +310,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/metrics", health.metrics, methods=["GET"]),
             WebSocketRoute("/ws", session.websocket_endpoint),
+            WebSocketRoute("/yjs/{workspace_id}/{doc_id}", yws.endpoint),
         ],
         middleware=[
             Middleware(_QuietExpectedStartupErrors, state=state),

@@ -47,6 +47,7 @@ class ErrorCode(StrEnum):
     INVALID_TRANSITION = "invalid_transition"  # later: tasks and workflows
     SERVER_SHUTDOWN = "server_shutdown"
     INTERNAL_ERROR = "internal_error"
+    AWARENESS_TOO_LARGE = "awareness_too_large"
 
     @property
     def message(self) -> str:
@@ -83,6 +84,7 @@ _TABLE: dict[ErrorCode, tuple[str, int | None]] = {
     ErrorCode.INVALID_TRANSITION: ("This state change is not allowed.", None),
     ErrorCode.SERVER_SHUTDOWN: ("The server is shutting down.", CLOSE_GOING_AWAY),
     ErrorCode.INTERNAL_ERROR: ("Internal server error.", None),
+    ErrorCode.AWARENESS_TOO_LARGE: ("The awareness state is larger than max_awareness_bytes.", None),
 }
 
 RequestId = str | int

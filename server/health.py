@@ -2,6 +2,8 @@
 
 The database probe is one `SELECT 1` through the application pool, bounded by
 `settings.health_timeout_s`, so a hung database makes /healthz answer 503 instead of hanging.
+Redis (presence only) is reported but never makes the node unhealthy: without it presence
+degrades and documents keep working.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ async def healthz(request: Request) -> JSONResponse:
     up = await probe_database(db.pool if db else None, state.settings.health_timeout_s)
     state.metrics.db_up.set(1 if up else 0)
     node = state.node
+    configured = state.settings.redis_url is not None
+    redis = await node.presence.health() if node else {"configured": configured, "up": False if configured else None}
     body = {
         "status": "ok" if up else "unavailable",
         "node_id": state.node_id,
@@ -54,6 +58,8 @@ async def healthz(request: Request) -> JSONResponse:
             "schema_version": db.schema_version if db else None,
             "migrations_applied_at_start": db.migrations_applied_at_start if db else None,
         },
+        # Presence's store: `up` is null without REDIS_URL (presence is in process then).
+        "redis": redis,
     }
     return JSONResponse(body, status_code=200 if up else 503)
 
@@ -63,4 +69,6 @@ async def metrics(request: Request) -> Response:
     # Refresh the database gauge at scrape time, so it is current even without health checks.
     up = await probe_database(state.database.pool if state.database else None, state.settings.health_timeout_s)
     state.metrics.db_up.set(1 if up else 0)
+    if state.node is not None:
+        await state.node.presence.health()  # refreshes tandem_redis_up
     return Response(state.metrics.render(), media_type=metrics_module.CONTENT_TYPE)

@@ -95,6 +95,29 @@ class Metrics:
         self.listen_up = Gauge("tandem_listen_up", "1 while the LISTEN connection is up.", registry=self.registry)
         self.rooms = Gauge("tandem_rooms", "Documents loaded in memory on this node.", registry=self.registry)
 
+        # Presence (server/presence.py): ephemeral, in Redis when REDIS_URL is set.
+        self.redis_up = Gauge(
+            "tandem_redis_up", "1 while the presence relay is subscribed and Redis answers.", registry=self.registry
+        )
+        self.presence_entries = Gauge(
+            "tandem_presence_entries", "Workspace presence entries of this node's sessions.", registry=self.registry
+        )
+        self.presence_events = Counter(
+            "tandem_presence_events",
+            "Presence and awareness events: `published` to other nodes, `relayed` from them.",
+            ["direction"],
+            registry=self.registry,
+        )
+        self.presence_errors = Counter(
+            "tandem_presence_errors",
+            "Presence calls that failed or were skipped because Redis was unreachable, by operation.",
+            ["op"],
+            registry=self.registry,
+        )
+        self.presence_expired = Counter(
+            "tandem_presence_expired", "Entries of vanished sessions removed by this node's sweep.", registry=self.registry
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -1,4 +1,4 @@
-"""What a running node shares between its connections: settings, pool, rooms and committer.
+"""What a running node shares between its connections: settings, pool, rooms, committer, presence.
 
 Built by the app's lifespan once the database is up (server/app.py) and handed to every
 connection; it holds no logic of its own.
@@ -6,13 +6,15 @@ connection; it holds no logic of its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from server.committer import Committer
 from server.fanout import Fanout
 from server.metrics import Metrics
+from server.presence import Presence
 from server.rooms import RoomRegistry
 from server.settings import Settings
 from server.validation import Validator
@@ -29,3 +31,6 @@ class Node:
     metrics: Metrics
     validator: Validator | None  # None: updates are decoded in process (trusted clients only)
     fanout: Fanout
+    presence: Presence  # in Redis with REDIS_URL, else in process (server/presence.py)
+    # Commits accepted from sessions that may end first: they must finish (held until done).
+    background: set[asyncio.Task[None]] = field(default_factory=set)

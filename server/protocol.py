@@ -31,8 +31,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from crdt.clock import decode_state_vector
 from server.errors import ErrorCode, RequestId, error_frame
 
+EMPTY_STATE_VECTOR = b"\x00"  # a Yjs state vector with no clients
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript clients lose precision above this
@@ -81,9 +83,21 @@ def _bytes_or_b64(value: object) -> bytes:
     return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else _b64decode(value)
 
 
+def _state_vector(value: bytes) -> bytes:
+    """Empty means "I have nothing" (docs/protocol.md#55); anything else must decode."""
+    if not value:
+        return EMPTY_STATE_VECTOR
+    try:
+        decode_state_vector(value)
+    except ValueError:
+        raise PydanticCustomError("state_vector", "Not a Yjs state vector") from None
+    return value
+
+
 ReqId = Annotated[RequestId, PlainValidator(_request_id)]
 B64 = Annotated[bytes, PlainValidator(_b64decode)]  # decoded on input; frames bound the size
 B64Update = Annotated[bytes, PlainValidator(_b64decode), AfterValidator(_non_empty)]
+StateVector = Annotated[bytes, PlainValidator(_b64decode), AfterValidator(_state_vector)]
 # Server side: bytes in code, base64 on the wire; a client reading frames back gets bytes again.
 B64Out = Annotated[bytes, PlainValidator(_bytes_or_b64), PlainSerializer(_b64encode, return_type=str)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_not_blank)]
@@ -157,7 +171,7 @@ class DocOpen(_Request):
     type: Literal["doc.open"] = "doc.open"
     id: ReqId | None = None
     doc_id: UUID
-    state_vector: B64 = b""
+    state_vector: StateVector = EMPTY_STATE_VECTOR
 
 
 class DocClose(_Request):
@@ -177,12 +191,26 @@ class DocResync(_Request):
     type: Literal["doc.resync"] = "doc.resync"
     id: ReqId | None = None
     doc_id: UUID
-    state_vector: B64 = b""
+    state_vector: StateVector = EMPTY_STATE_VECTOR
+
+
+class PresenceList(_Request):
+    type: Literal["presence.list"] = "presence.list"
+    id: ReqId | None = None
+    workspace_id: UUID
+
+
+class AwarenessSet(_Request):
+    type: Literal["awareness.set"] = "awareness.set"
+    id: ReqId | None = None
+    workspace_id: UUID
+    doc_id: UUID | None = None
+    state: dict[str, Any] | None  # required; null clears (docs/protocol.md#57-presence-and-awareness)
 
 
 ClientMessage = Union[
     Hello, Ping, WorkspaceCreate, WorkspaceList, WorkspaceJoin, WorkspaceLeave,
-    DocCreate, DocList, DocOpen, DocClose, DocUpdate, DocResync,
+    DocCreate, DocList, DocOpen, DocClose, DocUpdate, DocResync, PresenceList, AwarenessSet,
 ]  # fmt: skip
 CLIENT_MESSAGES: dict[str, type[BaseModel]] = {
     cls.model_fields["type"].default: cls for cls in ClientMessage.__args__  # type: ignore[attr-defined]
@@ -354,12 +382,85 @@ class SessionClosing(_Out):
     message: str
 
 
+# --- presence and awareness (docs/protocol.md#57-presence-and-awareness) ----------------------
+
+LeftReason = Literal["left", "disconnected", "expired"]
+
+
+class PresenceMember(_Out):
+    """One session joined to a workspace. Also the form presence backends store and relay."""
+
+    agent_id: str
+    node_id: str
+    conn_id: UUID  # the session's `session_id`
+    since: AwareDatetime
+    doc_ids: list[UUID]  # the session's open documents in this workspace, in opening order
+    awareness: dict[str, Any] | None
+    awareness_doc_id: UUID | None
+
+
+class PresenceListOk(_Out):
+    type: Literal["presence.list.ok"] = "presence.list.ok"
+    re: RequestId | None
+    workspace_id: UUID
+    members: list[PresenceMember]
+    truncated: bool
+    partial: bool  # the presence store was unreachable: only this node's sessions are listed
+
+
+class AwarenessSetOk(_Out):
+    type: Literal["awareness.set.ok"] = "awareness.set.ok"
+    re: RequestId | None
+    workspace_id: UUID
+    doc_id: UUID | None
+
+
+class PresenceJoined(_Out):
+    type: Literal["presence.joined"] = "presence.joined"
+    workspace_id: UUID
+    agent_id: str
+    conn_id: UUID
+    node_id: str
+    since: AwareDatetime
+
+
+class PresenceLeft(_Out):
+    type: Literal["presence.left"] = "presence.left"
+    workspace_id: UUID
+    agent_id: str
+    conn_id: UUID
+    reason: LeftReason
+
+
+class PresenceChanged(_Out):
+    type: Literal["presence.changed"] = "presence.changed"
+    workspace_id: UUID
+    agent_id: str
+    conn_id: UUID
+    doc_ids: list[UUID]
+
+
+class AwarenessChanged(_Out):
+    type: Literal["awareness.changed"] = "awareness.changed"
+    workspace_id: UUID
+    doc_id: UUID | None
+    agent_id: str
+    conn_id: UUID
+    state: dict[str, Any] | None
+
+
+class PresenceStale(_Out):
+    type: Literal["presence.stale"] = "presence.stale"
+    workspace_id: UUID
+
+
 SERVER_MESSAGES: dict[str, type[BaseModel]] = {
     cls.model_fields["type"].default: cls
     for cls in (
         ServerHello, HelloOk, Pong, WorkspaceCreateOk, WorkspaceListOk, WorkspaceJoinOk,
         WorkspaceLeaveOk, DocCreateOk, DocListOk, DocOpenOk, DocCloseOk, DocUpdateOk,
-        DocResyncOk, DocOp, SessionClosing,
+        DocResyncOk, DocOp, SessionClosing, PresenceListOk, AwarenessSetOk, PresenceJoined,
+        PresenceLeft, PresenceChanged, AwarenessChanged, PresenceStale,
     )
 }  # fmt: skip
 
@@ -374,6 +475,11 @@ def encode(message: BaseModel | dict[str, Any]) -> str:
     if isinstance(message, BaseModel):
         return message.model_dump_json()
     return pydantic_core.to_json(message).decode()
+
+
+def awareness_bytes(state: dict[str, Any] | None) -> int:
+    """Size of an awareness state as compact UTF-8 JSON, the form it is stored and relayed in."""
+    return 0 if state is None else len(pydantic_core.to_json(state))
 
 
 # --- parsing (docs/protocol.md#43-when-each-request-is-legal, steps 1 and 3) -----------------
@@ -498,6 +604,8 @@ RULES: dict[str, Rule] = {
     "doc.close": Rule.OPEN,
     "doc.update": Rule.OPEN,
     "doc.resync": Rule.OPEN,
+    "presence.list": Rule.JOINED,
+    "awareness.set": Rule.JOINED,
 }
 
 
@@ -635,6 +743,18 @@ class Session:
 
     def closed_doc(self, doc_id: UUID) -> None:
         self.docs.pop(doc_id, None)
+
+    def check_awareness(self, msg: AwarenessSet, max_awareness_bytes: int) -> ProtocolError | None:
+        """Step 5 of `awareness.set` (docs/protocol.md#57): `doc_id`, when given, is open in this
+        session and belongs to `workspace_id` (`doc_not_open`); `state` encodes to at most
+        `max_awareness_bytes` bytes of compact JSON (`awareness_too_large`)."""
+        if msg.doc_id is not None and self.docs.get(msg.doc_id) != msg.workspace_id:
+            return ProtocolError(ErrorCode.DOC_NOT_OPEN, msg.id)
+        size = awareness_bytes(msg.state)
+        if size > max_awareness_bytes:
+            details = {"max_awareness_bytes": max_awareness_bytes, "awareness_bytes": size}
+            return ProtocolError(ErrorCode.AWARENESS_TOO_LARGE, msg.id, details)
+        return None
 
     def invalid_update(self, re: RequestId | None = None, details: dict[str, Any] | None = None) -> ProtocolError:
         """Count one invalid update: `invalid_update`, or at the budget `too_many_invalid_updates`

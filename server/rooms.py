@@ -43,26 +43,50 @@ class Subscriber(Protocol):
     def send_text(self, frame: str) -> None: ...
 
 
+# --- hook for subscribers that want operations, not JSON frames (server/yws.py) ----------------
+
+
+class UpdateSubscriber(Protocol):
+    """A subscriber with its own wire format (the y-websocket endpoint): it gets each committed
+    operation itself, in the same seq order and with the same hold-until-synced rule, and must
+    not block. `own`: the operation came from this subscriber (the JSON path sends its ack)."""
+
+    conn_id: str
+
+    def send_update(self, seq: int, agent_id: str, update: bytes, own: bool) -> None: ...
+
+
+UpdateSink = Callable[[int, str, bytes, bool], None]
+Delivery = str | tuple[str, bytes, bool]  # a JSON frame, or (agent_id, update, own) for a sink
+
+
 @dataclass
 class Subscription:
-    subscriber: Subscriber
+    subscriber: Subscriber | UpdateSubscriber
     # Events with seq <= synced_seq are already in what the subscriber got with its open reply;
     # until the reply is out, events wait here so they cannot overtake it.
     synced_seq: int | None = None
-    held: list[tuple[int, str]] = field(default_factory=list)
+    held: list[tuple[int, Delivery]] = field(default_factory=list)
+    sink: UpdateSink | None = None  # set for an UpdateSubscriber
 
-    def deliver(self, seq: int, frame: str) -> None:
+    def deliver(self, seq: int, item: Delivery) -> None:
         if self.synced_seq is None:
-            self.held.append((seq, frame))
+            self.held.append((seq, item))
         elif seq > self.synced_seq:
-            self.subscriber.send_text(frame)
+            self._send(seq, item)
 
     def release(self, synced_seq: int) -> None:
         self.synced_seq = synced_seq
         held, self.held = self.held, []
-        for seq, frame in held:
+        for seq, item in held:
             if seq > synced_seq:
-                self.subscriber.send_text(frame)
+                self._send(seq, item)
+
+    def _send(self, seq: int, item: Delivery) -> None:
+        if self.sink is not None:
+            self.sink(seq, *item)  # type: ignore[misc]
+        else:
+            self.subscriber.send_text(item)  # type: ignore[union-attr, arg-type]
 
 
 class Room:
@@ -96,18 +120,25 @@ class Room:
 
     # --- subscriptions -----------------------------------------------------------------------
 
-    async def open(self, subscriber: Subscriber, state_vector: bytes) -> tuple[bytes, bytes, int]:
+    async def open(
+        self,
+        subscriber: Subscriber | UpdateSubscriber,
+        state_vector: bytes,
+        reply: Callable[[bytes, bytes, int], None] | None = None,
+    ) -> tuple[bytes, bytes, int]:
         """Subscribe; returns (exactly the update the subscriber lacks, the server's state vector,
         the seq up to which that update is complete).
 
         The update may also hold operations applied here but not yet committed; the reply is
-        returned only once they are, and events for seqs above the returned one follow it.
-        Raises CorruptUpdate for a state vector that does not decode.
+        returned only once they are. `reply(missing, state_vector, seq)` is called to queue the
+        subscriber's reply right before the events held meanwhile are released, with no await in
+        between, so no event can overtake the reply. The state vector was checked at the
+        protocol boundary.
         """
         missing = self.document.diff(state_vector)
         server_vector = self.document.state_vector()
         synced = self.head_seq
-        sub = Subscription(subscriber)
+        sub = Subscription(subscriber, sink=getattr(subscriber, "send_update", None))
         self.subscriptions[subscriber.conn_id] = sub
         self.idle_since = None
         pending = self.last_pending
@@ -116,6 +147,8 @@ class Room:
                 await asyncio.shield(pending)
             except Exception:
                 pass  # the room is broken and reloads; the session reports it
+        if reply is not None:
+            reply(missing, server_vector, synced)
         sub.release(synced)
         return missing, server_vector, synced
 
@@ -195,17 +228,34 @@ class Room:
     def _deliver(self, seq: int, op: store.NewOperation) -> None:
         self.head_seq = seq
         doc_id = str(self.doc_id)
-        # Encoded once for every subscriber; the sender gets its ack in the same ordered
-        # stream instead (docs/protocol.md#62).
-        frame = encode({
-            "type": "doc.op", "doc_id": doc_id, "seq": seq, "agent_id": op.agent_id,
-            "update": base64.b64encode(op.update).decode(),
-        })
+        # Encoded once for every JSON subscriber; the sender gets its ack in the same ordered
+        # stream instead (docs/protocol.md#62). Update subscribers (y-websocket) get the op.
+        frame: str | None = None
         for conn_id, sub in list(self.subscriptions.items()):
-            if op.origin is not None and conn_id == op.origin:
+            own = op.origin is not None and conn_id == op.origin
+            if sub.sink is not None:
+                sub.deliver(seq, (op.agent_id, op.update, own))
+            elif own:
                 sub.deliver(seq, encode({"type": "doc.update.ok", "re": op.request_id, "doc_id": doc_id, "seq": seq}))
             else:
+                if frame is None:
+                    frame = encode({
+                        "type": "doc.op", "doc_id": doc_id, "seq": seq, "agent_id": op.agent_id,
+                        "update": base64.b64encode(op.update).decode(),
+                    })
                 sub.deliver(seq, frame)
+
+
+async def _read_log(conn: asyncpg.Connection, doc_id: uuid.UUID) -> tuple[Snapshot | None, list[Operation]]:
+    """A document's latest snapshot and every operation after it (what `rebuild` needs)."""
+    row = await store.latest_snapshot(conn, doc_id)
+    snapshot = Snapshot(doc_id, row["sequence_number"], row["state"], row["created_at"]) if row else None
+    rows = await store.all_operations_after(conn, doc_id, snapshot.seq if snapshot else 0)
+    operations = [
+        Operation(doc_id, r["sequence_number"], r["agent_id"], r["operation_type"], r["vector_clock"], r["update"])
+        for r in rows
+    ]
+    return snapshot, operations
 
 
 class RoomRegistry:
@@ -245,15 +295,10 @@ class RoomRegistry:
             meta = await store.document_meta(conn, doc_id)
             if meta is None:
                 raise LookupError(doc_id)
-            row = await store.latest_snapshot(conn, doc_id)
-            after = row["sequence_number"] if row else 0
-            rows = await store.all_operations_after(conn, doc_id, after)
-        snapshot = Snapshot(doc_id, after, row["state"], row["created_at"]) if row else None
-        operations = [
-            Operation(doc_id, r["sequence_number"], r["agent_id"], r["operation_type"], r["vector_clock"], r["update"])
-            for r in rows
-        ]
-        # Replay is CPU-bound: keep it off the event loop so a cold load does not stall others.
+            snapshot, operations = await _read_log(conn, doc_id)
+        after = snapshot.seq if snapshot else 0
+        # Replay is CPU-bound: in a thread, the event loop still gets turns between updates
+        # (yrs holds the GIL only for one update at a time), so a cold load does not stall others.
         document = await asyncio.to_thread(rebuild, operations, snapshot)
         head = operations[-1].seq if operations else after
         room = Room(tenant_id, doc_id, meta["workspace_id"], document, head)
@@ -339,9 +384,14 @@ class RoomRegistry:
 
     async def store(self, room: Room, force: bool = False) -> None:
         """snapshot: every `snapshot_every_ops` operations or `snapshot_every_s` seconds, and the
-        readable `content` (debounced). Only when the room is quiet, so the state in memory is
-        exactly the log up to `head_seq`."""
-        if not room.quiet or room.broken:
+        readable `content` (debounced).
+
+        Taken from memory when the room is quiet (the document is exactly the log up to
+        `head_seq`). A room written to without pause is never quiet: once it is a whole period
+        overdue, the state at `head_seq` is rebuilt from the last snapshot and the log instead,
+        off the event loop, so snapshots and content keep up under sustained load.
+        """
+        if room.broken:
             return
         s = self.settings
         now = time.monotonic()
@@ -350,8 +400,16 @@ class RoomRegistry:
         content = room.content_seq != room.head_seq and (force or now - room.content_at >= s.content_debounce_s)
         if not snapshot and not content:
             return
-        seq, state = room.head_seq, room.document.encode_state() if snapshot else b""
-        text = room.document.text() if content else ""
+        seq = room.head_seq
+        if room.quiet:
+            state = room.document.encode_state() if snapshot else b""
+            text = room.document.text() if content else ""
+        elif behind >= 2 * s.snapshot_every_ops or now - room.snapshot_at >= 2 * s.snapshot_every_s:
+            document = await self._rebuild_at(room, seq)
+            state, text = document.encode_state(), document.text()
+            snapshot = content = True
+        else:
+            return
         async with store.tenant_transaction(self.pool, room.tenant_id) as conn:
             if snapshot:
                 await store.insert_snapshot(conn, room.doc_id, seq, state)
@@ -361,6 +419,12 @@ class RoomRegistry:
             room.snapshot_seq, room.snapshot_at = seq, now
         if content:
             room.content_seq, room.content_at = seq, now
+
+    async def _rebuild_at(self, room: Room, seq: int) -> Document:
+        """The document exactly after operation `seq`: its latest snapshot plus the log."""
+        async with store.tenant_transaction(self.pool, room.tenant_id) as conn:
+            snapshot, operations = await _read_log(conn, room.doc_id)
+        return await asyncio.to_thread(rebuild, operations, snapshot, until_seq=seq)
 
     async def janitor(self, interval_s: float = 1.0) -> None:
         """Store what is due and unload idle rooms, until cancelled."""
@@ -392,4 +456,4 @@ class RoomRegistry:
                 log.exception("room.store_failed", doc_id=str(room.doc_id))
 
 
-__all__ = ["CorruptUpdate", "Room", "RoomRegistry", "Subscriber"]
+__all__ = ["CorruptUpdate", "Room", "RoomRegistry", "Subscriber", "UpdateSubscriber"]

@@ -140,6 +140,8 @@ class Connection:
             self.session.transport_closed()
             self.node.metrics.sessions.dec()
             self.log.info("session.ended")
+            # Last: no await ran since the sender stopped, so no presence event was queued in vain.
+            await self.node.presence.disconnect(self.conn_id)
 
     async def _read_loop(self) -> None:
         while not self.closing.is_set():
@@ -207,6 +209,7 @@ class Connection:
             joined = await workspaces.join_workspace(conn, self.principal.agent_id, msg.workspace_id, self.node.settings.max_list_items)
         self.session.joined(msg.workspace_id)
         self.can_write[msg.workspace_id] = joined.can_write
+        await self.node.presence.join(self, self.principal.tenant_id, self.principal.agent_id, msg.workspace_id)
         self.reply(
             p.WorkspaceJoinOk(
                 re=msg.id, workspace=joined.workspace.to_wire(), role=joined.role, state_version=joined.state_version,
@@ -222,6 +225,7 @@ class Connection:
             room = self.rooms.pop(doc_id, None)
             if room is not None:
                 room.close(self.conn_id)
+        await self.node.presence.leave(self.conn_id, msg.workspace_id)
         self.reply(p.WorkspaceLeaveOk(re=msg.id, workspace_id=msg.workspace_id, closed_doc_ids=closed))
 
     async def on_doc_create(self, msg: p.DocCreate) -> None:
@@ -237,7 +241,9 @@ class Connection:
             docs, truncated = await workspaces.list_documents(conn, msg.workspace_id, self.node.settings.max_list_items)
         self.reply(p.DocListOk(re=msg.id, workspace_id=msg.workspace_id, documents=[d.to_wire() for d in docs], truncated=truncated))
 
-    async def _sync(self, msg: p.DocOpen | p.DocResync) -> tuple[Room, bytes, bytes, int]:
+    async def _sync(self, msg: p.DocOpen | p.DocResync) -> Room:
+        """Subscribe (or resubscribe) and send the catch-up reply; events for later seqs follow
+        it in the same queue (docs/protocol.md#62)."""
         assert self.principal is not None
         room = self.rooms.get(msg.doc_id)
         if room is None:
@@ -252,18 +258,24 @@ class Connection:
                 room = await self.node.rooms.get(self.principal.tenant_id, msg.doc_id)
             except LookupError:
                 raise TandemError(ErrorCode.NOT_FOUND) from None
+        reply_type = p.DocOpenOk if isinstance(msg, p.DocOpen) else p.DocResyncOk
+        workspace_id = room.workspace_id
+
+        def reply(missing: bytes, state_vector: bytes, seq: int) -> None:
+            self.reply(reply_type(re=msg.id, doc_id=msg.doc_id, workspace_id=workspace_id, seq=seq, update=missing, state_vector=state_vector))
+
+        await room.open(self, msg.state_vector, reply)
+        # Open only once subscribed: a failed open leaves the session as it was.
         self.rooms[msg.doc_id] = room
         self.session.opened(msg.doc_id, room.workspace_id)
-        missing, state_vector, seq = await room.open(self, msg.state_vector)
-        return room, missing, state_vector, seq
+        return room
 
     async def on_doc_open(self, msg: p.DocOpen) -> None:
-        room, missing, sv, seq = await self._sync(msg)
-        self.reply(p.DocOpenOk(re=msg.id, doc_id=msg.doc_id, workspace_id=room.workspace_id, seq=seq, update=missing, state_vector=sv))
+        room = await self._sync(msg)
+        await self.node.presence.open_doc(self.conn_id, room.workspace_id, msg.doc_id)
 
     async def on_doc_resync(self, msg: p.DocResync) -> None:
-        room, missing, sv, seq = await self._sync(msg)
-        self.reply(p.DocResyncOk(re=msg.id, doc_id=msg.doc_id, workspace_id=room.workspace_id, seq=seq, update=missing, state_vector=sv))
+        await self._sync(msg)
 
     async def on_doc_close(self, msg: p.DocClose) -> None:
         room = self.rooms.pop(msg.doc_id, None)
@@ -271,6 +283,8 @@ class Connection:
             room.close(self.conn_id)
         self.session.closed_doc(msg.doc_id)
         self.reply(p.DocCloseOk(re=msg.id, doc_id=msg.doc_id))
+        if room is not None:
+            await self.node.presence.close_doc(self.conn_id, room.workspace_id, msg.doc_id)
 
     async def on_doc_update(self, msg: p.DocUpdate) -> None:
         room = self.rooms[msg.doc_id]
@@ -320,7 +334,11 @@ class Connection:
             self.inflight.release()
             self.reply(p.DocUpdateOk(re=msg.id, doc_id=msg.doc_id, seq=None))
             return
-        self._spawn(self._commit(room, op, room.expect(), msg.id))
+        # Not in self.tasks: an accepted update is committed even if this session ends now
+        # (cancelling it would break the room for every other subscriber).
+        task = asyncio.create_task(self._commit(room, op, room.expect(), msg.id))
+        self.node.background.add(task)
+        task.add_done_callback(self.node.background.discard)
 
     async def _commit(self, room: Room, op: store.NewOperation, seq: asyncio.Future[int], re: p.RequestId | None) -> None:
         try:
@@ -330,6 +348,25 @@ class Connection:
             self.error(p.ProtocolError(ErrorCode.INTERNAL_ERROR, re))
         finally:
             self.inflight.release()
+
+    # --- presence and awareness (docs/protocol.md#57; server/presence.py) ---------------------
+
+    async def on_presence_list(self, msg: p.PresenceList) -> None:
+        assert self.principal is not None
+        found = await self.node.presence.list_members(self.principal.tenant_id, msg.workspace_id)
+        self.reply(
+            p.PresenceListOk(
+                re=msg.id, workspace_id=msg.workspace_id, members=found.members, truncated=found.truncated,
+                partial=found.partial,
+            )
+        )
+
+    async def on_awareness_set(self, msg: p.AwarenessSet) -> None:
+        err = self.session.check_awareness(msg, self.node.settings.max_awareness_bytes)
+        if err is not None:
+            raise TandemError(err.code, details=err.details)
+        await self.node.presence.set_awareness(self.conn_id, msg.workspace_id, msg.doc_id, msg.state)
+        self.reply(p.AwarenessSetOk(re=msg.id, workspace_id=msg.workspace_id, doc_id=msg.doc_id))
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:

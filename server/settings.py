@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     validation_workers: int = 1
     validation_timeout_s: float = 1.0
     validation_memory_bytes: int = 1 << 30
+    # Presence and awareness (server/presence.py, docs/protocol.md#57): in Redis with REDIS_URL.
+    presence_ttl_s: float = 15.0  # a session not refreshed for this long is gone (heartbeat: ttl/3)
+    presence_sweep_interval_s: float | None = None  # expired-entry sweep; None: presence_ttl_s / 3
+    presence_timeout_s: float = 1.0  # bound on each Redis call; presence degrades, documents don't
+    max_awareness_bytes: int = 8192  # one awareness state, as compact JSON
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -71,6 +71,8 @@ VALID = {
     "doc.close": {"type": "doc.close", "doc_id": DOC},
     "doc.update": {"type": "doc.update", "id": 7, "doc_id": DOC, "update": HELLO_UPDATE},
     "doc.resync": {"type": "doc.resync", "doc_id": DOC, "state_vector": "AekHBQ=="},
+    "presence.list": {"type": "presence.list", "id": 9, "workspace_id": WS},
+    "awareness.set": {"type": "awareness.set", "id": 10, "workspace_id": WS, "doc_id": DOC, "state": {"cursor": {"anchor": 3}}},
 }
 
 
@@ -108,7 +110,7 @@ def test_optional_fields_take_their_documented_defaults():
     assert isinstance(doc, p.DocCreate)
     assert (doc.content_type, doc.language) == ("text", None)
     opened = p.parse(frame(type="doc.open", doc_id=DOC), MAX)
-    assert isinstance(opened, p.DocOpen) and opened.state_vector == b""
+    assert isinstance(opened, p.DocOpen) and opened.state_vector == p.EMPTY_STATE_VECTOR  # empty: "I have nothing"
 
 
 # --- 3 and 4.3: errors from parsing --------------------------------------------------------------
@@ -228,6 +230,20 @@ def test_bad_base64_gets_invalid_message(field, value):
     err = p.parse(json.dumps(fields), MAX)
     assert isinstance(err, p.ProtocolError) and err.code is ErrorCode.INVALID_MESSAGE and err.re == 8
     assert [e["field"] for e in err.details["errors"]] == [field]
+
+
+@pytest.mark.parametrize("value", ["/w==", "AQ==", "Af8B"])  # 127 clients missing, 1 client missing, truncated
+def test_state_vector_that_does_not_decode_gets_invalid_message(value):
+    # docs/protocol.md#55-documents (doc.open: state_vector is a Yjs state vector)
+    err = p.parse(json.dumps({"type": "doc.open", "id": 9, "doc_id": DOC, "state_vector": value}), MAX)
+    assert isinstance(err, p.ProtocolError) and err.code is ErrorCode.INVALID_MESSAGE and err.re == 9
+    assert [e["field"] for e in err.details["errors"]] == ["state_vector"]
+
+
+def test_empty_state_vector_means_the_client_has_nothing():
+    # docs/protocol.md#55-documents ("empty or absent: the client has nothing")
+    opened = p.parse(json.dumps({"type": "doc.open", "doc_id": DOC, "state_vector": ""}), MAX)
+    assert isinstance(opened, p.DocOpen) and opened.state_vector == p.EMPTY_STATE_VECTOR
 
 
 def test_oversized_frame_gets_frame_too_large_and_stays_open():
@@ -490,7 +506,8 @@ def test_message_table_matches_the_models():
 
 def test_replies_carry_re_and_events_do_not():
     # docs/protocol.md#3-framing-and-encoding (requests, replies, events)
-    events = {"hello", "doc.op", "session.closing"}
+    events = {"hello", "doc.op", "session.closing", "presence.joined", "presence.left", "presence.changed",
+              "awareness.changed", "presence.stale"}  # fmt: skip
     for type_, model in p.SERVER_MESSAGES.items():
         assert ("re" in model.model_fields) is (type_ not in events), type_
 

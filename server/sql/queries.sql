@@ -21,12 +21,13 @@ FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[])
     AS s(seq, agent_id, op_type, clock, upd);
 
 -- name: operations_after
--- The operations of document $1 with a sequence number above $2, in order, at most $3 of them.
+-- The operations of document $1 with a sequence number in ($2, $2 + $3], in order. Seqs are
+-- contiguous, so the range is at most $3 rows and always an index range scan (a LIMIT alone
+-- can make the planner sort every later row for each page).
 SELECT sequence_number, agent_id, operation_type, vector_clock, "update", "timestamp"
 FROM document_operations
-WHERE document_id = $1 AND sequence_number > $2
-ORDER BY sequence_number
-LIMIT $3;
+WHERE document_id = $1 AND sequence_number > $2 AND sequence_number <= $2 + $3
+ORDER BY sequence_number;
 
 -- ============================================================================================
 -- Workspaces, members and documents (server/workspaces.py)
@@ -175,3 +176,51 @@ ON CONFLICT (document_id, sequence_number) DO NOTHING;
 -- name: update_content
 -- The current text for readers that don't speak CRDT; `version` counts these refreshes.
 UPDATE shared_documents SET content = $2, version = version + 1, updated_by = $3 WHERE id = $1;
+
+-- ============================================================================================
+-- Replay tool (server/replay.py)
+-- Read-only, in one repeatable-read transaction per command. Pages of the log are ranges of
+-- seq, bounded on both sides: each page reads only its own rows even when the planner's
+-- statistics lag behind a burst of writes (a LIMIT alone can then sort every later row).
+-- ============================================================================================
+
+-- name: replay_operations
+-- The operations of document $1 with $2 < seq <= $3, in order; the clock as JSON text (decoded only if used).
+SELECT sequence_number, agent_id, operation_type, vector_clock::text AS vector_clock, "update", "timestamp"
+FROM document_operations
+WHERE document_id = $1 AND sequence_number > $2 AND sequence_number <= $3
+ORDER BY sequence_number;
+
+-- name: replay_document
+-- Document $1 (deleted ones included: their log can still be replayed), its head and readable content.
+SELECT coalesce(content_type, 'text') AS content_type, head_seq, content
+FROM shared_documents WHERE id = $1;
+
+-- name: replay_snapshot_seqs
+-- The sequence numbers of document $1's snapshots up to seq $2, oldest first.
+SELECT sequence_number FROM document_snapshots
+WHERE document_id = $1 AND sequence_number <= $2
+ORDER BY sequence_number;
+
+-- name: replay_snapshot_at_or_before
+-- The newest snapshot of document $1 at or before seq $2 (one backward scan of the unique key).
+SELECT sequence_number, state, created_at FROM document_snapshots
+WHERE document_id = $1 AND sequence_number <= $2
+ORDER BY sequence_number DESC LIMIT 1;
+
+-- name: replay_seq_at_time
+-- The end of document $1's log prefix written at or before $2 (the seq before the first later row), at most $3.
+SELECT least(coalesce(min(sequence_number) - 1, $3::bigint), $3::bigint)
+FROM document_operations
+WHERE document_id = $1 AND "timestamp" > $2;
+
+-- name: replay_history
+-- Operations of document $1 in ($2, $3] by agents $4 (null: all) written within [$5, $6] (null: open), at most $7.
+SELECT sequence_number, agent_id, operation_type, "timestamp", octet_length("update") AS size_bytes
+FROM document_operations
+WHERE document_id = $1 AND sequence_number > $2 AND sequence_number <= $3
+  AND ($4::text[] IS NULL OR agent_id = ANY($4::text[]))
+  AND ($5::timestamptz IS NULL OR "timestamp" >= $5)
+  AND ($6::timestamptz IS NULL OR "timestamp" <= $6)
+ORDER BY sequence_number
+LIMIT $7;

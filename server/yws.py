@@ -1,0 +1,585 @@
+"""The y-websocket compatible endpoint `/yjs/{workspace_id}/{doc_id}` (docs/protocol.md section 11).
+
+Stock Yjs editors (`WebsocketProvider` of y-websocket) join the same documents as agents. The
+wire is the y-protocols one: binary frames holding a sync message (step 1, step 2, update), an
+awareness update, an awareness query or an auth message; they are read and written with
+pycrdt's own helpers (`YMessageType`, `Decoder`, `write_message`, `create_update_message`,
+`Awareness`, ...), never with hand-written framing. Updates take the
+agents' durable path: checked in the validation worker, applied to the room's document,
+sequenced and committed to `document_operations`, and only then sent to the document's other
+subscribers on every node (the room delivers committed operations in seq order through its
+`send_update` hook). There are no acks; the sender never gets its own update back.
+
+Awareness (cursors, user names) is shared between the y-websocket clients of one document on
+this node by `AwarenessRelay` (not stored, not across nodes, not yet bridged to agent presence).
+The file reads top-down: the wire (pure), the awareness relay, the connection (I/O).
+
+Refusals close the socket with a code and the error code as reason (table `CLOSE_CODES`). Codes
+4400-4499 tell y-websocket not to reconnect; transient ones (1011, 1013) let it reconnect and
+resync, which loses nothing since Yjs resends what the server lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+from pycrdt import (
+    Awareness,
+    Decoder,
+    Doc,
+    Encoder,
+    YMessageType,
+    YSyncMessageType,
+    create_awareness_message,
+    create_update_message,
+    write_message,
+)
+from starlette.websockets import WebSocket, WebSocketState
+
+from crdt.clock import CorruptStateVector
+from crdt.document import CorruptUpdate
+from server import auth, store, workspaces
+from server.errors import ErrorCode, TandemError
+from server.node import Node
+from server.protocol import TokenBucket
+from server.rooms import Room
+
+log = structlog.get_logger("tandem.yws")
+
+# y-protocols message types pycrdt has no enum for (y-websocket: messageAuth, messageQueryAwareness).
+AUTH = 2
+QUERY_AWARENESS = 3
+PERMISSION_DENIED = 0  # y-protocols/auth
+EMPTY_UPDATE = b"\x00\x00"  # Yjs's update with no structs and no deletions
+
+# Limits of this endpoint (the others are the main protocol's, from Settings).
+MAX_AWARENESS_ENTRIES = 4096  # client states in one awareness message (it may relay a whole room's)
+MAX_AWARENESS_CLIENTS = 32  # awareness client ids one connection may own (introduce or renew)
+_MAX_VARUINT_BYTES = 8  # lib0 refuses integers beyond 53 bits; 8 bytes hold 56
+
+CLOSE_CODES: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_MESSAGE: 4400,
+    ErrorCode.UNSUPPORTED_FRAME: 4400,
+    ErrorCode.LIMIT_EXCEEDED: 4400,
+    ErrorCode.UNAUTHORIZED: 4401,
+    ErrorCode.FORBIDDEN: 4403,
+    ErrorCode.WORKSPACE_FULL: 4403,
+    ErrorCode.NOT_FOUND: 4404,
+    ErrorCode.FRAME_TOO_LARGE: 4413,
+    ErrorCode.INVALID_UPDATE: 4422,
+    ErrorCode.TOKEN_EXPIRED: 4440,
+    ErrorCode.INTERNAL_ERROR: 1011,
+    ErrorCode.SLOW_CONSUMER: 1013,  # "try again later": y-websocket reconnects and resyncs
+}
+
+
+# --- the wire (pure): bytes in, typed messages or a refusal out -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStep1:
+    state_vector: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncUpdate:
+    """Sync step 2 or update: both carry one Yjs v1 update."""
+
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessUpdate:
+    payload: bytes  # the awareness update inside the message (checked: it decodes)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAwareness:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AuthMessage:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    code: ErrorCode
+    detail: str = ""
+
+    @property
+    def close_code(self) -> int:
+        return CLOSE_CODES[self.code]
+
+
+Message = SyncStep1 | SyncUpdate | AwarenessUpdate | QueryAwareness | AuthMessage
+
+
+class _TooManyClients(ValueError):
+    pass
+
+
+class _Decoder(Decoder):
+    """pycrdt's decoder with lib0's bound on integers: a long run of continuation bytes is refused
+    instead of growing one Python integer (quadratic time)."""
+
+    def read_var_uint(self) -> int:
+        end = min(self.i0 + _MAX_VARUINT_BYTES, len(self.stream))
+        if not any(b < 0x80 for b in self.stream[self.i0 : end]):
+            raise ValueError("integer too long or truncated")
+        return super().read_var_uint()
+
+    def read_payload(self) -> bytes:
+        """One varUint8Array (length-prefixed bytes) that must be all that is left."""
+        payload = self.read_message()
+        if payload is None or self.length != 0:
+            raise ValueError("truncated message or trailing bytes")
+        return payload
+
+
+def parse(frame: bytes | str | None, max_frame_bytes: int) -> Message | Refused:
+    """One client frame: a message, or why it is refused. Never raises for client input."""
+    if not isinstance(frame, bytes):
+        return Refused(ErrorCode.UNSUPPORTED_FRAME, "y-websocket messages are binary frames")
+    if len(frame) > max_frame_bytes:
+        return Refused(ErrorCode.FRAME_TOO_LARGE, f"{len(frame)} bytes > {max_frame_bytes}")
+    try:
+        kind, rest = frame[0], frame[1:]
+        if kind == YMessageType.SYNC:
+            step, payload = rest[0], _Decoder(rest[1:]).read_payload()
+            if step == YSyncMessageType.SYNC_STEP1:
+                return SyncStep1(payload)
+            if step in (YSyncMessageType.SYNC_STEP2, YSyncMessageType.SYNC_UPDATE):
+                return SyncUpdate(payload)
+            raise ValueError(f"unknown sync message type {step}")
+        if kind == YMessageType.AWARENESS:
+            payload = _Decoder(rest).read_payload()
+            _check_awareness(payload)
+            return AwarenessUpdate(payload)
+        if kind == QUERY_AWARENESS and len(rest) == 0:
+            return QueryAwareness()
+        if kind == AUTH:
+            return AuthMessage()  # y-protocols defines none for clients to send; ignored
+    except _TooManyClients as exc:
+        return Refused(ErrorCode.LIMIT_EXCEEDED, str(exc))
+    except (ValueError, IndexError, RuntimeError) as exc:  # RecursionError: deeply nested JSON
+        return Refused(ErrorCode.INVALID_MESSAGE, str(exc)[:80])
+    return Refused(ErrorCode.INVALID_MESSAGE, f"unknown message type {frame[0]}")
+
+
+def _check_awareness(payload: bytes) -> None:
+    """Check an awareness update decodes (count, then client id, clock and JSON state per
+    client) with bounded integers, before pycrdt's `Awareness` (unbounded) reads it."""
+    decoder = _Decoder(payload)
+    count = decoder.read_var_uint()
+    if count > MAX_AWARENESS_ENTRIES:
+        raise _TooManyClients(f"awareness update for {count} clients")
+    for _ in range(count):
+        decoder.read_var_uint()  # client id
+        decoder.read_var_uint()  # clock
+        text = decoder.read_var_string()
+        state = json.loads(text) if text else None
+        if state is not None and not isinstance(state, dict):
+            raise ValueError("an awareness state is a JSON object or null")
+    if decoder.length != 0:
+        raise ValueError("trailing bytes after the awareness update")
+
+
+def sync_step1_message(state_vector: bytes) -> bytes:
+    """Sync step 1: the server's state vector; the client answers with what the server lacks."""
+    return bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP1]) + write_message(state_vector)
+
+
+def sync_step2_message(update: bytes) -> bytes:
+    """Sync step 2: the answer to the client's step 1, everything it lacks as one update."""
+    return bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP2]) + write_message(update)
+
+
+def permission_denied_message(reason: str) -> bytes:
+    """y-protocols/auth permission denied: y-websocket logs the reason and stays connected."""
+    encoder = Encoder()
+    encoder.write_var_uint(AUTH)
+    encoder.write_var_uint(PERMISSION_DENIED)
+    encoder.write_var_string(reason)  # ASCII only: pycrdt writes the length in characters
+    return encoder.to_bytes()
+
+
+_last_update: tuple[bytes, bytes] = (b"", b"")
+
+
+def update_message(update: bytes) -> bytes:
+    """The sync update message for an operation, built once for all of a room's subscribers
+    (the room hands each of them the same `update` object in turn)."""
+    global _last_update
+    if _last_update[0] is not update:
+        _last_update = (update, create_update_message(update))
+    return _last_update[1]
+
+
+# --- awareness relay (this node) ---------------------------------------------------------------
+
+
+class AwarenessRelay:
+    """One document's y-websocket awareness on this node, kept in pycrdt's `Awareness`, as the
+    y-websocket server does: what a client's message changes (newer clocks only) is sent to the
+    other clients, newcomers get the current states, and the states a connection owns are
+    removed for the others when it ends.
+
+    y-websocket clients re-send every awareness change they receive, so a message may carry
+    other clients' states: those are stale here and change nothing, which also ends the echo.
+    A connection owns the client ids whose state it last made newer (a client that reconnects
+    moves its id to the new connection)."""
+
+    def __init__(self) -> None:
+        self.awareness = Awareness(Doc())
+        self.awareness.set_local_state(None)  # the relay itself has no state
+        self.members: dict[str, YjsConnection] = {}
+        self.owner: dict[int, str] = {}  # client id -> conn_id
+        self.owned: dict[str, set[int]] = {}  # conn_id -> client ids
+        self._changed: dict[str, list[int]] | None = None
+        self.awareness.observe(self._on_event)
+
+    def _on_event(self, topic: str, event: tuple[dict[str, list[int]], Any]) -> None:
+        if topic == "update":
+            self._changed = event[0]
+
+    def join(self, conn: YjsConnection) -> None:
+        self.members[conn.conn_id] = conn
+        self.owned[conn.conn_id] = set()
+        current = self.snapshot()
+        if current is not None:
+            conn.send_bytes(current)
+
+    def snapshot(self) -> bytes | None:
+        ids = list(self.awareness.states)
+        return create_awareness_message(self.awareness.encode_awareness_update(ids)) if ids else None
+
+    def apply(self, conn: YjsConnection, message: AwarenessUpdate) -> Refused | None:
+        self._changed = None
+        self.awareness.apply_awareness_update(message.payload, conn.conn_id)
+        changed, self._changed = self._changed, None
+        if changed is None:
+            return None  # nothing newer: a relayed echo
+        for client_id in changed["added"] + changed["updated"]:
+            previous = self.owner.get(client_id)
+            if previous is not None and previous != conn.conn_id:
+                self.owned[previous].discard(client_id)
+            self.owner[client_id] = conn.conn_id
+            self.owned[conn.conn_id].add(client_id)
+        for client_id in changed["removed"]:
+            previous = self.owner.pop(client_id, None)
+            if previous is not None:
+                self.owned[previous].discard(client_id)
+        if len(self.owned[conn.conn_id]) > MAX_AWARENESS_CLIENTS:
+            return Refused(ErrorCode.LIMIT_EXCEEDED, "too many awareness clients")
+        self._send_others(conn, changed["added"] + changed["updated"] + changed["removed"])
+        return None
+
+    def leave(self, conn: YjsConnection) -> None:
+        self.members.pop(conn.conn_id, None)
+        ids = list(self.owned.pop(conn.conn_id, ()))
+        for client_id in ids:
+            del self.owner[client_id]
+        ids = [i for i in ids if i in self.awareness.states]
+        if ids:
+            self.awareness.remove_awareness_states(ids, conn.conn_id)
+            self._send_others(conn, ids)
+
+    def _send_others(self, conn: YjsConnection, client_ids: list[int]) -> None:
+        message = create_awareness_message(self.awareness.encode_awareness_update(client_ids))
+        for other in list(self.members.values()):
+            if other is not conn:
+                other.send_bytes(message)
+
+
+class AwarenessRelays:
+    """Relays by document id; one appears with a document's first y-websocket client and goes
+    with its last, so memory follows the connections."""
+
+    def __init__(self) -> None:
+        self.relays: dict[uuid.UUID, AwarenessRelay] = {}
+
+    def join(self, doc_id: uuid.UUID, conn: YjsConnection) -> AwarenessRelay:
+        relay = self.relays.setdefault(doc_id, AwarenessRelay())
+        relay.join(conn)
+        return relay
+
+    def leave(self, doc_id: uuid.UUID, conn: YjsConnection) -> None:
+        relay = self.relays.get(doc_id)
+        if relay is not None:
+            relay.leave(conn)
+            if not relay.members:
+                del self.relays[doc_id]
+
+
+# --- the connection (I/O) -------------------------------------------------------------------------
+
+
+_COMMITS: set[asyncio.Task[None]] = set()  # commits under way, held until done
+
+
+class YjsConnection:
+    """One y-websocket client of one document. `send_update` is the room's way in."""
+
+    def __init__(self, ws: WebSocket, node: Node, relays: AwarenessRelays) -> None:
+        self.ws = ws
+        self.node = node
+        self.relays = relays
+        self.conn_id = str(uuid.uuid4())
+        s = node.settings
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(s.send_queue_len)
+        self.bucket = TokenBucket(s.max_messages_per_s, s.max_message_burst)
+        self.inflight = asyncio.Semaphore(s.max_inflight_updates)
+        self.updates: asyncio.Queue[bytes] = asyncio.Queue()  # bounded by `inflight`
+        self.principal: auth.Principal | None = None
+        self.room: Room | None = None
+        self.relay: AwarenessRelay | None = None
+        self.can_write = False
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = asyncio.Event()
+        self.log = log.bind(conn_id=self.conn_id)
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def send_bytes(self, data: bytes) -> None:
+        """Queue a message without waiting; a full queue closes the connection (slow_consumer)."""
+        if self.closing.is_set():
+            return
+        try:
+            self.queue.put_nowait(data)
+        except asyncio.QueueFull:
+            self.node.metrics.slow_consumers.inc()
+            self._spawn(self.fail(Refused(ErrorCode.SLOW_CONSUMER)))
+
+    def send_update(self, seq: int, agent_id: str, update: bytes, own: bool) -> None:
+        if not own:  # y-websocket has no acks: the sender already has its update
+            self.send_bytes(update_message(update))
+
+    async def _sender(self) -> None:
+        try:
+            while True:
+                await self.ws.send_bytes(await self.queue.get())
+        except Exception:  # the connection is gone; the read loop ends the session
+            self.closing.set()
+
+    async def fail(self, refused: Refused) -> None:
+        """Close with the code's close code and the error code as reason (once)."""
+        if self.closing.is_set():
+            return
+        self.closing.set()
+        self.node.metrics.errors.labels(refused.code.value).inc()
+        self.log.info("yws.closing", reason=refused.code.value, code=refused.close_code, detail=refused.detail)
+        try:
+            async with asyncio.timeout(2):
+                await self.ws.close(refused.close_code, refused.code.value)
+        except Exception:  # the peer may be gone already; the close code is best effort
+            pass
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, workspace_id: str, doc_id: str) -> None:
+        await self.ws.accept()
+        s = self.node.settings
+        verdict = auth.verify_token(
+            self.node.jwt_secret, auth.token_from_request(self.ws.query_params, self.ws.headers),
+            leeway_s=s.jwt_leeway_s, issuer=s.jwt_issuer, audience=s.jwt_audience, max_token_bytes=s.max_token_bytes,
+        )
+        if isinstance(verdict, ErrorCode):
+            self.node.metrics.auth_failures.labels(verdict.value).inc()
+            await self.fail(Refused(verdict))
+            return
+        self.principal = verdict
+        self.log = self.log.bind(tenant_id=str(verdict.tenant_id), agent_id=verdict.agent_id, doc_id=doc_id)
+        try:
+            room = await self._join(workspace_id, doc_id)
+        except TandemError as exc:
+            await self.fail(Refused(exc.code))
+            return
+        except Exception:
+            self.log.exception("yws.join_failed")
+            await self.fail(Refused(ErrorCode.INTERNAL_ERROR))
+            return
+        self.node.metrics.sessions.inc()
+        sender = asyncio.create_task(self._sender())
+        pipeline = asyncio.create_task(self._update_pipeline())
+        ttl_s = (verdict.expires_at - datetime.now(timezone.utc)).total_seconds() + s.jwt_leeway_s
+        expiry = asyncio.get_running_loop().call_later(
+            max(ttl_s, 0), lambda: self._spawn(self.fail(Refused(ErrorCode.TOKEN_EXPIRED)))
+        )
+        self.log.info("yws.started", can_write=self.can_write)
+        try:
+            # Subscribe at once (the room counts this client and will not unload) and ask the
+            # client for what the server lacks (not a viewer: its changes would be refused).
+            # The client's own step 1 gets the step 2 reply.
+            await room.open(self, room.document.state_vector(), self._ask_for_missing)
+            self.relay = self.relays.join(room.doc_id, self)
+            await self._read_loop()
+        except Exception:
+            self.log.exception("yws.crashed")
+            if self.ws.client_state is WebSocketState.CONNECTED:
+                await self.fail(Refused(ErrorCode.INTERNAL_ERROR))
+        finally:
+            expiry.cancel()
+            sender.cancel()
+            pipeline.cancel()
+            for task in list(self.tasks):
+                task.cancel()
+            room.close(self.conn_id)
+            if self.relay is not None:
+                self.relays.leave(room.doc_id, self)
+            self.node.metrics.sessions.dec()
+            self.log.info("yws.ended")
+
+    def _ask_for_missing(self, _missing: bytes, server_vector: bytes, _seq: int) -> None:
+        if self.can_write:
+            self.send_bytes(sync_step1_message(server_vector))
+
+    def _reply_step2(self, missing: bytes, _server_vector: bytes, _seq: int) -> None:
+        self.send_bytes(sync_step2_message(missing))
+
+    async def _join(self, workspace_id: str, doc_id: str) -> Room:
+        """The document's room, after the main protocol's checks: the document exists in this
+        workspace, and the agent is a member (a team or public workspace admits it, as
+        `workspace.join` does). Raises TandemError."""
+        assert self.principal is not None
+        try:
+            ws_id, d_id = uuid.UUID(workspace_id), uuid.UUID(doc_id)
+        except ValueError:
+            raise TandemError(ErrorCode.NOT_FOUND) from None
+        agent = self.principal.agent_id
+        client = self.ws.client.host if self.ws.client else None
+        async with store.tenant_transaction(self.node.pool, self.principal.tenant_id, agent, client) as conn:
+            info = await workspaces.get_document(conn, d_id)
+            if info is None or info.workspace_id != ws_id:
+                raise TandemError(ErrorCode.NOT_FOUND)
+            member = await workspaces.membership(conn, agent, ws_id)
+            if member is None:
+                joined = await workspaces.join_workspace(conn, agent, ws_id, 1)
+                self.can_write = joined.can_write
+            else:
+                self.can_write = workspaces.can_write(member)
+        try:
+            self.room = await self.node.rooms.get(self.principal.tenant_id, d_id)
+        except LookupError:
+            raise TandemError(ErrorCode.NOT_FOUND) from None
+        return self.room
+
+    async def _read_loop(self) -> None:
+        max_frame = self.node.settings.max_frame_bytes
+        while not self.closing.is_set():
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("bytes")
+            parsed = parse(raw if raw is not None else message.get("text"), max_frame)
+            if isinstance(parsed, Refused):
+                await self.fail(parsed)
+                return
+            wait_s = self.bucket.take(time.monotonic())
+            if wait_s > 0:  # backpressure: read on when the rate allows (nothing is dropped)
+                await asyncio.sleep(wait_s)
+            await self._handle(parsed)
+
+    async def _handle(self, msg: Message) -> None:
+        room = self.room
+        assert room is not None and self.relay is not None
+        if room.broken:  # its commit failed; the registry reloads it from the log
+            await self.fail(Refused(ErrorCode.INTERNAL_ERROR, "room reloading"))
+        elif isinstance(msg, SyncStep1):
+            try:  # the reply is queued before the updates committed meanwhile
+                await room.open(self, msg.state_vector, self._reply_step2)
+            except (CorruptStateVector, CorruptUpdate) as exc:
+                await self.fail(Refused(ErrorCode.INVALID_MESSAGE, f"state vector: {exc}"[:80]))
+        elif isinstance(msg, SyncUpdate):
+            if msg.update == EMPTY_UPDATE:
+                return
+            if not self.can_write:
+                self.node.metrics.errors.labels(ErrorCode.FORBIDDEN.value).inc()
+                self.send_bytes(permission_denied_message("forbidden: read-only access (viewer)"))
+                return
+            await self.inflight.acquire()
+            self.updates.put_nowait(msg.update)
+        elif isinstance(msg, AwarenessUpdate):
+            refused = self.relay.apply(self, msg)
+            if refused is not None:
+                await self.fail(refused)
+        elif isinstance(msg, QueryAwareness):
+            current = self.relay.snapshot()
+            if current is not None:
+                self.send_bytes(current)
+
+    # --- the durable path (as server/session.py's doc.update) --------------------------------
+
+    async def _update_pipeline(self) -> None:
+        """Check queued updates in the validation worker (one round trip per batch), then apply
+        them in arrival order and commit each; the room broadcasts after the commit."""
+        try:
+            while True:
+                batch = [await self.updates.get()]
+                while not self.updates.empty():
+                    batch.append(self.updates.get_nowait())
+                validator = self.node.validator
+                if validator is None:
+                    verdicts: list[str | None] = [None] * len(batch)
+                else:
+                    verdicts = list(await asyncio.gather(*(validator.check(u) for u in batch)))
+                for update, verdict in zip(batch, verdicts):
+                    await self._apply(update, verdict)
+        except Exception:
+            self.log.exception("yws.pipeline_failed")
+            await self.fail(Refused(ErrorCode.INTERNAL_ERROR))
+
+    async def _apply(self, update: bytes, verdict: str | None) -> None:
+        assert self.principal is not None and self.room is not None
+        room = self.room
+        if self.closing.is_set():
+            self.inflight.release()
+            return
+        try:
+            if verdict is not None:
+                raise CorruptUpdate(verdict)
+            op = room.validate(self.principal.agent_id, update, origin=self.conn_id)
+        except CorruptUpdate as exc:
+            self.inflight.release()
+            self.node.metrics.invalid_updates.inc()
+            await self.fail(Refused(ErrorCode.INVALID_UPDATE, str(exc)[:80]))
+            return
+        if op is None:  # nothing new: nothing to store or forward
+            self.inflight.release()
+            return
+        # Not one of `self.tasks`: a commit under way must finish even when the connection ends
+        # (cancelling it would mark the room broken for everyone). It is bounded by the committer.
+        task = asyncio.create_task(self._commit(room, op, room.expect()))
+        _COMMITS.add(task)
+        task.add_done_callback(_COMMITS.discard)
+
+    async def _commit(self, room: Room, op: store.NewOperation, seq: asyncio.Future[int]) -> None:
+        try:
+            await self.node.rooms.commit(room, op, seq)
+        except Exception:
+            self.log.exception("yws.commit_failed")
+            await self.fail(Refused(ErrorCode.INTERNAL_ERROR, "commit failed"))
+        finally:
+            self.inflight.release()
+
+
+async def endpoint(ws: WebSocket) -> None:
+    """`WebSocketRoute("/yjs/{workspace_id}/{doc_id}", endpoint)`."""
+    state = ws.app.state
+    relays = getattr(state, "yws_relays", None)
+    if relays is None:
+        relays = state.yws_relays = AwarenessRelays()
+    await YjsConnection(ws, state.tandem.node, relays).run(ws.path_params["workspace_id"], ws.path_params["doc_id"])
