@@ -2,27 +2,43 @@
 
 Generates a log of small edits by several simulated agents (seeded), then times
 `crdt.replay.rebuild` from scratch, from a mid-log snapshot, from a snapshot near the end,
-and op-by-op `Document.apply` (the live path). Prints figures; asserts nothing.
-Bounded: --ops caps the log, and each phase stops early after --time-limit-s.
+and op-by-op `Document.apply` (the live path). Then (unless --no-db) the same log goes into a
+throwaway PostgreSQL and `server.replay` (what `tandem replay` runs: pages of rows read as the
+application role, fed to `rebuild`) replays it with and without a snapshot, and verifies it.
+Prints figures; asserts nothing. Bounded: --ops caps the log, and each phase stops early after
+--time-limit-s.
 
-    .venv/bin/python bench/bench_replay.py [--ops 100000] [--agents 4] [--seed 7]
+    .venv/bin/python bench/bench_replay.py [--ops 100000] [--agents 4] [--seed 7] [--no-db]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
+import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import asyncpg
 from pycrdt import Doc, Text
 
 from crdt.document import CONTENT, Document
 from crdt.operations import Operation, Origin, Snapshot
 from crdt.replay import rebuild, verify
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.common` when run as a script
+
+from bench.common import Postgres, cleanup_dir, workdir  # noqa: E402
+from server import database, store, workspaces  # noqa: E402
+from server import replay as replay_tool  # noqa: E402
+from server.settings import Settings  # noqa: E402
+
 DOC_ID = "bench-doc"
+INSERT_BATCH_OPS = 1000
 
 
 def generate(n_ops: int, n_agents: int, seed: int, deadline: float) -> list[Operation]:
@@ -81,6 +97,8 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--time-limit-s", type=float, default=120.0)
+    parser.add_argument("--db", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also replay through PostgreSQL as `tandem replay` does (default: on).")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -125,6 +143,64 @@ def main() -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(f"python-heap peak during rebuild of {min(n, 20_000)} ops: {peak / 1e6:.1f} MB (excludes yrs)")
+
+    if args.db:
+        asyncio.run(through_postgres(ops, full.text()))
+
+
+async def timed_async(label: str, count: int, fn: Callable[[], Awaitable[object]]) -> object:
+    start = time.perf_counter()
+    result = await fn()
+    elapsed = time.perf_counter() - start
+    print(f"{label:<44} {count:>8} ops {elapsed:8.3f} s {count / elapsed:>12,.0f} ops/s")
+    return result
+
+
+async def through_postgres(ops: list[Operation], final_text: str) -> None:
+    """`tandem replay`'s path: the log in PostgreSQL, read in pages by `server.replay`."""
+    work = workdir("tandem-bench-replay-")
+    pg = Postgres(work, fsync=False).start()
+    try:
+        settings = Settings(database_url=pg.admin_url, data_dir=work / "data")
+        await database.prepare(settings, pg.admin_url)
+        pool = await database.create_pool(database.app_url(settings, pg.admin_url), min_size=1, max_size=1)
+        try:
+            await replay_from_postgres(pool, ops, final_text)
+        finally:
+            await pool.close()
+    finally:
+        pg.destroy()
+        cleanup_dir(work)
+
+
+async def replay_from_postgres(pool: asyncpg.Pool, ops: list[Operation], final_text: str) -> None:
+    n = len(ops)
+    tenant = uuid.uuid4()
+    async with store.tenant_transaction(pool, tenant, "bench") as conn:
+        workspace = await workspaces.create_workspace(conn, tenant, "bench", "Replay bench")
+        plain = await workspaces.create_document(conn, "bench", workspace.workspace_id, "no snapshot")
+        snapped = await workspaces.create_document(conn, "bench", workspace.workspace_id, "snapshot at 90%")
+    start = time.perf_counter()
+    for doc in (plain, snapped):
+        for i in range(0, n, INSERT_BATCH_OPS):
+            rows = [store.NewOperation(op.agent_id, str(op.op_type), op.vector_clock, op.update)
+                    for op in ops[i : i + INSERT_BATCH_OPS]]
+            async with store.tenant_transaction(pool, tenant, "bench") as conn:
+                await store.append_operations(conn, doc.doc_id, rows)
+    seq = int(n * 0.9)
+    async with store.tenant_transaction(pool, tenant, "bench") as conn:
+        await store.insert_snapshot(conn, snapped.doc_id, seq, rebuild(ops, until_seq=seq).encode_state())
+        await store.update_content(conn, snapped.doc_id, final_text, None)
+    print(f"postgres: stored {n} ops twice in {time.perf_counter() - start:.1f} s (batches of {INSERT_BATCH_OPS})")
+
+    for label, doc, count in (("tandem replay, no snapshot", plain, n), ("tandem replay, snapshot@90%", snapped, n - seq)):
+        result = await timed_async(label, count, lambda doc=doc: replay_tool.replay(pool, tenant, doc.doc_id, progress=False))
+        assert isinstance(result, replay_tool.Replayed)
+        print(f"  equal to the in-memory rebuild: {result.document.text() == final_text}")
+    report = await timed_async("tandem replay --verify (from seq 1)", n,
+                               lambda: replay_tool.verify(pool, tenant, snapped.doc_id, progress=False))
+    assert isinstance(report, replay_tool.VerifyReport)
+    print(f"  verified: {report.ok}")
 
 
 if __name__ == "__main__":

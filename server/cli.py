@@ -2,7 +2,8 @@
 
 `tandem serve` runs the server; `tandem migrate up | down [N] | down --all | status` manages the
 schema; `tandem token issue`, `workspace create`, `member add` and `document create` are the
-operator commands (bodies in server/admin.py). Each command reads the settings once (environment
+operator commands (bodies in server/admin.py); `tandem replay`, `history` and `blame` read a
+document's log (bodies in server/replay.py). Each command reads the settings once (environment
 plus its flags) and passes them down. Bad arguments are usage errors (exit 2); expected failures
 print one line on stderr and exit 1; only bugs print a traceback.
 A new group is a `typer.Typer()` added with `app.add_typer(...)` below.
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -22,8 +26,10 @@ import asyncpg
 import typer
 from pydantic import BaseModel, ValidationError
 
+from crdt.clock import VectorClock
 from server import admin, logs, migrate, protocol, workspaces
 from server import app as server_app
+from server import replay as replay_tool
 from server.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -347,3 +353,159 @@ def document_create(
         echo_json(document.to_wire())
     else:
         typer.echo(document.doc_id)
+
+
+# --- replay tool: replay, history, blame (bodies in server/replay.py) ------------------------
+
+DocumentId = Annotated[uuid.UUID, typer.Argument(metavar="DOCUMENT", help="Document id (a UUID).", show_default=False)]
+AtSeq = Annotated[int | None, typer.Option("--at-seq", min=0, metavar="N", help="After operation N (0: empty).")]
+Progress = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help=f"Progress bar on stderr (default: when stderr is a terminal and {replay_tool.PROGRESS_MIN_OPS:,} "
+        "or more operations are read).",
+    ),
+]
+JsonLines = Annotated[bool, typer.Option("--json", help="Print one JSON object per line.")]
+
+
+def time_option(name: str, help: str) -> Any:
+    help = f"{help}; ISO 8601, UTC without an offset."
+    return typer.Option(name, parser=replay_tool.parse_time, metavar="TIMESTAMP", help=help)
+
+
+class ReplayFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    UPDATE = "update"
+
+
+@app.command("replay")
+def replay_command(
+    document: DocumentId,
+    tenant: Tenant,
+    at_seq: AtSeq = None,
+    at_time: Annotated[datetime | None, time_option("--at-time", "As of this time: the log written until then")] = None,
+    at_clock: Annotated[
+        VectorClock | None,
+        typer.Option(
+            "--at-clock", parser=replay_tool.parse_clock, metavar="VECTOR",
+            help='The operations this vector clock has seen, as JSON like {"3735928559": 42} (the log\'s vector_clock).',
+        ),
+    ] = None,
+    output_format: Annotated[
+        ReplayFormat,
+        typer.Option("--format", help="text; json (json and yaml documents, parsed); update (the state as one binary Yjs update)."),
+    ] = ReplayFormat.TEXT,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Replay from the first operation; compare with the snapshots and the live content.")
+    ] = False,
+    progress: Progress = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Rebuild DOCUMENT from its nearest snapshot and the operations after it, and print it.
+
+    Without a bound: the head. The text is printed exactly as it is (no newline added); --format update writes binary, so redirect stdout.
+
+    --verify prints a report instead, and exits 1 if the replay differs from a stored snapshot or the live content, or if an operation cannot be applied.
+    """
+    given = (("--at-seq", at_seq), ("--at-time", at_time), ("--at-clock", at_clock))
+    bounds = [name for name, value in given if value is not None]
+    if len(bounds) > 1:
+        raise typer.BadParameter("give at most one of them", param_hint=" / ".join(bounds))
+    if verify and (bounds or output_format is not ReplayFormat.TEXT):
+        raise typer.BadParameter("it replays the whole log and prints a report: no bound, no --format",
+                                 param_hint="--verify")
+    if output_format is ReplayFormat.UPDATE and sys.stdout.isatty():
+        fail("refusing to write a binary update to a terminal: redirect stdout to a file")
+    settings = settings_from(data_dir=data_dir)
+    if verify:
+        report = run_admin(settings, lambda pool: replay_tool.verify(pool, tenant, document, progress=progress))
+        for line in report.lines():
+            typer.echo(line)
+        if not report.ok:
+            fail(f"document {document} does not match its log: {report.problems} problem(s), see above")
+        return
+    result = run_admin(
+        settings,
+        lambda pool: replay_tool.replay(
+            pool, tenant, document, at_seq=at_seq, at_time=at_time, at_clock=at_clock, progress=progress
+        ),
+    )
+    if output_format is ReplayFormat.UPDATE:
+        sys.stdout.buffer.write(result.document.encode_state())
+        sys.stdout.buffer.flush()
+    elif output_format is ReplayFormat.JSON:
+        try:
+            typer.echo(replay_tool.as_json(result.doc, result.document.text(), result.seq))
+        except admin.AdminError as exc:
+            fail(str(exc))
+    else:
+        sys.stdout.write(result.document.text())
+        sys.stdout.flush()
+
+
+@app.command("history")
+def history_command(
+    document: DocumentId,
+    tenant: Tenant,
+    agent: Annotated[
+        list[str] | None, typer.Option("--agent", metavar="AGENT", help="Only this agent's operations; repeat for more.")
+    ] = None,
+    from_seq: Annotated[int | None, typer.Option("--from-seq", min=1, metavar="N", help="From operation N on.")] = None,
+    to_seq: Annotated[int | None, typer.Option("--to-seq", min=1, metavar="N", help="Up to operation N.")] = None,
+    from_time: Annotated[datetime | None, time_option("--from-time", "Written at or after this time")] = None,
+    to_time: Annotated[datetime | None, time_option("--to-time", "Written at or before this time")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="At most N operations.")] = None,
+    as_json: JsonLines = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List DOCUMENT's operations in order: seq, time, type, size in bytes, agent.
+
+    Filters combine, and ranges include their ends. With --json each line is {seq, agent_id, op_type, timestamp, size_bytes}.
+    """
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> None:
+        entries = replay_tool.history(
+            pool, tenant, document, agents=agent or (), from_seq=from_seq or 1, to_seq=to_seq,
+            from_time=from_time, to_time=to_time, limit=limit,
+        )
+        header = not as_json
+        async for entry in entries:
+            if header:
+                typer.echo(replay_tool.HISTORY_HEADER)
+                header = False
+            typer.echo(json.dumps(entry.to_json(), ensure_ascii=False) if as_json else entry.line())
+        if header:  # nothing matched: the header alone
+            typer.echo(replay_tool.HISTORY_HEADER)
+
+    run_admin(settings, action)
+
+
+@app.command("blame")
+def blame_command(
+    document: DocumentId,
+    tenant: Tenant,
+    at_seq: AtSeq = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the spans, one JSON object per line: agent_id, start (a character offset), text.")
+    ] = False,
+    progress: Progress = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Print DOCUMENT's text with the agent that inserted each part (replays the whole log).
+
+    One line per line of text: the agents that wrote it, its number, the text.
+    """
+    settings = settings_from(data_dir=data_dir)
+    _doc, spans = run_admin(
+        settings, lambda pool: replay_tool.blame(pool, tenant, document, at_seq=at_seq, progress=progress)
+    )
+    if as_json:
+        for span in replay_tool.blame_json(spans):
+            typer.echo(json.dumps(span, ensure_ascii=False))
+    else:
+        for line in replay_tool.blame_lines(spans):
+            typer.echo(line)
