@@ -1,0 +1,136 @@
+"""The wire format as plain values: frames to and from JSON, base64, and the objects replies carry.
+
+Pure: no I/O, no asyncio. Server messages may grow (docs/protocol.md section 3), so the
+dataclasses keep the fields they know and ignore the rest; `raw` holds the whole object.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Self
+
+PROTOCOL_VERSION = 1
+EMPTY_STATE_VECTOR = b"\x00"
+
+Frame = dict[str, Any]
+RequestId = int
+
+
+def b64(data: bytes) -> str:
+    """RFC 4648 section 4 base64 with padding, as the protocol carries binary (section 3)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"the server sent invalid base64: {exc}") from None
+
+
+def encode(frame: Frame) -> str:
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def decode(text: str | bytes) -> Frame | None:
+    """The frame as a dict, or None when it is not a JSON object with a string `type`."""
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+        return None
+    return frame
+
+
+def request(type_: str, rid: RequestId, fields_: dict[str, Any]) -> Frame:
+    """A request frame with `fields_` as given (None is sent as null)."""
+    return {"type": type_, "id": rid, **fields_}
+
+
+def given(**fields_: Any) -> dict[str, Any]:
+    """The fields whose value is not None: optional fields left out are the server's defaults."""
+    return {k: v for k, v in fields_.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class _Wire:
+    raw: Frame = field(repr=False, compare=False)
+
+    @classmethod
+    def from_wire(cls, obj: Frame) -> Self:
+        known = {f.name for f in fields(cls)} - {"raw"}
+        return cls(raw=obj, **{k: obj.get(k) for k in known})
+
+
+@dataclass(frozen=True)
+class WorkspaceInfo(_Wire):
+    """A workspace object (docs/protocol.md section 5.2)."""
+
+    workspace_id: str
+    name: str
+    workspace_type: str
+    visibility: str
+    max_members: int
+    owner_id: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class DocumentInfo(_Wire):
+    """A document object (docs/protocol.md section 5.2)."""
+
+    doc_id: str
+    workspace_id: str
+    title: str
+    content_type: str
+    language: str | None
+    created_by: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Member(_Wire):
+    agent_id: str
+    role: str
+    joined_at: str
+
+
+@dataclass(frozen=True)
+class Hello(_Wire):
+    """The server's `hello` (docs/protocol.md section 2.4)."""
+
+    protocol: int
+    node_id: str
+    server_version: str
+    session_id: str
+    agent_id: str
+    tenant_id: str
+    expires_at: str
+    limits: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JoinReply:
+    """`workspace.join.ok`: the workspace, the agent's role, its state version, members, documents."""
+
+    workspace: WorkspaceInfo
+    role: str
+    state_version: int | None
+    members: tuple[Member, ...]
+    documents: tuple[DocumentInfo, ...]
+    truncated: bool
+
+    @classmethod
+    def from_wire(cls, frame: Frame) -> JoinReply:
+        return cls(
+            workspace=WorkspaceInfo.from_wire(frame["workspace"]),
+            role=frame.get("role", "member"),
+            state_version=frame.get("state_version"),
+            members=tuple(Member.from_wire(m) for m in frame.get("members") or ()),
+            documents=tuple(DocumentInfo.from_wire(d) for d in frame.get("documents") or ()),
+            truncated=bool(frame.get("truncated")),
+        )

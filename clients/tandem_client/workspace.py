@@ -1,0 +1,190 @@
+"""A joined workspace: its documents, and (reserved for issue 6) its state and tasks.
+
+Joined workspaces belong to the client, not to one session: after a reconnect the client joins
+them again before reopening their documents (docs/protocol.md section 6.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from pycrdt import Doc
+
+from tandem_client import wire
+from tandem_client.coordination import Tasks, WorkspaceState
+from tandem_client.document import Document
+from tandem_client.errors import ClientClosed, ClientError, TandemError, error_from_code
+from tandem_client.presence import Presence
+
+if TYPE_CHECKING:
+    from tandem_client.client import Client
+
+
+class Workspace:
+    """Get one from `Client.join`. `presence` is the live view of who is here; `state` and
+    `tasks` are reserved for issue 6."""
+
+    def __init__(self, client: Client, reply: wire.JoinReply) -> None:
+        self.client = client
+        self.failure: ClientError | None = None
+        self.left = False
+        self.state = WorkspaceState(self)
+        self.tasks = Tasks(self)
+        self.presence = Presence(self)
+        self._awareness: tuple[dict[str, Any] | None, str | None] = (None, None)  # (state, doc_id) to publish again
+        self._documents: dict[str, Document] = {}
+        self._open_lock = asyncio.Lock()  # one find-or-create by title at a time
+        self._apply(reply)
+
+    def _apply(self, reply: wire.JoinReply) -> None:
+        self.info = reply.workspace
+        self.role = reply.role
+        self.state_version = reply.state_version
+        self.members = reply.members
+        self.document_infos = reply.documents  # as of the last join; list_documents() for fresh ones
+
+    @property
+    def workspace_id(self) -> str:
+        return self.info.workspace_id
+
+    @property
+    def documents(self) -> dict[str, Document]:
+        """The documents this client has open in the workspace, by doc_id."""
+        return dict(self._documents)
+
+    async def create_document(self, title: str, content_type: str = "text", language: str | None = None) -> wire.DocumentInfo:
+        """A new empty document (not opened). Not retried after a dropped connection: on
+        `ConnectionLost` it may or may not exist."""
+        self._check()
+        frame = await self.client._conn.request(
+            "doc.create",
+            wire.given(workspace_id=self.workspace_id, title=title, content_type=content_type, language=language),
+        )
+        return wire.DocumentInfo.from_wire(frame["document"])
+
+    async def list_documents(self) -> list[wire.DocumentInfo]:
+        """The workspace's documents (at most the server's `max_list_items`)."""
+        self._check()
+        frame = await self.client._idempotent("doc.list", {"workspace_id": self.workspace_id})
+        return [wire.DocumentInfo.from_wire(d) for d in frame["documents"]]
+
+    async def open(
+        self,
+        doc: str,
+        *,
+        create: bool = True,
+        content_type: str = "text",
+        language: str | None = None,
+        ydoc: Doc | None = None,
+    ) -> Document:
+        """Open a document by doc_id, or by title (the oldest with that title; created when there
+        is none and `create`). Returns it caught up; edits flow both ways from then on.
+
+        `ydoc`: a pycrdt Doc to sync (for example one kept from an earlier run); its content the
+        server lacks is sent. Two clients creating the same new title at once can make two
+        documents: create it once, then open it by title or id.
+        """
+        self._check()
+        async with self._open_lock:
+            info = await self._resolve(doc, create, content_type, language)
+            existing = self._documents.get(info.doc_id)
+            if existing is not None:
+                return existing
+            document = Document(self.client, self, info, ydoc)
+            self._documents[info.doc_id] = document  # a reconnect meanwhile reopens it too
+        try:
+            await self.client._retry_lost(document._sync)
+        except BaseException:
+            document._shutdown()
+            raise
+        return document
+
+    async def _resolve(self, doc: str, create: bool, content_type: str, language: str | None) -> wire.DocumentInfo:
+        try:
+            doc_id = str(uuid.UUID(doc))
+        except ValueError:
+            doc_id = None
+        if doc_id is not None:
+            known = [d for d in (*self.document_infos, *(o.info for o in self._documents.values())) if d.doc_id == doc_id]
+            if known:
+                return known[0]
+            for info in await self.list_documents():
+                if info.doc_id == doc_id:
+                    return info
+            # Not listed (a longer list than max_list_items): the open itself decides.
+            return wire.DocumentInfo.from_wire({"doc_id": doc_id, "workspace_id": self.workspace_id, "title": doc_id})
+        matches = sorted((d for d in await self.list_documents() if d.title == doc), key=lambda d: (d.created_at, d.doc_id))
+        if matches:
+            return matches[0]
+        if not create:
+            raise error_from_code("not_found", f"No document titled {doc!r}.")
+        return await self.create_document(doc, content_type, language)
+
+    async def set_awareness(self, state: dict[str, Any] | None, doc: str | Document | None = None) -> None:
+        """Publish this session's awareness state in the workspace (a cursor, a status; a JSON
+        object of at most the server's `max_awareness_bytes`), about `doc` (an open document or
+        its id) or the workspace as a whole; None clears it. Published again after a reconnect.
+        Raises `AwarenessTooLarge`, or `DocNotOpen` when `doc` is not open."""
+        self._check()
+        doc_id = doc.doc_id if isinstance(doc, Document) else doc
+        await self.client._retry_lost(
+            lambda: self.client._conn.request(
+                "awareness.set", {"workspace_id": self.workspace_id, **wire.given(doc_id=doc_id), "state": state}
+            )
+        )
+        self._awareness = (state, doc_id)
+
+    async def leave(self) -> None:
+        """Close this workspace's documents (after flushing them) and leave the workspace."""
+        if self.left:
+            return
+        for document in list(self._documents.values()):
+            await document.close()
+        self.left = True
+        self.presence._close()
+        self.client._workspaces.pop(self.workspace_id, None)
+        if self.client._conn.ready:
+            try:
+                await self.client._conn.request("workspace.leave", {"workspace_id": self.workspace_id})
+            except (ClientError, TimeoutError):
+                pass  # the session ends the subscription anyway
+
+    async def _rejoin(self) -> None:
+        """Join again on a new session; a refusal fails the workspace and its documents."""
+        try:
+            frame = await self.client._conn.request("workspace.join", {"workspace_id": self.workspace_id}, restore=True)
+        except TandemError as exc:
+            self.failure = exc
+            for document in self._documents.values():
+                document._fail(exc)
+            return
+        self._apply(wire.JoinReply.from_wire(frame))
+
+    async def _restore_presence(self) -> None:
+        """After a reconnect: publish the awareness state again, and list presence anew."""
+        state, doc_id = self._awareness
+        if state is not None and (doc_id is None or doc_id in self._documents):
+            try:
+                await self.client._conn.request(
+                    "awareness.set", {"workspace_id": self.workspace_id, **wire.given(doc_id=doc_id), "state": state}, restore=True
+                )
+            except TandemError:
+                self._awareness = (None, None)
+        self.presence._schedule_refresh()  # waits for the restore to finish
+
+    def _forget_document(self, doc_id: str) -> None:
+        self._documents.pop(doc_id, None)
+        if self._awareness[1] == doc_id:  # closing the document clears the state about it (section 5.7)
+            self._awareness = (None, None)
+
+    def _check(self) -> None:
+        if self.left:
+            raise ClientClosed(f"workspace {self.workspace_id} was left")
+        if self.failure is not None:
+            raise self.failure
+
+    def __repr__(self) -> str:
+        return f"<Workspace {self.info.name!r} {self.workspace_id} role={self.role}>"
+
