@@ -1,0 +1,460 @@
+"""Shared pieces of the benchmarks: a throwaway PostgreSQL, server nodes as real `tandem serve`
+processes, a lean WebSocket client, percentiles, and CPU/RSS readings of processes.
+
+Everything here is bounded: waits have deadlines, processes are stopped by pid (SIGTERM, then
+SIGKILL). The WebSocket client drives websockets' sans-I/O `ClientProtocol` from an
+`asyncio.Protocol`, so an incoming frame costs one parse and one callback, not a task switch
+(the client shares the machine's cores with the server it measures). Imports nothing from tests/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from server.pgcluster import Cluster, find_bin_dir, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+TANDEM = str(Path(sys.executable).with_name("tandem"))
+
+
+# --- machine, limits, statistics -----------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total
+    return {
+        "cpu": f"{model}, {os.cpu_count()} logical cores ({psutil.cpu_count(logical=False)} physical)",
+        "memory": f"{mem / 2**30:.1f} GiB",
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards `needed` (up to the hard limit); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (nan when empty)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), -(-len(sorted_values) * p // 100)))
+    return sorted_values[int(rank) - 1]
+
+
+def summarize(values: Iterable[float], points: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
+    """{'n', 'p50', 'p95', 'p99', 'max'} of `values` (nan when empty)."""
+    ordered = sorted(values)
+    out: dict[str, float] = {"n": float(len(ordered))}
+    for p in points:
+        out[f"p{p:g}"] = percentile(ordered, p)
+    out["max"] = ordered[-1] if ordered else float("nan")
+    return out
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(v for v in values if v == v)
+    if not ordered:
+        return float("nan")
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+# --- processes: CPU and memory ---------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its descendants (PostgreSQL: the postmaster and its backends)."""
+    try:
+        root = psutil.Process(pid)
+        return [pid, *(c.pid for c in root.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
+    """User + system CPU seconds of each live pid (children excluded)."""
+    out = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def cpu_percent(before: Mapping[int, float], after: Mapping[int, float], wall_s: float) -> float:
+    """CPU used between two `cpu_seconds` readings, in % of one core (processes that started
+    meanwhile count from zero; ones that ended are missed)."""
+    used = sum(after[pid] - before.get(pid, 0.0) for pid in after)
+    return 100.0 * used / wall_s if wall_s > 0 else float("nan")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, everything but idle and iowait)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Postgres:
+    """A throwaway cluster on a free loopback port; `destroy()` deletes it."""
+
+    workdir: Path
+    fsync: bool = True
+    cluster: Cluster | None = None
+
+    def start(self) -> Postgres:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o755)  # the postgres OS user must traverse it when we run as root
+        self.cluster = Cluster(self.workdir / "pg", bin_dir=find_bin_dir(), port=free_port(), fsync=self.fsync)
+        self.cluster.start()
+        return self
+
+    @property
+    def admin_url(self) -> str:
+        assert self.cluster is not None
+        return self.cluster.url()
+
+    @property
+    def postmaster_pid(self) -> int:
+        assert self.cluster is not None
+        return int((self.cluster.pgdata / "postmaster.pid").read_text().split()[0])
+
+    def version(self) -> str:
+        assert self.cluster is not None
+        out = subprocess.run([str(self.cluster.bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=30)
+        return out.stdout.strip()
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def destroy(self) -> None:
+        if self.cluster is not None:
+            self.cluster.destroy()
+
+
+def workdir(prefix: str = "tandem-bench-") -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def jwt_secret() -> str:
+    return secrets.token_hex(32)  # 64 characters: well over the 32 bytes HS256 needs
+
+
+# --- server nodes --------------------------------------------------------------------------------
+
+
+class NodeFailed(RuntimeError):
+    """A node exited, did not become ready, or would not stop; the message ends with its log."""
+
+
+@dataclass
+class ServerNode:
+    """One `tandem serve` process on a free loopback port, its output in a log file."""
+
+    env: Mapping[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self, ready_timeout_s: float = 60.0) -> ServerNode:
+        env = {**self.env, "TANDEM_HOST": "127.0.0.1", "TANDEM_PORT": str(self.port)}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [TANDEM, "serve"], cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.wait_ready(ready_timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Poll /healthz until 200; the pause between polls is a wait on the process's exit."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            try:
+                code = self.proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                continue
+            raise NodeFailed(f"node exited with {code} before it was ready\n{self.log_tail()}")
+        raise NodeFailed(f"node not ready within {timeout_s}s\n{self.log_tail()}")
+
+    def rss(self) -> int:
+        return rss_bytes(self.pid)
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, wait up to `timeout_s`, then SIGKILL; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=30)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            text = ""
+        return f"--- {self.log_path} ---\n{text[-chars:]}"
+
+
+def start_nodes(
+    count: int, database_url: str, secret: str, logdir: Path, extra_env: Mapping[str, str] | None = None
+) -> list[ServerNode]:
+    """Start `count` nodes on one database, one after the other (the first one migrates)."""
+    nodes = []
+    for i in range(count):
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("TANDEM_") and k not in ("DATABASE_URL", "REDIS_URL")},
+            "DATABASE_URL": database_url,
+            "TANDEM_JWT_SECRET": secret,
+            "TANDEM_NODE_ID": f"bench-node-{i}",
+            "TANDEM_DATA_DIR": str(logdir / f"node-{i}"),
+            **(extra_env or {}),
+        }
+        node = ServerNode(env, logdir / f"node-{i}.log")
+        nodes.append(node)
+        try:
+            node.start()
+        except BaseException:
+            for started in nodes:
+                started.stop()
+            raise
+    return nodes
+
+
+# --- a lean WebSocket client ---------------------------------------------------------------------
+
+
+class LeanSocket(asyncio.Protocol):
+    """One client WebSocket. Each incoming text message is passed, decoded, to `on_text`,
+    synchronously from `data_received`; `send_text` writes at once (no send queue: callers bound
+    what they have in flight). Close frames are recorded in `close_code` / `close_reason`."""
+
+    def __init__(self, url: str, headers: Mapping[str, str], on_text: Callable[[str], None]) -> None:
+        self.protocol = ClientProtocol(parse_uri(url), max_size=None)
+        self.request = self.protocol.connect()
+        for name, value in headers.items():
+            self.request.headers[name] = value
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.on_text = on_text
+        self.transport: asyncio.Transport | None = None
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self._fragments: list[bytes] = []
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.protocol.send_request(self.request)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        self._flush()
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame):
+                if event.opcode is Opcode.TEXT:
+                    if event.fin:
+                        self.on_text(event.data.decode())
+                    else:
+                        self._fragments = [event.data]
+                elif event.opcode is Opcode.CONT:
+                    self._fragments.append(event.data)
+                    if event.fin:
+                        text, self._fragments = b"".join(self._fragments).decode(), []
+                        self.on_text(text)
+                elif event.opcode is Opcode.CLOSE:
+                    self.close_code = self.protocol.close_code
+                    self.close_reason = self.protocol.close_reason
+            elif isinstance(event, Response) and not self.opened.done():
+                if self.protocol.handshake_exc is not None:
+                    self.opened.set_exception(self.protocol.handshake_exc)
+                else:
+                    self.opened.set_result(None)
+        if self.protocol.close_expected() and self.transport is not None:
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        self.protocol.receive_eof()
+        self._flush()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"connection lost during the handshake: {exc}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # sending
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+
+    def send_text(self, text: str) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.protocol.send_text(text.encode())
+        self._flush()
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Close handshake, bounded; the transport is aborted after `timeout_s`."""
+        if self.transport is None or self.closed.done():
+            return
+        try:
+            self.protocol.send_close(1000)
+            self._flush()
+        except Exception:  # already closing
+            pass
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
+        except TimeoutError:
+            self.transport.abort()
+
+
+async def open_socket(url: str, token: str, on_text: Callable[[str], None], timeout_s: float = 30.0) -> LeanSocket:
+    """Connect and finish the WebSocket handshake (the token goes in the Authorization header)."""
+    loop = asyncio.get_running_loop()
+    parts = urlsplit(url)
+    sock = LeanSocket(url, {"Authorization": f"Bearer {token}"}, on_text)
+    async with asyncio.timeout(timeout_s):
+        await loop.create_connection(lambda: sock, parts.hostname, parts.port)
+        await sock.opened
+    return sock
+
+
+class ReplyError(Exception):
+    def __init__(self, frame: dict[str, Any]) -> None:
+        super().__init__(f"{frame.get('code')}: {frame.get('message')}")
+        self.code = frame.get("code")
+
+
+class Agent:
+    """Request/reply over a `LeanSocket` for setup steps (join, create, open); load loops swap
+    `sock.on_text` for a handler of their own once set up."""
+
+    def __init__(self) -> None:
+        self.sock: LeanSocket | None = None
+        self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []  # unsolicited frames seen during setup (bounded)
+
+    @classmethod
+    async def connect(cls, url: str, token: str, timeout_s: float = 30.0) -> Agent:
+        agent = cls()
+        agent.sock = await open_socket(url, token, agent.on_text, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await agent.hello
+        return agent
+
+    def on_text(self, text: str) -> None:
+        frame = json.loads(text)
+        re = frame.get("re")
+        if re is not None and re in self._pending:
+            self._pending.pop(re).set_result(frame)
+        elif frame.get("type") == "hello" and not self.hello.done():
+            self.hello.set_result(frame)
+        elif len(self.events) < 1000:
+            self.events.append(frame)
+
+    async def request(self, type_: str, timeout_s: float = 60.0, **fields: Any) -> dict[str, Any]:
+        assert self.sock is not None
+        rid = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        self.sock.send_text(json.dumps({"type": type_, "id": rid, **fields}))
+        try:
+            async with asyncio.timeout(timeout_s):
+                frame = await future
+        finally:
+            self._pending.pop(rid, None)
+        if frame["type"] == "error":
+            raise ReplyError(frame)
+        return frame
+
+    async def close(self) -> None:
+        if self.sock is not None:
+            await self.sock.close()
+
+
+def cleanup_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
