@@ -7,11 +7,15 @@ connection; it holds no logic of its own.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
 
+from server.auth import Principal, token_from_request, verify_token
+
 from server.committer import Committer
+from server.errors import ErrorCode
 from server.fanout import Fanout
 from server.metrics import Metrics
 from server.presence import Presence
@@ -34,3 +38,14 @@ class Node:
     presence: Presence  # in Redis with REDIS_URL, else in process (server/presence.py)
     # Commits accepted from sessions that may end first: they must finish (held until done).
     background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def authenticate(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Principal | ErrorCode:
+        """The connecting client's principal, or why not (one rule for /ws and /yjs)."""
+        s = self.settings
+        verdict = verify_token(
+            self.jwt_secret, token_from_request(query, headers), leeway_s=s.jwt_leeway_s,
+            issuer=s.jwt_issuer, audience=s.jwt_audience, max_token_bytes=s.max_token_bytes,
+        )
+        if isinstance(verdict, ErrorCode):
+            self.metrics.auth_failures.labels(verdict.value).inc()
+        return verdict

@@ -93,14 +93,9 @@ class Connection:
 
     async def run(self) -> None:
         await self.ws.accept()
-        token = auth.token_from_request(self.ws.query_params, self.ws.headers)
         s = self.node.settings
-        verdict = auth.verify_token(
-            self.node.jwt_secret, token, leeway_s=s.jwt_leeway_s, issuer=s.jwt_issuer,
-            audience=s.jwt_audience, max_token_bytes=s.max_token_bytes,
-        )
+        verdict = self.node.authenticate(self.ws.query_params, self.ws.headers)
         if isinstance(verdict, ErrorCode):
-            self.node.metrics.auth_failures.labels(verdict.value).inc()
             await self.fail(verdict)
             return
         self.principal = verdict

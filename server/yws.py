@@ -393,12 +393,8 @@ class YjsConnection:
     async def run(self, workspace_id: str, doc_id: str) -> None:
         await self.ws.accept()
         s = self.node.settings
-        verdict = auth.verify_token(
-            self.node.jwt_secret, auth.token_from_request(self.ws.query_params, self.ws.headers),
-            leeway_s=s.jwt_leeway_s, issuer=s.jwt_issuer, audience=s.jwt_audience, max_token_bytes=s.max_token_bytes,
-        )
+        verdict = self.node.authenticate(self.ws.query_params, self.ws.headers)
         if isinstance(verdict, ErrorCode):
-            self.node.metrics.auth_failures.labels(verdict.value).inc()
             await self.fail(Refused(verdict))
             return
         self.principal = verdict
