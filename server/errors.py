@@ -42,12 +42,15 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     LIMIT_EXCEEDED = "limit_exceeded"
     SLOW_CONSUMER = "slow_consumer"
-    CONFLICT = "conflict"  # later: workspace state
-    LOCKED = "locked"  # later: locks
-    INVALID_TRANSITION = "invalid_transition"  # later: tasks and workflows
+    CONFLICT = "conflict"
+    LOCKED = "locked"
+    INVALID_TRANSITION = "invalid_transition"
     SERVER_SHUTDOWN = "server_shutdown"
     INTERNAL_ERROR = "internal_error"
     AWARENESS_TOO_LARGE = "awareness_too_large"
+    STALE_FENCE = "stale_fence"
+    INVALID_PATCH = "invalid_patch"
+    INVALID_STATE = "invalid_state"
 
     @property
     def message(self) -> str:
@@ -85,6 +88,9 @@ _TABLE: dict[ErrorCode, tuple[str, int | None]] = {
     ErrorCode.SERVER_SHUTDOWN: ("The server is shutting down.", CLOSE_GOING_AWAY),
     ErrorCode.INTERNAL_ERROR: ("Internal server error.", None),
     ErrorCode.AWARENESS_TOO_LARGE: ("The awareness state is larger than max_awareness_bytes.", None),
+    ErrorCode.STALE_FENCE: ("The fencing token is not the current holder's; the lock was lost.", None),
+    ErrorCode.INVALID_PATCH: ("The JSON Patch cannot be applied to the current state.", None),
+    ErrorCode.INVALID_STATE: ("Workspace state must be a JSON object within max_state_bytes.", None),
 }
 
 RequestId = str | int

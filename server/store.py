@@ -1,4 +1,4 @@
-"""Every database call the server makes, over the named statements in `server/sql/queries.sql`.
+"""Every database call of the document path, over the named statements in `server/sql/*.sql`.
 
 All calls run as the application role inside `tenant_transaction`, which binds the tenant
 transaction-locally (`set_config(..., true)`), so a pooled connection never carries one
@@ -22,12 +22,19 @@ _NAME = re.compile(r"^-- name: (\w+)\n(?:--[^\n]*\n)*", re.MULTILINE)
 
 
 def _load_queries() -> dict[str, str]:
-    text = resources.files("server.sql").joinpath("queries.sql").read_text()
-    starts = list(_NAME.finditer(text))
-    queries = {}
-    for i, match in enumerate(starts):
-        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
-        queries[match.group(1)] = text[match.end() : end].strip()
+    """Every named statement of every `server/sql/*.sql` file (one file per concern)."""
+    queries: dict[str, str] = {}
+    for path in sorted(resources.files("server.sql").iterdir(), key=lambda f: f.name):
+        if not path.name.endswith(".sql"):
+            continue
+        text = path.read_text()
+        starts = list(_NAME.finditer(text))
+        for i, match in enumerate(starts):
+            name = match.group(1)
+            if name in queries:
+                raise RuntimeError(f"query {name} is defined twice (server/sql/{path.name})")
+            end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+            queries[name] = text[match.end() : end].strip()
     return queries
 
 

@@ -39,6 +39,9 @@ ERROR_CODES: tuple[tuple[str, str, int | None], ...] = (
     ("server_shutdown", "The server is shutting down.", 1001),
     ("internal_error", "Internal server error.", None),
     ("awareness_too_large", "The awareness state is larger than max_awareness_bytes.", None),
+    ("stale_fence", "The fencing token is not the current holder's; the lock was lost.", None),
+    ("invalid_patch", "The JSON Patch cannot be applied to the current state.", None),
+    ("invalid_state", "Workspace state must be a JSON object within max_state_bytes.", None),
 )
 
 
