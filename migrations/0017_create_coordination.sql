@@ -11,6 +11,24 @@ ALTER TABLE shared_documents ADD COLUMN lock_fence bigint;
 COMMENT ON COLUMN shared_documents.lock_fence IS
     'Fencing token of the current (or last) lock; writes presenting another one are refused';
 
+-- Whether a lock lets `writer` write, presenting `fence` (null: none). With a fence, only the
+-- live lock's holder with that very fence may; without one, anyone may unless a live lock is
+-- someone else's. An expired lock is free. Plain SQL and STABLE, so the planner inlines it into
+-- the write path's one statement (server/sql/queries.sql, advance_head); now() is the
+-- transaction's start, the same for every row of one commit.
+CREATE FUNCTION lock_allows_write(locked boolean, holder text, expires_at timestamptz,
+                                  lock_fence bigint, writer text, fence bigint) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT CASE
+        WHEN fence IS NOT NULL
+        THEN coalesce(locked AND expires_at > pg_catalog.now() AND holder = writer AND lock_fence = fence, false)
+        ELSE NOT coalesce(locked AND expires_at > pg_catalog.now(), false) OR holder = writer
+    END
+$$;
+REVOKE ALL ON FUNCTION lock_allows_write(boolean, text, timestamptz, bigint, text, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lock_allows_write(boolean, text, timestamptz, bigint, text, bigint) TO tandem_app;
+
 -- The audit trigger lists every column but the CRDT ones; the fence joins the list.
 DROP TRIGGER audit_documents_update ON shared_documents;
 CREATE TRIGGER audit_documents_update AFTER UPDATE ON shared_documents
@@ -139,6 +157,8 @@ CREATE TRIGGER audit_documents_update AFTER UPDATE ON shared_documents
            NEW.is_locked, NEW.locked_by, NEW.locked_at, NEW.lock_expires_at, NEW.created_by,
            NEW.created_at, NEW.deleted_at, NEW.metadata))
     EXECUTE FUNCTION audit_trigger_function('id', 'content');
+REVOKE EXECUTE ON FUNCTION lock_allows_write(boolean, text, timestamptz, bigint, text, bigint) FROM tandem_app;
+DROP FUNCTION lock_allows_write(boolean, text, timestamptz, bigint, text, bigint);
 ALTER TABLE shared_documents DROP COLUMN lock_fence;
 
 REVOKE USAGE ON SEQUENCE lock_fence_seq FROM tandem_app;

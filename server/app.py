@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import auth, database, fanout, health, presence, session, yws
 from server.committer import Committer
+from server.coordination import Coordination
 from server.embedded import EmbeddedPostgres
 from server.logs import bind_ids, get_logger
 from server.metrics import HttpMetrics, Metrics
@@ -225,6 +226,10 @@ async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: D
     listener = fanout.Fanout(
         db.app_url, settings.node_id, rooms, metrics, settings.fanout_check_interval_s, settings.fanout_probe_interval_s
     )
+    coordination = Coordination(db.pool, settings.node_id, rooms, settings)
+    listener.events = coordination.events
+    stack.push_async_callback(coordination.stop)
+    start_background(stack, "tasks.sweep", coordination.sweep_forever())
     start_background(stack, "fanout.listen", listener.run())
     # Presence closes after its tasks stop (the stack runs in reverse); Redis stays optional.
     members = presence.create_presence(settings, settings.node_id, metrics)
@@ -235,7 +240,9 @@ async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: D
         token = auth.issue_token(secret, DEV_TENANT, "dev", settings.token_ttl_s)
         log.info("auth.dev_token", tenant_id=str(DEV_TENANT), agent_id="dev", token=token,
                  message="development token for the embedded server (tenant 1, agent dev)")
-    return Node(settings, settings.node_id, db.pool, rooms, committer, secret, metrics, validator, listener, members)
+    return Node(
+        settings, settings.node_id, db.pool, rooms, committer, secret, metrics, validator, listener, members, coordination
+    )
 
 
 def _lifespan(state: AppState) -> Any:

@@ -21,6 +21,7 @@ import asyncpg
 import structlog
 
 from server import store
+from server.errors import TandemError
 from server.metrics import Metrics
 
 log = structlog.get_logger("tandem.committer")
@@ -89,8 +90,9 @@ class Committer:
     async def submit(self, tenant_id: uuid.UUID, doc_id: uuid.UUID, op: store.NewOperation) -> int:
         """Queue one operation; returns its sequence number once it is committed.
 
-        Waits (backpressure) when the shard's queue is full. Raises LookupError when the document
-        is not the tenant's, or the database error that failed its transaction.
+        Waits (backpressure) when the shard's queue is full. Raises TandemError (`locked`,
+        `stale_fence`) when the document's lock refused it (nothing stored), LookupError when
+        the document is not the tenant's, or the database error that failed its transaction.
         """
         pending = Pending(tenant_id, doc_id, op)
         await self._queues[doc_id.int % len(self._queues)].put(pending)
@@ -142,28 +144,36 @@ class Committer:
     async def _write(self, groups: list[list[Pending]]) -> list[Committed]:
         # Lock documents in a fixed order so two shards' transactions cannot deadlock.
         groups = sorted(groups, key=lambda g: g[0].doc_id)
-        results: list[tuple[list[Pending], list[int]]] = []
+        results: list[tuple[list[Pending], list[int | store.Refused]]] = []
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                hints = []
                 for group in groups:
                     await store.set_tenant(conn, group[0].tenant_id, group[0].op.agent_id)
-                    seqs = await store.append_operations(conn, group[0].doc_id, [p.op for p in group])
-                    results.append((group, seqs))
-                    if self.on_reserved is not None:
+                    outcomes = await store.append_operations(conn, group[0].doc_id, [p.op for p in group])
+                    results.append((group, outcomes))
+                    seqs = [o for o in outcomes if isinstance(o, int)]
+                    if seqs and self.on_reserved is not None:
                         self.on_reserved(group[0].doc_id, seqs, True)
-                if self.hint is not None:
-                    await store.notify(conn, [self.hint(g[0].doc_id, seqs[-1], self.node_id) for g, seqs in results])
+                    if seqs and self.hint is not None:
+                        hints.append(self.hint(group[0].doc_id, seqs[-1], self.node_id))
+                await store.notify(conn, hints)
         except BaseException:
             if self.on_reserved is not None:
-                for group, seqs in results:
-                    self.on_reserved(group[0].doc_id, seqs, False)
+                for group, outcomes in results:
+                    self.on_reserved(group[0].doc_id, [o for o in outcomes if isinstance(o, int)], False)
             raise
         committed = []
-        for group, seqs in results:
-            for p, seq in zip(group, seqs):
+        for group, outcomes in results:
+            for p, outcome in zip(group, outcomes):
+                if isinstance(outcome, store.Refused):
+                    if not p.future.done():
+                        details = {"holder": outcome.holder} if outcome.holder is not None else None
+                        p.future.set_exception(TandemError(outcome.code, details=details))
+                    continue
                 if not p.future.done():
-                    p.future.set_result(seq)
-                committed.append(Committed(p.tenant_id, p.doc_id, seq, p.op))
+                    p.future.set_result(outcome)
+                committed.append(Committed(p.tenant_id, p.doc_id, outcome, p.op))
         return committed
 
     @staticmethod

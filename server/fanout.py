@@ -8,8 +8,8 @@ are limited to 8,000 bytes). A node ignores its own hints; for another node's, t
 what it lacks from `document_operations` (`seq > head_seq`) and delivers it in order. NOTIFY is
 only a hint, the log is the truth: at start, after every reconnect of the LISTEN connection
 (with backoff), and every `fanout_check_interval_s`, each open room compares its head with the
-document's `head_seq` and catches up. Later issues put workspace events (`"k"` of another kind)
-on the same channel.
+document's `head_seq` and catches up. Workspace events (locks, state, tasks, members) share the
+channel as `"k": "ev"` (server/events.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from server import store
+from server.events import Events
 from server.metrics import Metrics
 from server.rooms import RoomRegistry
 
@@ -56,6 +57,7 @@ class Fanout:
         self.probe_interval_s = probe_interval_s
         self.connected = False
         self.reconnects = 0
+        self.events: Events | None = None  # workspace events (server/events.py), set by the app
 
     # --- hints -------------------------------------------------------------------------------
 
@@ -69,6 +71,8 @@ class Fanout:
                 self.metrics.fanout_lag.observe(max(0.0, time.time() - hint["t"]))
             if hint.get("k") == "ops":
                 self.rooms.on_remote(uuid.UUID(hint["d"]), int(hint["s"]))
+            elif hint.get("k") == "ev" and self.events is not None:
+                self.events.on_remote(hint)
         except (ValueError, KeyError, TypeError):
             log.warning("fanout.bad_payload", payload=payload[:200])
 

@@ -15,6 +15,7 @@ import asyncpg
 from server.auth import Principal, token_from_request, verify_token
 
 from server.committer import Committer
+from server.coordination import Coordination
 from server.errors import ErrorCode
 from server.fanout import Fanout
 from server.metrics import Metrics
@@ -36,6 +37,7 @@ class Node:
     validator: Validator | None  # None: updates are decoded in process (trusted clients only)
     fanout: Fanout
     presence: Presence  # in Redis with REDIS_URL, else in process (server/presence.py)
+    coordination: Coordination  # workspace events, lock views, the task sweep
     # Commits accepted from sessions that may end first: they must finish (held until done).
     background: set[asyncio.Task[None]] = field(default_factory=set)
 

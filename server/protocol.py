@@ -8,8 +8,6 @@ here updates docs/protocol.md and tests/test_protocol.py with it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,115 +15,48 @@ from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
 import pydantic_core
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    PlainValidator,
-    StringConstraints,
-    TypeAdapter,
-    ValidationError,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
 
-from crdt.clock import decode_state_vector
+from server import protocol_coordination as coordination
 from server.errors import ErrorCode, RequestId, error_frame
-
-EMPTY_STATE_VECTOR = b"\x00"  # a Yjs state vector with no clients
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
-MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript clients lose precision above this
-MAX_REQUEST_ID_CHARS = 128
-MAX_ERROR_DETAILS = 20
-
-# --- field types (docs/protocol.md#3-framing-and-encoding) -----------------------------------
-
-
-def _request_id(value: object) -> RequestId:
-    if isinstance(value, str) and 1 <= len(value) <= MAX_REQUEST_ID_CHARS:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_SAFE_INTEGER:
-        return value
-    raise PydanticCustomError("request_id", "id must be a string of 1 to 128 characters or an integer of at most 2^53-1")
-
-
-def _b64decode(value: object) -> bytes:
-    if not isinstance(value, str):
-        raise PydanticCustomError("base64", "Expected a base64 string")
-    try:
-        return binascii.a2b_base64(value, strict_mode=True)
-    except (binascii.Error, ValueError) as exc:
-        raise PydanticCustomError("base64", "Invalid base64: {reason}", {"reason": str(exc)}) from None
-
-
-def _non_empty(value: bytes) -> bytes:
-    if not value:
-        raise PydanticCustomError("empty_update", "The update must not be empty")
-    return value
-
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise PydanticCustomError("blank", "Must not be only whitespace")
-    if "\x00" in value:  # PostgreSQL text cannot hold NUL
-        raise PydanticCustomError("nul_character", "Must not contain NUL characters")
-    return value
-
-
-def _b64encode(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
-
-
-def _bytes_or_b64(value: object) -> bytes:
-    return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else _b64decode(value)
-
-
-def _state_vector(value: bytes) -> bytes:
-    """Empty means "I have nothing" (docs/protocol.md#55); anything else must decode."""
-    if not value:
-        return EMPTY_STATE_VECTOR
-    try:
-        decode_state_vector(value)
-    except ValueError:
-        raise PydanticCustomError("state_vector", "Not a Yjs state vector") from None
-    return value
-
-
-ReqId = Annotated[RequestId, PlainValidator(_request_id)]
-B64 = Annotated[bytes, PlainValidator(_b64decode)]  # decoded on input; frames bound the size
-B64Update = Annotated[bytes, PlainValidator(_b64decode), AfterValidator(_non_empty)]
-StateVector = Annotated[bytes, PlainValidator(_b64decode), AfterValidator(_state_vector)]
-# Server side: bytes in code, base64 on the wire; a client reading frames back gets bytes again.
-B64Out = Annotated[bytes, PlainValidator(_bytes_or_b64), PlainSerializer(_b64encode, return_type=str)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_not_blank)]
-ShortName = Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_not_blank)]
-Visibility = Literal["private", "team", "public"]
-ContentType = Literal["text", "markdown", "json", "yaml", "code"]
-Role = Literal["owner", "admin", "member", "viewer"]
+from server.wire import (  # noqa: F401 - re-exported: the protocol's field types live in server/wire.py
+    B64,
+    EMPTY_STATE_VECTOR,
+    MAX_ERROR_DETAILS,
+    MAX_REQUEST_ID_CHARS,
+    MAX_SAFE_INTEGER,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    B64Out,
+    B64Update,
+    ContentType,
+    Name,
+    Out,
+    ReqId,
+    Request,
+    Role,
+    ShortName,
+    StateVector,
+    Visibility,
+    _request_id,
+)
 
 # --- client messages (docs/protocol.md#5-messages) -------------------------------------------
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-class Hello(_Request):
+class Hello(Request):
     type: Literal["hello"] = "hello"
     id: ReqId | None = None
     protocol: Annotated[int, Field(ge=1, le=2**31 - 1)]
     client: Name | None = None
 
 
-class Ping(_Request):
+class Ping(Request):
     type: Literal["ping"] = "ping"
     id: ReqId | None = None
 
 
-class WorkspaceCreate(_Request):
+class WorkspaceCreate(Request):
     type: Literal["workspace.create"] = "workspace.create"
     id: ReqId | None = None
     name: Name
@@ -135,24 +66,24 @@ class WorkspaceCreate(_Request):
     max_members: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
-class WorkspaceList(_Request):
+class WorkspaceList(Request):
     type: Literal["workspace.list"] = "workspace.list"
     id: ReqId | None = None
 
 
-class WorkspaceJoin(_Request):
+class WorkspaceJoin(Request):
     type: Literal["workspace.join"] = "workspace.join"
     id: ReqId | None = None
     workspace_id: UUID
 
 
-class WorkspaceLeave(_Request):
+class WorkspaceLeave(Request):
     type: Literal["workspace.leave"] = "workspace.leave"
     id: ReqId | None = None
     workspace_id: UUID
 
 
-class DocCreate(_Request):
+class DocCreate(Request):
     type: Literal["doc.create"] = "doc.create"
     id: ReqId | None = None
     workspace_id: UUID
@@ -161,46 +92,47 @@ class DocCreate(_Request):
     language: ShortName | None = None
 
 
-class DocList(_Request):
+class DocList(Request):
     type: Literal["doc.list"] = "doc.list"
     id: ReqId | None = None
     workspace_id: UUID
 
 
-class DocOpen(_Request):
+class DocOpen(Request):
     type: Literal["doc.open"] = "doc.open"
     id: ReqId | None = None
     doc_id: UUID
     state_vector: StateVector = EMPTY_STATE_VECTOR
 
 
-class DocClose(_Request):
+class DocClose(Request):
     type: Literal["doc.close"] = "doc.close"
     id: ReqId | None = None
     doc_id: UUID
 
 
-class DocUpdate(_Request):
+class DocUpdate(Request):
     type: Literal["doc.update"] = "doc.update"
     id: ReqId | None = None
     doc_id: UUID
     update: B64Update
+    fence: Annotated[int, Field(ge=1, le=MAX_SAFE_INTEGER)] | None = None  # docs/protocol.md#121
 
 
-class DocResync(_Request):
+class DocResync(Request):
     type: Literal["doc.resync"] = "doc.resync"
     id: ReqId | None = None
     doc_id: UUID
     state_vector: StateVector = EMPTY_STATE_VECTOR
 
 
-class PresenceList(_Request):
+class PresenceList(Request):
     type: Literal["presence.list"] = "presence.list"
     id: ReqId | None = None
     workspace_id: UUID
 
 
-class AwarenessSet(_Request):
+class AwarenessSet(Request):
     type: Literal["awareness.set"] = "awareness.set"
     id: ReqId | None = None
     workspace_id: UUID
@@ -208,9 +140,12 @@ class AwarenessSet(_Request):
     state: dict[str, Any] | None  # required; null clears (docs/protocol.md#57-presence-and-awareness)
 
 
-ClientMessage = Union[
-    Hello, Ping, WorkspaceCreate, WorkspaceList, WorkspaceJoin, WorkspaceLeave,
-    DocCreate, DocList, DocOpen, DocClose, DocUpdate, DocResync, PresenceList, AwarenessSet,
+ClientMessage = Union[  # type: ignore[valid-type]
+    (
+        Hello, Ping, WorkspaceCreate, WorkspaceList, WorkspaceJoin, WorkspaceLeave, DocCreate, DocList,
+        DocOpen, DocClose, DocUpdate, DocResync, PresenceList, AwarenessSet,
+        *coordination.CLIENT_MESSAGES,  # locks, state, tasks, members (docs/protocol.md section 12)
+    )
 ]  # fmt: skip
 CLIENT_MESSAGES: dict[str, type[BaseModel]] = {
     cls.model_fields["type"].default: cls for cls in ClientMessage.__args__  # type: ignore[attr-defined]
@@ -220,11 +155,7 @@ _CLIENT_ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(Annotated[ClientMessag
 # --- server messages: replies carry `re`, events do not ---------------------------------------
 
 
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Limits(_Out):
+class Limits(Out):
     """Per-session limits, announced in `hello` (docs/protocol.md#7-limits). Defaults = settings."""
 
     max_frame_bytes: Annotated[int, Field(gt=0)] = 1_048_576
@@ -240,7 +171,7 @@ class Limits(_Out):
         return cls(**{name: getattr(settings, name) for name in cls.model_fields})
 
 
-class WorkspaceInfo(_Out):
+class WorkspaceInfo(Out):
     workspace_id: UUID
     name: str
     workspace_type: str
@@ -250,7 +181,7 @@ class WorkspaceInfo(_Out):
     created_at: AwareDatetime
 
 
-class DocumentInfo(_Out):
+class DocumentInfo(Out):
     doc_id: UUID
     workspace_id: UUID
     title: str
@@ -260,13 +191,13 @@ class DocumentInfo(_Out):
     created_at: AwareDatetime
 
 
-class MemberInfo(_Out):
+class MemberInfo(Out):
     agent_id: str
     role: Role
     joined_at: AwareDatetime
 
 
-class ServerHello(_Out):
+class ServerHello(Out):
     type: Literal["hello"] = "hello"
     protocol: int = PROTOCOL_VERSION
     node_id: str
@@ -278,31 +209,31 @@ class ServerHello(_Out):
     limits: Limits
 
 
-class HelloOk(_Out):
+class HelloOk(Out):
     type: Literal["hello.ok"] = "hello.ok"
     re: RequestId | None
     protocol: int
 
 
-class Pong(_Out):
+class Pong(Out):
     type: Literal["pong"] = "pong"
     re: RequestId | None
 
 
-class WorkspaceCreateOk(_Out):
+class WorkspaceCreateOk(Out):
     type: Literal["workspace.create.ok"] = "workspace.create.ok"
     re: RequestId | None
     workspace: WorkspaceInfo
 
 
-class WorkspaceListOk(_Out):
+class WorkspaceListOk(Out):
     type: Literal["workspace.list.ok"] = "workspace.list.ok"
     re: RequestId | None
     workspaces: list[WorkspaceInfo]
     truncated: bool
 
 
-class WorkspaceJoinOk(_Out):
+class WorkspaceJoinOk(Out):
     type: Literal["workspace.join.ok"] = "workspace.join.ok"
     re: RequestId | None
     workspace: WorkspaceInfo
@@ -313,20 +244,20 @@ class WorkspaceJoinOk(_Out):
     truncated: bool
 
 
-class WorkspaceLeaveOk(_Out):
+class WorkspaceLeaveOk(Out):
     type: Literal["workspace.leave.ok"] = "workspace.leave.ok"
     re: RequestId | None
     workspace_id: UUID
     closed_doc_ids: list[UUID]
 
 
-class DocCreateOk(_Out):
+class DocCreateOk(Out):
     type: Literal["doc.create.ok"] = "doc.create.ok"
     re: RequestId | None
     document: DocumentInfo
 
 
-class DocListOk(_Out):
+class DocListOk(Out):
     type: Literal["doc.list.ok"] = "doc.list.ok"
     re: RequestId | None
     workspace_id: UUID
@@ -334,7 +265,7 @@ class DocListOk(_Out):
     truncated: bool
 
 
-class DocOpenOk(_Out):
+class DocOpenOk(Out):
     type: Literal["doc.open.ok"] = "doc.open.ok"
     re: RequestId | None
     doc_id: UUID
@@ -344,20 +275,20 @@ class DocOpenOk(_Out):
     state_vector: B64Out
 
 
-class DocCloseOk(_Out):
+class DocCloseOk(Out):
     type: Literal["doc.close.ok"] = "doc.close.ok"
     re: RequestId | None
     doc_id: UUID
 
 
-class DocUpdateOk(_Out):
+class DocUpdateOk(Out):
     type: Literal["doc.update.ok"] = "doc.update.ok"
     re: RequestId | None
     doc_id: UUID
     seq: int | None  # None: the update held nothing new; nothing stored or forwarded
 
 
-class DocResyncOk(_Out):
+class DocResyncOk(Out):
     type: Literal["doc.resync.ok"] = "doc.resync.ok"
     re: RequestId | None
     doc_id: UUID
@@ -367,7 +298,7 @@ class DocResyncOk(_Out):
     state_vector: B64Out
 
 
-class DocOp(_Out):
+class DocOp(Out):
     type: Literal["doc.op"] = "doc.op"
     doc_id: UUID
     seq: int
@@ -375,7 +306,7 @@ class DocOp(_Out):
     update: B64Out
 
 
-class SessionClosing(_Out):
+class SessionClosing(Out):
     type: Literal["session.closing"] = "session.closing"
     code: int
     reason: str
@@ -387,7 +318,7 @@ class SessionClosing(_Out):
 LeftReason = Literal["left", "disconnected", "expired"]
 
 
-class PresenceMember(_Out):
+class PresenceMember(Out):
     """One session joined to a workspace. Also the form presence backends store and relay."""
 
     agent_id: str
@@ -399,7 +330,7 @@ class PresenceMember(_Out):
     awareness_doc_id: UUID | None
 
 
-class PresenceListOk(_Out):
+class PresenceListOk(Out):
     type: Literal["presence.list.ok"] = "presence.list.ok"
     re: RequestId | None
     workspace_id: UUID
@@ -408,14 +339,14 @@ class PresenceListOk(_Out):
     partial: bool  # the presence store was unreachable: only this node's sessions are listed
 
 
-class AwarenessSetOk(_Out):
+class AwarenessSetOk(Out):
     type: Literal["awareness.set.ok"] = "awareness.set.ok"
     re: RequestId | None
     workspace_id: UUID
     doc_id: UUID | None
 
 
-class PresenceJoined(_Out):
+class PresenceJoined(Out):
     type: Literal["presence.joined"] = "presence.joined"
     workspace_id: UUID
     agent_id: str
@@ -424,7 +355,7 @@ class PresenceJoined(_Out):
     since: AwareDatetime
 
 
-class PresenceLeft(_Out):
+class PresenceLeft(Out):
     type: Literal["presence.left"] = "presence.left"
     workspace_id: UUID
     agent_id: str
@@ -432,7 +363,7 @@ class PresenceLeft(_Out):
     reason: LeftReason
 
 
-class PresenceChanged(_Out):
+class PresenceChanged(Out):
     type: Literal["presence.changed"] = "presence.changed"
     workspace_id: UUID
     agent_id: str
@@ -440,7 +371,7 @@ class PresenceChanged(_Out):
     doc_ids: list[UUID]
 
 
-class AwarenessChanged(_Out):
+class AwarenessChanged(Out):
     type: Literal["awareness.changed"] = "awareness.changed"
     workspace_id: UUID
     doc_id: UUID | None
@@ -449,7 +380,7 @@ class AwarenessChanged(_Out):
     state: dict[str, Any] | None
 
 
-class PresenceStale(_Out):
+class PresenceStale(Out):
     type: Literal["presence.stale"] = "presence.stale"
     workspace_id: UUID
 
@@ -460,7 +391,7 @@ SERVER_MESSAGES: dict[str, type[BaseModel]] = {
         ServerHello, HelloOk, Pong, WorkspaceCreateOk, WorkspaceListOk, WorkspaceJoinOk,
         WorkspaceLeaveOk, DocCreateOk, DocListOk, DocOpenOk, DocCloseOk, DocUpdateOk,
         DocResyncOk, DocOp, SessionClosing, PresenceListOk, AwarenessSetOk, PresenceJoined,
-        PresenceLeft, PresenceChanged, AwarenessChanged, PresenceStale,
+        PresenceLeft, PresenceChanged, AwarenessChanged, PresenceStale, *coordination.SERVER_MESSAGES,
     )
 }  # fmt: skip
 
@@ -589,6 +520,7 @@ class Rule(StrEnum):
     JOINED = "joined"
     OPEN_SLOT = "open_slot"
     OPEN = "open"
+    TASK = "task"  # the handler checks the task's workspace is joined (not_member)
 
 
 RULES: dict[str, Rule] = {
@@ -606,6 +538,7 @@ RULES: dict[str, Rule] = {
     "doc.resync": Rule.OPEN,
     "presence.list": Rule.JOINED,
     "awareness.set": Rule.JOINED,
+    **{type_: Rule(rule) for type_, rule in coordination.RULES.items()},
 }
 
 

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import time
 import uuid
+from datetime import UTC, datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -28,6 +29,7 @@ from crdt.operations import Operation, Origin, Snapshot
 from crdt.replay import rebuild
 from server import store
 from server.committer import Committed, Committer
+from server.errors import ErrorCode, TandemError
 from server.metrics import Metrics
 from server.protocol import encode
 from server.settings import Settings
@@ -89,6 +91,25 @@ class Subscription:
             self.subscriber.send_text(item)  # type: ignore[union-attr, arg-type]
 
 
+@dataclass(frozen=True)
+class LockView:
+    """This node's view of a document's lock (docs/protocol.md#121), kept from lock events.
+
+    It spares applying updates the lock will refuse; the write path's statement is the
+    authority, and an update it refuses after all makes the room repair itself (`Room.dirty`).
+    """
+
+    holder: str
+    fence: int
+    expires_at: datetime
+
+    def refuses(self, agent_id: str, fence: int | None, now: datetime) -> ErrorCode | None:
+        live = self.expires_at > now
+        if fence is not None:
+            return None if live and self.holder == agent_id and self.fence == fence else ErrorCode.STALE_FENCE
+        return ErrorCode.LOCKED if live and self.holder != agent_id else None
+
+
 class Room:
     """One document in memory. Delivery is strictly in sequence order (docs/protocol.md#62).
 
@@ -117,6 +138,21 @@ class Room:
         self.idle_since: float | None = time.monotonic()
         self.broken = False
         self.on_gap: Callable[[Room], None] = lambda room: None  # set by the registry
+        self.lock: LockView | None = None
+        # Set while the document holds an update the lock refused (never stored): nothing is
+        # read from it until the registry rebuilt it from the log, then the event is set.
+        self.dirty: asyncio.Event | None = None
+
+    def write_refused(self, agent_id: str, fence: int | None) -> ErrorCode | None:
+        """`locked` or `stale_fence` when this node knows the lock will refuse the write."""
+        if self.lock is None:
+            return ErrorCode.STALE_FENCE if fence is not None else None
+        return self.lock.refuses(agent_id, fence, datetime.now(UTC))
+
+    async def writable(self) -> None:
+        """Wait while the room repairs itself (bounded by the repair's own bounds)."""
+        while self.dirty is not None:
+            await self.dirty.wait()
 
     # --- subscriptions -----------------------------------------------------------------------
 
@@ -135,18 +171,24 @@ class Room:
         between, so no event can overtake the reply. The state vector was checked at the
         protocol boundary.
         """
-        missing = self.document.diff(state_vector)
-        server_vector = self.document.state_vector()
-        synced = self.head_seq
         sub = Subscription(subscriber, sink=getattr(subscriber, "send_update", None))
         self.subscriptions[subscriber.conn_id] = sub
         self.idle_since = None
-        pending = self.last_pending
-        if pending is not None and not pending.done():
-            try:
-                await asyncio.shield(pending)
-            except Exception:
-                pass  # the room is broken and reloads; the session reports it
+        for _ in range(100):  # a refused update in flight makes it compute the reply again
+            await self.writable()
+            missing = self.document.diff(state_vector)
+            server_vector = self.document.state_vector()
+            synced = self.head_seq
+            pending = self.last_pending
+            if pending is not None and not pending.done():
+                try:
+                    await asyncio.shield(pending)
+                except Exception:
+                    pass  # refused (the room repairs) or failed (it reloads); the session reports it
+            if self.dirty is None:
+                break
+        else:
+            raise RuntimeError(f"room {self.doc_id} kept repairing")
         if reply is not None:
             reply(missing, server_vector, synced)
         sub.release(synced)
@@ -160,7 +202,8 @@ class Room:
     # --- changes -----------------------------------------------------------------------------
 
     def validate(
-        self, agent_id: str, update: bytes, origin: str | None = None, request_id: str | int | None = None
+        self, agent_id: str, update: bytes, origin: str | None = None, request_id: str | int | None = None,
+        fence: int | None = None,
     ) -> store.NewOperation | None:
         """Apply to the server's copy; None when it changes nothing. Raises CorruptUpdate."""
         applied = self.document.apply(update)
@@ -169,13 +212,13 @@ class Room:
         # A pending update waits for structs not seen yet; it is logged all the same, so that
         # replaying the log reproduces the same wait. The clock is the document's state vector
         # after the operation (the row's agent_id attributes it).
-        return store.NewOperation(agent_id, applied.op_type.value, applied.clock.to_json(), update, origin, request_id)
+        return store.NewOperation(agent_id, applied.op_type.value, applied.clock.to_json(), update, origin, request_id, fence)
 
     @property
     def quiet(self) -> bool:
         """Nothing in flight: the document is exactly the log's operations 1..head_seq."""
         no_pending = self.last_pending is None or self.last_pending.done()
-        return no_pending and not self.held and self.known_seq == self.head_seq
+        return no_pending and not self.held and self.known_seq == self.head_seq and self.dirty is None
 
     def expect(self) -> asyncio.Future[int]:
         """Called right after a validated update was applied: the future of its seq. An opener
@@ -246,9 +289,15 @@ class Room:
                 sub.deliver(seq, frame)
 
 
-async def _read_log(conn: asyncpg.Connection, doc_id: uuid.UUID) -> tuple[Snapshot | None, list[Operation]]:
-    """A document's latest snapshot and every operation after it (what `rebuild` needs)."""
-    row = await store.latest_snapshot(conn, doc_id)
+async def _read_log(
+    conn: asyncpg.Connection, doc_id: uuid.UUID, until_seq: int | None = None
+) -> tuple[Snapshot | None, list[Operation]]:
+    """A document's latest snapshot (at or before `until_seq`, when given: another node may
+    have snapshotted further) and every operation after it (what `rebuild` needs)."""
+    if until_seq is None:
+        row = await store.latest_snapshot(conn, doc_id)
+    else:
+        row = await conn.fetchrow(store.Q["replay_snapshot_at_or_before"], doc_id, until_seq)
     snapshot = Snapshot(doc_id, row["sequence_number"], row["state"], row["created_at"]) if row else None
     rows = await store.all_operations_after(conn, doc_id, snapshot.seq if snapshot else 0)
     operations = [
@@ -273,6 +322,7 @@ class RoomRegistry:
         self.rooms: dict[uuid.UUID, Room] = {}
         self._loading: dict[uuid.UUID, asyncio.Task[Room]] = {}
         self._catching_up: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._repairs: set[asyncio.Task[None]] = set()
         self.loads = 0
 
     async def get(self, tenant_id: uuid.UUID, doc_id: uuid.UUID) -> Room:
@@ -302,6 +352,8 @@ class RoomRegistry:
         document = await asyncio.to_thread(rebuild, operations, snapshot)
         head = operations[-1].seq if operations else after
         room = Room(tenant_id, doc_id, meta["workspace_id"], document, head)
+        if meta["lock_holder"] is not None:
+            room.lock = LockView(meta["lock_holder"], meta["lock_fence"], meta["lock_expires_at"])
         room.snapshot_seq = room.content_seq = after
         if operations:
             room.content_seq = -1  # unknown: refresh the readable content on the next store
@@ -368,6 +420,14 @@ class RoomRegistry:
         """Sequence and commit one validated operation (`future` from `room.expect()`)."""
         try:
             seq = await self.committer.submit(room.tenant_id, room.doc_id, op)
+        except TandemError as exc:
+            # The lock refused it after the room applied it (another node's lock event had not
+            # arrived yet): the log never got it, so the room rebuilds from the log.
+            self._repair(room)
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()
+            raise
         except BaseException as exc:
             # The copy in memory holds an update the log does not: rebuild it from the log.
             room.broken = True
@@ -380,6 +440,53 @@ class RoomRegistry:
         future.set_result(seq)
         return seq
 
+    def _repair(self, room: Room) -> None:
+        if room.dirty is None:
+            room.dirty = asyncio.Event()
+            task = asyncio.create_task(self._rebuild_dirty(room))
+            self._repairs.add(task)
+            task.add_done_callback(self._repairs.discard)
+
+    async def _rebuild_dirty(self, room: Room, max_attempts: int = 50) -> None:
+        """Replace a dirty room's document with the log's, once nothing is in flight.
+
+        New updates and opens wait (`Room.writable`); updates already applied commit or are
+        refused first, and the rebuild is the log up to the delivered head exactly.
+        """
+        assert room.dirty is not None
+        try:
+            for _ in range(max_attempts):
+                pending = room.last_pending
+                if pending is not None and not pending.done():
+                    await asyncio.wait([pending])
+                    continue
+                if room.known_seq > room.head_seq or room.held:
+                    await self._catch_up(room, force=True)
+                    if room.known_seq > room.head_seq or room.held:
+                        await asyncio.sleep(0.01)
+                        continue
+                seq = room.head_seq
+                document = await self._rebuild_at(room, seq)
+                if room.head_seq == seq and not room.held:
+                    room.document = document
+                    log.info("room.repaired", doc_id=str(room.doc_id), head_seq=seq)
+                    return
+            raise RuntimeError("the room did not settle")
+        except Exception:
+            log.exception("room.repair_failed", doc_id=str(room.doc_id))
+            room.broken = True
+            if self.rooms.get(room.doc_id) is room:
+                del self.rooms[room.doc_id]
+        finally:
+            event, room.dirty = room.dirty, None
+            event.set()
+
+    def on_lock(self, doc_id: uuid.UUID, lock: LockView | None) -> None:
+        """A lock event for a document (this node's or another's): keep the room's view."""
+        room = self.rooms.get(doc_id)
+        if room is not None:
+            room.lock = lock
+
     # --- snapshot, readable content, unload ----------------------------------------------------
 
     async def store(self, room: Room, force: bool = False) -> None:
@@ -391,7 +498,7 @@ class RoomRegistry:
         overdue, the state at `head_seq` is rebuilt from the last snapshot and the log instead,
         off the event loop, so snapshots and content keep up under sustained load.
         """
-        if room.broken:
+        if room.broken or room.dirty is not None:
             return
         s = self.settings
         now = time.monotonic()
@@ -423,7 +530,7 @@ class RoomRegistry:
     async def _rebuild_at(self, room: Room, seq: int) -> Document:
         """The document exactly after operation `seq`: its latest snapshot plus the log."""
         async with store.tenant_transaction(self.pool, room.tenant_id) as conn:
-            snapshot, operations = await _read_log(conn, room.doc_id)
+            snapshot, operations = await _read_log(conn, room.doc_id, seq)
         return await asyncio.to_thread(rebuild, operations, snapshot, until_seq=seq)
 
     async def janitor(self, interval_s: float = 1.0) -> None:

@@ -22,14 +22,16 @@ from server import auth, protocol as p, store, workspaces
 from server.errors import ErrorCode, TandemError
 from server.node import Node
 from server.rooms import Room
+from server.session_coordination import CoordinationHandlers
 
 log = structlog.get_logger("tandem.session")
 
 SERVER_VERSION = "0.1.0"
 
 
-class Connection:
-    """One agent connection. `send_text` is the rooms' non-blocking way in (a Subscriber)."""
+class Connection(CoordinationHandlers):
+    """One agent connection. `send_text` is the rooms' non-blocking way in (a Subscriber).
+    Coordination handlers (locks, state, tasks, members) are in server/session_coordination.py."""
 
     def __init__(self, ws: WebSocket, node: Node) -> None:
         self.ws = ws
@@ -42,6 +44,8 @@ class Connection:
         self.inflight = asyncio.Semaphore(node.settings.max_inflight_updates)
         self.updates: asyncio.Queue[p.DocUpdate] = asyncio.Queue()  # bounded by `inflight`
         self.can_write: dict[uuid.UUID, bool] = {}  # joined workspace -> may this agent write
+        self.roles: dict[uuid.UUID, str] = {}  # joined workspace -> this agent's role
+        self.held_locks: dict[Any, Any] = {}  # locks.Resource -> locks.Lock taken in this session
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing: asyncio.Event = asyncio.Event()
         self.log = log.bind(conn_id=self.conn_id)
@@ -107,6 +111,8 @@ class Connection:
         )
         await self.ws.send_text(self.session.accept(hello))
         self.node.metrics.sessions.inc()
+        events = self.node.coordination.events
+        events.connect(self, verdict.tenant_id, verdict.agent_id)
         sender = asyncio.create_task(self._sender())
         pipeline = asyncio.create_task(self._update_pipeline())
         ttl_s = (verdict.expires_at - datetime.now(timezone.utc)).total_seconds() + s.jwt_leeway_s
@@ -132,6 +138,8 @@ class Connection:
             for room in self.rooms.values():
                 room.close(self.conn_id)
             self.rooms.clear()
+            events.disconnect(self.conn_id, verdict.tenant_id, verdict.agent_id, list(self.session.workspaces))
+            self.release_held_locks()
             self.session.transport_closed()
             self.node.metrics.sessions.dec()
             self.log.info("session.ended")
@@ -204,6 +212,8 @@ class Connection:
             joined = await workspaces.join_workspace(conn, self.principal.agent_id, msg.workspace_id, self.node.settings.max_list_items)
         self.session.joined(msg.workspace_id)
         self.can_write[msg.workspace_id] = joined.can_write
+        self.roles[msg.workspace_id] = joined.role
+        self.node.coordination.events.join(self, self.principal.tenant_id, msg.workspace_id)
         await self.node.presence.join(self, self.principal.tenant_id, self.principal.agent_id, msg.workspace_id)
         self.reply(
             p.WorkspaceJoinOk(
@@ -214,8 +224,11 @@ class Connection:
         )
 
     async def on_workspace_leave(self, msg: p.WorkspaceLeave) -> None:
+        assert self.principal is not None
         closed = self.session.left(msg.workspace_id)
         self.can_write.pop(msg.workspace_id, None)
+        self.roles.pop(msg.workspace_id, None)
+        self.node.coordination.events.leave(self.conn_id, self.principal.tenant_id, msg.workspace_id)
         for doc_id in closed:
             room = self.rooms.pop(doc_id, None)
             if room is not None:
@@ -311,10 +324,17 @@ class Connection:
             self.inflight.release()
             self.error(p.ProtocolError(ErrorCode.DOC_NOT_OPEN, msg.id))
             return
+        await room.writable()
+        refused = room.write_refused(self.principal.agent_id, msg.fence)
+        if refused is not None:  # the document's lock (docs/protocol.md#121): nothing applied
+            self.inflight.release()
+            holder = room.lock.holder if room.lock is not None else None
+            self.error(p.ProtocolError(refused, msg.id, {"holder": holder} if holder else None))
+            return
         try:
             if verdict is not None:
                 raise CorruptUpdate(verdict)
-            op = room.validate(self.principal.agent_id, msg.update, origin=self.conn_id, request_id=msg.id)
+            op = room.validate(self.principal.agent_id, msg.update, origin=self.conn_id, request_id=msg.id, fence=msg.fence)
         except CorruptUpdate as exc:
             self.inflight.release()
             self.node.metrics.invalid_updates.inc()
@@ -338,6 +358,8 @@ class Connection:
     async def _commit(self, room: Room, op: store.NewOperation, seq: asyncio.Future[int], re: p.RequestId | None) -> None:
         try:
             await self.node.rooms.commit(room, op, seq)
+        except TandemError as exc:  # the lock refused it in the write path: nothing stored
+            self.error(p.ProtocolError(exc.code, re, exc.details))
         except Exception:
             self.log.exception("session.commit_failed", doc_id=str(room.doc_id))
             self.error(p.ProtocolError(ErrorCode.INTERNAL_ERROR, re))

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     presence_sweep_interval_s: float | None = None  # expired-entry sweep; None: presence_ttl_s / 3
     presence_timeout_s: float = 1.0  # bound on each Redis call; presence degrades, documents don't
     max_awareness_bytes: int = 8192  # one awareness state, as compact JSON
+    # Coordination (docs/protocol.md section 12).
+    lock_release_grace_s: float = 5.0  # a disconnected holder's locks are released after this
+    max_state_bytes: int = 262_144  # workspace state, as compact JSON
+    task_sweep_interval_s: float = 1.0  # how often this node looks for tasks past their timeout
+    task_sweep_batch: int = 100  # tasks marked per sweep statement
 
 
 def load_settings(**overrides: object) -> Settings:

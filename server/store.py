@@ -18,6 +18,8 @@ from importlib import resources
 
 import asyncpg
 
+from server.errors import ErrorCode
+
 _NAME = re.compile(r"^-- name: (\w+)\n(?:--[^\n]*\n)*", re.MULTILINE)
 
 
@@ -52,6 +54,15 @@ class NewOperation:
     # Where it came from (not stored): the connection to acknowledge, and its request id.
     origin: str | None = None
     request_id: str | int | None = None
+    fence: int | None = None  # the fencing token the writer presented (docs/protocol.md#121)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An operation the document's lock did not allow: nothing of it was stored."""
+
+    code: ErrorCode  # LOCKED (someone else's live lock) or STALE_FENCE (a fence not the live one)
+    holder: str | None  # the live lock's holder, if any
 
 
 @dataclass(frozen=True)
@@ -79,29 +90,39 @@ async def set_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID, agent_id: s
     await conn.execute(Q["set_context"], str(tenant_id), agent_id, None)
 
 
-async def append_operations(conn: asyncpg.Connection, doc_id: uuid.UUID, ops: Sequence[NewOperation]) -> list[int]:
-    """Sequence and insert `ops` for one document in the caller's transaction; returns their seqs.
+async def append_operations(conn: asyncpg.Connection, doc_id: uuid.UUID, ops: Sequence[NewOperation]) -> list[int | Refused]:
+    """Sequence and insert `ops` for one document in the caller's transaction; returns, in order,
+    each one's seq or why its document's lock refused it (docs/protocol.md#121).
 
-    The head counter's row lock is held until the caller commits, so concurrent writers of the
-    same document commit in sequence order. Raises LookupError when the document is not visible
-    to the current tenant.
+    The lock check and the reservation are one statement under the row lock, which is held
+    until the caller commits, so concurrent writers of the same document commit in sequence
+    order and a lock taken meanwhile is never missed. Raises LookupError when the document is
+    not visible to the current tenant.
     """
     if not ops:
         return []
-    head = await conn.fetchval(Q["advance_head"], doc_id, len(ops))
-    if head is None:
+    row = await conn.fetchrow(Q["advance_head"], doc_id, [op.agent_id for op in ops], [op.fence for op in ops])
+    if row is None:
         raise LookupError(f"document {doc_id} not found")
-    seqs = list(range(head - len(ops) + 1, head + 1))
-    await conn.execute(
-        Q["insert_operations"],
-        doc_id,
-        seqs,
-        [op.agent_id for op in ops],
-        [op.op_type for op in ops],
-        [op.vector_clock for op in ops],
-        [op.update for op in ops],
-    )
-    return seqs
+    allowed: list[bool] = row["allowed"]
+    kept = [op for op, ok in zip(ops, allowed) if ok]
+    head = row["head_seq"]
+    seqs = iter(range(head - len(kept) + 1, head + 1))
+    if kept:
+        await conn.execute(
+            Q["insert_operations"],
+            doc_id,
+            list(range(head - len(kept) + 1, head + 1)),
+            [op.agent_id for op in kept],
+            [op.op_type for op in kept],
+            [op.vector_clock for op in kept],
+            [op.update for op in kept],
+        )
+    holder = row["holder"]
+    return [
+        next(seqs) if ok else Refused(ErrorCode.LOCKED if op.fence is None else ErrorCode.STALE_FENCE, holder)
+        for op, ok in zip(ops, allowed)
+    ]
 
 
 async def operations_after(conn: asyncpg.Connection, doc_id: uuid.UUID, after_seq: int, limit: int = 1000) -> list[asyncpg.Record]:

@@ -544,6 +544,12 @@ class YjsConnection:
         if self.closing.is_set():
             self.inflight.release()
             return
+        await room.writable()
+        refused = room.write_refused(self.principal.agent_id, None)
+        if refused is not None:  # another agent's document lock: refused as a viewer's edit is
+            self.inflight.release()
+            self._refuse_locked(refused)
+            return
         try:
             if verdict is not None:
                 raise CorruptUpdate(verdict)
@@ -565,11 +571,18 @@ class YjsConnection:
     async def _commit(self, room: Room, op: store.NewOperation, seq: asyncio.Future[int]) -> None:
         try:
             await self.node.rooms.commit(room, op, seq)
+        except TandemError as exc:  # the lock refused it in the write path: nothing stored
+            self._refuse_locked(exc.code)
         except Exception:
             self.log.exception("yws.commit_failed")
             await self.fail(Refused(ErrorCode.INTERNAL_ERROR, "commit failed"))
         finally:
             self.inflight.release()
+
+
+    def _refuse_locked(self, code: ErrorCode) -> None:
+        self.node.metrics.errors.labels(code.value).inc()
+        self.send_bytes(permission_denied_message(f"{code.value}: the document is locked by another agent"))
 
 
 async def endpoint(ws: WebSocket) -> None:

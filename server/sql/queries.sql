@@ -9,8 +9,18 @@ SELECT set_config('app.current_tenant', $1::text, true),
        set_config('app.client_ip', coalesce($3::text, ''), true);
 
 -- name: advance_head
--- Reserve $2 sequence numbers for document $1 under its row lock; returns the new head.
-UPDATE shared_documents SET head_seq = head_seq + $2 WHERE id = $1 RETURNING head_seq;
+-- Reserve seqs for the operations of document $1 by agents $2 (fences $3, null: none) that its lock allows, under the row lock.
+-- Returns the new head, which operations were allowed (in order) and the live lock's holder. The
+-- lock is read from the row being updated, so the check and the reservation are one atomic step.
+UPDATE shared_documents d
+SET head_seq = d.head_seq + (
+    SELECT count(*) FROM unnest($2::text[], $3::bigint[]) AS o(agent, fence)
+    WHERE lock_allows_write(d.is_locked, d.locked_by, d.lock_expires_at, d.lock_fence, o.agent, o.fence))
+WHERE d.id = $1
+RETURNING d.head_seq,
+    ARRAY(SELECT lock_allows_write(d.is_locked, d.locked_by, d.lock_expires_at, d.lock_fence, o.agent, o.fence)
+          FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS o(agent, fence, i) ORDER BY o.i) AS allowed,
+    CASE WHEN d.is_locked AND d.lock_expires_at > now() THEN d.locked_by END AS holder;
 
 -- name: insert_operations
 -- Append a batch of operations of one document: parallel arrays, one row per element.
@@ -151,8 +161,11 @@ WHERE d.id = $1 AND d.deleted_at IS NULL AND w.deleted_at IS NULL;
 -- Rooms: loading, snapshots and readable content (server/rooms.py)
 
 -- name: document_meta
--- A live document's workspace and committed head, for loading its room.
-SELECT workspace_id, head_seq FROM shared_documents WHERE id = $1 AND deleted_at IS NULL;
+-- A live document's workspace, committed head and live lock, for loading its room.
+SELECT workspace_id, head_seq,
+       CASE WHEN is_locked AND lock_expires_at > now() THEN locked_by END AS lock_holder,
+       lock_fence, lock_expires_at
+FROM shared_documents WHERE id = $1 AND deleted_at IS NULL;
 
 -- name: document_heads
 -- The committed head of each of the given documents (the fan-out's periodic check).

@@ -1,0 +1,160 @@
+"""The node's side of coordination (docs/protocol.md section 12): events, lock views, the sweep.
+
+Sessions change locks, state, tasks and members through the data layer (server/locks.py,
+server/state.py, server/tasks.py, server/members.py) and publish one event per change through
+`Coordination.publish` inside the same transaction. This module keeps what is shared by the
+node: the rooms' view of document locks (so updates the lock refuses are refused before they
+touch the document), releasing a disconnected holder's locks after a grace period, reading back
+events too large for NOTIFY, and the task timeout sweep that every node runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from server import locks, state, store, tasks
+from server.errors import TandemError
+from server.events import Event, Events
+from server.rooms import LockView, RoomRegistry
+from server.settings import Settings
+
+log = structlog.get_logger("tandem.coordination")
+
+
+class Coordination:
+    def __init__(self, pool: asyncpg.Pool, node_id: str, rooms: RoomRegistry, settings: Settings) -> None:
+        self.pool = pool
+        self.rooms = rooms
+        self.settings = settings
+        self.events = Events(node_id, refetch=self.refetch)
+        self.events.observers.append(self._observe_locks)
+        self.background: set[asyncio.Task[None]] = set()
+        self.swept = 0
+
+    # --- events ----------------------------------------------------------------------------------
+
+    async def publish(self, conn: asyncpg.Connection, event: Event) -> None:
+        """In the change's transaction; call `deliver(event)` once it committed."""
+        await self.events.notify(conn, event)
+
+    def deliver(self, event: Event) -> None:
+        self.events.deliver(event)
+
+    def _observe_locks(self, event: Event) -> None:
+        message = event.message
+        kind = message.get("type", "")
+        if not kind.startswith("lock.") or message["lock"].get("doc_id") is None:
+            return
+        lock = message["lock"]
+        doc_id = uuid.UUID(lock["doc_id"])
+        if kind == "lock.released":
+            self.rooms.on_lock(doc_id, None)
+        else:
+            self.rooms.on_lock(doc_id, LockView(lock["holder"], lock["fence"], datetime.fromisoformat(lock["expires_at"])))
+
+    async def refetch(self, tenant_id: uuid.UUID, workspace_id: uuid.UUID, kind: str, ref_id: str) -> dict[str, Any] | None:
+        """The fields an event left out of its NOTIFY (server/events.py), read back."""
+        async with store.tenant_transaction(self.pool, tenant_id) as conn:
+            try:
+                if kind == "state":
+                    current = await state.get_state(conn, workspace_id)
+                    return {"state": current.state, "version": current.version}
+                if kind == "task":
+                    return {"task": (await tasks.get_task(conn, uuid.UUID(ref_id))).to_wire()}
+            except TandemError:
+                return None  # deleted meanwhile
+        raise ValueError(f"unknown event reference {kind!r}")
+
+    # --- locks of a disconnected holder ----------------------------------------------------------
+
+    def release_later(
+        self, tenant_id: uuid.UUID, agent_id: str, lock: locks.Lock, client_ip: str | None = None
+    ) -> None:
+        """After `lock_release_grace_s`, release `lock` unless renewed since (a reconnected holder
+        that renewed keeps it) or already released or taken."""
+        task = asyncio.create_task(self._release_later(tenant_id, agent_id, lock, client_ip))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _release_later(self, tenant_id: uuid.UUID, agent_id: str, lock: locks.Lock, client_ip: str | None) -> None:
+        await asyncio.sleep(self.settings.lock_release_grace_s)
+        try:
+            async with store.tenant_transaction(self.pool, tenant_id, agent_id, client_ip) as conn:
+                released = await locks.release(conn, agent_id, lock.resource, lock.fence, if_expires_at=lock.expires_at)
+                event = lock_event(tenant_id, "lock.released", released, reason="disconnected")
+                await self.publish(conn, event)
+        except TandemError:
+            return  # renewed, released or taken meanwhile
+        except Exception:
+            log.exception("coordination.release_failed", agent_id=agent_id)
+            return
+        self.deliver(event)
+
+    async def stop(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+
+    # --- task timeouts ---------------------------------------------------------------------------
+
+    async def sweep_forever(self) -> None:
+        """Every `task_sweep_interval_s`: mark overdue tasks `timeout` (safe on every node)."""
+        while True:
+            await asyncio.sleep(self.settings.task_sweep_interval_s)
+            try:
+                await self.sweep_once()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("coordination.sweep_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def sweep_once(self) -> int:
+        async with self.pool.acquire() as conn:
+            swept = await tasks.sweep_timeouts(conn, self.settings.task_sweep_batch)
+        for task_id, tenant_id, workspace_id in swept:
+            if workspace_id is None:
+                continue  # a task of no workspace has nobody to tell
+            async with store.tenant_transaction(self.pool, tenant_id) as conn:
+                task = await tasks.get_task(conn, task_id)
+                event = task_event(tenant_id, task, "timeout", "system")
+                await self.publish(conn, event)
+            self.deliver(event)
+        self.swept += len(swept)
+        return len(swept)
+
+
+# --- the events (docs/protocol.md#126) ------------------------------------------------------------
+
+
+def lock_event(tenant_id: uuid.UUID, type_: str, lock: locks.Lock, reason: str | None = None) -> Event:
+    message: dict[str, Any] = {"type": type_, "lock": lock.to_wire()}
+    if reason is not None:
+        message["reason"] = reason
+    return Event(tenant_id, lock.resource.workspace_id, message)
+
+
+def task_event(
+    tenant_id: uuid.UUID, task: Any, action: str, agent_id: str, delegation: Any = None, also: frozenset[str] = frozenset()
+) -> Event:
+    """To the task's workspace, its creator and its assignee (and `also`: a previous assignee)."""
+    message = {"type": "task.changed", "task": task.to_wire(), "action": action, "agent_id": agent_id,
+               "delegation": None if delegation is None else delegation.to_wire()}  # fmt: skip
+    agents = frozenset({task.created_by} | ({task.assigned_to} if task.assigned_to else set())) | also
+    return Event(tenant_id, task.workspace_id, message, agents, ref=("task", str(task.task_id), "task"))
+
+
+def state_event(tenant_id: uuid.UUID, workspace_id: uuid.UUID, version: int, value: dict[str, Any], agent_id: str) -> Event:
+    message = {"type": "state.changed", "workspace_id": str(workspace_id), "version": version, "state": value,
+               "agent_id": agent_id}  # fmt: skip
+    return Event(tenant_id, workspace_id, message, ref=("state", str(workspace_id), "state"))
+
+
+def member_event(tenant_id: uuid.UUID, workspace_id: uuid.UUID, member: dict[str, Any], change: str, agent_id: str) -> Event:
+    """To the workspace, and to the member itself (a removed member has left it)."""
+    message = {"type": "member.changed", "workspace_id": str(workspace_id), "member": member, "change": change,
+               "agent_id": agent_id}  # fmt: skip
+    return Event(tenant_id, workspace_id, message, frozenset({member["agent_id"]}))
