@@ -73,6 +73,31 @@ VALID = {
     "doc.resync": {"type": "doc.resync", "doc_id": DOC, "state_vector": "AekHBQ=="},
     "presence.list": {"type": "presence.list", "id": 9, "workspace_id": WS},
     "awareness.set": {"type": "awareness.set", "id": 10, "workspace_id": WS, "doc_id": DOC, "state": {"cursor": {"anchor": 3}}},
+    # section 12: coordination
+    "lock.acquire": {"type": "lock.acquire", "id": 11, "workspace_id": WS, "doc_id": DOC, "ttl_ms": 5000},
+    "lock.renew": {"type": "lock.renew", "workspace_id": WS, "name": "deploy", "fence": 7, "ttl_ms": 5000},
+    "lock.release": {"type": "lock.release", "workspace_id": WS, "name": "deploy", "fence": 7},
+    "lock.list": {"type": "lock.list", "workspace_id": WS},
+    "state.get": {"type": "state.get", "workspace_id": WS},
+    "state.update": {"type": "state.update", "workspace_id": WS, "expected_version": 3, "mode": "patch",
+                     "patch": [{"op": "add", "path": "/a", "value": 1}], "on_conflict": "merge"},
+    "task.create": {"type": "task.create", "workspace_id": WS, "title": "Review", "priority": "high",
+                    "parameters": {"pr": 12}, "timeout_s": 60, "assign_to": "reviewer"},
+    "task.assign": {"type": "task.assign", "task_id": DOC, "agent_id": "worker-1"},
+    "task.accept": {"type": "task.accept", "task_id": DOC},
+    "task.reject": {"type": "task.reject", "task_id": DOC, "reason": "busy"},
+    "task.start": {"type": "task.start", "task_id": DOC},
+    "task.complete": {"type": "task.complete", "task_id": DOC, "result": {"ok": True}},
+    "task.fail": {"type": "task.fail", "task_id": DOC, "error": "tests failed"},
+    "task.cancel": {"type": "task.cancel", "task_id": DOC},
+    "task.delegate": {"type": "task.delegate", "task_id": DOC, "agent_id": "worker-2", "delegation_type": "failover"},
+    "task.get": {"type": "task.get", "task_id": DOC},
+    "task.list": {"type": "task.list", "workspace_id": WS, "assigned_to": "worker-1", "status": ["assigned", "accepted"]},
+    "task.stats": {"type": "task.stats", "workspace_id": WS},
+    "member.add": {"type": "member.add", "workspace_id": WS, "agent_id": "b", "role": "viewer"},
+    "member.remove": {"type": "member.remove", "workspace_id": WS, "agent_id": "b"},
+    "member.update": {"type": "member.update", "workspace_id": WS, "agent_id": "b", "permissions": ["read"]},
+    "member.list": {"type": "member.list", "workspace_id": WS},
 }
 
 
@@ -124,7 +149,7 @@ def test_malformed_json_gets_bad_json(text):
     assert err.code is ErrorCode.BAD_JSON and err.re is None and err.close_code is None
 
 
-@pytest.mark.parametrize("type_", ["lock.acquire", "presence.update", "task.create", "doc.delete", "DOC.UPDATE", ""])
+@pytest.mark.parametrize("type_", ["workflow.start", "presence.update", "task.update", "doc.delete", "DOC.UPDATE", ""])
 def test_unknown_type_gets_unknown_type_with_re(type_):
     # docs/protocol.md#10-reserved-for-later-issues: reserved families are unknown in protocol 1
     err = p.parse(frame(type=type_, id=9), MAX)
@@ -507,7 +532,8 @@ def test_message_table_matches_the_models():
 def test_replies_carry_re_and_events_do_not():
     # docs/protocol.md#3-framing-and-encoding (requests, replies, events)
     events = {"hello", "doc.op", "session.closing", "presence.joined", "presence.left", "presence.changed",
-              "awareness.changed", "presence.stale"}  # fmt: skip
+              "awareness.changed", "presence.stale", "lock.acquired", "lock.renewed", "lock.released",
+              "state.changed", "task.changed", "member.changed"}  # fmt: skip
     for type_, model in p.SERVER_MESSAGES.items():
         assert ("re" in model.model_fields) is (type_ not in events), type_
 
@@ -613,3 +639,56 @@ def test_server_hello_matches_the_documented_example():
     documented = json.loads(re.search(r"```json\n(.*?)```", section("2.4 The server's"), re.S).group(1))
     assert json.loads(p.Limits().model_dump_json()) == documented["limits"]
     assert p.encode(p.ServerHello.model_validate(documented)) == json.dumps(documented, separators=(",", ":"))
+
+
+# --- 12: coordination ------------------------------------------------------------------------------
+
+
+def test_task_transition_and_actor_tables_match_docs():
+    # docs/protocol.md#124-tasks-and-delegations
+    from server import task_rules
+
+    text = section("12.4 Tasks and delegations")
+    tables = re.split(r"\n(?=Who may take)", text)
+    documented = {(code(st), code(a)): code(t) for st, a, t in table(tables[0])}
+    assert documented == {(s.value, a.value): t.value for (s, a), t in task_rules.TRANSITIONS.items()}
+    actors = {code(a): set(re.findall(r"`([^`]+)`", who)) for a, who in table(tables[1])}
+    assert actors == {a.value: {x.value for x in who} for a, who in task_rules.ACTORS.items()}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"workspace_id": WS},  # neither doc_id nor name
+        {"workspace_id": WS, "doc_id": DOC, "name": "deploy"},  # both
+        {"workspace_id": WS, "name": "deploy", "ttl_ms": 5},  # too short a lease
+        {"workspace_id": WS, "name": " "},
+    ],
+)
+def test_a_lock_names_exactly_one_resource_with_a_bounded_ttl(fields):
+    # docs/protocol.md#122-named-locks
+    err = p.parse(frame(type="lock.acquire", id=1, **fields), MAX)
+    assert isinstance(err, p.ProtocolError) and err.code is ErrorCode.INVALID_MESSAGE and err.re == 1
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"mode": "patch", "value": {"a": 1}},  # patch takes `patch`
+        {"mode": "replace", "patch": []},  # replace takes `value`
+        {"mode": "merge"},
+        {"mode": "replace", "value": {}, "on_conflict": "ignore"},
+    ],
+)
+def test_state_update_takes_the_operand_of_its_mode(fields):
+    # docs/protocol.md#123-workspace-state
+    err = p.parse(frame(type="state.update", workspace_id=WS, expected_version=1, **fields), MAX)
+    assert isinstance(err, p.ProtocolError) and err.code is ErrorCode.INVALID_MESSAGE
+
+
+def test_doc_update_takes_an_optional_fence():
+    # docs/protocol.md#121-document-locks-and-fencing
+    msg = p.parse(frame(type="doc.update", doc_id=DOC, update=HELLO_UPDATE, fence=42), MAX)
+    assert isinstance(msg, p.DocUpdate) and msg.fence == 42
+    err = p.parse(frame(type="doc.update", doc_id=DOC, update=HELLO_UPDATE, fence=0), MAX)
+    assert isinstance(err, p.ProtocolError) and err.code is ErrorCode.INVALID_MESSAGE

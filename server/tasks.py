@@ -1,0 +1,440 @@
+"""Tasks and their delegations: the data side of docs/protocol.md section 12.4.
+
+Every function but `sweep_timeouts` takes an asyncpg connection already inside
+`store.tenant_transaction`, so RLS scopes it to one tenant; SQL lives in `server/sql/tasks.sql`
+(the `task_*` queries) and the state machine in `server/task_rules.py`. Failures a client may
+see are `TandemError`s: let them propagate out of `tenant_transaction`, which rolls back.
+Imports no Starlette, WebSocket or Redis code.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from server import task_rules
+from server.errors import ErrorCode, TandemError
+from server.store import Q
+from server.task_rules import Action, Actor, Status
+from server.workspaces import WRITE_ROLES, rfc3339
+
+PRIORITIES = ("low", "normal", "high", "critical")  # enum task_priority, lowest first
+DELEGATION_TYPES = ("manual", "automatic", "failover", "load_balance")  # enum delegation_type
+MANAGER_ROLES = frozenset({"owner", "admin"})
+MAX_TITLE_CHARS = 500  # tasks.title varchar(500), migration 0002
+MAX_TASK_TYPE_CHARS = 100  # tasks.type varchar(100)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    task_id: uuid.UUID
+    workspace_id: uuid.UUID | None  # None only for rows older than migration 0017
+    title: str
+    task_type: str
+    description: str | None
+    status: str
+    priority: str
+    created_by: str
+    assigned_to: str | None
+    parent_task_id: uuid.UUID | None
+    parameters: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    max_retries: int
+    retry_count: int
+    timeout_s: int
+    created_at: datetime
+    assigned_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+
+    def to_wire(self) -> dict[str, Any]:
+        """The task object: every field in order, ids as strings, times in RFC 3339 (docs/protocol.md#3)."""
+        return _wire(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Delegation:
+    delegation_id: uuid.UUID
+    task_id: uuid.UUID
+    from_agent_id: str
+    to_agent_id: str
+    delegation_type: str
+    reason: str | None
+    delegated_at: datetime
+
+    def to_wire(self) -> dict[str, Any]:
+        """The delegation object: every field in order, as `Task.to_wire` writes them."""
+        return _wire(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskChange:
+    """One committed-to-be transition. `notify`: the agents to tell besides the workspace (the
+    creator, the new assignee and the previous one)."""
+
+    task: Task
+    previous: Task
+    action: str
+    delegation: Delegation | None
+    notify: frozenset[str]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "task": self.task.to_wire(),
+            "action": self.action,
+            "previous_status": self.previous.status,
+            "previous_assignee": self.previous.assigned_to,
+            "delegation": None if self.delegation is None else self.delegation.to_wire(),
+        }
+
+
+# --- create ----------------------------------------------------------------------------------
+
+
+async def create_task(
+    conn: asyncpg.Connection,
+    agent_id: str,
+    role: str | None,
+    *,
+    workspace_id: uuid.UUID,
+    title: str,
+    task_type: str = "general",
+    description: str | None = None,
+    priority: str = "normal",
+    parameters: Mapping[str, Any] | None = None,
+    parent_task_id: uuid.UUID | None = None,
+    timeout_s: int = 3600,
+    max_retries: int = 3,
+    assign_to: str | None = None,
+) -> Task:
+    """Create a task created by `agent_id`, whose workspace role is `role` (None: not a member).
+
+    `assign_to` set: the task starts `assigned` to that agent, else `pending`. Not a member:
+    `not_member`; a viewer: `forbidden`; an unknown, deleted or other tenant's workspace, or a
+    parent that is not a live task of the same workspace: `not_found`; a value the schema refuses
+    (blank or long title, timeout_s < 1, max_retries outside 0..10, parameters not a JSON
+    object, unknown priority): `invalid_message` naming the field.
+    """
+    _require_writer(role)
+    params = {} if parameters is None else parameters
+    _check_choice("priority", priority, PRIORITIES)
+    _check_length("title", title, MAX_TITLE_CHARS)
+    _check_length("task_type", task_type, MAX_TASK_TYPE_CHARS)
+    params_text = _json_object("parameters", params)
+    with _input_errors():
+        row = await conn.fetchrow(
+            Q["task_create"], workspace_id, title, task_type, description, priority, agent_id,
+            assign_to, parent_task_id, params_text, timeout_s, max_retries,
+        )  # fmt: skip
+    if row is None:
+        raise TandemError(ErrorCode.NOT_FOUND)
+    return _task(row)
+
+
+# --- transitions -----------------------------------------------------------------------------
+
+# Which timestamps a move into each status stamps ("now"), empties ("clear") or leaves ("keep"),
+# in the order assigned_at, started_at, completed_at. A (re)assignment starts the clock afresh; a retry puts
+# the task back in the queue unassigned; completed_at marks the end of a terminal status.
+_STAMPS: dict[Status, tuple[str, str, str]] = {
+    Status.ASSIGNED: ("now", "clear", "clear"),
+    Status.ACCEPTED: ("keep", "keep", "keep"),
+    Status.REJECTED: ("keep", "keep", "keep"),
+    Status.IN_PROGRESS: ("keep", "now", "keep"),
+    Status.COMPLETED: ("keep", "keep", "now"),
+    Status.FAILED: ("keep", "keep", "now"),
+    Status.CANCELLED: ("keep", "keep", "now"),
+    Status.PENDING: ("clear", "clear", "keep"),  # a retry after a failure
+}
+
+
+async def transition(
+    conn: asyncpg.Connection,
+    agent_id: str,
+    role: str | None,
+    task_id: uuid.UUID,
+    action: str,
+    *,
+    to_agent_id: str | None = None,
+    result: Mapping[str, Any] | None = None,
+    error: str | None = None,
+    reason: str | None = None,
+    delegation_type: str = "manual",
+) -> TaskChange:
+    """Apply `action` to a task for `agent_id`, whose role in the task's workspace is `role`.
+
+    The task row is locked (`FOR UPDATE`) until the caller commits, so concurrent actions on one
+    task apply one after the other, each to the status the previous one left. The acting agent
+    is the task's creator and/or assignee, a manager (role owner or admin), and for `assign` to
+    itself a self-claim; `task_rules.check` decides (`invalid_transition`). Unknown, deleted and
+    other tenants' ids: the bare `not_found`. assign and delegate need `to_agent_id`; complete
+    takes an optional `result` (a JSON object); fail records `error`, and while retries remain
+    sends the task back to `pending`, unassigned, with `retry_count` + 1. delegate also records
+    a `task_delegations` row from the current assignee (the actor when there is none). Bad
+    arguments: `invalid_message` naming the field. The caller checks writing rights first.
+    """
+    _check_choice("action", action, tuple(Action))
+    if action in (Action.ASSIGN, Action.DELEGATE) and not to_agent_id:
+        raise TandemError(ErrorCode.INVALID_MESSAGE, details=_field_error("to_agent_id", f"required to {action}"))
+    if action == Action.DELEGATE:
+        _check_choice("delegation_type", delegation_type, DELEGATION_TYPES)
+    result_text = _json_object("result", result) if action == Action.COMPLETE and result is not None else None
+
+    row = await conn.fetchrow(Q["task_lock"], task_id)
+    if row is None:
+        raise TandemError(ErrorCode.NOT_FOUND)
+    previous = _task(row)
+    kinds = _actor_kinds(previous, agent_id, role, action, to_agent_id)
+    retries_left = previous.retry_count < previous.max_retries
+    status = task_rules.check(previous.status, action, kinds, retries_left)
+
+    assignee, retry_count, error_text = previous.assigned_to, previous.retry_count, previous.error
+    if action in (Action.ASSIGN, Action.DELEGATE):
+        assignee = to_agent_id
+    elif status is Status.PENDING:  # a retry: any worker may take it again
+        assignee, retry_count = None, retry_count + 1
+    if action == Action.FAIL:
+        error_text = error
+    with _input_errors():
+        row = await conn.fetchrow(
+            Q["task_apply_transition"], task_id, status, assignee, retry_count, result_text, error_text,
+            *_STAMPS[status],
+        )  # fmt: skip
+    task = _task(row)
+
+    delegation = None
+    if action == Action.DELEGATE:
+        source = previous.assigned_to or agent_id
+        delegation = _delegation(
+            await conn.fetchrow(Q["task_insert_delegation"], task_id, source, to_agent_id, delegation_type, reason)
+        )
+    notify = frozenset(a for a in (task.created_by, task.assigned_to, previous.assigned_to) if a)
+    return TaskChange(task, previous, str(action), delegation, notify)
+
+
+def _actor_kinds(task: Task, agent_id: str, role: str | None, action: str, to_agent_id: str | None) -> set[Actor]:
+    kinds = set()
+    if agent_id == task.created_by:
+        kinds.add(Actor.CREATOR)
+    if agent_id == task.assigned_to:
+        kinds.add(Actor.ASSIGNEE)
+    if role in MANAGER_ROLES:
+        kinds.add(Actor.MANAGER)
+    if action == Action.ASSIGN and to_agent_id == agent_id:
+        kinds.add(Actor.SELF_CLAIM)
+    return kinds
+
+
+# --- queries ---------------------------------------------------------------------------------
+
+
+async def get_task(conn: asyncpg.Connection, task_id: uuid.UUID) -> Task:
+    """A live task of this tenant; unknown, deleted and other tenants' ids: the bare `not_found`."""
+    row = await conn.fetchrow(Q["task_get"], task_id)
+    if row is None:
+        raise TandemError(ErrorCode.NOT_FOUND)
+    return _task(row)
+
+
+async def list_tasks(
+    conn: asyncpg.Connection,
+    *,
+    workspace_id: uuid.UUID,
+    assigned_to: str | None = None,
+    created_by: str | None = None,
+    statuses: Sequence[str] | None = None,
+    priorities: Sequence[str] | None = None,
+    parent_task_id: uuid.UUID | None = None,
+    limit: int,
+) -> tuple[list[Task], bool]:
+    """Live tasks of a workspace matching every filter given (None: any), critical first, then
+    oldest first; at most `limit`, the flag is true when there were more. Unknown status or
+    priority names: `invalid_message`. The caller checks the agent has joined the workspace."""
+    for status in statuses or ():
+        _check_choice("statuses", status, tuple(Status))
+    for priority in priorities or ():
+        _check_choice("priorities", priority, PRIORITIES)
+    rows = await conn.fetch(
+        Q["task_list"], workspace_id, assigned_to, created_by,
+        None if statuses is None else list(statuses), None if priorities is None else list(priorities),
+        parent_task_id, _plus_one(limit),
+    )  # fmt: skip
+    return [_task(r) for r in rows[:limit]], len(rows) > limit
+
+
+async def delegations(conn: asyncpg.Connection, task_id: uuid.UUID, limit: int) -> list[Delegation]:
+    """The task's delegation history, oldest first, at most `limit` (the oldest ones);
+    unknown, deleted and other tenants' ids: `not_found`."""
+    if not await conn.fetchval(Q["task_exists"], task_id):
+        raise TandemError(ErrorCode.NOT_FOUND)
+    return [_delegation(r) for r in await conn.fetch(Q["task_delegations"], task_id, _checked_limit(limit))]
+
+
+async def workload(
+    conn: asyncpg.Connection, workspace_id: uuid.UUID | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Per-agent load from `v_agent_workload`, by agent id, at most `limit` rows: every agent of
+    the tenant with tasks, or with `workspace_id` each member of that workspace (its tenant-wide
+    load, zeros when idle). Keys: agent_id, pending_tasks, active_tasks, completed_24h,
+    avg_task_duration_s (None before any completion)."""
+    if workspace_id is None:
+        rows = await conn.fetch(Q["task_workload"], _checked_limit(limit))
+    else:
+        rows = await conn.fetch(Q["task_workspace_workload"], workspace_id, _checked_limit(limit))
+    return [
+        {
+            "agent_id": r["agent_id"],
+            "pending_tasks": int(r["pending_tasks"]),
+            "active_tasks": int(r["active_tasks"]),
+            "completed_24h": int(r["completed_24h"]),
+            "avg_task_duration_s": _number(r["avg_task_duration_seconds"]),
+        }
+        for r in rows
+    ]
+
+
+async def statistics(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Counts and durations (seconds from creation to completion) of the tenant's tasks by status
+    and priority, from `v_task_statistics`; at most 9 x 4 rows."""
+    return [
+        {
+            "status": r["status"],
+            "priority": r["priority"],
+            "count": int(r["count"]),
+            "avg_duration_s": _number(r["avg_duration_seconds"]),
+            "median_duration_s": _number(r["median_duration_seconds"]),
+            "p95_duration_s": _number(r["p95_duration_seconds"]),
+        }
+        for r in await conn.fetch(Q["task_statistics"])
+    ]
+
+
+# --- timeout sweep ---------------------------------------------------------------------------
+
+
+async def sweep_timeouts(
+    conn: asyncpg.Connection, max_rows: int
+) -> list[tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]]:
+    """Mark at most `max_rows` in-progress tasks past `timeout_s` as `timeout`, across tenants.
+
+    Call it on a plain pooled connection of the app role, NOT inside `tenant_transaction`: the
+    database function runs as the owner and sees every tenant's tasks in progress. Any number of
+    nodes may call it at once; each overdue task is marked by exactly one call (SKIP LOCKED and
+    a re-checked status). Returns (task_id, tenant_id, workspace_id) of the tasks it marked;
+    reading them (`get_task` per tenant) and telling agents is the caller's job.
+    """
+    rows = await conn.fetch(Q["task_sweep_timeouts"], _checked_limit(max_rows))
+    return [(r["task_id"], r["tenant_id"], r["workspace_id"]) for r in rows]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _require_writer(role: str | None) -> None:
+    if role is None:
+        raise TandemError(ErrorCode.NOT_MEMBER)
+    if role not in WRITE_ROLES:
+        raise TandemError(ErrorCode.FORBIDDEN)
+
+
+def _checked_limit(limit: int) -> int:
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    return limit
+
+
+def _plus_one(limit: int) -> int:
+    return _checked_limit(limit) + 1  # one more row than we return tells whether the list was cut
+
+
+def _field_error(field: str, message: str) -> dict[str, Any]:
+    return {"errors": [{"field": field, "type": "value_error", "message": message}]}
+
+
+def _check_choice(field: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise TandemError(
+            ErrorCode.INVALID_MESSAGE, details=_field_error(field, f"must be one of {', '.join(choices)}")
+        )
+
+
+def _check_length(field: str, value: object, max_chars: int) -> None:
+    if not isinstance(value, str) or len(value) > max_chars:
+        raise TandemError(
+            ErrorCode.INVALID_MESSAGE, details=_field_error(field, f"must be text of at most {max_chars} characters")
+        )
+
+
+def _json_object(field: str, value: object) -> str:
+    """`value` as JSON text, or `invalid_message` when it is not a JSON object."""
+    try:
+        if not isinstance(value, Mapping):
+            raise TypeError(field)
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TandemError(ErrorCode.INVALID_MESSAGE, details=_field_error(field, "must be a JSON object")) from exc
+
+
+def _wire(record: Task | Delegation) -> dict[str, Any]:
+    """A record's fields in declaration order, JSON-ready: uuids as str, times in RFC 3339."""
+    wire = {}
+    for field in fields(record):
+        value = getattr(record, field.name)
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = rfc3339(value)
+        wire[field.name] = value
+    return wire
+
+
+def _number(value: Decimal | float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _task(row: Mapping[str, Any]) -> Task:
+    values = dict(row)
+    values["parameters"] = json.loads(values["parameters"])
+    values["result"] = None if values["result"] is None else json.loads(values["result"])
+    return Task(**values)
+
+
+def _delegation(row: Mapping[str, Any]) -> Delegation:
+    return Delegation(**dict(row))
+
+
+# Which request field a named constraint of migration 0002 guards.
+_CONSTRAINT_FIELDS = {
+    "title_not_empty": ("title", "must not be blank"),
+    "valid_max_retries": ("max_retries", "must be between 0 and 10"),
+    "retry_count_valid": ("max_retries", "must be between 0 and 10"),  # checked first for a negative one
+    "valid_timeout": ("timeout_s", "must be at least 1"),
+    "parameters_is_object": ("parameters", "must be a JSON object"),
+    "result_is_object": ("result", "must be a JSON object"),
+}
+
+
+@contextmanager
+def _input_errors() -> Iterator[None]:
+    """Turn the schema refusing a client's value into a typed error; the SQL text never leaves."""
+    try:
+        yield
+    except asyncpg.ForeignKeyViolationError as exc:
+        # The workspace or parent went away between our check and the insert.
+        raise TandemError(ErrorCode.NOT_FOUND) from exc
+    except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError, asyncpg.DataError) as exc:
+        known = _CONSTRAINT_FIELDS.get(getattr(exc, "constraint_name", None) or "")
+        details = _field_error(*known) if known else None
+        raise TandemError(ErrorCode.INVALID_MESSAGE, details=details) from exc
+    except ValueError as exc:  # asyncpg could not encode an argument (an int beyond int32)
+        raise TandemError(ErrorCode.INVALID_MESSAGE) from exc
