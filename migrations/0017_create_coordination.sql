@@ -91,10 +91,11 @@ CREATE INDEX idx_tasks_created_by ON tasks (created_by) WHERE deleted_at IS NULL
 -- The timeout sweep crosses tenants, so it runs as the owner (SECURITY DEFINER), which FORCE
 -- binds to the policies too: these two let the owner see tasks in progress and only move them
 -- to 'timeout'. Nothing else of any tenant is visible to it, and the app role gains nothing.
+-- (The UPDATE reads the table, so the row it leaves, now 'timeout', must stay visible too.)
 CREATE POLICY tasks_timeout_sweep_select ON tasks
     FOR SELECT
     TO tandem_owner
-    USING (status = 'in_progress' AND deleted_at IS NULL);
+    USING (status IN ('in_progress', 'timeout') AND deleted_at IS NULL);
 
 CREATE POLICY tasks_timeout_sweep_update ON tasks
     FOR UPDATE
@@ -104,24 +105,26 @@ CREATE POLICY tasks_timeout_sweep_update ON tasks
 
 -- Marks at most max_rows overdue tasks 'timeout' and returns them. Any number of nodes may run
 -- it at once: SKIP LOCKED gives each row to one caller, and the re-checked status stops a
--- second marking after the first commits.
+-- second marking after the first commits. MATERIALIZED: the locking LIMIT runs once (inlined, the
+-- planner may run it per row and mark more than max_rows).
 CREATE FUNCTION sweep_task_timeouts(max_rows integer)
     RETURNS TABLE (task_id uuid, tenant_id uuid, workspace_id uuid)
     LANGUAGE sql SECURITY DEFINER
     SET search_path = pg_catalog, public
 AS $$
-    UPDATE public.tasks t
-       SET status = 'timeout',
-           completed_at = CURRENT_TIMESTAMP,
-           error = 'timed out after ' || t.timeout_seconds || ' s'
-     WHERE t.id IN (
+    WITH due AS MATERIALIZED (
         SELECT d.id FROM public.tasks d
          WHERE d.status = 'in_progress' AND d.deleted_at IS NULL
            AND d.started_at + d.timeout_seconds * interval '1 second' < CURRENT_TIMESTAMP
          ORDER BY d.started_at
          LIMIT max_rows
          FOR UPDATE SKIP LOCKED)
-       AND t.status = 'in_progress'
+    UPDATE public.tasks t
+       SET status = 'timeout',
+           completed_at = CURRENT_TIMESTAMP,
+           error = 'timed out after ' || t.timeout_seconds || ' s'
+      FROM due
+     WHERE t.id = due.id AND t.status = 'in_progress'
     RETURNING t.id, t.tenant_id, t.workspace_id
 $$;
 

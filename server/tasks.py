@@ -305,7 +305,7 @@ async def workload(
 
 async def statistics(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     """Counts and durations (seconds from creation to completion) of the tenant's tasks by status
-    and priority, from `v_task_statistics`; at most 9 x 4 rows."""
+    and priority, from `v_task_statistics` (one row per status and priority present)."""
     return [
         {
             "status": r["status"],
