@@ -11,7 +11,11 @@ subscribers on every node (the room delivers committed operations in seq order t
 `send_update` hook). There are no acks; the sender never gets its own update back.
 
 Awareness (cursors, user names) is shared between the y-websocket clients of one document on
-this node by `AwarenessRelay` (not stored, not across nodes, not yet bridged to agent presence).
+this node by `AwarenessRelay`, and bridged to agent presence both ways (docs/protocol.md#113): an
+editor is a presence member of the workspace with the document open and its awareness state as
+its presence awareness (relayed across nodes by the presence backend); an agent's awareness about
+the document (and an editor's on another node) reaches the editors as one more awareness client.
+Nothing of it is stored.
 The file reads top-down: the wire (pure), the awareness relay, the connection (I/O).
 
 Refusals close the socket with a code and the error code as reason (table `CLOSE_CODES`). Codes
@@ -48,7 +52,7 @@ from crdt.document import CorruptUpdate
 from server import auth, store, workspaces
 from server.errors import ErrorCode, TandemError
 from server.node import Node
-from server.protocol import TokenBucket
+from server.protocol import TokenBucket, awareness_bytes
 from server.rooms import Room
 
 log = structlog.get_logger("tandem.yws")
@@ -63,6 +67,7 @@ EMPTY_UPDATE = b"\x00\x00"  # Yjs's update with no structs and no deletions
 MAX_AWARENESS_ENTRIES = 4096  # client states in one awareness message (it may relay a whole room's)
 MAX_AWARENESS_CLIENTS = 32  # awareness client ids one connection may own (introduce or renew)
 _MAX_VARUINT_BYTES = 8  # lib0 refuses integers beyond 53 bits; 8 bytes hold 56
+AWARENESS_RENEW_S = 15.0  # y-protocols drops remote states older than 30 s; its clients renew at 15
 
 CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.INVALID_MESSAGE: 4400,
@@ -241,6 +246,10 @@ class AwarenessRelay:
     def __init__(self) -> None:
         self.awareness = Awareness(Doc())
         self.awareness.set_local_state(None)  # the relay itself has no state
+        # Sessions seen through presence (agents, editors of other nodes): one awareness client
+        # each, with a client id derived from its conn_id; `bridged` is the state last shown.
+        self.peers: dict[str, Awareness] = {}
+        self.bridged: dict[str, dict[str, Any]] = {}
         self.members: dict[str, YjsConnection] = {}
         self.owner: dict[int, str] = {}  # client id -> conn_id
         self.owned: dict[str, set[int]] = {}  # conn_id -> client ids
@@ -274,14 +283,58 @@ class AwarenessRelay:
                 self.owned[previous].discard(client_id)
             self.owner[client_id] = conn.conn_id
             self.owned[conn.conn_id].add(client_id)
+        removed_own = False
         for client_id in changed["removed"]:
             previous = self.owner.pop(client_id, None)
             if previous is not None:
                 self.owned[previous].discard(client_id)
+                removed_own = removed_own or previous == conn.conn_id
         if len(self.owned[conn.conn_id]) > MAX_AWARENESS_CLIENTS:
             return Refused(ErrorCode.LIMIT_EXCEEDED, "too many awareness clients")
         self._send_others(conn, changed["added"] + changed["updated"] + changed["removed"])
+        mine = [i for i in changed["added"] + changed["updated"] if self.owner.get(i) == conn.conn_id]
+        if mine:
+            conn.publish_awareness(self.awareness.states.get(mine[-1]))
+        elif removed_own and not self.owned[conn.conn_id]:
+            conn.publish_awareness(None)
         return None
+
+    def bridge(self, source: str, agent_id: str, state: dict[str, Any] | None) -> None:
+        """Another session's awareness about this document, from presence: shown to this node's
+        editors as one more awareness client (named after the agent unless the state names a
+        user). Every editor connection of the document hears the same presence event: only a
+        change is sent on."""
+        if source in self.members:
+            return  # an editor of this relay: its awareness is relayed natively
+        shown = None if state is None else {"user": {"name": agent_id}, **state}
+        if self.bridged.get(source) == shown:
+            return
+        peer = self.peers.get(source)
+        if peer is None:
+            if shown is None:
+                return
+            peer = self.peers[source] = Awareness(Doc(client_id=bridge_client_id(source)))
+        peer.set_local_state(shown)
+        if shown is None:
+            del self.peers[source]
+            self.bridged.pop(source, None)
+        else:
+            self.bridged[source] = shown
+        self._send_peer(peer)
+
+    def renew_peers(self) -> None:
+        """Yjs clients drop a remote state not renewed for 30 s: renew the bridged ones (their
+        sessions are alive as long as presence lists them)."""
+        for source, peer in self.peers.items():
+            peer.set_local_state(self.bridged[source])
+            self._send_peer(peer)
+
+    def _send_peer(self, peer: Awareness) -> None:
+        update = peer.encode_awareness_update([peer.client_id])
+        self.awareness.apply_awareness_update(update, "bridge")
+        message = create_awareness_message(update)
+        for member in list(self.members.values()):
+            member.send_bytes(message)
 
     def leave(self, conn: YjsConnection) -> None:
         self.members.pop(conn.conn_id, None)
@@ -302,14 +355,19 @@ class AwarenessRelay:
 
 class AwarenessRelays:
     """Relays by document id; one appears with a document's first y-websocket client and goes
-    with its last, so memory follows the connections."""
+    with its last, so memory follows the connections. One task renews every relay's bridged
+    states while any relay exists."""
 
-    def __init__(self) -> None:
+    def __init__(self, renew_s: float = AWARENESS_RENEW_S) -> None:
         self.relays: dict[uuid.UUID, AwarenessRelay] = {}
+        self.renew_s = renew_s
+        self._renewer: asyncio.Task[None] | None = None
 
     def join(self, doc_id: uuid.UUID, conn: YjsConnection) -> AwarenessRelay:
         relay = self.relays.setdefault(doc_id, AwarenessRelay())
         relay.join(conn)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew())
         return relay
 
     def leave(self, doc_id: uuid.UUID, conn: YjsConnection) -> None:
@@ -318,6 +376,20 @@ class AwarenessRelays:
             relay.leave(conn)
             if not relay.members:
                 del self.relays[doc_id]
+        if not self.relays and self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
+
+    async def _renew(self) -> None:
+        while self.relays:
+            await asyncio.sleep(self.renew_s)
+            for relay in list(self.relays.values()):
+                relay.renew_peers()
+
+
+def bridge_client_id(conn_id: str) -> int:
+    """A stable Yjs client id (31 bits, as Yjs makes them) for a session seen through presence."""
+    return uuid.UUID(conn_id).int % (1 << 31)
 
 
 # --- the connection (I/O) -------------------------------------------------------------------------
@@ -343,6 +415,7 @@ class YjsConnection:
         self.room: Room | None = None
         self.relay: AwarenessRelay | None = None
         self.can_write = False
+        self._published: dict[str, Any] | None = None  # the awareness last given to presence
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = asyncio.Event()
         self.log = log.bind(conn_id=self.conn_id)
@@ -358,6 +431,30 @@ class YjsConnection:
         except asyncio.QueueFull:
             self.node.metrics.slow_consumers.inc()
             self._spawn(self.fail(Refused(ErrorCode.SLOW_CONSUMER)))
+
+    def send_text(self, frame: str) -> None:
+        """Presence events of the workspace (this connection is a presence member): awareness
+        about this document from other sessions is bridged to the editor; the rest is not for it."""
+        if self.relay is None or self.room is None:
+            return
+        event = json.loads(frame)
+        kind, doc_id = event.get("type"), str(self.room.doc_id)
+        if kind == "awareness.changed" and event["doc_id"] == doc_id:
+            self.relay.bridge(event["conn_id"], event["agent_id"], event["state"])
+        elif kind == "presence.left" or (kind == "presence.changed" and doc_id not in event["doc_ids"]):
+            self.relay.bridge(event["conn_id"], event["agent_id"], None)  # gone, or closed the document
+
+    def publish_awareness(self, state: dict[str, Any] | None) -> None:
+        """The editor's own awareness state changed: make it its presence awareness (within
+        `max_awareness_bytes`; a larger one is not published)."""
+        if state == self._published or self.room is None:
+            return
+        if awareness_bytes(state) > self.node.settings.max_awareness_bytes:
+            self.node.metrics.errors.labels(ErrorCode.AWARENESS_TOO_LARGE.value).inc()
+            return
+        self._published = state
+        room = self.room
+        self._spawn(self.node.presence.set_awareness(self.conn_id, room.workspace_id, room.doc_id, state))
 
     def send_update(self, seq: int, agent_id: str, update: bytes, own: bool) -> None:
         if not own:  # y-websocket has no acks: the sender already has its update
@@ -422,6 +519,11 @@ class YjsConnection:
             # The client's own step 1 gets the step 2 reply.
             await room.open(self, room.document.state_vector(), self._ask_for_missing)
             self.relay = self.relays.join(room.doc_id, self)
+            # A presence member like an agent with the document open: agents see the editor,
+            # and the relay shows the editor the others' awareness (bridge).
+            await self.node.presence.join(self, verdict.tenant_id, verdict.agent_id, room.workspace_id)
+            await self.node.presence.open_doc(self.conn_id, room.workspace_id, room.doc_id)
+            await self._replay_awareness(room)
             await self._read_loop()
         except Exception:
             self.log.exception("yws.crashed")
@@ -438,6 +540,15 @@ class YjsConnection:
                 self.relays.leave(room.doc_id, self)
             self.node.metrics.sessions.dec()
             self.log.info("yws.ended")
+            await self.node.presence.disconnect(self.conn_id)
+
+    async def _replay_awareness(self, room: Room) -> None:
+        """The awareness other sessions already hold about the document, bridged at once."""
+        assert self.principal is not None and self.relay is not None
+        listing = await self.node.presence.list_members(self.principal.tenant_id, room.workspace_id)
+        for member in listing.members:
+            if member.awareness is not None and member.awareness_doc_id == room.doc_id:
+                self.relay.bridge(str(member.conn_id), member.agent_id, member.awareness)
 
     def _ask_for_missing(self, _missing: bytes, server_vector: bytes, _seq: int) -> None:
         if self.can_write:

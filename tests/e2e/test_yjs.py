@@ -426,3 +426,74 @@ async def test_corrupt_malformed_and_oversized_messages_close_the_connection_and
         await eventually(lambda: operation_count(tandem.db, doc_id))
         assert ws.close_code is None
     assert await replayed_text(tandem.db, doc_id) == "hello world, this is a valid update"
+
+
+# --- awareness bridged to agent presence (docs/protocol.md#113) --------------------------------
+
+
+async def test_editor_awareness_reaches_agent_presence_and_agent_awareness_reaches_editors(
+    tandem: Tandem, editors: Editors
+) -> None:
+    import sys
+
+    from tests.serverproc import REPO
+
+    if str(REPO / "clients") not in sys.path:
+        sys.path.insert(0, str(REPO / "clients"))
+    import tandem_client
+
+    tandem.start()
+    async with tandem_client.connect(tandem.url, tok("alice")) as alice:
+        info = await alice.create_workspace("Bridge", visibility="team")
+        ws = await alice.join(info.workspace_id)
+        doc = await ws.create_document("spec")
+        opened = await ws.open(doc.doc_id)
+        editor = await editors.start(base_url(tandem), info.workspace_id, doc.doc_id, tok("editor-1"))
+
+        # The editor is a presence member with the document open...
+        await ws.presence.wait_for(
+            lambda p: [(m.agent_id, m.doc_ids) for m in p.others()] == [("editor-1", (doc.doc_id,))], timeout_s=10
+        )
+        # ... and its awareness state is its presence awareness about the document.
+        cursor = {"user": {"name": "Ed", "color": "#0a0"}, "cursor": {"anchor": 5}}
+        await editor.send(cmd="awareness", state=cursor)
+        await ws.presence.wait_for(
+            lambda p: [(m.awareness, m.awareness_doc_id) for m in p.others()] == [(cursor, doc.doc_id)], timeout_s=10
+        )
+
+        # The agent's awareness about the document reaches the editor as one more client.
+        await opened.set_awareness({"cursor": {"anchor": 2}, "status": "reviewing"})
+        seen = {"user": {"name": "alice"}, "cursor": {"anchor": 2}, "status": "reviewing"}
+        await editor.wait_for(lambda c: seen in c.awareness.values())
+        # A newcomer gets it at once; clearing it removes it for the editors.
+        late = await editors.start(base_url(tandem), info.workspace_id, doc.doc_id, tok("editor-2"))
+        await late.wait_for(lambda c: seen in c.awareness.values() and cursor in c.awareness.values())
+        await opened.set_awareness(None)
+        await editor.wait_for(lambda c: all(s.get("status") != "reviewing" for s in c.awareness.values()))
+        await late.wait_for(lambda c: all(s.get("status") != "reviewing" for s in c.awareness.values()))
+
+        # An editor that leaves leaves presence too.
+        await editor.stop()
+        await ws.presence.wait_for(lambda p: [m.agent_id for m in p.others()] == ["editor-2"], timeout_s=10)
+    assert await operation_count(tandem.db, doc.doc_id) == 0  # awareness is never stored
+
+
+async def test_awareness_bridge_crosses_nodes_through_redis(db, redis_url: str, tmp_path: Path, editors: Editors) -> None:
+    """An editor on node 1 and an agent on node 2 see each other's awareness (presence in Redis)."""
+    from tests.e2e.multinode_helpers import Nodes
+    from tests.serverproc import servers_for
+
+    for servers in servers_for(tmp_path):
+        nodes = Nodes(servers, db)
+        one, two = nodes.start(2, REDIS_URL=redis_url)
+        async with wsclient.Agent(nodes.url(1), tok("alice")) as alice:
+            ws_id, doc_id = await shared_doc(alice)
+            await alice.open(doc_id)
+            editor = await editors.start(f"ws://{one.host}:{one.port}", ws_id, doc_id, tok("editor-1"))
+            await editor.send(cmd="awareness", state={"user": {"name": "Ed"}, "cursor": 7})
+            event = await alice.event(
+                lambda f: f["type"] == "awareness.changed" and f["agent_id"] == "editor-1" and f["state"] is not None
+            )
+            assert (event["doc_id"], event["state"]) == (doc_id, {"user": {"name": "Ed"}, "cursor": 7})
+            await alice.request("awareness.set", workspace_id=ws_id, doc_id=doc_id, state={"status": "typing"})
+            await editor.wait_for(lambda c: {"user": {"name": "alice"}, "status": "typing"} in c.awareness.values())
