@@ -206,7 +206,7 @@ async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: D
         max_wait_ms=settings.commit_max_wait_ms,
         metrics=metrics,
         node_id=settings.node_id,
-        hint=fanout.ops_hint,
+        hints=True,
     )
     rooms = RoomRegistry(db.pool, committer, settings, metrics)
     committer.on_committed = rooms.on_committed

@@ -21,7 +21,7 @@ import asyncpg
 import structlog
 
 from server import store
-from server.errors import TandemError
+from server.errors import ErrorCode, TandemError
 from server.metrics import Metrics
 
 log = structlog.get_logger("tandem.committer")
@@ -58,12 +58,12 @@ class Committer:
         max_wait_ms: float = 0.0,
         metrics: Metrics | None = None,
         node_id: str = "",
-        hint: Callable[[uuid.UUID, int, str], str] | None = None,
+        hints: bool = False,
     ) -> None:
         self.pool = pool
         self.metrics = metrics
         self.node_id = node_id
-        self.hint = hint  # builds the fan-out NOTIFY payload (server/fanout.py); None: no hints
+        self.hints = hints  # send the fan-out NOTIFY with each document's commit (server/fanout.py)
         # Told the seqs a transaction took before it commits (True) and, if it fails, that they
         # were never committed (False): a reader of the log must not mistake them for another
         # node's operations in the moment between the commit and `on_committed`.
@@ -142,38 +142,40 @@ class Committer:
                 await result
 
     async def _write(self, groups: list[list[Pending]]) -> list[Committed]:
-        # Lock documents in a fixed order so two shards' transactions cannot deadlock.
+        # Lock documents in a fixed order so two shards' transactions cannot deadlock. One call
+        # appends the whole batch (tandem_append_batch, migration 0018): BEGIN, the call and
+        # COMMIT are the batch's only round trips, however many documents it holds.
         groups = sorted(groups, key=lambda g: g[0].doc_id)
-        results: list[tuple[list[Pending], list[int | store.Refused]]] = []
+        batch = [p for group in groups for p in group]
+        reserved: dict[uuid.UUID, list[int]] = {}
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                hints = []
-                for group in groups:
-                    await store.set_tenant(conn, group[0].tenant_id, group[0].op.agent_id)
-                    outcomes = await store.append_operations(conn, group[0].doc_id, [p.op for p in group])
-                    results.append((group, outcomes))
-                    seqs = [o for o in outcomes if isinstance(o, int)]
-                    if seqs and self.on_reserved is not None:
-                        self.on_reserved(group[0].doc_id, seqs, True)
-                    if seqs and self.hint is not None:
-                        hints.append(self.hint(group[0].doc_id, seqs[-1], self.node_id))
-                await store.notify(conn, hints)
+                rows = await conn.fetch(
+                    store.Q["append_batch"],
+                    [p.tenant_id for p in batch], [p.doc_id for p in batch], [p.op.agent_id for p in batch],
+                    [p.op.fence for p in batch], [p.op.op_type for p in batch], [p.op.vector_clock for p in batch],
+                    [p.op.update for p in batch], self.node_id if self.hints else None,
+                )  # fmt: skip
+                for p, row in zip(batch, rows):
+                    if row["seq"] is not None:
+                        reserved.setdefault(p.doc_id, []).append(row["seq"])
+                if self.on_reserved is not None:
+                    for doc_id, seqs in reserved.items():
+                        self.on_reserved(doc_id, seqs, True)
         except BaseException:
             if self.on_reserved is not None:
-                for group, outcomes in results:
-                    self.on_reserved(group[0].doc_id, [o for o in outcomes if isinstance(o, int)], False)
+                for doc_id, seqs in reserved.items():
+                    self.on_reserved(doc_id, seqs, False)
             raise
         committed = []
-        for group, outcomes in results:
-            for p, outcome in zip(group, outcomes):
-                if isinstance(outcome, store.Refused):
-                    if not p.future.done():
-                        details = {"holder": outcome.holder} if outcome.holder is not None else None
-                        p.future.set_exception(TandemError(outcome.code, details=details))
-                    continue
+        for p, row in zip(batch, rows):
+            if row["seq"] is None:
                 if not p.future.done():
-                    p.future.set_result(outcome)
-                committed.append(Committed(p.tenant_id, p.doc_id, outcome, p.op))
+                    p.future.set_exception(_refusal(row["refused"], row["holder"], p.doc_id))
+                continue
+            if not p.future.done():
+                p.future.set_result(row["seq"])
+            committed.append(Committed(p.tenant_id, p.doc_id, row["seq"], p.op))
         return committed
 
     @staticmethod
@@ -181,3 +183,10 @@ class Committer:
         for p in group:
             if not p.future.done():
                 p.future.set_exception(exc or RuntimeError("commit failed"))
+
+
+def _refusal(refused: str, holder: str | None, doc_id: uuid.UUID) -> Exception:
+    """Why the batch call stored an operation not: its document's lock, or no such document."""
+    if refused == "not_found":
+        return LookupError(f"document {doc_id} not found")
+    return TandemError(ErrorCode(refused), details={"holder": holder} if holder is not None else None)

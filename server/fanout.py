@@ -1,9 +1,10 @@
 """Fan-out across nodes: NOTIFY hints out of the writer's transaction, LISTEN on a dedicated
 connection, and catch-up from the log.
 
-The committer issues `pg_notify` inside the transaction that appends the operations, so a hint
-is delivered only if the commit happens, in commit order. The payload is small
-(`{"k": "ops", "d": doc_id, "s": last_seq, "n": node_id, "t": time}`), never the update itself (payloads
+The committer's batch call (`tandem_append_batch`, migration 0018) issues `pg_notify` inside the
+transaction that appends the operations, so a hint is delivered only if the commit happens, in
+commit order. The payload is small (`{"k": "ops", "d": doc_id, "s": last_seq, "n": node_id, "t":
+the sender's clock at commit, which measures the lag}`), never the update itself (payloads
 are limited to 8,000 bytes). A node ignores its own hints; for another node's, the room reads
 what it lacks from `document_operations` (`seq > head_seq`) and delivers it in order. NOTIFY is
 only a hint, the log is the truth: at start, after every reconnect of the LISTEN connection
@@ -33,13 +34,6 @@ from server.rooms import RoomRegistry
 log = structlog.get_logger("tandem.fanout")
 
 CHANNEL = "tandem"
-
-
-def ops_hint(doc_id: uuid.UUID, last_seq: int, node_id: str) -> str:
-    """The NOTIFY payload for operations of one document committed up to `last_seq`; `t` (the
-    sender's clock at commit) measures propagation lag."""
-    hint = {"k": "ops", "d": str(doc_id), "s": last_seq, "n": node_id, "t": round(time.time(), 6)}
-    return json.dumps(hint, separators=(",", ":"))
 
 
 class Fanout:

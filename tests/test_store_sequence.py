@@ -8,13 +8,14 @@ row lock makes numbers follow commit order.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import asyncpg
 
 from server import store
 from server.database import create_pool
-from tests.conftest import TENANT_A
+from tests.conftest import TENANT_A, TENANT_B
 
 WRITERS = 8
 OPS_PER_WRITER = 200
@@ -105,4 +106,73 @@ async def test_another_tenants_document_cannot_be_appended_to(db) -> None:
             else:
                 raise AssertionError("tenant B appended to tenant A's document")
     finally:
+        await pool.close()
+
+
+# --- the committer's batch call (migration 0018, tandem_append_batch) ----------------------------
+
+
+async def _append_batch(pool: asyncpg.Pool, ops: list[tuple], node: str | None = None) -> list[asyncpg.Record]:
+    """(tenant, doc, agent, fence) per operation, documents contiguous, in one call as the committer makes it."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await conn.fetch(
+            store.Q["append_batch"], [o[0] for o in ops], [o[1] for o in ops], [o[2] for o in ops], [o[3] for o in ops],
+            ["insert"] * len(ops), [{}] * len(ops), [f"u{i}".encode() for i in range(len(ops))], node,
+        )  # fmt: skip
+
+
+async def test_one_batch_call_sequences_documents_of_two_tenants_checks_locks_and_sends_hints(db) -> None:
+    pool = await create_pool(db.app_url, min_size=1, max_size=3)
+    listener = await asyncpg.connect(db.app_url)
+    hints: list[str] = []
+    await listener.add_listener("tandem", lambda *args: hints.append(args[3]))
+    try:
+        locked_doc = await _make_document(pool, TENANT_A)
+        other_doc = await _make_document(pool, TENANT_B)
+        admin = await asyncpg.connect(db.admin_url)
+        try:
+            fence = await admin.fetchval(
+                "UPDATE shared_documents SET is_locked = true, locked_by = 'x', locked_at = now(),"
+                " lock_expires_at = now() + interval '1 minute', lock_fence = nextval('lock_fence_seq')"
+                " WHERE id = $1 RETURNING lock_fence",
+                locked_doc,
+            )
+            missing = uuid.uuid4()
+            ops = [
+                (TENANT_A, locked_doc, "x", None),  # the holder: stored
+                (TENANT_A, locked_doc, "y", None),  # someone else: locked
+                (TENANT_A, locked_doc, "x", fence + 1),  # the holder with a wrong fence: stale
+                (TENANT_A, locked_doc, "x", fence),  # the holder with its fence: stored
+                (TENANT_B, other_doc, "z", None),
+                (TENANT_B, other_doc, "z", None),
+                (TENANT_A, missing, "x", None),  # no such document
+            ]
+            rows = await _append_batch(pool, ops, node="node-test")
+            assert [(r["seq"], r["refused"], r["holder"]) for r in rows] == [
+                (1, None, None), (None, "locked", "x"), (None, "stale_fence", "x"), (2, None, None),
+                (1, None, None), (2, None, None), (None, "not_found", None),
+            ]  # fmt: skip
+            stored = await admin.fetch(
+                "SELECT document_id, tenant_id, sequence_number, agent_id, \"update\" FROM document_operations"
+                " ORDER BY document_id = $1 DESC, sequence_number",
+                locked_doc,
+            )
+            assert [(r["tenant_id"], r["sequence_number"], r["update"]) for r in stored] == [
+                (TENANT_A, 1, b"u0"), (TENANT_A, 2, b"u3"), (TENANT_B, 1, b"u4"), (TENANT_B, 2, b"u5"),
+            ]  # fmt: skip
+            heads = dict(await admin.fetch("SELECT id, head_seq FROM shared_documents WHERE id = ANY($1)", [locked_doc, other_doc]))
+            assert heads == {locked_doc: 2, other_doc: 2}
+        finally:
+            await admin.close()
+        async with asyncio.timeout(5):
+            while len(hints) < 2:
+                await asyncio.sleep(0.01)
+        sent = sorted((json.loads(h)["d"], json.loads(h)["s"], json.loads(h)["n"]) for h in hints)
+        assert sent == sorted([(str(locked_doc), 2, "node-test"), (str(other_doc), 2, "node-test")])
+        # Without a node id no hint is sent.
+        await _append_batch(pool, [(TENANT_B, other_doc, "z", None)])
+        await asyncio.sleep(0.2)  # a bounded look for a hint that must not come
+        assert len(hints) == 2
+    finally:
+        await listener.close()
         await pool.close()

@@ -22,6 +22,10 @@ RETURNING d.head_seq,
           FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS o(agent, fence, i) ORDER BY o.i) AS allowed,
     CASE WHEN d.is_locked AND d.lock_expires_at > now() THEN d.locked_by END AS holder;
 
+-- name: append_batch
+-- Append a group-commit batch: parallel arrays (tenant, doc, agent, fence, type, clock, update), documents contiguous; $8: node id for hints.
+SELECT seq, refused, holder FROM tandem_append_batch($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::bytea[], $8::text);
+
 -- name: insert_operations
 -- Append a batch of operations of one document: parallel arrays, one row per element.
 INSERT INTO document_operations
