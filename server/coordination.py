@@ -54,9 +54,10 @@ class Coordination:
         lock = message["lock"]
         doc_id = uuid.UUID(lock["doc_id"])
         if kind == "lock.released":
-            self.rooms.on_lock(doc_id, None)
+            self.rooms.on_lock(doc_id, None, lock["fence"])
         else:
-            self.rooms.on_lock(doc_id, LockView(lock["holder"], lock["fence"], datetime.fromisoformat(lock["expires_at"])))
+            view = LockView(lock["holder"], lock["fence"], datetime.fromisoformat(lock["expires_at"]))
+            self.rooms.on_lock(doc_id, view, lock["fence"])
 
     async def refetch(self, tenant_id: uuid.UUID, workspace_id: uuid.UUID, kind: str, ref_id: str) -> dict[str, Any] | None:
         """The fields an event left out of its NOTIFY (server/events.py), read back."""

@@ -104,10 +104,12 @@ class LockView:
     expires_at: datetime
 
     def refuses(self, agent_id: str, fence: int | None, now: datetime) -> ErrorCode | None:
-        live = self.expires_at > now
+        """Only what is certain from here: a fence older than one this node has seen is stale
+        (fences only grow); without a fence, another agent's live lock refuses. A fence this
+        view does not know yet (its event is on the way) goes on to the write path."""
         if fence is not None:
-            return None if live and self.holder == agent_id and self.fence == fence else ErrorCode.STALE_FENCE
-        return ErrorCode.LOCKED if live and self.holder != agent_id else None
+            return ErrorCode.STALE_FENCE if fence < self.fence else None
+        return ErrorCode.LOCKED if self.expires_at > now and self.holder != agent_id else None
 
 
 class Room:
@@ -139,15 +141,31 @@ class Room:
         self.broken = False
         self.on_gap: Callable[[Room], None] = lambda room: None  # set by the registry
         self.lock: LockView | None = None
+        self.fence_seen = 0  # the newest fence of any lock event seen for this document
+        self.released_fence = 0  # the newest fence seen released
         # Set while the document holds an update the lock refused (never stored): nothing is
         # read from it until the registry rebuilt it from the log, then the event is set.
         self.dirty: asyncio.Event | None = None
 
     def write_refused(self, agent_id: str, fence: int | None) -> ErrorCode | None:
         """`locked` or `stale_fence` when this node knows the lock will refuse the write."""
+        if fence is not None and fence < self.fence_seen:
+            return ErrorCode.STALE_FENCE
         if self.lock is None:
-            return ErrorCode.STALE_FENCE if fence is not None else None
+            return None
         return self.lock.refuses(agent_id, fence, datetime.now(UTC))
+
+    def on_lock(self, lock: LockView | None, fence: int) -> None:
+        """A lock event (`lock` None: the lock of `fence` was released). Events from several
+        nodes may arrive out of order: an event of an older fence, or an acquisition or renewal
+        of a fence already released, changes nothing."""
+        if lock is None:
+            self.released_fence = max(self.released_fence, fence)
+            if self.lock is not None and self.lock.fence <= fence:
+                self.lock = None
+        elif fence >= self.fence_seen and fence > self.released_fence:
+            self.lock = lock
+        self.fence_seen = max(self.fence_seen, fence)
 
     async def writable(self) -> None:
         """Wait while the room repairs itself (bounded by the repair's own bounds)."""
@@ -354,6 +372,7 @@ class RoomRegistry:
         room = Room(tenant_id, doc_id, meta["workspace_id"], document, head)
         if meta["lock_holder"] is not None:
             room.lock = LockView(meta["lock_holder"], meta["lock_fence"], meta["lock_expires_at"])
+        room.fence_seen = meta["lock_fence"] or 0
         room.snapshot_seq = room.content_seq = after
         if operations:
             room.content_seq = -1  # unknown: refresh the readable content on the next store
@@ -481,11 +500,11 @@ class RoomRegistry:
             event, room.dirty = room.dirty, None
             event.set()
 
-    def on_lock(self, doc_id: uuid.UUID, lock: LockView | None) -> None:
+    def on_lock(self, doc_id: uuid.UUID, lock: LockView | None, fence: int) -> None:
         """A lock event for a document (this node's or another's): keep the room's view."""
         room = self.rooms.get(doc_id)
         if room is not None:
-            room.lock = lock
+            room.on_lock(lock, fence)
 
     # --- snapshot, readable content, unload ----------------------------------------------------
 
