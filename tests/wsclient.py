@@ -107,18 +107,19 @@ class Agent:
         await self.send({"type": type_, "id": rid, **fields})
         return rid, fut
 
-    async def request(self, type_: str, timeout_s: float = 30, **fields: Any) -> Frame:
-        """Send a request and wait for its reply; an `error` reply raises `ReplyError`."""
+    async def request(self, type_: str, *, wait_s: float = 30, **fields: Any) -> Frame:
+        """Send a request and wait (at most `wait_s`) for its reply; an `error` reply raises
+        `ReplyError`. (`wait_s`, not `timeout_s`: `task.create` has a `timeout_s` field.)"""
         _, fut = await self.send_request(type_, **fields)
-        frame = await asyncio.wait_for(fut, timeout_s)
+        frame = await asyncio.wait_for(fut, wait_s)
         if frame["type"] == "error":
             raise ReplyError(frame)
         return frame
 
-    async def error(self, type_: str, timeout_s: float = 30, **fields: Any) -> Frame:
+    async def error(self, type_: str, *, wait_s: float = 30, **fields: Any) -> Frame:
         """Send a request that must fail; returns its `error` frame."""
         try:
-            reply = await self.request(type_, timeout_s, **fields)
+            reply = await self.request(type_, wait_s=wait_s, **fields)
         except ReplyError as exc:
             return exc.frame
         raise AssertionError(f"{type_} succeeded: {reply}")

@@ -213,7 +213,7 @@ async def test_corrupt_state_vector_is_invalid_message_and_leaves_the_document_c
     assert any(p["field"] == "state_vector" for p in error["details"]["errors"]), error
     # The open failed, so the document is not open: an update is refused, not taken unacknowledged.
     update = wsclient.b64(wsclient.SyncedDoc(other["doc_id"]).local_update(lambda t: t.insert(0, "hello")))
-    error = await scene.writer.error("doc.update", doc_id=other["doc_id"], update=update, timeout_s=10)
+    error = await scene.writer.error("doc.update", doc_id=other["doc_id"], update=update, wait_s=10)
     assert error["code"] == "doc_not_open", error
     assert await operation_count(scene.server.db, other["doc_id"]) == 0
     await scene.assert_unaffected(await scene.rows())
