@@ -25,6 +25,8 @@ DECLARE
     kept integer;
     next_seq bigint;
     k integer;
+    hint text;
+    with_ops text;
 BEGIN
     WHILE lo <= n LOOP
         hi := lo;
@@ -60,10 +62,24 @@ BEGIN
                   FROM generate_series(lo, hi) AS o(i)
                  WHERE allowed[o.i - lo + 1];
                 IF p_node IS NOT NULL THEN
-                    -- The fan-out hint (server/fanout.py: ops_hint), delivered only if this commits.
-                    PERFORM pg_notify('tandem', json_build_object(
-                        'k', 'ops', 'd', p_docs[lo], 's', head, 'n', p_node,
-                        't', round(extract(epoch FROM clock_timestamp())::numeric, 6))::text);
+                    -- The fan-out hint (server/fanout.py), delivered only if this commits. Small
+                    -- operations ride along ("o": [agent, base64 update, type] for the seqs up to
+                    -- "s"), so followers need not read them back; the payload stays under
+                    -- NOTIFY's 8,000 bytes, or the hint goes without them.
+                    hint := json_build_object('k', 'ops', 'd', p_docs[lo], 's', head, 'n', p_node,
+                        't', round(extract(epoch FROM clock_timestamp())::numeric, 6));
+                    IF (SELECT sum(octet_length(p_updates[o.i])) FROM generate_series(lo, hi) AS o(i)
+                         WHERE allowed[o.i - lo + 1]) <= 4000 THEN
+                        with_ops := (hint::jsonb || jsonb_build_object('o', (
+                            SELECT jsonb_agg(jsonb_build_array(p_agents[o.i],
+                                       translate(encode(p_updates[o.i], 'base64'), E'\n', ''), p_types[o.i])
+                                       ORDER BY o.i)
+                              FROM generate_series(lo, hi) AS o(i) WHERE allowed[o.i - lo + 1])))::text;
+                        IF octet_length(with_ops) <= 7900 THEN
+                            hint := with_ops;
+                        END IF;
+                    END IF;
+                    PERFORM pg_notify('tandem', hint::text);
                 END IF;
             END IF;
             next_seq := head - kept;

@@ -4,7 +4,8 @@ connection, and catch-up from the log.
 The committer's batch call (`tandem_append_batch`, migration 0018) issues `pg_notify` inside the
 transaction that appends the operations, so a hint is delivered only if the commit happens, in
 commit order. The payload is small (`{"k": "ops", "d": doc_id, "s": last_seq, "n": node_id, "t":
-the sender's clock at commit, which measures the lag}`), never the update itself (payloads
+the sender's clock at commit, which measures the lag}`); small operations ride along (`"o"`), so a
+follower that is up to date applies them without reading the log, but nothing relies on it (payloads
 are limited to 8,000 bytes). A node ignores its own hints; for another node's, the room reads
 what it lacks from `document_operations` (`seq > head_seq`) and delivers it in order. NOTIFY is
 only a hint, the log is the truth: at start, after every reconnect of the LISTEN connection
@@ -16,6 +17,7 @@ channel as `"k": "ev"` (server/events.py).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -64,7 +66,14 @@ class Fanout:
             if isinstance(hint.get("t"), int | float):
                 self.metrics.fanout_lag.observe(max(0.0, time.time() - hint["t"]))
             if hint.get("k") == "ops":
-                self.rooms.on_remote(uuid.UUID(hint["d"]), int(hint["s"]))
+                last = int(hint["s"])
+                carried = hint.get("o") or []
+                first = last - len(carried) + 1
+                rows = [
+                    store.LoggedOperation(first + i, agent, op_type, base64.b64decode(update))
+                    for i, (agent, update, op_type) in enumerate(carried)
+                ]  # fmt: skip
+                self.rooms.on_remote(uuid.UUID(hint["d"]), last, rows)
             elif hint.get("k") == "ev" and self.events is not None:
                 self.events.on_remote(hint)
         except (ValueError, KeyError, TypeError):

@@ -255,10 +255,14 @@ class Room:
         if self.held:
             self.on_gap(self)
 
-    def on_remote(self, last_seq: int) -> None:
-        """Another node committed up to `last_seq` (a NOTIFY hint, or the periodic check)."""
+    def on_remote(self, last_seq: int, rows: Sequence[store.LoggedOperation] = ()) -> None:
+        """Another node committed up to `last_seq` (a NOTIFY hint, or the periodic check);
+        `rows`: the operations up to it that the hint carried. Those that follow `head_seq`
+        are applied at once; whatever is still missing is read from the log."""
         if last_seq > self.known_seq:
             self.known_seq = last_seq
+        if rows and rows[0].seq <= self.head_seq + 1:
+            self.on_log_rows(rows)
         if self.known_seq > self.head_seq:
             self.on_gap(self)
 
@@ -420,10 +424,13 @@ class RoomRegistry:
             else:
                 room.reserved.difference_update(seqs)
 
-    def on_remote(self, doc_id: uuid.UUID, last_seq: int) -> None:
-        """A hint from another node: document `doc_id` has operations up to `last_seq`."""
+    def on_remote(self, doc_id: uuid.UUID, last_seq: int, rows: Sequence[store.LoggedOperation] = ()) -> None:
+        """A hint from another node: document `doc_id` has operations up to `last_seq` (some of
+        which the hint may carry)."""
         room = self.rooms.get(doc_id)
-        if room is not None:
+        if room is not None and not room.broken and room.dirty is None:
+            room.on_remote(last_seq, rows)
+        elif room is not None:
             room.on_remote(last_seq)
 
     def on_committed(self, committed: Sequence[Committed]) -> None:

@@ -167,12 +167,27 @@ async def test_one_batch_call_sequences_documents_of_two_tenants_checks_locks_an
         async with asyncio.timeout(5):
             while len(hints) < 2:
                 await asyncio.sleep(0.01)
-        sent = sorted((json.loads(h)["d"], json.loads(h)["s"], json.loads(h)["n"]) for h in hints)
-        assert sent == sorted([(str(locked_doc), 2, "node-test"), (str(other_doc), 2, "node-test")])
+        sent = sorted((json.loads(h)["d"], json.loads(h)["s"], json.loads(h)["n"], json.loads(h)["o"]) for h in hints)
+        # Small operations ride along in the hint: [agent, base64 update, type] for the seqs up to "s".
+        assert sent == sorted([
+            (str(locked_doc), 2, "node-test", [["x", "dTA=", "insert"], ["x", "dTM=", "insert"]]),
+            (str(other_doc), 2, "node-test", [["z", "dTQ=", "insert"], ["z", "dTU=", "insert"]]),
+        ])  # fmt: skip
+        # Operations too large for NOTIFY's 8,000 bytes are left for the follower to read.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.fetch(
+                store.Q["append_batch"], [TENANT_B] * 3, [other_doc] * 3, ["z"] * 3, [None] * 3, ["insert"] * 3,
+                [{}] * 3, [bytes(3000)] * 3, "node-test",
+            )  # fmt: skip
+        async with asyncio.timeout(5):
+            while len(hints) < 3:
+                await asyncio.sleep(0.01)
+        big = json.loads(hints[2])
+        assert (big["d"], big["s"], "o" in big) == (str(other_doc), 5, False) and len(hints[2]) < 200
         # Without a node id no hint is sent.
         await _append_batch(pool, [(TENANT_B, other_doc, "z", None)])
         await asyncio.sleep(0.2)  # a bounded look for a hint that must not come
-        assert len(hints) == 2
+        assert len(hints) == 3
     finally:
         await listener.close()
         await pool.close()

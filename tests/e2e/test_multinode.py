@@ -242,6 +242,16 @@ async def test_update_sent_on_one_node_reaches_a_client_of_another_by_notify(nod
         for node in nodes.nodes:
             assert await metric(node, "tandem_fanout_notifications_total", kind="ops") >= 1
             assert await metric(node, "tandem_fanout_lag_seconds_count") >= 1
+        # Small updates ride in the hint: node 2 applied alice's without reading the log. A large
+        # one does not fit a NOTIFY payload: node 2 reads it back from the log.
+        reads = await metric(nodes[1], "tandem_catch_up_reads_total")
+        ack = await a.edit(lambda t: t.insert(0, "x" * 3000))
+        await bob.agent.event(lambda f: f["type"] == "doc.op" and f["seq"] == ack["seq"], timeout_s=10)  # type: ignore[union-attr]
+        assert await metric(nodes[1], "tandem_catch_up_reads_total") == reads
+        ack = await a.edit(lambda t: t.insert(0, "y" * 9000))
+        await bob.agent.event(lambda f: f["type"] == "doc.op" and f["seq"] == ack["seq"], timeout_s=10)  # type: ignore[union-attr]
+        assert await metric(nodes[1], "tandem_catch_up_reads_total") > reads
+        assert str(b.text) == str(a.text)
     finally:
         await alice.close()
         await bob.close()
