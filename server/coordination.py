@@ -3,16 +3,18 @@
 Sessions change locks, state, tasks and members through the data layer (server/locks.py,
 server/state.py, server/tasks.py, server/members.py) and publish one event per change through
 `Coordination.publish` inside the same transaction. This module keeps what is shared by the
-node: the rooms' view of document locks (so updates the lock refuses are refused before they
-touch the document), releasing a disconnected holder's locks after a grace period, reading back
+node: the live locks heard of (so updates and acquisitions the lock refuses are refused before
+they touch the document or the database), releasing a disconnected holder's locks after a grace period, reading back
 events too large for NOTIFY, and the task timeout sweep that every node runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -27,11 +29,61 @@ from server.settings import Settings
 log = structlog.get_logger("tandem.coordination")
 
 
+LockKey = tuple[uuid.UUID, uuid.UUID, str | None, str | None]  # tenant, workspace, doc id, name
+
+
+@dataclass
+class _Known:
+    view: LockView | None
+    released_fence: int = 0
+    seen_at: float = field(default_factory=time.monotonic)
+
+
+class KnownLocks:
+    """The live locks this node has heard of (lock events of every node), so an acquisition
+    that would certainly fail is answered `locked` without a transaction: under contention
+    most attempts are these. Events may arrive out of order across nodes; as in a room's view,
+    an older fence or an acquisition already released changes nothing. Only ever refuses what
+    the database refused a moment ago; a free lock always goes to the database."""
+
+    def __init__(self, forget_after_s: float = 60.0) -> None:
+        self.entries: dict[LockKey, _Known] = {}
+        self.forget_after_s = forget_after_s
+
+    def observe(self, key: LockKey, view: LockView | None, fence: int) -> None:
+        known = self.entries.get(key)
+        if known is None:
+            known = self.entries[key] = _Known(None)
+        known.seen_at = time.monotonic()
+        if view is None:
+            known.released_fence = max(known.released_fence, fence)
+            if known.view is not None and known.view.fence <= fence:
+                known.view = None
+        elif fence > known.released_fence and (known.view is None or fence >= known.view.fence):
+            known.view = view
+
+    def held_by_other(self, key: LockKey, agent_id: str) -> LockView | None:
+        known = self.entries.get(key)
+        if known is None or known.view is None:
+            return None
+        view = known.view
+        return view if view.holder != agent_id and view.expires_at > datetime.now(UTC) else None
+
+    def prune(self) -> None:
+        """Forget released and expired locks not heard of for a while (memory follows use)."""
+        now, wall = time.monotonic(), datetime.now(UTC)
+        for key, known in list(self.entries.items()):
+            gone = known.view is None or known.view.expires_at <= wall
+            if gone and now - known.seen_at > self.forget_after_s:
+                del self.entries[key]
+
+
 class Coordination:
     def __init__(self, pool: asyncpg.Pool, node_id: str, rooms: RoomRegistry, settings: Settings) -> None:
         self.pool = pool
         self.rooms = rooms
         self.settings = settings
+        self.known_locks = KnownLocks()
         self.events = Events(node_id, refetch=self.refetch)
         self.events.observers.append(self._observe_locks)
         self.background: set[asyncio.Task[None]] = set()
@@ -49,15 +101,16 @@ class Coordination:
     def _observe_locks(self, event: Event) -> None:
         message = event.message
         kind = message.get("type", "")
-        if not kind.startswith("lock.") or message["lock"].get("doc_id") is None:
+        if not kind.startswith("lock."):
             return
         lock = message["lock"]
-        doc_id = uuid.UUID(lock["doc_id"])
-        if kind == "lock.released":
-            self.rooms.on_lock(doc_id, None, lock["fence"])
-        else:
+        view = None
+        if kind != "lock.released":
             view = LockView(lock["holder"], lock["fence"], datetime.fromisoformat(lock["expires_at"]))
-            self.rooms.on_lock(doc_id, view, lock["fence"])
+        key = (event.tenant_id, event.workspace_id, lock["doc_id"], lock["name"])
+        self.known_locks.observe(key, view, lock["fence"])
+        if lock["doc_id"] is not None:
+            self.rooms.on_lock(uuid.UUID(lock["doc_id"]), view, lock["fence"])
 
     async def refetch(self, tenant_id: uuid.UUID, workspace_id: uuid.UUID, kind: str, ref_id: str) -> dict[str, Any] | None:
         """The fields an event left out of its NOTIFY (server/events.py), read back."""
@@ -108,6 +161,7 @@ class Coordination:
         """Every `task_sweep_interval_s`: mark overdue tasks `timeout` (safe on every node)."""
         while True:
             await asyncio.sleep(self.settings.task_sweep_interval_s)
+            self.known_locks.prune()
             try:
                 await self.sweep_once()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

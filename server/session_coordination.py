@@ -57,6 +57,12 @@ class CoordinationHandlers(_Base):
         resource = locks.Resource(msg.workspace_id, msg.doc_id, msg.name)
         agent = self.principal.agent_id
         coordination = self.node.coordination
+        if action == "acquire":  # certainly held by someone else: no transaction for that
+            key = (self.principal.tenant_id, msg.workspace_id, msg.doc_id and str(msg.doc_id), msg.name)
+            held = coordination.known_locks.held_by_other(key, agent)
+            if held is not None:
+                details = {"holder": held.holder, "expires_at": workspaces.rfc3339(held.expires_at)}
+                raise TandemError(ErrorCode.LOCKED, details=details)
         async with self._tx() as conn:
             if action == "acquire":
                 lock = await locks.acquire(conn, agent, resource, msg.ttl_ms)

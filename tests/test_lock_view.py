@@ -57,3 +57,26 @@ def test_an_acquisition_arriving_after_its_own_release_is_ignored() -> None:
     assert r.lock is None and r.write_refused("b", None) is None
     r.on_lock(lock("a", 6), 6)  # older still
     assert r.lock is None
+
+
+# --- the node's known locks (server/coordination.py): fast `locked` replies without a transaction ----
+
+
+def test_known_locks_answer_only_for_another_agents_live_lock_and_follow_fences() -> None:
+    from server.coordination import KnownLocks
+
+    known = KnownLocks(forget_after_s=0)
+    key = (uuid.uuid4(), uuid.uuid4(), None, "deploy")
+    assert known.held_by_other(key, "b") is None
+    known.observe(key, lock("a", 5), 5)
+    assert known.held_by_other(key, "b") is not None and known.held_by_other(key, "a") is None
+    known.observe(key, lock("c", 6), 6)  # taken again, after an expiry, on another node
+    known.observe(key, None, 5)  # the old release arrives late: the newer lock stays
+    assert known.held_by_other(key, "b").holder == "c"  # type: ignore[union-attr]
+    known.observe(key, None, 6)
+    known.observe(key, lock("c", 6), 6)  # an acquisition already released changes nothing
+    assert known.held_by_other(key, "b") is None
+    known.observe(key, lock("d", 7, seconds=-1), 7)  # expired: free
+    assert known.held_by_other(key, "b") is None
+    known.prune()
+    assert known.entries == {}
