@@ -59,6 +59,7 @@ from server.auth import issue_token  # noqa: E402
 
 LOCK_TTL_MS = 5000
 JITTER_S = (0.001, 0.005)  # the pause after `locked` before trying again
+LOCK_WAIT_MS = 2000  # `one-wait`: how long one acquisition may queue for the lock
 MAX_OPS_PER_AGENT = 200_000  # every agent loop is bounded in count as well as in time
 MAX_TRIES_PER_INCREMENT = 1000  # attempts of one counter increment before giving up
 REQUEST_TIMEOUT_S = 30.0
@@ -132,14 +133,18 @@ def error_code(frame: dict[str, Any]) -> str:
 
 
 async def lock_loop(
-    c: Client, target: dict[str, Any], pause_s: tuple[float, float], measure_from: float, stop_at: float, t: Tally
+    c: Client, target: dict[str, Any], pause_s: tuple[float, float], measure_from: float, stop_at: float, t: Tally,
+    wait_ms: int = 0,
 ) -> None:
+    """Poll (`locked`, pause, try again) or, with `wait_ms`, let the server queue the acquisition."""
     acquire = {"type": "lock.acquire", **target, "ttl_ms": LOCK_TTL_MS}
     rng = random.Random(c.agent_id)
     for _ in range(MAX_OPS_PER_AGENT):
         t0 = time.monotonic()
         if t0 >= stop_at:
             return
+        if wait_ms:  # never past the end of the window
+            acquire["wait_ms"] = max(1, min(wait_ms, int((stop_at - t0) * 1000)))
         reply = await c.call(acquire)
         t1 = time.monotonic()
         measured = t0 >= measure_from
@@ -158,7 +163,8 @@ async def lock_loop(
             t.locked += measured
         else:
             t.errors[error_code(reply)] += 1
-        await asyncio.sleep(rng.uniform(*pause_s))  # the back-off under test, not a wait for a condition
+        if not wait_ms:
+            await asyncio.sleep(rng.uniform(*pause_s))  # the back-off under test, not a wait for a condition
 
 
 def update(workspace_id: str, version: int, mode: str, value: dict[str, Any], on_conflict: str = "fail") -> dict[str, Any]:
@@ -358,9 +364,12 @@ def result(name: str, agents: int, tally: Tally, cpu: dict[str, float], events_p
 
 
 async def lock_scenario(ctx: Ctx, agents: int, kind: str) -> dict[str, Any]:
-    """kind: `one` (every agent on one document's lock), `own` (a named lock each, one
-    workspace: every lock event still reaches all N sessions), `own-ws` (a named lock and a
-    workspace each: no contention and no fan-out)."""
+    """kind: `one` (every agent on one document's lock, polling), `one-wait` (the same, queued by
+    the server with `wait_ms`), `own` (a named lock each, one workspace: every lock event still
+    reaches all N sessions), `own-ws` (a named lock and a workspace each: no contention and no
+    fan-out)."""
+    wait_ms = LOCK_WAIT_MS if kind == "one-wait" else 0
+    kind = "one" if kind == "one-wait" else kind
     workspace_ids, doc_id = await ctx.workspaces(agents if kind == "own-ws" else 1, with_doc=kind == "one")
     ids = [f"agent-{k}" for k in range(agents)]
     per_agent = [workspace_ids[k if kind == "own-ws" else 0] for k in range(agents)]
@@ -369,10 +378,12 @@ async def lock_scenario(ctx: Ctx, agents: int, kind: str) -> dict[str, Any]:
     }
     clients = await ctx.clients(ids, per_agent)
     try:
-        tally, cpu, events = await ctx.run(clients, lambda c, m, s, t: lock_loop(c, targets[c.agent_id], ctx.pause_s, m, s, t))
+        tally, cpu, events = await ctx.run(
+            clients, lambda c, m, s, t: lock_loop(c, targets[c.agent_id], ctx.pause_s, m, s, t, wait_ms)
+        )
     finally:
         await ctx.close(clients)
-    name = {"one": "one lock", "own": "own locks", "own-ws": "own locks+ws"}[kind] + f", N={agents}"
+    name = {"one": "one lock" + (", wait" if wait_ms else ""), "own": "own locks", "own-ws": "own locks+ws"}[kind] + f", N={agents}"
     return result(name, agents, tally, cpu, events, ctx.duration_s)
 
 
@@ -489,10 +500,11 @@ async def bench(ctx: Ctx, lock_agents: list[int], repeat: int, only: set[str]) -
                 print("  run: " + row(columns, runs[-1]), flush=True)
         print(row(columns, merge_runs(runs)), flush=True)
 
-    kinds = [k for k in ("one", "own", "own-ws") if not only or "locks" in only or k in only]
+    kinds = [k for k in ("one", "one-wait", "own", "own-ws") if not only or "locks" in only or k in only]
     if kinds:
-        print("locks: N agents, one connection each. one lock: all on one document's lock; own locks: a named lock each, one")
-        print("workspace; own locks+ws: a named lock and a workspace each. cycles/s: acquire + release completed;")
+        print("locks: N agents, one connection each. one lock: all on one document's lock (polling after `locked`; `wait`:")
+        print("queued by the server with wait_ms); own locks: a named lock each, one workspace; own locks+ws: a named lock")
+        print("and a workspace each. cycles/s: acquire + release completed;")
         print("tries/s: lock.acquire sent; locked/s: `locked` replies; acq: lock.acquire round trip (any reply);")
         print("cycle: acquire sent -> release ok; latencies in ms")
         print(header(LOCK_COLUMNS))
@@ -519,7 +531,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 s per scenario, one run")
     parser.add_argument("--agents", default="2,20,100", help="agent counts of the lock scenarios")
     parser.add_argument("--pause-ms", default="1,5", metavar="MIN,MAX", help="pause after `locked` (default 1,5)")
-    parser.add_argument("--only", default="", help="comma-separated: locks (all three kinds) or one, own, own-ws; state")
+    parser.add_argument("--only", default="", help="comma-separated: locks (all four kinds) or one, one-wait, own, own-ws; state")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="extra node environment")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (node and PostgreSQL logs)")
     args = parser.parse_args()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +50,32 @@ class KnownLocks:
     def __init__(self, forget_after_s: float = 60.0) -> None:
         self.entries: dict[LockKey, _Known] = {}
         self.forget_after_s = forget_after_s
+        # Acquisitions waiting for a lock (`wait_ms`), first come first served: each release
+        # heard of wakes one, which tries the database again.
+        self.waiting: dict[LockKey, deque[asyncio.Future[None]]] = {}
+
+    def wait_turn(self, key: LockKey) -> asyncio.Future[None]:
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(key, deque()).append(turn)
+        return turn
+
+    def leave_queue(self, key: LockKey, turn: asyncio.Future[None]) -> None:
+        queue = self.waiting.get(key)
+        if queue is not None:
+            if turn in queue:
+                queue.remove(turn)
+            if not queue:
+                del self.waiting[key]
+
+    def _wake_one(self, key: LockKey) -> None:
+        queue = self.waiting.get(key)
+        while queue:
+            turn = queue.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                break
+        if queue is not None and not queue:
+            del self.waiting[key]
 
     def observe(self, key: LockKey, view: LockView | None, fence: int) -> None:
         known = self.entries.get(key)
@@ -59,6 +86,7 @@ class KnownLocks:
             known.released_fence = max(known.released_fence, fence)
             if known.view is not None and known.view.fence <= fence:
                 known.view = None
+            self._wake_one(key)
         elif fence > known.released_fence and (known.view is None or fence >= known.view.fence):
             known.view = view
 

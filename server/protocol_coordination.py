@@ -29,6 +29,7 @@ DelegationType = Literal["manual", "automatic", "failover", "load_balance"]
 Permission = Literal["read", "write", "admin"]
 ManagedRole = Literal["admin", "member", "viewer"]  # `owner` is never given (docs/protocol.md#125)
 DEFAULT_TTL_MS = 30_000
+MAX_LOCK_WAIT_MS = 60_000
 
 # --- locks (docs/protocol.md#121) ----------------------------------------------------------------
 
@@ -49,6 +50,7 @@ class _LockTarget(Request):
 class LockAcquire(_LockTarget):
     type: Literal["lock.acquire"] = "lock.acquire"
     ttl_ms: TtlMs = DEFAULT_TTL_MS
+    wait_ms: Annotated[int, Field(ge=0, le=MAX_LOCK_WAIT_MS)] = 0  # queue for the lock up to this long
 
 
 class LockRenew(_LockTarget):

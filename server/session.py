@@ -46,6 +46,7 @@ class Connection(CoordinationHandlers):
         self.can_write: dict[uuid.UUID, bool] = {}  # joined workspace -> may this agent write
         self.roles: dict[uuid.UUID, str] = {}  # joined workspace -> this agent's role
         self.held_locks: dict[Any, Any] = {}  # locks.Resource -> locks.Lock taken in this session
+        self.lock_waits = 0  # lock.acquire requests with wait_ms still waiting for their lock
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing: asyncio.Event = asyncio.Event()
         self.log = log.bind(conn_id=self.conn_id)

@@ -5,10 +5,13 @@ event in one transaction, replies, then delivers the event to this node's sessio
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from server import locks, members, state, tasks, workspaces
+from server import protocol as p
 from server import protocol_coordination as pc
 from server.coordination import lock_event, member_event, state_event, task_event
 from server.errors import ErrorCode, TandemError
@@ -20,6 +23,9 @@ if TYPE_CHECKING:
     _Base = Connection
 else:
     _Base = object
+
+
+MAX_LOCK_WAITS = 32  # lock.acquire requests with wait_ms queued at once by one session
 
 
 def member_wire(member: workspaces.Member) -> dict[str, Any]:
@@ -43,7 +49,51 @@ class CoordinationHandlers(_Base):
     # --- locks (docs/protocol.md#121) ------------------------------------------------------------
 
     async def on_lock_acquire(self, msg: pc.LockAcquire) -> None:
-        await self._lock_change(msg, "acquire")
+        if msg.wait_ms == 0:
+            await self._lock_change(msg, "acquire")
+            return
+        self._writer(msg.workspace_id)
+        if self.lock_waits >= MAX_LOCK_WAITS:
+            raise TandemError(ErrorCode.LIMIT_EXCEEDED, details={"limit": "lock_waits", "value": MAX_LOCK_WAITS})
+        # Queued in the background: the session's other requests go on meanwhile.
+        self.lock_waits += 1
+        self._spawn(self._acquire_waiting(msg))
+
+    async def _acquire_waiting(self, msg: pc.LockAcquire) -> None:
+        """Try, and on `locked` wait for this node to hear the lock released (first come, first
+        served) or expire, until `wait_ms` passed; then the reply, or `locked`."""
+        assert self.principal is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + msg.wait_ms / 1000
+        key = (self.principal.tenant_id, msg.workspace_id, msg.doc_id and str(msg.doc_id), msg.name)
+        known = self.node.coordination.known_locks
+        try:
+            while True:
+                turn = known.wait_turn(key)  # before trying: a release meanwhile is not missed
+                try:
+                    await self._lock_change(msg, "acquire")
+                    return
+                except TandemError as exc:
+                    if exc.code is not ErrorCode.LOCKED or loop.time() >= deadline:
+                        self.error(p.ProtocolError(exc.code, msg.id, exc.details, exc.message))
+                        return
+                    wake_s = deadline - loop.time()
+                    expires = (exc.details or {}).get("expires_at")
+                    if expires is not None:  # an expired lock is free: try again then
+                        until = (datetime.fromisoformat(expires) - datetime.now(UTC)).total_seconds()
+                        wake_s = min(wake_s, max(until, 0.0) + 0.005)
+                    try:
+                        async with asyncio.timeout(wake_s):
+                            await turn
+                    except TimeoutError:
+                        pass
+                finally:
+                    known.leave_queue(key, turn)
+        except Exception:
+            self.log.exception("session.lock_wait_failed")
+            self.error(p.ProtocolError(ErrorCode.INTERNAL_ERROR, msg.id))
+        finally:
+            self.lock_waits -= 1
 
     async def on_lock_renew(self, msg: pc.LockRenew) -> None:
         await self._lock_change(msg, "renew")

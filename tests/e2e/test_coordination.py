@@ -714,3 +714,38 @@ async def test_member_changes_apply_to_open_sessions(server: Tandem, connect: Co
     assert error["code"] == "doc_not_open", error
     assert await operation_count(server.db, doc_id) == rows
     assert "no. " not in str(owned.text) and "gone. " not in await replayed_text(server.db, doc_id)
+
+
+async def test_lock_acquire_with_wait_ms_queues_first_come_first_served(tandem) -> None:
+    """docs/protocol.md#121: `wait_ms` queues the acquisition until the lock is released or
+    expires; the waiting session goes on serving its other requests; it times out with `locked`."""
+    import time
+
+    tenant = uuid.uuid4()
+    tandem.start()
+    async with tandem.agent(tenant, "a") as a, tandem.agent(tenant, "b") as b, tandem.agent(tenant, "c") as c:
+        ws_id = (await a.request("workspace.create", name="Queue", visibility="team"))["workspace"]["workspace_id"]
+        for agent in (a, b, c):
+            await agent.request("workspace.join", workspace_id=ws_id)
+        held = await a.request("lock.acquire", workspace_id=ws_id, name="deploy", ttl_ms=10_000)
+        _, first = await b.send_request("lock.acquire", workspace_id=ws_id, name="deploy", wait_ms=10_000)
+        await b.request("ping")  # b's session is not blocked by its waiting acquisition
+        _, second = await c.send_request("lock.acquire", workspace_id=ws_id, name="deploy", wait_ms=10_000)
+        await c.request("ping")
+        assert not first.done() and not second.done()
+
+        await a.request("lock.release", workspace_id=ws_id, name="deploy", fence=held["lock"]["fence"])
+        got = await asyncio.wait_for(first, 10)
+        assert got["type"] == "lock.acquire.ok" and got["lock"]["holder"] == "b" and not second.done()
+        await b.request("lock.release", workspace_id=ws_id, name="deploy", fence=got["lock"]["fence"])
+        got = await asyncio.wait_for(second, 10)
+        assert got["type"] == "lock.acquire.ok" and got["lock"]["holder"] == "c"
+
+        started = time.monotonic()
+        err = await b.error("lock.acquire", workspace_id=ws_id, name="deploy", wait_ms=300)
+        assert err["code"] == "locked" and err["details"]["holder"] == "c" and time.monotonic() - started >= 0.29
+
+        # A lock that expires instead of being released wakes the waiter too.
+        await c.request("lock.renew", workspace_id=ws_id, name="deploy", fence=got["lock"]["fence"], ttl_ms=200)
+        taken = await b.request("lock.acquire", workspace_id=ws_id, name="deploy", wait_ms=5_000)
+        assert taken["lock"]["holder"] == "b" and taken["lock"]["fence"] > got["lock"]["fence"]
