@@ -2,7 +2,8 @@
 
 `Client` owns one `Connection` (sessions, reconnects), the joined workspaces and the open
 documents, and routes server events to them. After a reconnect it restores the session: joins
-the workspaces again, then reopens every document, which sends what the server lacks.
+the workspaces again, renews the locks it holds (with their fences, within the server's release
+grace period), then reopens every document, which sends what the server lacks.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from tandem_client import wire
 from tandem_client.connection import Connection, TokenSource
+from tandem_client.coordination import EventStream, Streams
 from tandem_client.document import Document
 from tandem_client.errors import ClientError, ConnectionLost
 from tandem_client.options import Options
 from tandem_client.presence import EVENT_TYPES
+from tandem_client.tasks import TaskEvent
 from tandem_client.workspace import Workspace
 
 T = TypeVar("T")
+# Coordination events routed to their workspace (docs/protocol.md section 12.6); `task.changed` apart.
+WORKSPACE_EVENT_TYPES = ("lock.acquired", "lock.renewed", "lock.released", "state.changed", "member.changed")
 
 
 def connect(urls: str | Sequence[str], token: TokenSource, **options: Any) -> Client:
@@ -43,6 +48,7 @@ class Client:
         self._workspaces: dict[str, Workspace] = {}
         self._docs: dict[str, Document] = {}
         self._join_lock = asyncio.Lock()
+        self._task_streams: Streams[TaskEvent] = Streams(self.options.max_event_queue)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -59,7 +65,10 @@ class Client:
         for document in list(self._docs.values()):
             await document.close()
         for workspace in self._workspaces.values():
-            workspace.presence._close()
+            for lock in list(workspace._locks.values()):
+                await lock.release()
+            workspace._close_streams()
+        self._task_streams.close()
         await self._conn.close()
 
     async def __aenter__(self) -> Client:
@@ -146,6 +155,13 @@ class Client:
             await workspace.presence._refresh_quietly()  # the view starts from the server's list
             return workspace
 
+    def task_events(self, max_queue: int | None = None) -> EventStream[TaskEvent]:
+        """Every `task.changed` event this client receives from now on: those of its joined
+        workspaces, and those of tasks this agent created or is assigned (or was, before a
+        delegation), in any workspace, joined or not (docs/protocol.md section 12.6). Bounded,
+        oldest dropped (see `EventStream`)."""
+        return self._task_streams.new(max_queue)
+
     async def _idempotent(self, type_: str, fields: dict[str, Any]) -> wire.Frame:
         """A request that is safe to repeat, sent again on the next session if the connection drops."""
         return await self._retry_lost(lambda: self._conn.request(type_, fields))
@@ -172,12 +188,24 @@ class Client:
             workspace = self._workspaces.get(frame.get("workspace_id", ""))
             if workspace is not None:
                 workspace.presence._on_event(frame)
+        elif frame["type"] in WORKSPACE_EVENT_TYPES:
+            scope = frame.get("lock") if frame["type"].startswith("lock.") else frame
+            workspace = self._workspaces.get((scope or {}).get("workspace_id", ""))
+            if workspace is not None:
+                workspace._on_event(frame)
+        elif frame["type"] == "task.changed":
+            event = TaskEvent.from_wire(frame)
+            workspace = self._workspaces.get(event.task.workspace_id)
+            if workspace is not None:
+                workspace.tasks._on_event(event)
+            self._task_streams.put(event)
         # Other event types (later protocol versions) are ignored, as section 3 asks.
 
     async def _restore(self) -> None:
         """On a new session: join every workspace again, then reopen every document."""
         workspaces = [w for w in self._workspaces.values() if w.failure is None and not w.left]
         await _gather_lost(w._rejoin() for w in workspaces)
+        await _gather_lost(w._restore_locks() for w in workspaces if w.failure is None)
         documents = [d for w in workspaces if w.failure is None for d in w._documents.values() if not d.closed and d.failure is None]
         await _gather_lost(d._restore() for d in documents)
         await _gather_lost(w._restore_presence() for w in workspaces if w.failure is None)

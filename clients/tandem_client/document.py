@@ -11,6 +11,12 @@ reply, then send `ydoc.get_update(server_state_vector)`: everything the server l
 edits made offline and edits in flight when the connection dropped. Yjs updates are idempotent,
 so resending is safe; an edit the server already has is not in that diff, so nothing is stored
 twice. The outbox and the unacknowledged set only decide what `flushed()` waits for.
+
+Locks (docs/protocol.md section 12.1): while this client holds the document's lock, each edit is
+queued with the lock's fence and sent with it (edits of different fences are never merged), so
+an edit the server refuses with `stale_fence` fails the document instead of landing. An update
+refused with `locked` (another agent holds the lock) is kept: `flushed()` raises `Locked` and
+the edits are sent again when the lock is released (or at its expiry).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
@@ -37,7 +44,10 @@ CONTENT = "content"  # the root text every Tandem content type is stored as (crd
 EMPTY_UPDATE = b"\x00\x00"
 FRAME_OVERHEAD_BYTES = 256  # a doc.update frame without its update: type, id, doc_id
 # Codes after which an update will never be accepted as it is; resending would be refused again.
-FATAL_UPDATE_CODES = {"forbidden", "invalid_update", "frame_too_large", "too_many_invalid_updates"}
+# `stale_fence`: the edit was made under a lease that is gone; it must not land later.
+FATAL_UPDATE_CODES = {"forbidden", "invalid_update", "frame_too_large", "too_many_invalid_updates", "stale_fence"}
+MAX_LOCKED_RETRY_S = 60.0  # a document refused with `locked` tries again at the lock's expiry, at the latest after this
+Outgoing = tuple[bytes, int | None]  # an update and the fence it was made under
 
 
 class _RemoteOrigin:
@@ -67,8 +77,10 @@ class Document:
         self.closed = False
         self._conn = client._conn
         self._options = client.options
-        self._outbox: list[bytes] = []
-        self._unacked: dict[int, bytes] = {}
+        self._outbox: list[Outgoing] = []
+        self._unacked: dict[int, Outgoing] = {}
+        self._lock: Lock | None = None  # this client holds the document's lock (Lock sets it)
+        self.blocked: ClientError | None = None  # `Locked`: edits wait for another agent's lock
         self._synced_gen: int | None = None  # the session on which the subscription is caught up
         self._applying_remote = False
         self._wake = asyncio.Event()
@@ -113,19 +125,29 @@ class Document:
         """Wait until the server has acknowledged every local edit made so far (and any made
         while waiting). Raises the error that made an edit impossible to deliver (e.g. `Forbidden`
         for a viewer), `ReconnectFailed` if the connection is gone for good, or TimeoutError."""
-        await self._conn.changed.wait_for(lambda: self.synced or self.failure or self._conn.failed or self.closed, timeout_s)
+        await self._conn.changed.wait_for(
+            lambda: self.synced or self.failure or self.blocked or self._conn.failed or self.closed, timeout_s
+        )
         self._raise_failure()
+        if self.blocked is not None and not self.synced:
+            raise self.blocked
 
     async def wait_for(self, predicate: Callable[[Document], object], timeout_s: float | None = None) -> None:
         """Wait until `predicate(self)` is true; it is checked after every local or remote change."""
         await self._conn.changed.wait_for(lambda: predicate(self) or self.failure or self.closed, timeout_s)
         self._raise_failure()
 
-    def lock(self, ttl: float = 30.0, section: str | None = None) -> Lock:
-        """`async with doc.lock(ttl=30):` an exclusive lock on the document (or a section).
+    def lock(self, ttl: float = 30.0, *, wait: bool = False, timeout: float | None = None, renew: bool = True) -> Lock:
+        """`async with doc.lock(ttl=30) as lock:` the document's lock for `ttl` seconds, renewed
+        every ttl/3 while the block runs (unless `renew=False`), every edit sent with its fence.
+        Raises `Locked` (`details["holder"]`) if another agent holds it; with `wait=True` retries
+        with backoff for up to `timeout` seconds (default `lock_wait_timeout_s`). See `Lock`."""
+        return Lock(self.workspace, document=self, ttl_s=ttl, wait=wait, timeout_s=timeout, renew=renew)
 
-        Reserved: the server speaks no `lock.*` messages yet (issue 6); raises NotImplementedError."""
-        return Lock(self, ttl, section)
+    @property
+    def fence(self) -> int | None:
+        """The fence edits are sent with now: the held lock's, or None."""
+        return self._lock.fence if self._lock is not None else None
 
     async def set_awareness(self, state: dict[str, Any] | None) -> None:
         """Publish this session's awareness state about this document (see Workspace.set_awareness)."""
@@ -177,8 +199,10 @@ class Document:
         self._synced_gen = self._conn.gen
         diff = self.ydoc.get_update(wire.unb64(frame["state_vector"]))
         # The diff holds every local edit the server lacks: queued, in flight or made offline.
-        self._outbox = [diff] if diff != EMPTY_UPDATE else []
+        # Under a held lock it goes with the fence (it may hold edits made under the lock).
+        self._outbox = [(diff, self.fence)] if diff != EMPTY_UPDATE else []
         self._unacked.clear()
+        self.blocked = None
         self.client._docs[self.doc_id] = self
         self._kick()
 
@@ -190,7 +214,8 @@ class Document:
 
     async def _resync(self, delay_s: float) -> None:
         if delay_s > 0:
-            await asyncio.sleep(delay_s)  # the server's retry_after_ms, not a wait for a condition
+            await asyncio.sleep(delay_s)  # retry_after_ms or a lock's expiry, not a wait for a condition
+        self.blocked = None  # trying again: flushed() waits for the outcome
         try:
             await self._sync()
         except ConnectionLost:
@@ -248,7 +273,7 @@ class Document:
             return
         update = event.update
         if update != EMPTY_UPDATE:
-            self._outbox.append(update)
+            self._outbox.append((update, self.fence))
             self._kick()
 
     def _kick(self) -> None:
@@ -274,15 +299,17 @@ class Document:
             budget = min(budget, (max_frame - FRAME_OVERHEAD_BYTES) * 3 // 4)
         return budget
 
-    def _take_batch(self) -> bytes:
+    def _take_batch(self) -> Outgoing:
+        """Queued updates of one fence, merged up to the batch budget."""
         budget, size, count = self._batch_budget(), 0, 0
-        for update in self._outbox:
-            if count and size + len(update) > budget:
+        fence = self._outbox[0][1]
+        for update, update_fence in self._outbox:
+            if count and (size + len(update) > budget or update_fence != fence):
                 break
             size += len(update)
             count += 1
-        batch, self._outbox = self._outbox[:count], self._outbox[count:]
-        return batch[0] if count == 1 else merge_updates(*batch)
+        batch, self._outbox = [u for u, _ in self._outbox[:count]], self._outbox[count:]
+        return (batch[0] if count == 1 else merge_updates(*batch)), fence
 
     async def _send_loop(self) -> None:
         """Sends queued edits while the subscription is caught up; lives as long as the document."""
@@ -291,13 +318,13 @@ class Document:
             self._wake.clear()
             while self._can_send():
                 gen = self._conn.gen
-                batch = self._take_batch()
+                batch, fence = self._take_batch()
                 rid = self._conn.next_id()
-                self._unacked[rid] = batch
+                self._unacked[rid] = (batch, fence)
                 try:
                     await self._conn.send(
                         "doc.update",
-                        {"doc_id": self.doc_id, "update": wire.b64(batch)},
+                        {"doc_id": self.doc_id, "update": wire.b64(batch), **wire.given(fence=fence)},
                         lambda result, rid=rid: self._on_update_reply(rid, result),
                         rid=rid,
                         gen=gen,
@@ -308,21 +335,48 @@ class Document:
                 self._conn.changed.notify()
 
     def _on_update_reply(self, rid: int, result: wire.Frame | ClientError) -> None:
-        self._unacked.pop(rid, None)
+        _, fence = self._unacked.pop(rid, (b"", None))
         if isinstance(result, ClientError):
             pass  # the session ended: the resync on the next one sends this edit again if needed
         elif result["type"] == "doc.update.ok":
+            self.blocked = None
             self._accept_seq(result.get("seq"))
         else:
             error = error_from_frame(result)
             if error.code == "rate_limited":
                 retry_ms = (error.details or {}).get("retry_after_ms", 100)
                 self._schedule_resync(float(retry_ms) / 1000.0)
+            elif error.code == "locked":  # another agent's lock: keep the edits, try again once it is gone
+                self.blocked = error
+                self._schedule_resync(self._locked_retry_s(error))
             elif error.code in FATAL_UPDATE_CODES:
+                if error.code == "stale_fence" and self._lock is not None and self._lock.fence == fence:
+                    self._lock._mark_lost(error)
                 self._fail(error)
             else:  # doc_not_open (closed behind our back), internal_error: open again, send the diff
                 self._schedule_resync()
         self._kick()
+
+    def _locked_retry_s(self, error: TandemError) -> float:
+        """Seconds until the refusing lock expires (a `lock.released` event comes sooner)."""
+        expires_at = (error.details or {}).get("expires_at")
+        if not isinstance(expires_at, str):
+            return MAX_LOCKED_RETRY_S
+        try:
+            remaining_s = (datetime.fromisoformat(expires_at) - datetime.now(UTC)).total_seconds()
+        except ValueError:
+            return MAX_LOCKED_RETRY_S
+        return min(MAX_LOCKED_RETRY_S, max(0.05, remaining_s))
+
+    def _on_lock_released(self) -> None:
+        """The lock that refused our edits is gone (a `lock.released` event), or is ours now:
+        edits refused with `locked` go out again at once."""
+        if self.blocked is not None and not self.closed:
+            self.blocked = None
+            if self._resync_task is not None and not self._resync_task.done():
+                self._resync_task.cancel()  # it was waiting for the lock's expiry
+                self._resync_task = None
+            self._schedule_resync()
 
     # --- ending ------------------------------------------------------------------------------
 

@@ -33,3 +33,11 @@ class Options:
     rate_fraction: float = 0.9  # of the server's announced max_messages_per_s, to stay under it
     flush_on_close_s: float = 10.0  # close() waits this long for unacknowledged edits
     client_name: str = f"tandem-client/{__version__}"
+    # Coordination (docs/protocol.md section 12).
+    lock_wait_timeout_s: float = 60.0  # `lock(wait=True)` gives up (raising Locked) after this, unless `timeout` is given
+    lock_retry_initial_s: float = 0.05  # backoff between acquisition attempts; a `lock.released` event wakes it early
+    lock_retry_max_s: float = 2.0
+    lock_retry_jitter_s: float = 0.1
+    state_retry_initial_s: float = 0.1  # `state.update(fn)` backoff after a `Conflict` (random exponential); short
+    state_retry_max_s: float = 2.0  # waits favour whoever writes next, so a loser would rarely win a race again
+    max_event_queue: int = 1024  # unread events one stream (state changes, task events) holds; then the oldest is dropped

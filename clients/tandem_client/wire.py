@@ -94,9 +94,65 @@ class DocumentInfo(_Wire):
 
 @dataclass(frozen=True)
 class Member(_Wire):
+    """A member object (section 5.2); `member.*` replies add `permissions` (section 12.5)."""
+
     agent_id: str
     role: str
     joined_at: str
+    permissions: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class LockInfo(_Wire):
+    """A lock object (docs/protocol.md section 12.1): `doc_id` or `name`, never both."""
+
+    workspace_id: str
+    doc_id: str | None
+    name: str | None
+    holder: str | None
+    fence: int
+    locked_at: str | None
+    expires_at: str | None
+
+
+@dataclass(frozen=True)
+class Task(_Wire):
+    """A task object (docs/protocol.md section 12.4), as of the reply or event that carried it."""
+
+    task_id: str
+    workspace_id: str
+    title: str
+    task_type: str
+    description: str | None
+    status: str
+    priority: str
+    created_by: str
+    assigned_to: str | None
+    parent_task_id: str | None
+    parameters: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    max_retries: int
+    retry_count: int
+    timeout_s: int
+    created_at: str
+    assigned_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class Delegation(_Wire):
+    """A delegation object (docs/protocol.md section 12.4)."""
+
+    delegation_id: str
+    task_id: str
+    from_agent_id: str | None
+    to_agent_id: str
+    delegation_type: str
+    reason: str | None
+    delegated_at: str
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""A joined workspace: its documents, and (reserved for issue 6) its state and tasks.
+"""A joined workspace: its documents, presence, locks, shared state, tasks and members.
 
 Joined workspaces belong to the client, not to one session: after a reconnect the client joins
-them again before reopening their documents (docs/protocol.md section 6.3).
+them again, renews the locks it holds there, then reopens their documents (docs/protocol.md
+sections 6.3 and 12.1). Coordination events (section 12.6) are routed here by the client.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ from typing import TYPE_CHECKING, Any
 from pycrdt import Doc
 
 from tandem_client import wire
-from tandem_client.coordination import Tasks, WorkspaceState
+from tandem_client.coordination import Lock, LockKey
+from tandem_client.members import Members
 from tandem_client.document import Document
 from tandem_client.errors import ClientClosed, ClientError, TandemError, error_from_code
 from tandem_client.presence import Presence
+from tandem_client.state import WorkspaceState
+from tandem_client.tasks import Tasks
 
 if TYPE_CHECKING:
     from tandem_client.client import Client
 
 
 class Workspace:
-    """Get one from `Client.join`. `presence` is the live view of who is here; `state` and
-    `tasks` are reserved for issue 6."""
+    """Get one from `Client.join`. `presence` is the live view of who is here, `state` the
+    shared JSON state, `tasks` the task board, `members` the members; `lock(name)` a named lock."""
 
     def __init__(self, client: Client, reply: wire.JoinReply) -> None:
         self.client = client
@@ -32,7 +36,10 @@ class Workspace:
         self.left = False
         self.state = WorkspaceState(self)
         self.tasks = Tasks(self)
+        self.members = Members(self)
         self.presence = Presence(self)
+        self._locks: dict[LockKey, Lock] = {}  # held by this client
+        self._lock_releases: dict[LockKey, int] = {}  # `lock.released` events seen, per resource
         self._awareness: tuple[dict[str, Any] | None, str | None] = (None, None)  # (state, doc_id) to publish again
         self._documents: dict[str, Document] = {}
         self._open_lock = asyncio.Lock()  # one find-or-create by title at a time
@@ -42,7 +49,8 @@ class Workspace:
         self.info = reply.workspace
         self.role = reply.role
         self.state_version = reply.state_version
-        self.members = reply.members
+        self.state._observe_version(reply.state_version)
+        self.members._replace(reply.members)
         self.document_infos = reply.documents  # as of the last join; list_documents() for fresh ones
 
     @property
@@ -136,14 +144,28 @@ class Workspace:
         )
         self._awareness = (state, doc_id)
 
+    def lock(self, name: str, ttl: float = 30.0, *, wait: bool = False, timeout: float | None = None, renew: bool = True) -> Lock:
+        """`async with ws.lock("deploy", ttl=30) as lock:` a named lock of the workspace (1 to 100
+        characters), with `lock.fence` to hand to whatever it guards. Same semantics as
+        `Document.lock` (see `Lock`): `Locked`, `wait`/`timeout`, renewal every ttl/3, `lost`."""
+        return Lock(self, name=name, ttl_s=ttl, wait=wait, timeout_s=timeout, renew=renew)
+
+    async def list_locks(self) -> list[wire.LockInfo]:
+        """`lock.list`: the workspace's live locks, documents' and named ones."""
+        self._check()
+        frame = await self.client._idempotent("lock.list", {"workspace_id": self.workspace_id})
+        return [wire.LockInfo.from_wire(lock) for lock in frame["locks"]]
+
     async def leave(self) -> None:
         """Close this workspace's documents (after flushing them) and leave the workspace."""
         if self.left:
             return
         for document in list(self._documents.values()):
             await document.close()
+        for lock in list(self._locks.values()):
+            await lock.release()
         self.left = True
-        self.presence._close()
+        self._close_streams()
         self.client._workspaces.pop(self.workspace_id, None)
         if self.client._conn.ready:
             try:
@@ -156,11 +178,16 @@ class Workspace:
         try:
             frame = await self.client._conn.request("workspace.join", {"workspace_id": self.workspace_id}, restore=True)
         except TandemError as exc:
-            self.failure = exc
-            for document in self._documents.values():
-                document._fail(exc)
+            self._fail(exc)
             return
         self._apply(wire.JoinReply.from_wire(frame))
+
+    async def _restore_locks(self) -> None:
+        """After a reconnect, before documents resend their edits: renew every held lock."""
+        results = await asyncio.gather(*(lock._restore() for lock in list(self._locks.values())), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # ConnectionLost, TimeoutError: the supervisor reconnects again
 
     async def _restore_presence(self) -> None:
         """After a reconnect: publish the awareness state again, and list presence anew."""
@@ -178,6 +205,41 @@ class Workspace:
         self._documents.pop(doc_id, None)
         if self._awareness[1] == doc_id:  # closing the document clears the state about it (section 5.7)
             self._awareness = (None, None)
+
+    # --- coordination events (docs/protocol.md section 12.6) ------------------------------------
+
+    def _on_event(self, frame: wire.Frame) -> None:
+        kind = frame["type"]
+        if kind.startswith("lock."):
+            self._on_lock_event(kind, wire.LockInfo.from_wire(frame["lock"]))
+        elif kind == "state.changed":
+            self.state._on_event(frame)
+        elif kind == "member.changed":
+            self.members._on_event(frame)
+        self.client._conn.changed.notify()
+
+    def _on_lock_event(self, kind: str, info: wire.LockInfo) -> None:
+        key: LockKey = ("doc", info.doc_id) if info.doc_id is not None else ("name", str(info.name))
+        held = self._locks.get(key)
+        if held is not None:
+            held._on_event(kind, info)
+        if kind == "lock.released":
+            self._lock_releases[key] = self._lock_releases.get(key, 0) + 1
+            document = self._documents.get(info.doc_id or "")
+            if document is not None:
+                document._on_lock_released()
+
+    def _fail(self, error: ClientError) -> None:
+        """The workspace is unusable (this agent was removed from it): fail it and its documents."""
+        self.failure = error
+        for document in self._documents.values():
+            document._fail(error)
+        self._close_streams()
+
+    def _close_streams(self) -> None:
+        self.presence._close()
+        self.state._streams.close()
+        self.tasks._streams.close()
 
     def _check(self) -> None:
         if self.left:
