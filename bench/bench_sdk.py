@@ -9,7 +9,9 @@ raised, as in bench_documents.py), then measures, one operation at a time:
 - awareness.set: a small awareness state, until its reply;
 - the same edit -> ack without the SDK (bench.common's lean client sending `doc.update` and
   waiting for `doc.update.ok`), as the baseline the SDK's overhead is read against;
-- lock and workspace-state round trips: not measured yet (locks and state arrive with issue 6).
+- lock and workspace-state round trips through the SDK: a named lock's acquire + release, a
+  document lock held around one fenced edit (acquire, edit acked, release), `ws.state.update(fn)`
+  alone and with a second client updating the same counter (retries on conflict included).
 Prints p50/p95/p99/max in milliseconds; asserts nothing. Bounded by `--count` and `--time-limit-s`.
 
     .venv/bin/python bench/bench_sdk.py [--count 500] [--time-limit-s 120]
@@ -99,9 +101,29 @@ async def run(url: str, secret: str, count: int, time_limit_s: float) -> None:
             await measure("edit -> ack, no SDK", count, deadline, raw_edit_ack)
         finally:
             await raw.close()
-        print(f"{'lock acquire/release':<28} {'-':>6}  not yet: locks arrive with issue 6")
-        print(f"{'state.update':<28} {'-':>6}  not yet: workspace state arrives with issue 6")
         await doc_a.wait_for(lambda d: str(d.text).endswith("z"), WAIT_S)
+
+        async def lock_cycle(i: int) -> None:
+            async with a_ws.lock("bench", ttl=30, renew=False):
+                pass
+
+        async def doc_lock_edit(i: int) -> None:
+            async with doc_a.lock(ttl=30, renew=False):
+                doc_a.text.insert(len(doc_a.text), "f")  # sent with the lock's fence
+
+        async def state_update(i: int) -> None:
+            await a_ws.state.update(lambda s: {**s, "n": s.get("n", 0) + 1})
+
+        async def state_contended(i: int) -> None:  # two clients increment the same counter
+            await asyncio.gather(
+                a_ws.state.update(lambda s: {**s, "c": s.get("c", 0) + 1}),
+                b_ws.state.update(lambda s: {**s, "c": s.get("c", 0) + 1}),
+            )
+
+        await measure("lock acquire+release", count, deadline, lock_cycle)
+        await measure("doc lock + fenced edit", count, deadline, doc_lock_edit)
+        await measure("state.update(fn)", count, deadline, state_update)
+        await measure("2 clients x state.update", count, deadline, state_contended)
 
 
 def main() -> None:
