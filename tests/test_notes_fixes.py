@@ -128,6 +128,7 @@ async def test_notes11_app_role_has_exactly_the_privileges_it_needs(admin_conn) 
     ):
         grants.setdefault(r["table_name"], set()).add(r["privilege_type"])
     expected = {t: set(p) for t, p in APP_PRIVILEGES.items()} | {v: {"SELECT"} for v in VIEWS}
+    expected["workspace_locks"] = {"SELECT", "INSERT", "UPDATE", "DELETE"}  # 0017; isolation: tests/e2e/test_coordination.py
     assert grants == expected
 
     executable = {
@@ -139,7 +140,7 @@ async def test_notes11_app_role_has_exactly_the_privileges_it_needs(admin_conn) 
     }
     assert executable == {
         "current_tenant_id", "jsonb_merge_recursive", "validate_jsonb_keys", "soft_delete_task",
-        "tandem_maintain_partitions",
+        "tandem_maintain_partitions", "lock_allows_write", "sweep_task_timeouts", "tandem_append_batch",
     }
     schema = await admin_conn.fetchrow(
         "SELECT has_schema_privilege('tandem_app', 'public', 'USAGE') AS usage,"
@@ -171,9 +172,10 @@ async def test_notes12_duplicate_sequence_number_in_a_document_is_rejected(app_c
 
 
 async def test_notes12_no_global_sequence_and_numbers_are_required(admin_conn) -> None:
-    assert await admin_conn.fetchval(
-        "SELECT count(*) FROM pg_class WHERE relkind = 'S' AND relnamespace = 'public'::regnamespace"
-    ) == 0
+    # The only sequence is the locks' fencing tokens (migration 0017); operations number per document.
+    assert await admin_conn.fetch(
+        "SELECT relname FROM pg_class WHERE relkind = 'S' AND relnamespace = 'public'::regnamespace"
+    ) == [("lock_fence_seq",)]
     default = await admin_conn.fetchval(
         "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a"
         " ON a.attrelid = d.adrelid AND a.attnum = d.adnum"
