@@ -14,7 +14,7 @@ COMMENT ON COLUMN shared_documents.lock_fence IS
 -- Whether a lock lets `writer` write, presenting `fence` (null: none). With a fence, only the
 -- live lock's holder with that very fence may; without one, anyone may unless a live lock is
 -- someone else's. An expired lock is free. Plain SQL and STABLE, so the planner inlines it into
--- the write path's one statement (server/sql/queries.sql, advance_head); now() is the
+-- the write path's one statement (tandem_append_batch, migration 0018); now() is the
 -- transaction's start, the same for every row of one commit.
 CREATE FUNCTION lock_allows_write(locked boolean, holder text, expires_at timestamptz,
                                   lock_fence bigint, writer text, fence bigint) RETURNS boolean

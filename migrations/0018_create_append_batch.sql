@@ -2,7 +2,7 @@
 -- One call appends a whole group-commit batch (server/committer.py), instead of three statements
 -- per document: for each document, in the order given (the caller sorts by document id, so two
 -- writers lock rows in the same order), bind its tenant, reserve sequence numbers for the
--- operations its lock allows (as server/sql/queries.sql `advance_head` does), insert them, and
+-- operations its lock allows (`lock_allows_write`), insert them, and
 -- send the fan-out hint. Operations of one document are contiguous in the arrays.
 -- Not SECURITY DEFINER: it runs as the app role, under the tenant policies of each document's
 -- tenant (set transaction-locally, as tenant_transaction does).

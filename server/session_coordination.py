@@ -15,7 +15,6 @@ from server import protocol as p
 from server import protocol_coordination as pc
 from server.coordination import lock_event, member_event, state_event, task_event
 from server.errors import ErrorCode, TandemError
-from server.events import Event
 
 if TYPE_CHECKING:
     from server.session import Connection
@@ -42,9 +41,6 @@ class CoordinationHandlers(_Base):
     def _writer(self, workspace_id: uuid.UUID) -> None:
         if not self.can_write.get(workspace_id, False):
             raise TandemError(ErrorCode.FORBIDDEN)
-
-    def _publish_after(self, event: Event) -> None:
-        self.node.coordination.deliver(event)
 
     # --- locks (docs/protocol.md#121) ------------------------------------------------------------
 
@@ -167,7 +163,7 @@ class CoordinationHandlers(_Base):
             pc.StateUpdateOk(re=msg.id, workspace_id=msg.workspace_id, version=done.version, state=done.state,
                              merged=done.merged_conflict)
         )  # fmt: skip
-        self._publish_after(event)
+        self.node.coordination.deliver(event)
 
     # --- tasks (docs/protocol.md#124) ------------------------------------------------------------
 
@@ -185,7 +181,7 @@ class CoordinationHandlers(_Base):
             event = task_event(self.principal.tenant_id, task, "create", agent)
             await self.node.coordination.publish(conn, event)
         self.reply(pc.TASK_REPLIES["create"](re=msg.id, task=task.to_wire()))
-        self._publish_after(event)
+        self.node.coordination.deliver(event)
 
     async def _task_action(self, msg: Any) -> None:
         assert self.principal is not None
@@ -204,7 +200,7 @@ class CoordinationHandlers(_Base):
             event = task_event(self.principal.tenant_id, change.task, action, agent, change.delegation, frozenset(previous))
             await self.node.coordination.publish(conn, event)
         self.reply(pc.TASK_REPLIES[action](re=msg.id, task=change.task.to_wire()))
-        self._publish_after(event)
+        self.node.coordination.deliver(event)
 
     on_task_assign = on_task_accept = on_task_reject = on_task_start = _task_action
     on_task_complete = on_task_fail = on_task_cancel = on_task_delegate = _task_action
@@ -264,7 +260,7 @@ class CoordinationHandlers(_Base):
             await self.node.coordination.publish(conn, event)
         reply = {"added": pc.MemberAddOk, "removed": pc.MemberRemoveOk, "updated": pc.MemberUpdateOk}[change]
         self.reply(reply(re=msg.id, member=wire))
-        self._publish_after(event)
+        self.node.coordination.deliver(event)
 
     async def on_member_list(self, msg: pc.MemberList) -> None:
         async with self._tx() as conn:

@@ -91,38 +91,23 @@ async def set_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID, agent_id: s
 
 
 async def append_operations(conn: asyncpg.Connection, doc_id: uuid.UUID, ops: Sequence[NewOperation]) -> list[int | Refused]:
-    """Sequence and insert `ops` for one document in the caller's transaction; returns, in order,
-    each one's seq or why its document's lock refused it (docs/protocol.md#121).
-
-    The lock check and the reservation are one statement under the row lock, which is held
-    until the caller commits, so concurrent writers of the same document commit in sequence
-    order and a lock taken meanwhile is never missed. Raises LookupError when the document is
-    not visible to the current tenant.
+    """Sequence and insert `ops` for one document of the current tenant in the caller's
+    transaction; returns, in order, each one's seq or why its document's lock refused it
+    (docs/protocol.md#121). The same call the group committer makes (`tandem_append_batch`,
+    migration 0018): the lock check and the reservation are one step under the row lock, held
+    until the caller commits. Raises LookupError when the document is not visible to the tenant.
     """
     if not ops:
         return []
-    row = await conn.fetchrow(Q["advance_head"], doc_id, [op.agent_id for op in ops], [op.fence for op in ops])
-    if row is None:
+    tenant = await conn.fetchval("SELECT current_tenant_id()")
+    n = len(ops)
+    rows = await conn.fetch(
+        Q["append_batch"], [tenant] * n, [doc_id] * n, [op.agent_id for op in ops], [op.fence for op in ops],
+        [op.op_type for op in ops], [op.vector_clock for op in ops], [op.update for op in ops], None,
+    )  # fmt: skip
+    if rows[0]["refused"] == "not_found":
         raise LookupError(f"document {doc_id} not found")
-    allowed: list[bool] = row["allowed"]
-    kept = [op for op, ok in zip(ops, allowed) if ok]
-    head = row["head_seq"]
-    seqs = iter(range(head - len(kept) + 1, head + 1))
-    if kept:
-        await conn.execute(
-            Q["insert_operations"],
-            doc_id,
-            list(range(head - len(kept) + 1, head + 1)),
-            [op.agent_id for op in kept],
-            [op.op_type for op in kept],
-            [op.vector_clock for op in kept],
-            [op.update for op in kept],
-        )
-    holder = row["holder"]
-    return [
-        next(seqs) if ok else Refused(ErrorCode.LOCKED if op.fence is None else ErrorCode.STALE_FENCE, holder)
-        for op, ok in zip(ops, allowed)
-    ]
+    return [r["seq"] if r["seq"] is not None else Refused(ErrorCode(r["refused"]), r["holder"]) for r in rows]
 
 
 async def operations_after(conn: asyncpg.Connection, doc_id: uuid.UUID, after_seq: int, limit: int = 1000) -> list[asyncpg.Record]:

@@ -8,31 +8,9 @@ SELECT set_config('app.current_tenant', $1::text, true),
        set_config('app.user_id', coalesce($2::text, ''), true),
        set_config('app.client_ip', coalesce($3::text, ''), true);
 
--- name: advance_head
--- Reserve seqs for the operations of document $1 by agents $2 (fences $3, null: none) that its lock allows, under the row lock.
--- Returns the new head, which operations were allowed (in order) and the live lock's holder. The
--- lock is read from the row being updated, so the check and the reservation are one atomic step.
-UPDATE shared_documents d
-SET head_seq = d.head_seq + (
-    SELECT count(*) FROM unnest($2::text[], $3::bigint[]) AS o(agent, fence)
-    WHERE lock_allows_write(d.is_locked, d.locked_by, d.lock_expires_at, d.lock_fence, o.agent, o.fence))
-WHERE d.id = $1
-RETURNING d.head_seq,
-    ARRAY(SELECT lock_allows_write(d.is_locked, d.locked_by, d.lock_expires_at, d.lock_fence, o.agent, o.fence)
-          FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS o(agent, fence, i) ORDER BY o.i) AS allowed,
-    CASE WHEN d.is_locked AND d.lock_expires_at > now() THEN d.locked_by END AS holder;
-
 -- name: append_batch
 -- Append a group-commit batch: parallel arrays (tenant, doc, agent, fence, type, clock, update), documents contiguous; $8: node id for hints.
 SELECT seq, refused, holder FROM tandem_append_batch($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::bytea[], $8::text);
-
--- name: insert_operations
--- Append a batch of operations of one document: parallel arrays, one row per element.
-INSERT INTO document_operations
-    (tenant_id, document_id, sequence_number, agent_id, operation_type, vector_clock, "update")
-SELECT current_tenant_id(), $1, s.seq, s.agent_id, s.op_type, s.clock, s.upd
-FROM unnest($2::bigint[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[])
-    AS s(seq, agent_id, op_type, clock, upd);
 
 -- name: operations_after
 -- The operations of document $1 with a sequence number in ($2, $2 + $3], in order. Seqs are
