@@ -1,44 +1,46 @@
 """Check untrusted CRDT updates in a worker process before they reach a room's document.
 
-yrs holds the GIL while it decodes, and some short random inputs cost hundreds of
-milliseconds of CPU (and one grew memory by 256 MB) before failing, so decoding client bytes on
-the event loop lets one hostile client stall a node. Each update is first applied to a fresh
-document in a worker process whose memory is capped (RLIMIT_AS); a batch that takes longer
-than `timeout_s` gets the worker killed and its updates retried one by one, so the costly one
-is found and refused (`invalid_update`) while the others pass. Updates queued at the same time,
-from any connection, share one round trip to the worker.
+yrs holds the GIL while it decodes, and some short hostile inputs cost hundreds of milliseconds
+of CPU (or 512 MB of memory) before failing, so decoding client bytes on the event loop lets one
+hostile client stall a node. Each update is first applied to a fresh document in a worker process
+(`python -m server.validation MAX_BYTES`) whose memory is capped (RLIMIT_AS). A round trip that
+takes longer than `timeout_s`, or whose worker dies, gets the worker killed and replaced and its
+updates retried one by one, so the costly one is found and refused while the others pass. Updates
+queued at the same time, from any connection, share one round trip to a worker.
+
+The worker speaks a small binary protocol over its stdin/stdout (all integers u32 little-endian):
+request = count, then per update its length and bytes; reply = the byte length of the rest, then
+per update the length of a UTF-8 reason, or VALID (no reason follows). The server side uses the
+event loop's pipes only: no helper threads, no pickle.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import ctypes
-import multiprocessing
 import os
 import resource
 import signal
+import struct
 import sys
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
 
-import structlog
+# The worker process (python -m server.validation) needs neither: they double its start-up time.
+if __name__ != "__main__":
+    import asyncio
 
-log = structlog.get_logger("tandem.validation")
+    import structlog
+
+    log = structlog.get_logger("tandem.validation")
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TOO_COSTLY = "the update took too long or too much memory to decode"
-
-
-def _init_worker(max_bytes: int) -> None:
-    """Cap the worker's memory, and make it die with its server: a server killed with SIGKILL
-    must not leave its worker behind (the worker holds both ends of its pipes, so it would
-    never notice)."""
-    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the server died before prctl took effect
-            os._exit(1)
+VALID = 0xFFFFFFFF  # in a reply: this update is valid (no reason follows)
+SPAWN_TIMEOUT_S = 30.0  # a fresh worker's start-up (interpreter + pycrdt import) on a busy host
+STOP_TIMEOUT_S = 1.0  # after its stdin closes, a worker exits at once unless it is mid-decode
+_U32 = struct.Struct("<I")
 
 
 def check_updates(updates: Sequence[bytes]) -> list[str | None]:
@@ -60,11 +62,113 @@ def check_updates(updates: Sequence[bytes]) -> list[str | None]:
     return verdicts
 
 
-class Validator:
-    """`await check(update)` -> None (valid) or the reason it is refused.
+# --- the wire between server and worker --------------------------------------------------------
 
-    Bounds: at most `max_batch` updates per round trip; one worker process (`workers`) per core
-    you can spare; `timeout_s` per batch.
+
+def encode_request(updates: Sequence[bytes]) -> bytes:
+    parts = [_U32.pack(len(updates))]
+    for update in updates:
+        parts.append(_U32.pack(len(update)))
+        parts.append(update)
+    return b"".join(parts)
+
+
+def read_request(stream: BinaryIO) -> list[bytes] | None:
+    """The next request's updates, or None at end of input (the server closed the pipe)."""
+    header = stream.read(4)
+    if len(header) < 4:
+        return None
+    updates = []
+    for _ in range(_U32.unpack(header)[0]):
+        (length,) = _U32.unpack(stream.read(4))
+        updates.append(stream.read(length))
+    return updates
+
+
+def encode_reply(verdicts: Sequence[str | None]) -> bytes:
+    parts = []
+    for verdict in verdicts:
+        if verdict is None:
+            parts.append(_U32.pack(VALID))
+        else:
+            reason = verdict.encode()
+            parts.append(_U32.pack(len(reason)))
+            parts.append(reason)
+    body = b"".join(parts)
+    return _U32.pack(len(body)) + body
+
+
+def decode_reply(body: bytes, count: int) -> list[str | None]:
+    """The verdicts in a reply's body (after its length). Raises ValueError if it is malformed."""
+    verdicts: list[str | None] = []
+    offset = 0
+    for _ in range(count):
+        (length,) = _U32.unpack_from(body, offset)
+        offset += 4
+        if length == VALID:
+            verdicts.append(None)
+        else:
+            verdicts.append(body[offset : offset + length].decode(errors="replace"))
+            offset += length
+    if offset != len(body):
+        raise ValueError(f"reply has {len(body) - offset} bytes after {count} verdicts")
+    return verdicts
+
+
+# --- the worker process ------------------------------------------------------------------------
+
+
+def _init_worker(max_bytes: int) -> None:
+    """Cap the worker's memory, and make it die with its server: a server killed with SIGKILL
+    must not leave its worker behind. A worker killed by the cap leaves no core file."""
+    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the server died before prctl took effect
+            os._exit(1)
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m server.validation MAX_BYTES`: answer requests on stdin until it closes."""
+    _init_worker(int(argv[1]))
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while (updates := read_request(stdin)) is not None:
+        stdout.write(encode_reply(check_updates(updates)))
+        stdout.flush()
+    return 0
+
+
+# --- the server side ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Request:
+    """One `check_many` call: its updates may be spread over several round trips (and workers)."""
+
+    updates: Sequence[bytes]
+    future: asyncio.Future[list[str | None]]
+    verdicts: list[str | None] = field(init=False)
+    taken: int = 0  # updates already handed to a dispatcher
+    pending: int = field(init=False)  # updates without a verdict yet
+
+    def __post_init__(self) -> None:
+        self.verdicts = [None] * len(self.updates)
+        self.pending = len(self.updates)
+
+
+# Signs that a worker is stuck, gone or garbled (asyncio.IncompleteReadError is an EOFError):
+# it is killed and replaced.
+_WORKER_FAILURES = (TimeoutError, EOFError, ConnectionError, ValueError, struct.error)
+
+
+class Validator:
+    """`await check(update)` / `await check_many(updates)` -> None (valid) or why it is refused.
+
+    Bounds: at most `max_batch` updates per round trip; `workers` worker processes (one per core
+    you can spare), each with its own dispatcher on the shared queue; `timeout_s` per round trip;
+    `max_memory_bytes` of address space per worker.
     """
 
     def __init__(self, workers: int = 1, timeout_s: float = 1.0, max_memory_bytes: int = 1 << 30, max_batch: int = 256) -> None:
@@ -72,67 +176,160 @@ class Validator:
         self.timeout_s = timeout_s
         self.max_memory_bytes = max_memory_bytes
         self.max_batch = max_batch
-        self._pools: list[concurrent.futures.ProcessPoolExecutor] = []
-        self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[str | None]]] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
         self.restarts = 0
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._queue: deque[_Request] = deque()
+        self._queued = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self.max_memory_bytes,),
-        )
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' pids, in dispatcher order."""
+        return [proc.pid for proc in self._procs]
 
     async def start(self) -> None:
-        self._pools = [self._new_pool() for _ in range(self.workers)]
-        # Warm each worker up so the first client does not pay for the spawn.
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(p, check_updates, []) for p in self._pools))
+        """Start every worker, warmed up so the first client does not pay for the spawn."""
+        started = await asyncio.gather(*(self._spawn() for _ in range(self.workers)), return_exceptions=True)
+        failures = [result for result in started if isinstance(result, BaseException)]
+        if failures:  # leave no worker behind
+            await asyncio.gather(*(self._end(r, kill=True) for r in started if not isinstance(r, BaseException)))
+            raise failures[0]
+        self._procs = [r for r in started if not isinstance(r, BaseException)]
         self._tasks = [asyncio.create_task(self._dispatch(i)) for i in range(self.workers)]
 
     async def stop(self) -> None:
+        """Stop the dispatchers, cancel the checks still queued and end every worker."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for pool in self._pools:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._tasks = []
+        while self._queue:
+            self._queue.popleft().future.cancel()
+        await asyncio.gather(*(self._end(proc, kill=False) for proc in self._procs))
+        self._procs = []
 
     async def check(self, update: bytes) -> str | None:
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((update, future))
-        return await future
+        return (await self.check_many([update]))[0]
+
+    async def check_many(self, updates: Sequence[bytes]) -> list[str | None]:
+        """The verdicts of `updates`, in order: one future for the call, whatever its size."""
+        if not updates:
+            return []
+        request = _Request(updates, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        self._queued.set()
+        return await request.future
 
     async def _dispatch(self, index: int) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            verdicts = await self._run(index, [u for u, _ in batch])
-            if verdicts is None:  # the batch was too costly: find the culprit one by one
+            while not self._queue:
+                self._queued.clear()
+                await self._queued.wait()
+            parts = self._take_batch()
+            updates = [u for request, start, end in parts for u in request.updates[start:end]]
+            if not updates:  # only cancelled calls were queued
+                continue
+            verdicts = await self._run(index, updates)
+            if verdicts is None:  # too costly, or the worker died: find the culprit one by one
                 verdicts = []
-                for update, _ in batch:
+                for update in updates:
                     single = await self._run(index, [update])
                     verdicts.append(TOO_COSTLY if single is None else single[0])
-            for (_, future), verdict in zip(batch, verdicts):
-                if not future.done():
-                    future.set_result(verdict)
+            offset = 0
+            for request, start, end in parts:
+                request.verdicts[start:end] = verdicts[offset : offset + end - start]
+                offset += end - start
+                request.pending -= end - start
+                if request.pending == 0 and not request.future.done():
+                    request.future.set_result(request.verdicts)
+
+    def _take_batch(self) -> list[tuple[_Request, int, int]]:
+        """Up to `max_batch` updates from the head of the queue, as (call, start, end) slices;
+        a call left unfinished stays at the head for the next round trip (or another worker)."""
+        parts = []
+        room = self.max_batch
+        while self._queue and room > 0:
+            request = self._queue[0]
+            if request.future.done():  # its caller is gone (cancelled): skip the rest of it
+                self._queue.popleft()
+                continue
+            start = request.taken
+            end = min(len(request.updates), start + room)
+            request.taken = end
+            parts.append((request, start, end))
+            room -= end - start
+            if end == len(request.updates):
+                self._queue.popleft()
+        return parts
 
     async def _run(self, index: int, updates: list[bytes]) -> list[str | None] | None:
-        loop = asyncio.get_running_loop()
+        """One round trip to worker `index`, or None (the worker was replaced) if it failed."""
+        proc = self._procs[index]
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._pools[index], check_updates, updates), self.timeout_s)
-        except (TimeoutError, concurrent.futures.process.BrokenProcessPool):
-            self._restart(index)
+            async with asyncio.timeout(self.timeout_s):
+                return await _round_trip(proc, updates)
+        except _WORKER_FAILURES as exc:
+            await self._restart(index, exc)
             return None
 
-    def _restart(self, index: int) -> None:
-        """Kill the worker (a timed-out decode cannot be interrupted) and start a fresh one."""
+    async def _restart(self, index: int, cause: BaseException) -> None:
+        """Kill the worker (a decode under way cannot be interrupted) and start a fresh one."""
         self.restarts += 1
-        old = self._pools[index]
-        for process in list(getattr(old, "_processes", {}).values()):
-            process.kill()
-        old.shutdown(wait=False, cancel_futures=True)
-        self._pools[index] = self._new_pool()
-        log.warning("validation.worker_restarted", restarts=self.restarts)
+        old = self._procs[index]
+        await self._end(old, kill=True)
+        log.warning(
+            "validation.worker_restarted",
+            restarts=self.restarts,
+            pid=old.pid,
+            returncode=old.returncode,
+            cause=type(cause).__name__,
+        )
+        try:
+            self._procs[index] = await self._spawn()
+        except (*_WORKER_FAILURES, OSError) as exc:
+            # Keep the dead one: the next round trip fails at once and tries again.
+            log.error("validation.worker_start_failed", error=repr(exc))
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server.validation",
+            str(self.max_memory_bytes),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(SPAWN_TIMEOUT_S):
+                await _round_trip(proc, [])  # imports pycrdt in the worker
+        except BaseException:
+            await self._end(proc, kill=True)
+            raise
+        return proc
+
+    @staticmethod
+    async def _end(proc: asyncio.subprocess.Process, *, kill: bool) -> None:
+        """End the worker: close its stdin (it exits at end of input) or kill it by pid, then
+        reap it. Killed anyway if it does not exit within STOP_TIMEOUT_S."""
+        if kill and proc.returncode is None:
+            proc.kill()
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _round_trip(proc: asyncio.subprocess.Process, updates: list[bytes]) -> list[str | None]:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(encode_request(updates))
+    await proc.stdin.drain()
+    (length,) = _U32.unpack(await proc.stdout.readexactly(4))
+    return decode_reply(await proc.stdout.readexactly(length), len(updates))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

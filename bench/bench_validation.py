@@ -1,0 +1,107 @@
+"""Benchmark of the update-validation worker (server/validation.py) on its own.
+
+Starts a `Validator` and sends `--updates` small valid updates (a 3-character Y.Text insert each,
+generated before the clock starts) in calls of `--call-size` updates with `--in-flight` calls
+under way at a time, as connections' update pipelines do. Prints updates/s and the main
+process's CPU time per update (`time.process_time`, all its threads), the median of `--runs`.
+
+`--module FILE` loads the Validator from another file (e.g. an older version saved outside the
+repo); a Validator without `check_many` gets one `check` task per update, as its callers did.
+
+    .venv/bin/python bench/bench_validation.py [--module /tmp/old_validation.py]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+from pycrdt import Doc, Text
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_validation(path: str | None) -> ModuleType:
+    if path is None:
+        sys.path.insert(0, str(REPO))
+        return importlib.import_module("server.validation")
+    # Imported by name from its folder, so a spawned worker can import it too.
+    file = Path(path).resolve()
+    sys.path.insert(0, str(file.parent))
+    return importlib.import_module(file.stem)
+
+
+def small_updates(count: int) -> list[bytes]:
+    updates = []
+    for i in range(count):
+        doc = Doc()
+        doc["content"] = text = Text()
+        text.insert(0, f"{i % 1000:03d}")
+        updates.append(doc.get_update())
+    return updates
+
+
+async def check_call(validator: object, call: list[bytes]) -> list[str | None]:
+    check_many = getattr(validator, "check_many", None)
+    if check_many is not None:
+        return await check_many(call)
+    return list(await asyncio.gather(*(validator.check(u) for u in call)))  # type: ignore[attr-defined]
+
+
+async def one_run(validator: object, calls: list[list[bytes]], in_flight: int, deadline_s: float) -> tuple[float, float]:
+    """(updates/s, main-process CPU seconds per update) for sending every call once."""
+    pending = iter(calls)
+    count = sum(len(call) for call in calls)
+
+    async def sender() -> None:
+        for call in pending:  # each sender keeps one call under way: `in_flight` in all
+            verdicts = await check_call(validator, call)
+            assert all(v is None for v in verdicts), verdicts[:3]
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    async with asyncio.timeout(deadline_s):
+        await asyncio.gather(*(sender() for _ in range(in_flight)))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return count / wall, cpu / count
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--module", help="a validation module file to load instead of server/validation.py")
+    parser.add_argument("--updates", type=int, default=20_000)
+    parser.add_argument("--call-size", type=int, default=32)
+    parser.add_argument("--in-flight", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--deadline-s", type=float, default=120.0, help="per run")
+    args = parser.parse_args()
+
+    module = load_validation(args.module)
+    updates = small_updates(args.updates)
+    calls = [updates[i : i + args.call_size] for i in range(0, len(updates), args.call_size)]
+    validator = module.Validator(workers=args.workers, timeout_s=10)
+    await validator.start()
+    try:
+        await one_run(validator, calls[:20], args.in_flight, args.deadline_s)  # warm-up
+        results = [await one_run(validator, calls, args.in_flight, args.deadline_s) for _ in range(args.runs)]
+    finally:
+        await validator.stop()
+    rates = [rate for rate, _ in results]
+    cpus = [cpu for _, cpu in results]
+    print(f"validator: {module.__file__} (workers={args.workers})")
+    print(f"{args.updates} updates, calls of {args.call_size}, {args.in_flight} in flight, {args.runs} runs")
+    print(f"updates/s: median {statistics.median(rates):,.0f} (runs: {', '.join(f'{r:,.0f}' for r in rates)})")
+    print(
+        f"main-process CPU per update: median {statistics.median(cpus) * 1e6:.1f} us"
+        f" (runs: {', '.join(f'{c * 1e6:.1f}' for c in cpus)})"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
