@@ -9,8 +9,8 @@ thread to change between calls, so the server may run `apply` in a worker thread
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -18,8 +18,8 @@ from pycrdt import Doc, Text, get_update
 
 from crdt.clock import (
     CorruptStateVector,
+    StateVectorReader,
     VectorClock,
-    changed_entries,
     decode_state_vector,
     delete_set_clock,
 )
@@ -58,11 +58,14 @@ class Applied:
       the log, because replaying the log reproduces the same wait. Pending deletions of unseen
       items are not detected.
     - `op_type`: see `crdt.operations.classify`.
-    - `state_vector` / `clock`: the document's state after the update (bytes / decoded lazily;
-      decoding is linear in the number of clients the document has seen).
-    - `op_clock`: the operation's own clock, stored as `document_operations.vector_clock`:
+    - `state_vector`: the document's state vector after the update; `clocks` is it decoded,
+      `{client_id: clock}` (shared with the document: do not mutate), `clock` the same as a
+      `VectorClock` (built on first access), `clock_json()` the same as `clock.to_json()`: what
+      the server stores as `document_operations.vector_clock` (docs/schema.md).
+    - `op_clock`: the operation's own clock (not stored):
       the end clock of every client whose structs it carries, joined with the least clock
-      covering the items it deleted. Usually one entry, so rows stay small.
+      covering the items it deleted. Usually one entry. Built on first
+      access from `op_clocks`, the same as a dict.
     - `delta`: the change to the text as a Quill-style delta (offsets in UTF-8 bytes), or None
       when it was not computed (see `Document.apply`); `()` when computed and nothing changed.
     """
@@ -73,26 +76,74 @@ class Applied:
     pending: bool
     op_type: OpType
     state_vector: bytes
-    op_clock: VectorClock
+    clocks: Mapping[int, int] = field(hash=False)  # dicts: hash the other fields, as before
+    op_clocks: Mapping[int, int] = field(hash=False)
     delta: tuple[dict[str, Any], ...] | None
+    # `clock_json(clocks)`, kept up to date by the document's reader (shared: never mutate).
+    _clock_json: Mapping[str, int] = field(repr=False, compare=False)
 
     @cached_property
     def clock(self) -> VectorClock:
-        return VectorClock.from_state_vector(self.state_vector)
+        return VectorClock(self.clocks)
+
+    @cached_property
+    def op_clock(self) -> VectorClock:
+        return VectorClock(self.op_clocks)
+
+    def clock_json(self) -> dict[str, int]:
+        """`clock.to_json()` (key order aside) without decoding or sorting anything: the JSON
+        object of the state vector after the update. A new dict on every call."""
+        return dict(self._clock_json)
 
 
 class _Capture:
-    """Collects what the observers saw during one `apply` transaction."""
+    """Collects what the observers saw during one `apply` transaction.
 
-    __slots__ = ("fired", "delete_set", "before", "after", "length_after", "delta")
+    The observers stay subscribed for the document's lifetime (subscribing and dropping them
+    on every `apply` cost 5-20 us) and record only while `active`, so other transactions
+    (`apply_many`) pass through them at the cost of a call. The callbacks hold this object,
+    not the `Document`: a cycle through yrs-held callbacks would never be freed.
+
+    `in_sync` says the document's reader holds the current state vector: every change to the
+    document fires `on_transaction`, which clears it outside `apply`. While it holds, the
+    transaction's `before` is the reader's vector and is not read (encoding a state vector is
+    linear in the number of clients: about 6 us for 100).
+    """
+
+    __slots__ = ("active", "in_sync", "with_delta", "length_before", "fired", "delete_set",
+                 "before", "after", "length_after", "delta")
 
     def __init__(self) -> None:
+        self.start(False, 0)
+        self.active = False
+        self.in_sync = True  # an empty document and an empty reader
+
+    def start(self, with_delta: bool, length_before: int) -> None:
+        self.active = True
+        self.with_delta = with_delta
+        self.length_before = length_before
         self.fired = False
         self.delete_set = _EMPTY_DELETE_SET
         self.before = _EMPTY_STATE_VECTOR
         self.after = _EMPTY_STATE_VECTOR
         self.length_after: int | None = None
         self.delta: list[dict[str, Any]] | None = None
+
+    def on_transaction(self, event: Any) -> None:
+        if not self.active:
+            self.in_sync = False
+            return
+        self.fired = True
+        self.delete_set = event.delete_set
+        self.after = event.after_state
+        if not self.in_sync:
+            self.before = event.before_state
+
+    def on_text(self, event: Any) -> None:
+        if self.active:
+            self.length_after = event.target.len(event.transaction)
+            if self.with_delta or self.length_after == self.length_before:
+                self.delta = [dict(item) for item in event.delta]
 
 
 class Document:
@@ -102,8 +153,9 @@ class Document:
     garbage-collected) plus one state-vector entry per client id ever seen, so memory grows with
     the history, not just with the visible text (100,000 small edits: ~82 KB of text, 1.3 MB
     encoded state). CPU: applying a remote update does not walk the text (yrs places structs by
-    their origin ids); `apply` adds observer and clock bookkeeping (~60 us per update in the
-    bench, versus ~8 us for a bare pycrdt apply); `state_vector` is linear in the number of
+    their origin ids); `apply` adds observer and clock bookkeeping (bench/bench_apply.py on a
+    shared 2-core machine: about 25-35 us per small update with 5 clients and 40-60 us with
+    100, versus 5-8 us for a bare pycrdt apply); `state_vector` is linear in the number of
     clients; `encode_state` and `diff` are linear in the document.
 
     Hostile input: yrs decodes the whole update before integrating anything, so a failing
@@ -123,8 +175,14 @@ class Document:
         self._text = Text()
         self._doc[CONTENT] = self._text
         self.max_update_bytes = max_update_bytes
-        self._last_state_vector = _EMPTY_STATE_VECTOR
-        self._last_clocks: dict[int, int] = {}
+        self._reader = StateVectorReader()  # the last state vector `apply` decoded
+        self._capture = _Capture()
+        # Raw (_pycrdt) subscriptions: pycrdt's wrapped events eagerly convert target, path and
+        # transaction, and compute the delta, for every event; we read only what we need.
+        self._subscriptions = (
+            self._doc._doc.observe(self._capture.on_transaction),
+            self._text._integrated.observe(self._capture.on_text),
+        )
         self._length = 0  # text length in UTF-8 bytes; the text changes only through apply*
 
     @classmethod
@@ -149,55 +207,49 @@ class Document:
         Raises `UpdateTooLarge` before decoding if the update exceeds `max_update_bytes`, and
         `CorruptUpdate` if the bytes are not an update; in both cases the document is unchanged.
 
-        Cost: yrs integration plus one state-vector decode (about 1 ms per 1,000 clients the
-        document has seen). The text delta costs a walk over the whole text (about 25 us per
-        1,000 items), so it is computed only when `with_delta` is set (blame) or when the text
-        changed without changing length (needed to tell a reformat from a replacement); in
-        other cases `Applied.delta` is None. Observers are attached for this call only, so
-        the bulk path (`apply_many`) pays for none of this.
+        Cost: yrs integration, the encoded state vector after it, and decoding what changed in
+        that vector: usually one clock, so a few microseconds, but a full decode (about 1 ms
+        per 1,000 clients the document has seen) when a client is new, a clock varint grows, or
+        several clients advance at once (see `crdt.clock.StateVectorReader`). The text delta
+        costs a walk over the whole text (about 25 us per 1,000 items), so it is computed only
+        when `with_delta` is set (blame) or when the text changed without changing length
+        (needed to tell a reformat from a replacement); in other cases `Applied.delta` is None.
+        The bulk path (`apply_many`) pays for none of this: the observers ignore it.
         """
         update = bytes(update)
         self._check_size(update)
         if not update:
             raise CorruptUpdate("empty update")
-        capture = _Capture()
+        capture = self._capture
         length_before = self._length
-
-        def on_transaction(event: Any) -> None:
-            capture.fired = True
-            capture.delete_set = event.delete_set
-            capture.before = event.before_state
-            capture.after = event.after_state
-
-        def on_text(event: Any) -> None:
-            capture.length_after = event.target.len(event.transaction)
-            if with_delta or capture.length_after == length_before:
-                capture.delta = [dict(item) for item in event.delta]
-
-        # Raw (_pycrdt) subscriptions: pycrdt's wrapped events eagerly convert target, path and
-        # transaction, and compute the delta, for every event; we read only what we need.
-        doc_sub = self._doc._doc.observe(on_transaction)
-        text_sub = self._text._integrated.observe(on_text)
+        capture.start(with_delta, length_before)
         try:
             self._apply_raw(update)
+        except BaseException:
+            capture.in_sync = False  # after a panic the document may have changed anyway
+            raise
         finally:
-            doc_sub.drop()
-            text_sub.drop()
+            capture.active = False
 
+        reader = self._reader
         if capture.fired:
             state_vector = capture.after
-            structs_added = capture.after != capture.before
+            if not capture.in_sync:
+                reader.read(capture.before)
+            capture.in_sync = False  # until the reader holds `after`
+            advanced = reader.read(capture.after)  # compared decoded: entry order may vary
+            structs_added = bool(advanced)
             deleted = capture.delete_set != _EMPTY_DELETE_SET
-            advanced = changed_entries(self._decoded(capture.before), self._decoded(capture.after))
             if deleted:
                 for client, clock in delete_set_clock(capture.delete_set).clocks.items():
                     if clock > advanced.get(client, 0):
                         advanced[client] = clock
-            op_clock = VectorClock(advanced)
         else:
             state_vector = self.state_vector()
+            reader.read(state_vector)
             structs_added = deleted = False
-            op_clock = VectorClock()
+            advanced = {}
+        capture.in_sync = True
         # Structs of `update` that the document still lacks after applying it are pending.
         # A v1 update starts with its number of struct groups, so 0 means "no structs left".
         pending = get_update(update, state_vector)[:1] != b"\x00"
@@ -218,8 +270,10 @@ class Document:
                 length_change=length_after - length_before,
             ),
             state_vector=state_vector,
-            op_clock=op_clock,
+            clocks=reader.clocks,
+            op_clocks=advanced,
             delta=delta,
+            _clock_json=reader.json,
         )
 
     def apply_many(self, updates: Iterable[bytes]) -> int:
@@ -241,14 +295,6 @@ class Document:
                     raise CorruptUpdate(f"update #{count}: {exc}") from exc
         self._length = len(self._text)
         return count
-
-    def _decoded(self, state_vector: bytes) -> dict[int, int]:
-        """Decode a state vector, reusing the last result: one transaction's `before` is
-        normally the previous one's `after`, so each `apply` decodes one vector, not two."""
-        if state_vector != self._last_state_vector:
-            self._last_clocks = decode_state_vector(state_vector)
-            self._last_state_vector = state_vector
-        return self._last_clocks
 
     def _check_size(self, update: bytes) -> None:
         if self.max_update_bytes is not None and len(update) > self.max_update_bytes:

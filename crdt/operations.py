@@ -106,7 +106,8 @@ class Operation:
     """One row of `document_operations`: an update as it was appended to the log.
 
     `seq` runs 1..N per document without gaps. `vector_clock` is the stored JSON object
-    (`VectorClock.to_json()` of the operation's own clock, see `crdt.document.Applied.op_clock`),
+    (`VectorClock.to_json()` of the document's state vector right after the operation, see
+    `crdt.document.Applied.clock_json`),
     kept as a plain dict so rows pass through unchanged; `clock` decodes it.
     """
 

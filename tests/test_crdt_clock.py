@@ -14,7 +14,10 @@ from pycrdt import Doc, Text, write_var_uint
 from crdt.clock import (
     CorruptStateVector,
     Ordering,
+    StateVectorReader,
     VectorClock,
+    changed_entries,
+    clock_json,
     decode_state_vector,
     delete_set_clock,
     encode_state_vector,
@@ -163,3 +166,84 @@ def test_delete_set_clock_covers_the_deleted_items() -> None:
         del text[5:7]  # positions after the first deletion: items 7 and 8
     assert delete_set_clock(deletions[-1]) == VectorClock({42: 9})
     assert delete_set_clock(b"\x00") == VectorClock()
+
+
+# StateVectorReader: the incremental decoder behind Document.apply -----------------------------
+
+
+def hand_encoded(entries: list[tuple[int, int]]) -> bytes:
+    """A state vector with its entries in the given order (yrs writes them in hash-map order)."""
+    return write_var_uint(len(entries)) + b"".join(write_var_uint(c) + write_var_uint(k) for c, k in entries)
+
+
+def assert_reader_agrees_with_full_decoding(reader: StateVectorReader, data: bytes) -> None:
+    """`read` must return, or raise, exactly what decoding from scratch gives."""
+    before = (reader.data, reader.clocks, reader.json)
+    try:
+        expected = decode_state_vector(data)
+    except CorruptStateVector:
+        with pytest.raises(CorruptStateVector):
+            reader.read(data)
+        assert (reader.data, reader.clocks, reader.json) == before  # still the previous vector
+        return
+    changed = reader.read(data)
+    assert changed == changed_entries(before[1], expected)
+    assert reader.data == data and reader.clocks == expected
+    assert list(reader.clocks) == list(expected)  # same entry order as the bytes
+    assert reader.json == VectorClock(expected).to_json()
+
+
+def test_state_vector_reader_agrees_with_full_decoding_on_random_histories() -> None:
+    rng = random.Random(17)
+    entries = [(rng.randrange(2**32), rng.randrange(1, 300)) for _ in range(30)]
+    entries.append((2**53 - 1, 5))
+    reader = StateVectorReader()
+    for _ in range(3000):
+        roll = rng.random()
+        if roll < 0.6:  # one client advances: the fast path, unless its varint grows
+            k = rng.randrange(len(entries))
+            entries[k] = (entries[k][0], entries[k][1] + rng.randrange(1, 40))
+        elif roll < 0.7:  # several clients advance
+            for k in rng.sample(range(len(entries)), 3):
+                entries[k] = (entries[k][0], entries[k][1] + 1)
+        elif roll < 0.75:
+            entries.append((rng.randrange(2**32), rng.randrange(1, 10)))
+        elif roll < 0.85:
+            rng.shuffle(entries)  # another entry order for the same clocks
+        elif roll < 0.9:  # swap two clients' clocks: same bytes length, two varints differ
+            i, j = rng.sample(range(len(entries)), 2)
+            (ci, ki), (cj, kj) = entries[i], entries[j]
+            entries[i], entries[j] = (ci, kj), (cj, ki)
+        # else: the same vector again
+        assert_reader_agrees_with_full_decoding(reader, hand_encoded(entries))
+
+
+def test_state_vector_reader_is_as_strict_as_decode_state_vector() -> None:
+    # Mutating bytes of the previous vector in place keeps the length, so these all meet the
+    # fast path's checks first; whatever it accepts must be exactly what a full decode accepts.
+    rng = random.Random(23)
+    base = hand_encoded([(rng.randrange(2**40), rng.randrange(1, 2**20)) for _ in range(12)])
+    for _ in range(3000):
+        reader = StateVectorReader()
+        reader.read(base)
+        data = bytearray(base)
+        for _ in range(rng.choice((1, 1, 1, 2))):
+            data[rng.randrange(len(data))] = rng.choice((0x00, 0x7F, 0x80, 0xFF, rng.randrange(256)))
+        assert_reader_agrees_with_full_decoding(reader, bytes(data))
+    reader = StateVectorReader()
+    reader.read(b"\x01\x05\x01")
+    assert_reader_agrees_with_full_decoding(reader, b"\x01\x05\x00")  # a zero clock: kept, not in json
+    assert reader.clocks == {5: 0} and reader.json == {}
+    for bad in (b"\x01\x05\x81", b"\x01\x85\x01", b"\x02\x05\x01"):
+        assert_reader_agrees_with_full_decoding(reader, bad)
+
+
+def test_state_vector_reader_never_mutates_what_it_handed_out() -> None:
+    reader = StateVectorReader()
+    reader.read(hand_encoded([(7, 1), (9, 1)]))
+    clocks, json_clock = reader.clocks, reader.json
+    reader.read(hand_encoded([(7, 2), (9, 1)]))  # fast path
+    reader.read(hand_encoded([(7, 2), (9, 1), (11, 1)]))  # full decode
+    assert clocks == {7: 1, 9: 1} and json_clock == {"7": 1, "9": 1}
+    assert reader.clocks == {7: 2, 9: 1, 11: 1}
+    assert clock_json(reader.clocks) == reader.json == {"7": 2, "9": 1, "11": 1}

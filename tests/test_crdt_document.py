@@ -5,14 +5,16 @@ Pure tests: no network, no database; real pycrdt documents play the clients.
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
+import weakref
 from datetime import UTC, datetime
 
 import pytest
-from pycrdt import Doc, Text
+from pycrdt import Doc, Text, merge_updates
 
-from crdt.clock import CorruptStateVector, VectorClock
+from crdt.clock import CorruptStateVector, VectorClock, changed_entries, decode_state_vector
 from crdt.document import CONTENT, Applied, CorruptUpdate, Document, UpdateTooLarge
 from crdt.operations import Operation, OpType, Origin, Snapshot, classify
 
@@ -237,6 +239,103 @@ def test_a_document_can_be_used_from_a_worker_thread() -> None:
     assert not worker.is_alive()
     assert isinstance(results[0], Applied) and results[0].changed
     assert document.text() == "the quick brown fox jumps"
+
+
+
+# the stored clock -------------------------------------------------------------------------------
+
+
+def assert_clocks_consistent(applied: Applied, document: Document, before: bytes) -> None:
+    """`clock_json()` is what `clock.to_json()` gives, and both are the document's state after
+    the update; `op_clock` holds at least what the update advanced (deletions may add more)."""
+    assert applied.clock_json() == applied.clock.to_json()
+    assert applied.clock == VectorClock.from_state_vector(applied.state_vector) == document.clock()
+    assert applied.state_vector == document.state_vector()
+    advanced = changed_entries(decode_state_vector(before), decode_state_vector(applied.state_vector))
+    assert all(applied.op_clock.get(client) >= clock for client, clock in advanced.items())
+
+
+def test_clock_json_is_the_stored_clock_on_every_kind_of_update() -> None:
+    rng = random.Random(29)
+    document = Document()
+    clients = [Client(rng.randrange(1, 2**32)) for _ in range(60)] + [Client(2**53 - 1)]
+    for step in range(600):
+        client = rng.choice(clients)
+        client.receive(document.encode_state())  # synced before it edits, like an editor
+        length = len(client.text)
+        if length and rng.random() < 0.2:
+            start = rng.randrange(length)
+            del client.text[start : min(length, start + rng.randrange(1, 4))]
+        else:
+            client.text.insert(rng.randrange(length + 1), "".join(rng.choices("xyz", k=3)))
+        before = document.state_vector()
+        applied = document.apply(client.last())
+        assert applied.changed and not applied.pending
+        assert_clocks_consistent(applied, document, before)
+        if applied.op_type is OpType.INSERT:
+            assert applied.op_clock.clocks == changed_entries(
+                decode_state_vector(before), decode_state_vector(applied.state_vector)
+            )
+        if step % 50 == 0:  # an update that changes nothing
+            again = document.apply(client.last())
+            assert not again.changed and again.op_clock == VectorClock()
+            assert again.clock_json() == again.clock.to_json() == applied.clock_json()
+        if step % 75 == 0:  # bulk loading between two applies: no observer records it
+            other = rng.choice(clients)
+            other.text += "bulk"
+            document.apply_many([other.last()])
+    assert len(document.clock()) > 50
+
+
+def test_clock_json_after_loading_pending_updates_and_several_clients_at_once() -> None:
+    first, second = Client(21), Client(22)
+    first.text += "one"
+    second.receive(first.last())
+    second.text += " two"
+    first.text += "!"
+    document = Document.from_state(Client(23, "seed").last())
+    before = document.state_vector()
+    waiting = document.apply(second.last())  # depends on first's "one"
+    assert waiting.pending and not waiting.changed
+    assert waiting.clock_json() == waiting.clock.to_json() == {"23": 4}
+    both = merge_updates(first.updates[0], first.last())  # two clients advance in one update
+    before = document.state_vector()
+    applied = document.apply(both)
+    assert_clocks_consistent(applied, document, before)
+    assert applied.clock_json() == {"21": 4, "22": 4, "23": 4}
+    assert applied.op_clock == VectorClock({21: 4, 22: 4})
+    assert sorted(document.text()) == sorted("seed" + "one!" + " two")  # interleaving is yrs's
+
+
+def test_clock_json_returns_a_copy() -> None:
+    document, client = seeded_document()
+    client.text += "!"
+    applied = document.apply(client.last())
+    applied.clock_json()["5"] = 0
+    assert applied.clock_json() == {"5": 20}
+    client.text += "?"
+    assert document.apply(client.last()).clock_json() == {"5": 21}
+
+
+def test_clocks_stay_right_after_a_refused_update() -> None:
+    document, client = seeded_document()
+    client.text += "!"
+    with pytest.raises(CorruptUpdate):
+        document.apply(client.last()[:-1])
+    before = document.state_vector()
+    applied = document.apply(client.last())
+    assert_clocks_consistent(applied, document, before)
+    assert applied.op_clock == VectorClock({5: 20}) and applied.clock_json() == {"5": 20}
+
+def test_a_dropped_document_is_freed() -> None:
+    # Its observers live as long as the pycrdt Doc; they must not keep the Document alive.
+    document, client = seeded_document()
+    client.text += "!"
+    document.apply(client.last())
+    ref = weakref.ref(document)
+    del document
+    gc.collect()
+    assert ref() is None
 
 
 # classification ---------------------------------------------------------------------------------
