@@ -210,7 +210,6 @@ async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: D
     )
     rooms = RoomRegistry(db.pool, committer, settings, metrics)
     committer.on_committed = rooms.on_committed
-    committer.on_reserved = rooms.on_reserved
     committer.start()
     validator = None
     if settings.validate_in_worker:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 import structlog
@@ -27,15 +27,17 @@ from server.metrics import Metrics
 log = structlog.get_logger("tandem.committer")
 
 
-@dataclass
 class Pending:
-    tenant_id: uuid.UUID
-    doc_id: uuid.UUID
-    op: store.NewOperation
-    future: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    __slots__ = ("tenant_id", "doc_id", "op", "future")
+
+    def __init__(self, tenant_id: uuid.UUID, doc_id: uuid.UUID, op: store.NewOperation) -> None:
+        self.tenant_id = tenant_id
+        self.doc_id = doc_id
+        self.op = op
+        self.future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Committed:
     tenant_id: uuid.UUID
     doc_id: uuid.UUID
@@ -64,10 +66,6 @@ class Committer:
         self.metrics = metrics
         self.node_id = node_id
         self.hints = hints  # send the fan-out NOTIFY with each document's commit (server/fanout.py)
-        # Told the seqs a transaction took before it commits (True) and, if it fails, that they
-        # were never committed (False): a reader of the log must not mistake them for another
-        # node's operations in the moment between the commit and `on_committed`.
-        self.on_reserved: Callable[[uuid.UUID, list[int], bool], None] | None = None
         self.on_committed = on_committed
         self.max_batch_ops = max_batch_ops
         self.max_wait_s = max_wait_ms / 1000
@@ -87,47 +85,81 @@ class Committer:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def submit(self, tenant_id: uuid.UUID, doc_id: uuid.UUID, op: store.NewOperation) -> int:
-        """Queue one operation; returns its sequence number once it is committed.
+    async def enqueue(
+        self, tenant_id: uuid.UUID, doc_id: uuid.UUID, op: store.NewOperation, on_done: Callable[[asyncio.Future[int]], None]
+    ) -> None:
+        """Queue one operation; `on_done(future)` is called with the future of its sequence
+        number once it is committed or refused. No task per operation.
 
-        Waits (backpressure) when the shard's queue is full. Raises TandemError (`locked`,
-        `stale_fence`) when the document's lock refused it (nothing stored), LookupError when
-        the document is not the tenant's, or the database error that failed its transaction.
+        Waits (backpressure) only while the shard's queue is full; once called, the operation
+        is queued even if the caller is cancelled meanwhile (the room already applied it). The
+        future fails with TandemError (`locked`, `stale_fence`) when the document's lock refused
+        the operation (nothing stored), LookupError when the document is not the tenant's, or
+        the database error that failed its transaction.
         """
+        pending = Pending(tenant_id, doc_id, op)
+        pending.future.add_done_callback(on_done)
+        queue = self._queues[doc_id.int % len(self._queues)]
+        if queue.full():
+            await asyncio.shield(queue.put(pending))
+        else:
+            queue.put_nowait(pending)
+
+    async def submit(self, tenant_id: uuid.UUID, doc_id: uuid.UUID, op: store.NewOperation) -> int:
+        """Queue one operation and wait for its commit: its sequence number (errors as `enqueue`)."""
         pending = Pending(tenant_id, doc_id, op)
         await self._queues[doc_id.int % len(self._queues)].put(pending)
         return await pending.future
 
     async def _run(self, queue: asyncio.Queue[Pending]) -> None:
-        while True:
-            batch = [await queue.get()]
-            if self.max_wait_s and queue.empty():
-                await asyncio.sleep(self.max_wait_s)
-            while len(batch) < self.max_batch_ops and not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                await self._commit(batch)
-            except Exception:  # the futures carry the failure; the loop must survive it
-                log.exception("committer.batch_failed", ops=len(batch))
-            finally:
-                for _ in batch:
-                    queue.task_done()
+        """One writer loop. It keeps one connection of the pool for itself (no acquire and no
+        reset query per batch); a connection that breaks is given back and another taken."""
+        conn: asyncpg.Connection | None = None
+        try:
+            while True:
+                batch = [await queue.get()]
+                if self.max_wait_s and queue.empty():
+                    await asyncio.sleep(self.max_wait_s)
+                while len(batch) < self.max_batch_ops and not queue.empty():
+                    batch.append(queue.get_nowait())
+                try:
+                    if conn is None:
+                        conn = await self.pool.acquire()
+                    await self._commit(conn, batch)
+                except Exception:  # the futures carry the failure; the loop must survive it
+                    log.exception("committer.batch_failed", ops=len(batch))
+                    self._fail(batch)
+                finally:
+                    for _ in batch:
+                        queue.task_done()
+                if conn is not None and conn.is_closed():
+                    await self._give_back(conn)
+                    conn = None
+        finally:
+            if conn is not None:
+                await asyncio.shield(self._give_back(conn))
 
-    async def _commit(self, batch: list[Pending]) -> None:
+    async def _give_back(self, conn: asyncpg.Connection) -> None:
+        try:
+            await self.pool.release(conn)
+        except Exception:
+            log.warning("committer.release_failed", exc_info=True)
+
+    async def _commit(self, conn: asyncpg.Connection, batch: list[Pending]) -> None:
         groups: dict[tuple[uuid.UUID, uuid.UUID], list[Pending]] = {}
         for p in batch:
             groups.setdefault((p.doc_id, p.tenant_id), []).append(p)
         try:
-            committed = await self._write(list(groups.values()))
+            committed = await self._write(conn, list(groups.values()))
         except Exception as exc:
-            if len(groups) == 1:
+            if len(groups) == 1 or conn.is_closed():
                 self._fail(batch, exc)
                 raise
-            # Isolate the failure: each document in a transaction of its own.
+            # Isolate the failure: each document in a statement of its own.
             committed = []
             for group in groups.values():
                 try:
-                    committed += await self._write([group])
+                    committed += await self._write(conn, [group])
                 except Exception as exc:
                     log.warning("committer.document_failed", doc_id=str(group[0].doc_id), error=repr(exc))
                     self._fail(group, exc)
@@ -141,32 +173,20 @@ class Committer:
             if asyncio.iscoroutine(result):
                 await result
 
-    async def _write(self, groups: list[list[Pending]]) -> list[Committed]:
-        # Lock documents in a fixed order so two shards' transactions cannot deadlock. One call
-        # appends the whole batch (tandem_append_batch, migration 0018): BEGIN, the call and
-        # COMMIT are the batch's only round trips, however many documents it holds.
+    async def _write(self, conn: asyncpg.Connection, groups: list[list[Pending]]) -> list[Committed]:
+        # Lock documents in a fixed order so two shards' statements cannot deadlock. One call
+        # appends the whole batch (tandem_append_batch, migration 0018) and, being a single
+        # statement, commits on its own: one round trip per batch, however many documents it
+        # holds. A room tells its own operations from other nodes' in the log by the
+        # operations it has in flight (`Room.on_log_rows`).
         groups = sorted(groups, key=lambda g: g[0].doc_id)
         batch = [p for group in groups for p in group]
-        reserved: dict[uuid.UUID, list[int]] = {}
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(
-                    store.Q["append_batch"],
-                    [p.tenant_id for p in batch], [p.doc_id for p in batch], [p.op.agent_id for p in batch],
-                    [p.op.fence for p in batch], [p.op.op_type for p in batch], [p.op.vector_clock for p in batch],
-                    [p.op.update for p in batch], self.node_id if self.hints else None,
-                )  # fmt: skip
-                for p, row in zip(batch, rows):
-                    if row["seq"] is not None:
-                        reserved.setdefault(p.doc_id, []).append(row["seq"])
-                if self.on_reserved is not None:
-                    for doc_id, seqs in reserved.items():
-                        self.on_reserved(doc_id, seqs, True)
-        except BaseException:
-            if self.on_reserved is not None:
-                for doc_id, seqs in reserved.items():
-                    self.on_reserved(doc_id, seqs, False)
-            raise
+        rows = await conn.fetch(
+            store.Q["append_batch"],
+            [p.tenant_id for p in batch], [p.doc_id for p in batch], [p.op.agent_id for p in batch],
+            [p.op.fence for p in batch], [p.op.op_type for p in batch], [p.op.vector_clock for p in batch],
+            [p.op.update for p in batch], self.node_id if self.hints else None,
+        )  # fmt: skip
         committed = []
         for p, row in zip(batch, rows):
             if row["seq"] is None:

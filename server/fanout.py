@@ -58,6 +58,10 @@ class Fanout:
     # --- hints -------------------------------------------------------------------------------
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        # This node's own hints (every one it sends comes back) are dropped before parsing: a
+        # quoted key followed by the quoted id cannot occur inside an escaped JSON string.
+        if f'"n": "{self.node_id}"' in payload or f'"n" : "{self.node_id}"' in payload:
+            return
         try:
             hint = json.loads(payload)
             if hint.get("n") == self.node_id:

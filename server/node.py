@@ -6,9 +6,8 @@ connection; it holds no logic of its own.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -38,8 +37,6 @@ class Node:
     fanout: Fanout
     presence: Presence  # in Redis with REDIS_URL, else in process (server/presence.py)
     coordination: Coordination  # workspace events, lock views, the task sweep
-    # Commits accepted from sessions that may end first: they must finish (held until done).
-    background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def authenticate(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Principal | ErrorCode:
         """The connecting client's principal, or why not (one rule for /ws and /yjs)."""

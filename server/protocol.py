@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
 import pydantic_core
-from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, StrictBool, TypeAdapter, ValidationError
 
 from server import protocol_coordination as coordination
 from server.errors import ErrorCode, RequestId, error_frame
@@ -49,6 +49,7 @@ class Hello(Request):
     id: ReqId | None = None
     protocol: Annotated[int, Field(ge=1, le=2**31 - 1)]
     client: Name | None = None
+    batch: StrictBool = False  # the client reads frames holding a JSON array of messages (docs/protocol.md#3)
 
 
 class Ping(Request):
@@ -213,6 +214,7 @@ class HelloOk(Out):
     type: Literal["hello.ok"] = "hello.ok"
     re: RequestId | None
     protocol: int
+    batch: bool = False
 
 
 class Pong(Out):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import time
 import uuid
 from datetime import UTC, datetime
@@ -135,8 +136,13 @@ class Room:
         self.subscriptions: dict[str, Subscription] = {}
         self.last_pending: asyncio.Future[int] | None = None
         self.held: dict[int, store.NewOperation] = {}  # committed here, waiting for a gap to fill
-        self.reserved: set[int] = set()  # taken by this node's transaction, not yet reported
         self.known_seq = head_seq  # the highest seq known to be committed (here or elsewhere)
+        # This node's operations applied to `document` and not yet reported committed, by their
+        # update (a second copy of an applied update changes nothing, so it is never in flight
+        # twice). A row of the log holding one is this node's own, committed a moment ago: the
+        # committer reports it (`on_log_rows`).
+        self.in_flight: dict[bytes, store.NewOperation] = {}
+        self.epoch = 0  # bumped when `document` is replaced (repair): captures taken before are void
         self.idle_since: float | None = time.monotonic()
         self.broken = False
         self.on_gap: Callable[[Room], None] = lambda room: None  # set by the registry
@@ -230,7 +236,13 @@ class Room:
         # A pending update waits for structs not seen yet; it is logged all the same, so that
         # replaying the log reproduces the same wait. The clock is the document's state vector
         # after the operation (the row's agent_id attributes it).
-        return store.NewOperation(agent_id, applied.op_type.value, applied.clock.to_json(), update, origin, request_id, fence)
+        op = store.NewOperation(agent_id, applied.op_type.value, applied.clock_json(), update, origin, request_id, fence)
+        self.in_flight[op.update] = op
+        return op
+
+    @property
+    def uncommitted(self) -> int:
+        return len(self.in_flight)
 
     @property
     def quiet(self) -> bool:
@@ -247,7 +259,7 @@ class Room:
     def on_committed(self, committed: Sequence[Committed]) -> None:
         """This node's commits, in seq order: deliver, or hold them until a gap is filled."""
         for c in committed:
-            self.reserved.discard(c.seq)
+            self.in_flight.pop(c.op.update, None)
             if c.seq > self.head_seq:
                 self.held[c.seq] = c.op
                 self.known_seq = max(self.known_seq, c.seq)
@@ -270,7 +282,7 @@ class Room:
         """Operations read from the log after head_seq, in order: apply the other nodes' ones,
         deliver every one (this node's own from `held`)."""
         for row in rows:
-            if row.seq in self.reserved:
+            if row.update in self.in_flight:
                 break  # this node's own, committed a moment ago: the committer reports it
             if row.seq != self.head_seq + 1:
                 continue  # already delivered, or not contiguous (the next read fills it)
@@ -416,14 +428,6 @@ class RoomRegistry:
         except Exception:
             log.exception("room.catch_up_failed", doc_id=str(room.doc_id))
 
-    def on_reserved(self, doc_id: uuid.UUID, seqs: list[int], reserved: bool) -> None:
-        room = self.rooms.get(doc_id)
-        if room is not None:
-            if reserved:
-                room.reserved.update(seqs)
-            else:
-                room.reserved.difference_update(seqs)
-
     def on_remote(self, doc_id: uuid.UUID, last_seq: int, rows: Sequence[store.LoggedOperation] = ()) -> None:
         """A hint from another node: document `doc_id` has operations up to `last_seq` (some of
         which the hint may carry)."""
@@ -442,29 +446,36 @@ class RoomRegistry:
             if room is not None:
                 room.on_committed(items)
 
-    async def commit(self, room: Room, op: store.NewOperation, future: asyncio.Future[int]) -> int:
-        """Sequence and commit one validated operation (`future` from `room.expect()`)."""
-        try:
-            seq = await self.committer.submit(room.tenant_id, room.doc_id, op)
-        except TandemError as exc:
+    async def submit(self, room: Room, op: store.NewOperation) -> asyncio.Future[int]:
+        """Queue an operation for commit right after `room.validate` applied it; returns the
+        future of its seq, set once it is committed (openers wait for it, see `open`).
+
+        Waits only while the committer's queue is full. The future fails with TandemError when
+        the lock refused it in the write path (the room then rebuilds from the log), or with
+        the error that failed its transaction (the room is dropped and reloads on next use).
+        """
+        expected = room.expect()  # before any await: an opener from now on waits for it
+        await self.committer.enqueue(room.tenant_id, room.doc_id, op, functools.partial(self._settle, room, op, expected))
+        return expected
+
+    def _settle(self, room: Room, op: store.NewOperation, expected: asyncio.Future[int], committed: asyncio.Future[int]) -> None:
+        exc = committed.exception() if not committed.cancelled() else asyncio.CancelledError()
+        if exc is None:
+            if not expected.done():
+                expected.set_result(committed.result())
+            return
+        room.in_flight.pop(op.update, None)
+        if isinstance(exc, TandemError):
             # The lock refused it after the room applied it (another node's lock event had not
             # arrived yet): the log never got it, so the room rebuilds from the log.
             self._repair(room)
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()
-            raise
-        except BaseException as exc:
+        else:
             # The copy in memory holds an update the log does not: rebuild it from the log.
             room.broken = True
             if self.rooms.get(room.doc_id) is room:
                 del self.rooms[room.doc_id]
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()  # retrieved: an opener that awaits it sees the error
-            raise
-        future.set_result(seq)
-        return seq
+        if not expected.done():
+            expected.set_exception(exc)
 
     def _repair(self, room: Room) -> None:
         if room.dirty is None:
@@ -495,6 +506,7 @@ class RoomRegistry:
                 document = await self._rebuild_at(room, seq)
                 if room.head_seq == seq and not room.held:
                     room.document = document
+                    room.epoch += 1
                     log.info("room.repaired", doc_id=str(room.doc_id), head_seq=seq)
                     return
             raise RuntimeError("the room did not settle")
@@ -519,10 +531,10 @@ class RoomRegistry:
         """snapshot: every `snapshot_every_ops` operations or `snapshot_every_s` seconds, and the
         readable `content` (debounced).
 
-        Taken from memory when the room is quiet (the document is exactly the log up to
-        `head_seq`). A room written to without pause is never quiet: once it is a whole period
-        overdue, the state at `head_seq` is rebuilt from the last snapshot and the log instead,
-        off the event loop, so snapshots and content keep up under sustained load.
+        Taken from memory (`_capture`), also while the room is being written to. Only when
+        other nodes' operations interleave with this node's in flight is the capture not exact;
+        once a whole period overdue, the state at `head_seq` is then rebuilt from the last
+        snapshot and the log instead, off the event loop.
         """
         if room.broken or room.dirty is not None:
             return
@@ -530,14 +542,15 @@ class RoomRegistry:
         now = time.monotonic()
         behind = room.head_seq - room.snapshot_seq
         snapshot = behind > 0 and (force or behind >= s.snapshot_every_ops or now - room.snapshot_at >= s.snapshot_every_s)
-        content = room.content_seq != room.head_seq and (force or now - room.content_at >= s.content_debounce_s)
+        content = room.content_seq < room.head_seq and (force or now - room.content_at >= s.content_debounce_s)
         if not snapshot and not content:
             return
-        seq = room.head_seq
-        if room.quiet:
-            state = room.document.encode_state() if snapshot else b""
-            text = room.document.text() if content else ""
-        elif behind >= 2 * s.snapshot_every_ops or now - room.snapshot_at >= 2 * s.snapshot_every_s:
+        overdue = behind >= 2 * s.snapshot_every_ops or now - room.snapshot_at >= 2 * s.snapshot_every_s
+        captured = await self._capture(room, snapshot, content)
+        if captured is not None:
+            seq, state, text = captured
+        elif overdue:  # another node kept writing in between: the state at head_seq from the log
+            seq = room.head_seq
             document = await self._rebuild_at(room, seq)
             state, text = document.encode_state(), document.text()
             snapshot = content = True
@@ -552,6 +565,31 @@ class RoomRegistry:
             room.snapshot_seq, room.snapshot_at = seq, now
         if content:
             room.content_seq, room.content_at = seq, now
+
+    async def _capture(self, room: Room, snapshot: bool, content: bool) -> tuple[int, bytes, str] | None:
+        """The document's state and text as they are now, and the seq they are exactly at, or
+        None when there is no such seq.
+
+        The document holds operations 1..head_seq plus this node's `uncommitted` ones. Those
+        commit in the order they were applied; when the last one gets head_seq + uncommitted,
+        no other node's operation came in between, and the capture is exactly 1..that seq. A
+        refused or failed one voids it (the room is repaired or dropped). Encoding happens now,
+        synchronously; the wait for the commits is bounded by the committer.
+        """
+        if room.held:
+            return None  # a gap below this node's committed operations
+        seq = room.head_seq + room.uncommitted
+        pending = room.last_pending if room.uncommitted else None
+        epoch = room.epoch
+        state = room.document.encode_state() if snapshot else b""
+        text = room.document.text() if content else ""
+        if pending is not None:
+            await asyncio.wait([pending])
+            if pending.cancelled() or pending.exception() is not None or pending.result() != seq:
+                return None
+        if room.epoch != epoch or room.broken or room.dirty is not None:
+            return None
+        return seq, state, text
 
     async def _rebuild_at(self, room: Room, seq: int) -> Document:
         """The document exactly after operation `seq`: its latest snapshot plus the log."""

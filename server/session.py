@@ -9,6 +9,7 @@ through one bounded send queue per connection, and a client that cannot keep up 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from server.session_coordination import CoordinationHandlers
 log = structlog.get_logger("tandem.session")
 
 SERVER_VERSION = "0.1.0"
+MAX_BATCH_BYTES = 65_536  # characters of messages joined into one batched frame (a larger one goes alone)
 
 
 class Connection(CoordinationHandlers):
@@ -39,6 +41,7 @@ class Connection(CoordinationHandlers):
         self.conn_id = str(uuid.uuid4())
         self.session = p.Session(p.Limits.from_settings(node.settings))
         self.queue: asyncio.Queue[str] = asyncio.Queue(node.settings.send_queue_len)
+        self.batch_frames = False  # the client's hello asked for batched frames (docs/protocol.md#3)
         self.principal: auth.Principal | None = None
         self.rooms: dict[uuid.UUID, Room] = {}  # open documents
         self.inflight = asyncio.Semaphore(node.settings.max_inflight_updates)
@@ -70,8 +73,25 @@ class Connection(CoordinationHandlers):
         self.send_text(p.encode(err.frame()))
 
     async def _sender(self) -> None:
+        """One frame per message; for a client that asked for batches, the messages queued
+        while the previous frame was being written go out together as one JSON array (one
+        write and one wakeup of the client instead of many), up to MAX_BATCH_BYTES."""
+        queue = self.queue
+        carry: str | None = None
         while True:
-            frame = await self.queue.get()
+            frame = carry if carry is not None else await queue.get()
+            carry = None
+            if self.batch_frames and not queue.empty():
+                frames, size = [frame], len(frame)
+                while not queue.empty():
+                    nxt = queue.get_nowait()
+                    if size + len(nxt) > MAX_BATCH_BYTES:
+                        carry = nxt
+                        break
+                    frames.append(nxt)
+                    size += len(nxt) + 1
+                if len(frames) > 1:
+                    frame = "[" + ",".join(frames) + "]"
             await self.ws.send_text(frame)
 
     async def fail(self, code: ErrorCode | p.ProtocolError, re: p.RequestId | None = None) -> None:
@@ -187,7 +207,8 @@ class Connection(CoordinationHandlers):
     # --- handlers (docs/protocol.md section 5) ------------------------------------------------
 
     async def on_hello(self, msg: p.Hello) -> None:
-        self.reply(p.HelloOk(re=msg.id, protocol=self.session.protocol))
+        self.batch_frames = msg.batch
+        self.reply(p.HelloOk(re=msg.id, protocol=self.session.protocol, batch=msg.batch))
 
     async def on_ping(self, msg: p.Ping) -> None:
         self.reply(p.Pong(re=msg.id))
@@ -313,8 +334,8 @@ class Connection(CoordinationHandlers):
             validator = self.node.validator
             if validator is None:
                 verdicts: list[str | None] = [None] * len(batch)
-            else:  # checks queued together share one round trip to the worker
-                verdicts = await asyncio.gather(*(validator.check(m.update) for m in batch))
+            else:  # one round trip to the worker, shared with other connections' checks
+                verdicts = await validator.check_many([m.update for m in batch])
             for msg, verdict in zip(batch, verdicts):
                 await self._apply_update(msg, verdict)
 
@@ -350,22 +371,19 @@ class Connection(CoordinationHandlers):
             self.inflight.release()
             self.reply(p.DocUpdateOk(re=msg.id, doc_id=msg.doc_id, seq=None))
             return
-        # Not in self.tasks: an accepted update is committed even if this session ends now
-        # (cancelling it would break the room for every other subscriber).
-        task = asyncio.create_task(self._commit(room, op, room.expect(), msg.id))
-        self.node.background.add(task)
-        task.add_done_callback(self.node.background.discard)
+        # No task per update: the commit goes on even if this session ends now (the room needs
+        # it), and the ack comes from the room in seq order; this callback only reports failure.
+        seq = await self.node.rooms.submit(room, op)
+        seq.add_done_callback(functools.partial(self._committed, room, msg.id))
 
-    async def _commit(self, room: Room, op: store.NewOperation, seq: asyncio.Future[int], re: p.RequestId | None) -> None:
-        try:
-            await self.node.rooms.commit(room, op, seq)
-        except TandemError as exc:  # the lock refused it in the write path: nothing stored
+    def _committed(self, room: Room, re: p.RequestId | None, seq: asyncio.Future[int]) -> None:
+        self.inflight.release()
+        exc = seq.exception() if not seq.cancelled() else None
+        if isinstance(exc, TandemError):  # the lock refused it in the write path: nothing stored
             self.error(p.ProtocolError(exc.code, re, exc.details))
-        except Exception:
-            self.log.exception("session.commit_failed", doc_id=str(room.doc_id))
+        elif exc is not None:
+            self.log.error("session.commit_failed", doc_id=str(room.doc_id), error=repr(exc))
             self.error(p.ProtocolError(ErrorCode.INTERNAL_ERROR, re))
-        finally:
-            self.inflight.release()
 
     # --- presence and awareness (docs/protocol.md#57; server/presence.py) ---------------------
 

@@ -395,7 +395,6 @@ def bridge_client_id(conn_id: str) -> int:
 # --- the connection (I/O) -------------------------------------------------------------------------
 
 
-_COMMITS: set[asyncio.Task[None]] = set()  # commits under way, held until done
 
 
 class YjsConnection:
@@ -642,7 +641,7 @@ class YjsConnection:
                 if validator is None:
                     verdicts: list[str | None] = [None] * len(batch)
                 else:
-                    verdicts = list(await asyncio.gather(*(validator.check(u) for u in batch)))
+                    verdicts = await validator.check_many(batch)
                 for update, verdict in zip(batch, verdicts):
                     await self._apply(update, verdict)
         except Exception:
@@ -673,23 +672,19 @@ class YjsConnection:
         if op is None:  # nothing new: nothing to store or forward
             self.inflight.release()
             return
-        # Not one of `self.tasks`: a commit under way must finish even when the connection ends
-        # (cancelling it would mark the room broken for everyone). It is bounded by the committer.
-        task = asyncio.create_task(self._commit(room, op, room.expect()))
-        _COMMITS.add(task)
-        task.add_done_callback(_COMMITS.discard)
+        # No task per update: a commit under way finishes even when the connection ends (the
+        # room needs it); the room sends it on in seq order, this callback reports failure.
+        seq = await self.node.rooms.submit(room, op)
+        seq.add_done_callback(self._committed)
 
-    async def _commit(self, room: Room, op: store.NewOperation, seq: asyncio.Future[int]) -> None:
-        try:
-            await self.node.rooms.commit(room, op, seq)
-        except TandemError as exc:  # the lock refused it in the write path: nothing stored
+    def _committed(self, seq: asyncio.Future[int]) -> None:
+        self.inflight.release()
+        exc = seq.exception() if not seq.cancelled() else None
+        if isinstance(exc, TandemError):  # the lock refused it in the write path: nothing stored
             self._refuse_locked(exc.code)
-        except Exception:
-            self.log.exception("yws.commit_failed")
-            await self.fail(Refused(ErrorCode.INTERNAL_ERROR, "commit failed"))
-        finally:
-            self.inflight.release()
-
+        elif exc is not None:
+            self.log.error("yws.commit_failed", error=repr(exc))
+            self._spawn(self.fail(Refused(ErrorCode.INTERNAL_ERROR, "commit failed")))
 
     def _refuse_locked(self, code: ErrorCode) -> None:
         self.node.metrics.errors.labels(code.value).inc()

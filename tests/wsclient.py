@@ -54,6 +54,8 @@ class Agent:
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _reader: asyncio.Task[None] | None = None
     closed: asyncio.Future[tuple[int | None, str | None]] | None = None
+    batch: bool = False  # ask for batched frames in a hello (docs/protocol.md section 3)
+    batched_frames: int = 0  # frames that held a JSON array of messages
 
     async def connect(self) -> "Agent":
         query = f"?token={self.token}" if self.token is not None else ""
@@ -63,25 +65,18 @@ class Agent:
             raise ReplyError(self.hello)
         self.closed = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read())
+        if self.batch:
+            await self.request("hello", protocol=1, batch=True)
         return self
 
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
-                frame = json.loads(raw)
-                doc = self.docs.get(frame.get("doc_id", ""))
-                # Applied here, in arrival order (a task woken by a reply would run too late).
-                if doc is not None and frame["type"] in ("doc.open.ok", "doc.resync.ok"):
-                    doc.on_open(frame)
-                elif doc is not None and frame["type"] == "doc.op":
-                    doc.on_op(frame)
-                elif doc is not None and frame["type"] == "doc.update.ok":
-                    doc.on_ack(frame)
-                re = frame.get("re")
-                if "re" in frame and re in self._pending:
-                    self._pending.pop(re).set_result(frame)
-                else:
-                    await self.events.put(frame)
+                value = json.loads(raw)
+                if isinstance(value, list):
+                    self.batched_frames += 1
+                for frame in value if isinstance(value, list) else [value]:
+                    await self._on_frame(frame)
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -91,6 +86,21 @@ class Agent:
                 if not fut.done():
                     fut.set_exception(ConnectionError("connection closed"))
                     fut.exception()  # marked retrieved: requests nobody awaits any more are not logged
+
+    async def _on_frame(self, frame: Frame) -> None:
+        doc = self.docs.get(frame.get("doc_id", ""))
+        # Applied here, in arrival order (a task woken by a reply would run too late).
+        if doc is not None and frame["type"] in ("doc.open.ok", "doc.resync.ok"):
+            doc.on_open(frame)
+        elif doc is not None and frame["type"] == "doc.op":
+            doc.on_op(frame)
+        elif doc is not None and frame["type"] == "doc.update.ok":
+            doc.on_ack(frame)
+        re = frame.get("re")
+        if "re" in frame and re in self._pending:
+            self._pending.pop(re).set_result(frame)
+        else:
+            await self.events.put(frame)
 
     async def send(self, message: Frame) -> None:
         await self.ws.send(json.dumps(message))

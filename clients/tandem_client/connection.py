@@ -247,8 +247,10 @@ class Connection:
             if first is None or first["type"] != "hello":
                 raise self._refusal(ws, first)
             hello = wire.Hello.from_wire(first)
-            await ws.send(wire.encode(wire.request("hello", 0, {"protocol": wire.PROTOCOL_VERSION, "client": self.options.client_name})))
-            reply = wire.decode(await ws.recv())
+            fields = {"protocol": wire.PROTOCOL_VERSION, "client": self.options.client_name, "batch": True}
+            await ws.send(wire.encode(wire.request("hello", 0, fields)))
+            replies = wire.decode_all(await ws.recv())
+            reply = next((f for f in replies if f["type"] in ("hello.ok", "error")), replies[0] if replies else None)
             if reply is None or reply["type"] != "hello.ok":
                 raise self._refusal(ws, reply)
             return hello
@@ -269,13 +271,12 @@ class Connection:
     async def _read(self, ws: ClientConnection, gen: int) -> None:
         try:
             async for raw in ws:
-                frame = wire.decode(raw)
-                if frame is None:
-                    continue  # not ours to judge; the protocol says clients ignore what they do not know
-                try:
-                    self._dispatch(frame)
-                except Exception:  # a bug in a callback must not end the session
-                    log.exception("tandem_client.dispatch_failed", extra={"type": frame.get("type")})
+                # What is not a message is not ours to judge: clients ignore what they do not know.
+                for frame in wire.decode_all(raw):
+                    try:
+                        self._dispatch(frame)
+                    except Exception:  # a bug in a callback must not end the session
+                        log.exception("tandem_client.dispatch_failed", extra={"type": frame.get("type")})
         except websockets.ConnectionClosed:
             pass
         finally:

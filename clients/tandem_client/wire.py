@@ -46,6 +46,18 @@ def decode(text: str | bytes) -> Frame | None:
     return frame
 
 
+def decode_all(text: str | bytes) -> list[Frame]:
+    """The messages in one frame: a JSON object, or a JSON array of them (batched frames, which
+    this client asks for in its `hello`: docs/protocol.md section 3). Anything that is not a
+    message is left out."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    items = value if isinstance(value, list) else [value]
+    return [f for f in items if isinstance(f, dict) and isinstance(f.get("type"), str)]
+
+
 def request(type_: str, rid: RequestId, fields_: dict[str, Any]) -> Frame:
     """A request frame with `fields_` as given (None is sent as null)."""
     return {"type": type_, "id": rid, **fields_}

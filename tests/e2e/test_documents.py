@@ -162,6 +162,35 @@ async def test_five_concurrent_writers_each_receive_every_seq_once_in_order(tand
             await agent.close()
 
 
+async def test_batched_frames_carry_the_same_ordered_stream_and_only_to_clients_that_asked(tandem: Tandem) -> None:
+    """docs/protocol.md section 3: a client whose hello asked for batches gets JSON arrays of
+    messages under load; the stream in them is the same (every seq once, in order, acks
+    matched); a client that did not ask never gets an array."""
+    tandem.start()
+    writer = tandem.agent(TENANT_A, "batch-writer")
+    writer.batch = True
+    batched_reader = tandem.agent(TENANT_A, "batch-reader")
+    batched_reader.batch = True
+    plain_reader = tandem.agent(TENANT_A, "plain-reader")
+    agents = [writer, batched_reader, plain_reader]
+    for agent in agents:
+        await agent.connect()
+    try:
+        _, doc_id = await shared_doc(*agents)
+        docs = [await agent.open(doc_id) for agent in agents]
+        sent = await write_randomly(docs[0], random.Random(7), 300, "b")
+        total = assert_acked(sent, await operation_rows(tandem.db, doc_id))
+        for doc in docs[1:]:
+            await doc.wait_for(lambda d: d.last_seq >= total)
+            assert_one_ordered_stream(doc, total)
+            assert str(doc.text) == str(docs[0].text)
+        assert writer.batched_frames > 0 and batched_reader.batched_frames > 0
+        assert plain_reader.batched_frames == 0
+    finally:
+        for agent in agents:
+            await agent.close()
+
+
 async def test_open_without_a_state_vector_gets_the_whole_document(tandem: Tandem) -> None:
     tandem.start()
     async with tandem.agent(TENANT_A, "alice") as alice, tandem.agent(TENANT_A, "bob") as bob:
