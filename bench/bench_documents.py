@@ -101,6 +101,7 @@ class Job:
     load: bool
     window: int = 32
     budget_per_doc: int = 0  # updates each writer may send to each of its documents
+    batch: bool = True  # clients ask for batched frames, as the SDK does (--no-batch: one message per frame)
 
 
 # --- pre-generated updates (worker side) -------------------------------------------------------
@@ -177,8 +178,14 @@ class Writer(Role):
             self.ops_received += 1
             return
         now = time.monotonic()
-        frame = json.loads(text)
-        if frame["type"] == "doc.update.ok":
+        value = json.loads(text)
+        for frame in value if isinstance(value, list) else [value]:
+            self.on_frame(frame, now)
+
+    def on_frame(self, frame: dict[str, Any], now: float) -> None:
+        if frame["type"] == "doc.op":
+            self.ops_received += 1
+        elif frame["type"] == "doc.update.ok":
             self.acks.append((self.index[frame["doc_id"]], frame["seq"], self.send_times[frame["re"]], now))
             self.slots.release()
         elif self.other_frame(frame) and isinstance(frame.get("re"), int) and frame["re"] < len(self.send_times):
@@ -239,7 +246,11 @@ class Reader(Role):
 
     def on_text(self, text: str) -> None:
         now = time.monotonic()
-        frame = json.loads(text)
+        value = json.loads(text)
+        for frame in value if isinstance(value, list) else [value]:
+            self.on_frame(frame, now)
+
+    def on_frame(self, frame: dict[str, Any], now: float) -> None:
         if frame["type"] == "doc.op":
             d, seq = self.index[frame["doc_id"]], frame["seq"]
             self.records.append((d, seq, now))
@@ -261,7 +272,7 @@ class Reader(Role):
 
 async def connect_role(job: Job, spec: ConnSpec) -> Role:
     token = issue_token(job.secret, uuid.UUID(job.tenant_id), spec.agent_id, 7200)
-    agent = await Agent.connect(job.url, token)
+    agent = await Agent.connect(job.url, token, batch=job.batch)
     await agent.request("workspace.join", workspace_id=job.workspace_id)
     for d in spec.docs:
         # The client has nothing: an explicit empty state vector (docs/protocol.md#55).
@@ -442,6 +453,7 @@ class Bench:
     warmup_s: float
     duration_s: float
     py_spy_dir: Path | None = None
+    batch: bool = True
     scenario_no: int = 0
 
     def token(self, agent_id: str) -> str:
@@ -523,7 +535,7 @@ class Bench:
 
     def idle(self, count: int, warm: int = 20) -> dict[str, Any]:
         workspace_id, docs = self.create_documents(1)
-        base = Job(self.node.ws_url, self.secret, self.tenant_id, workspace_id, docs, [], load=False)
+        base = Job(self.node.ws_url, self.secret, self.tenant_id, workspace_id, docs, [], load=False, batch=self.batch)
         warm_specs = [ConnSpec("idle", f"idle-{i % 100}", [0]) for i in range(warm)]
         idle_specs = [ConnSpec("idle", f"idle-{i % 100}", [0]) for i in range(count)]
         warm_parts, idle_parts = self.split(warm_specs), self.split(idle_specs)
@@ -568,7 +580,7 @@ class Bench:
         budget = math.ceil(per_writer / docs_per_writer) + 1
         parts = self.split(specs)
         for w, pipe in enumerate(self.workers.pipes):
-            pipe.send(("job", Job(self.node.ws_url, self.secret, self.tenant_id, workspace_id, doc_ids, [parts[w]], True, self.window, budget)))
+            pipe.send(("job", Job(self.node.ws_url, self.secret, self.tenant_id, workspace_id, doc_ids, [parts[w]], True, self.window, budget, self.batch)))
         ready = self.workers.gather("ready", PHASE_TIMEOUT_S)
         setup_s = max(m[2] for m in ready)
 
@@ -745,6 +757,8 @@ def main() -> None:
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the node (repeatable), e.g. TANDEM_COMMIT_SHARDS=4")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server log)")
+    parser.add_argument("--no-batch", action="store_true",
+                        help="clients do not ask for batched frames (one message per frame, protocol section 3)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                         help="profile the node with py-spy during each load scenario (collapsed stacks in DIR)")
     args = parser.parse_args()
@@ -767,7 +781,7 @@ def main() -> None:
     node = None
     try:
         node = start_nodes(1, pg.admin_url, secret, work, server_env)[0]
-        bench = Bench(node, pg, workers, secret, str(uuid.uuid4()), args.window, warmup, duration, args.py_spy)
+        bench = Bench(node, pg, workers, secret, str(uuid.uuid4()), args.window, warmup, duration, args.py_spy, not args.no_batch)
         if args.py_spy is not None:
             args.py_spy.mkdir(parents=True, exist_ok=True)
         print(f"# Tandem document benchmark, {date.today().isoformat()}")
@@ -775,7 +789,7 @@ def main() -> None:
             print(f"{k:>8}: {v}")
         print(f"postgres: {pg.version()}, fsync=on, synchronous_commit=on (durable acks)")
         print(f"  server: 1 node, `tandem serve`, env {' '.join(f'{k}={v}' for k, v in server_env.items())} (rate limit defaults: 100/s, burst 200); other settings default")
-        print(f"  client: {workers.count} process(es), uvloop, lean sans-I/O WebSocket client, no compression; "
+        print(f"  client: {workers.count} process(es), uvloop, lean sans-I/O WebSocket client, no compression, {'one message per frame' if args.no_batch else 'batched frames'}; "
               f"window {args.window} unacknowledged updates per writer; {warmup:g} s warm-up + {duration:g} s measured per scenario; "
               f"readers: 2 on a single document, 1 per document otherwise; runs per scenario: {repeat}")
         print(f"    load: machine load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start "

@@ -419,15 +419,23 @@ class Agent:
         self.events: list[dict[str, Any]] = []  # unsolicited frames seen during setup (bounded)
 
     @classmethod
-    async def connect(cls, url: str, token: str, timeout_s: float = 30.0) -> Agent:
+    async def connect(cls, url: str, token: str, timeout_s: float = 30.0, batch: bool = False) -> Agent:
+        """`batch`: ask for batched frames in a `hello` (docs/protocol.md section 3), as the SDK
+        does; the frames handed to `sock.on_text` may then hold a JSON array of messages."""
         agent = cls()
         agent.sock = await open_socket(url, token, agent.on_text, timeout_s)
         async with asyncio.timeout(timeout_s):
             await agent.hello
+        if batch:
+            await agent.request("hello", timeout_s, protocol=1, batch=True)
         return agent
 
     def on_text(self, text: str) -> None:
-        frame = json.loads(text)
+        value = json.loads(text)
+        for frame in value if isinstance(value, list) else [value]:
+            self.on_frame(frame)
+
+    def on_frame(self, frame: dict[str, Any]) -> None:
         re = frame.get("re")
         if re is not None and re in self._pending:
             self._pending.pop(re).set_result(frame)
