@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import math
 import multiprocessing as mp
 import os
@@ -52,6 +51,7 @@ from bench.common import (  # noqa: E402
     machine,
     machine_busy_seconds,
     median,
+    messages,
     raise_fd_limit,
     rss_bytes,
     start_nodes,
@@ -178,8 +178,7 @@ class Writer(Role):
             self.ops_received += 1
             return
         now = time.monotonic()
-        value = json.loads(text)
-        for frame in value if isinstance(value, list) else [value]:
+        for frame in messages(text):
             self.on_frame(frame, now)
 
     def on_frame(self, frame: dict[str, Any], now: float) -> None:
@@ -246,8 +245,7 @@ class Reader(Role):
 
     def on_text(self, text: str) -> None:
         now = time.monotonic()
-        value = json.loads(text)
-        for frame in value if isinstance(value, list) else [value]:
+        for frame in messages(text):
             self.on_frame(frame, now)
 
     def on_frame(self, frame: dict[str, Any], now: float) -> None:

@@ -407,6 +407,13 @@ class ReplyError(Exception):
         self.code = frame.get("code")
 
 
+def messages(text: str) -> list[dict[str, Any]]:
+    """The messages of one server frame: one JSON object, or an array of them when the client
+    asked for batched frames (docs/protocol.md section 3)."""
+    value = json.loads(text)
+    return value if isinstance(value, list) else [value]
+
+
 class Agent:
     """Request/reply over a `LeanSocket` for setup steps (join, create, open); load loops swap
     `sock.on_text` for a handler of their own once set up."""
@@ -431,8 +438,7 @@ class Agent:
         return agent
 
     def on_text(self, text: str) -> None:
-        value = json.loads(text)
-        for frame in value if isinstance(value, list) else [value]:
+        for frame in messages(text):
             self.on_frame(frame)
 
     def on_frame(self, frame: dict[str, Any]) -> None:

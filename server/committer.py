@@ -105,12 +105,6 @@ class Committer:
         else:
             queue.put_nowait(pending)
 
-    async def submit(self, tenant_id: uuid.UUID, doc_id: uuid.UUID, op: store.NewOperation) -> int:
-        """Queue one operation and wait for its commit: its sequence number (errors as `enqueue`)."""
-        pending = Pending(tenant_id, doc_id, op)
-        await self._queues[doc_id.int % len(self._queues)].put(pending)
-        return await pending.future
-
     async def _run(self, queue: asyncio.Queue[Pending]) -> None:
         """One writer loop. It keeps one connection of the pool for itself (no acquire and no
         reset query per batch); a connection that breaks is given back and another taken."""

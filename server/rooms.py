@@ -545,8 +545,8 @@ class RoomRegistry:
         snapshot = behind > 0 and (force or behind >= s.snapshot_every_ops or now - room.snapshot_at >= s.snapshot_every_s)
         content = room.content_seq < room.head_seq and (force or now - room.content_at >= s.content_debounce_s)
         # While the room is being written to, the readable content rides with the snapshots:
-        # rewriting a document's row every debounce period under load slowed the write path
-        # (the append takes the same row's lock) by a third at 100 busy documents.
+        # rewriting each busy document's row every debounce period cost a third of the durable
+        # throughput at 100 busy documents (docs/performance.md; the cause is not pinned down).
         content = content and (force or snapshot or room.quiet)
         if not snapshot and not content:
             return
