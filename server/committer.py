@@ -168,12 +168,11 @@ class Committer:
                 await result
 
     async def _write(self, conn: asyncpg.Connection, groups: list[list[Pending]]) -> list[Committed]:
-        # Lock documents in a fixed order so two shards' statements cannot deadlock. One call
-        # appends the whole batch (tandem_append_batch, migration 0018) and, being a single
-        # statement, commits on its own: one round trip per batch, however many documents it
-        # holds. A room tells its own operations from other nodes' in the log by the
-        # operations it has in flight (`Room.on_log_rows`).
-        groups = sorted(groups, key=lambda g: g[0].doc_id)
+        # One call appends the whole batch (tandem_append_batch, migration 0019: it locks the
+        # documents in id order, so two writers cannot deadlock) and, being a single statement,
+        # commits on its own: one round trip per batch, however many documents it holds. A room
+        # tells its own operations from other nodes' in the log by the operations it has in
+        # flight (`Room.on_log_rows`).
         batch = [p for group in groups for p in group]
         rows = await conn.fetch(
             store.Q["append_batch"],

@@ -1,7 +1,7 @@
 """Fan-out across nodes: NOTIFY hints out of the writer's transaction, LISTEN on a dedicated
 connection, and catch-up from the log.
 
-The committer's batch call (`tandem_append_batch`, migration 0018) issues `pg_notify` inside the
+The committer's batch call (`tandem_append_batch`, migration 0019) issues `pg_notify` inside the
 transaction that appends the operations, so a hint is delivered only if the commit happens, in
 commit order. The payload is small (`{"k": "ops", "d": doc_id, "s": last_seq, "n": node_id, "t":
 the sender's clock at commit, which measures the lag}`); small operations ride along (`"o"`), so a

@@ -5,7 +5,7 @@ plus `lock_fence`) or a named one of a workspace (`workspace_locks`: "deploy", "
 have the same semantics: acquire with a TTL (the acquiring statement itself decides whether the
 current lock has expired), renew and release by the holder presenting its fence. A fence is a
 number that only grows; the write path refuses a document update whose fence is not the live
-lock's (`tandem_append_batch`, migration 0018).
+lock's (`tandem_append_batch`, migrations 0018 and 0019).
 
 Every function takes a connection inside `store.tenant_transaction`; the caller checks the
 agent may write in the workspace. Imports no Starlette, WebSocket or Redis code.

@@ -94,7 +94,7 @@ async def append_operations(conn: asyncpg.Connection, doc_id: uuid.UUID, ops: Se
     """Sequence and insert `ops` for one document of the current tenant in the caller's
     transaction; returns, in order, each one's seq or why its document's lock refused it
     (docs/protocol.md#121). The same call the group committer makes (`tandem_append_batch`,
-    migration 0018): the lock check and the reservation are one step under the row lock, held
+    migration 0019): the lock check and the reservation are one step under the row lock, held
     until the caller commits. Raises LookupError when the document is not visible to the tenant.
     """
     if not ops:

@@ -109,11 +109,11 @@ async def test_another_tenants_document_cannot_be_appended_to(db) -> None:
         await pool.close()
 
 
-# --- the committer's batch call (migration 0018, tandem_append_batch) ----------------------------
+# --- the committer's batch call (migrations 0018 and 0019, tandem_append_batch) ----------------------------
 
 
 async def _append_batch(pool: asyncpg.Pool, ops: list[tuple], node: str | None = None) -> list[asyncpg.Record]:
-    """(tenant, doc, agent, fence) per operation, documents contiguous, in one call as the committer makes it."""
+    """(tenant, doc, agent, fence) per operation, in one call as the committer makes it."""
     async with pool.acquire() as conn, conn.transaction():
         return await conn.fetch(
             store.Q["append_batch"], [o[0] for o in ops], [o[1] for o in ops], [o[2] for o in ops], [o[3] for o in ops],
@@ -190,4 +190,81 @@ async def test_one_batch_call_sequences_documents_of_two_tenants_checks_locks_an
         assert len(hints) == 3
     finally:
         await listener.close()
+        await pool.close()
+
+
+async def test_batch_numbers_each_documents_operations_in_array_order_when_documents_interleave(db) -> None:
+    pool = await create_pool(db.app_url, min_size=1, max_size=2)
+    try:
+        first, second = await _make_document(pool, TENANT_A), await _make_document(pool, TENANT_A)
+        docs = [first, second, first, second, second, first]
+        rows = await _append_batch(pool, [(TENANT_A, d, "a", None) for d in docs])
+        assert [r["seq"] for r in rows] == [1, 1, 2, 2, 3, 3]
+        async with store.tenant_transaction(pool, TENANT_A) as conn:
+            stored = await conn.fetch(
+                "SELECT document_id, sequence_number, \"update\" FROM document_operations ORDER BY document_id, sequence_number"
+            )
+            heads = dict(await conn.fetch("SELECT id, head_seq FROM shared_documents WHERE id = ANY($1)", [first, second]))
+        assert sorted((r["document_id"], r["sequence_number"], r["update"]) for r in stored) == sorted([
+            (first, 1, b"u0"), (first, 2, b"u2"), (first, 3, b"u5"),
+            (second, 1, b"u1"), (second, 2, b"u3"), (second, 3, b"u4"),
+        ])  # fmt: skip
+        assert heads == {first: 3, second: 3}
+    finally:
+        await pool.close()
+
+
+async def test_batches_lock_documents_in_id_order_so_opposite_orders_cannot_deadlock(db) -> None:
+    """T1 holds the lower document and then wants the higher one while T2 asks for both, higher
+    first in its arrays. Taking locks in array order would deadlock (PostgreSQL aborts one after
+    deadlock_timeout); in id order T2 waits for the lower one holding nothing."""
+    pool = await create_pool(db.app_url, min_size=2, max_size=3)
+    try:
+        low, high = sorted([await _make_document(pool, TENANT_A), await _make_document(pool, TENANT_A)])
+
+        def call(conn: asyncpg.Connection, docs: list[uuid.UUID]) -> asyncio.Future:
+            n = len(docs)
+            return conn.fetch(
+                store.Q["append_batch"], [TENANT_A] * n, docs, ["a"] * n, [None] * n, ["insert"] * n, [{}] * n,
+                [b"u"] * n, None,
+            )  # fmt: skip
+
+        async with pool.acquire() as t1, pool.acquire() as t2:
+            await t1.execute("BEGIN")
+            assert [r["seq"] for r in await call(t1, [low])] == [1]
+            await t2.execute("BEGIN")
+            waiting = asyncio.ensure_future(call(t2, [high, low]))
+            await asyncio.sleep(0.3)  # a bounded wait: T2 must be blocked on `low`, holding nothing
+            assert not waiting.done()
+            async with asyncio.timeout(5):  # would need deadlock_timeout (1 s) and fail if T2 held `high`
+                assert [r["seq"] for r in await call(t1, [high])] == [1]
+            await t1.execute("COMMIT")
+            async with asyncio.timeout(5):
+                assert [r["seq"] for r in await waiting] == [2, 2]
+            await t2.execute("COMMIT")
+    finally:
+        await pool.close()
+
+
+async def test_appending_leaves_updated_at_alone_so_head_updates_are_hot(db) -> None:
+    """An append only advances head_seq: no indexed column changes, so PostgreSQL updates the row
+    in place (HOT) instead of adding an entry to every index of shared_documents each batch."""
+    pool = await create_pool(db.app_url, min_size=1, max_size=2)
+    try:
+        doc_id = await _make_document(pool, TENANT_A)
+        async with store.tenant_transaction(pool, TENANT_A, "a") as conn:
+            before = await conn.fetchval("SELECT updated_at FROM shared_documents WHERE id = $1", doc_id)
+            for _ in range(5):
+                await store.append_operations(conn, doc_id, [store.NewOperation("a", "insert", {}, b"x")] * 3)
+            hot = await conn.fetchval("SELECT pg_stat_get_xact_tuples_hot_updated('shared_documents'::regclass)")
+            updated = await conn.fetchval("SELECT pg_stat_get_xact_tuples_updated('shared_documents'::regclass)")
+            after = await conn.fetchval("SELECT updated_at FROM shared_documents WHERE id = $1", doc_id)
+        assert (updated, hot) == (5, 5)
+        assert after == before
+        # Any other change of the row still moves updated_at.
+        async with store.tenant_transaction(pool, TENANT_A, "a") as conn:
+            await conn.execute("UPDATE shared_documents SET title = 'renamed' WHERE id = $1", doc_id)
+            moved = await conn.fetchval("SELECT updated_at FROM shared_documents WHERE id = $1", doc_id)
+        assert moved > before
+    finally:
         await pool.close()

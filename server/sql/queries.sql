@@ -9,7 +9,7 @@ SELECT set_config('app.current_tenant', $1::text, true),
        set_config('app.client_ip', coalesce($3::text, ''), true);
 
 -- name: append_batch
--- Append a group-commit batch: parallel arrays (tenant, doc, agent, fence, type, clock, update), documents contiguous; $8: node id for hints.
+-- Append a group-commit batch: parallel arrays (tenant, doc, agent, fence, type, clock, update), one row per operation in order; $8: node id for hints.
 SELECT seq, refused, holder FROM tandem_append_batch($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::bytea[], $8::text);
 
 -- name: operations_after
