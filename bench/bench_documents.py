@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 from pycrdt import Doc, Text
 
@@ -298,6 +299,23 @@ async def recv(pipe: Connection, expected: str, timeout_s: float) -> tuple[Any, 
     if msg[0] != expected:
         raise RuntimeError(f"expected {expected!r}, got {msg[0]!r}")
     return msg
+
+
+def settle(admin_url: str) -> None:
+    """Let the previous scenario's background work in PostgreSQL end before the next one is
+    measured: a checkpoint (its dirty pages) and a vacuum of the tables it grew (the
+    insert-triggered autovacuum would otherwise run during the next measured window and be
+    billed to it)."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute("CHECKPOINT")
+            await conn.execute("VACUUM (ANALYZE) document_operations, shared_documents, document_snapshots")
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
 
 
 async def run_job(job: Job, pipe: Connection) -> dict[str, Any]:
@@ -755,6 +773,8 @@ def main() -> None:
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the node (repeatable), e.g. TANDEM_COMMIT_SHARDS=4")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server log)")
+    parser.add_argument("--no-settle", action="store_true",
+                        help="no CHECKPOINT and VACUUM between scenarios (figures before session 4 had none)")
     parser.add_argument("--no-batch", action="store_true",
                         help="clients do not ask for batched frames (one message per frame, protocol section 3)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
@@ -793,6 +813,7 @@ def main() -> None:
         print(f"    load: machine load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start "
               "(other jobs on the machine share its cores: see the 'other' column)")
         print("  update: one pycrdt Y.Text insert of 3 characters per doc.update (18-20 bytes, ~24 base64)")
+        print(f"  settle: {'none' if args.no_settle else 'CHECKPOINT and VACUUM (ANALYZE) of the document tables before each run'}")
         print()
 
         idle = None
@@ -821,6 +842,8 @@ def main() -> None:
         for name, writers, docs, readers, rate in scenarios:
             runs = []
             for _ in range(repeat):
+                if not args.no_settle:
+                    settle(pg.admin_url)
                 runs.append(bench.load(name if not rate else f"paced {rate:g}/s", writers, docs, readers, rate))
                 if repeat > 1:
                     print("  run: " + fmt_row(runs[-1]), flush=True)
