@@ -171,14 +171,20 @@ async def test_snapshots_taken_while_writing_are_exactly_the_log_up_to_their_seq
         _, doc_id = await shared_doc(alice)
         a = await alice.open(doc_id)
         # Edits in flight across several janitor ticks (every 1 s): sent without waiting for
-        # acks, for 3.5 s or 4,000 edits.
+        # acks, for at least 3.5 s and until two snapshots exist (a loaded machine makes each
+        # snapshot wait longer for its operations to commit); at most 15 s or 12,000 edits.
         sent = []
         loop = asyncio.get_running_loop()
-        stop_at = loop.time() + 3.5
-        while loop.time() < stop_at and len(sent) < 4000:
+        started = checked = loop.time()
+        taken = 0
+        while loop.time() - started < 15 and len(sent) < 12_000 and (loop.time() - started < 3.5 or taken < 2):
             for k in range(10):
                 sent.append((await a.send_edit(lambda t, n=len(sent), k=k: t.insert(len(t), f"{n}.{k} ")))[2])
             await asyncio.sleep(0.002)
+            if loop.time() - checked >= 0.5:
+                checked = loop.time()
+                query = "SELECT count(*) AS n FROM document_snapshots WHERE document_id = $1"
+                taken = (await admin_fetch(tandem.db, query, uuid.UUID(doc_id)))[0]["n"]
         for fut in sent:
             await asyncio.wait_for(fut, 30)
     rows = await operation_rows(tandem.db, doc_id)
