@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable
 
 import asyncpg
 
@@ -109,7 +110,7 @@ async def test_another_tenants_document_cannot_be_appended_to(db) -> None:
         await pool.close()
 
 
-# --- the committer's batch call (migrations 0018 and 0019, tandem_append_batch) ----------------------------
+# --- the committer's batch call (tandem_append_batch, migrations 0018 and 0019) ----------------
 
 
 async def _append_batch(pool: asyncpg.Pool, ops: list[tuple], node: str | None = None) -> list[asyncpg.Record]:
@@ -222,7 +223,7 @@ async def test_batches_lock_documents_in_id_order_so_opposite_orders_cannot_dead
     try:
         low, high = sorted([await _make_document(pool, TENANT_A), await _make_document(pool, TENANT_A)])
 
-        def call(conn: asyncpg.Connection, docs: list[uuid.UUID]) -> asyncio.Future:
+        def call(conn: asyncpg.Connection, docs: list[uuid.UUID]) -> Awaitable[list[asyncpg.Record]]:
             n = len(docs)
             return conn.fetch(
                 store.Q["append_batch"], [TENANT_A] * n, docs, ["a"] * n, [None] * n, ["insert"] * n, [{}] * n,
