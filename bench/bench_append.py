@@ -1,12 +1,12 @@
 """Benchmark of the group-commit statement alone: `tandem_append_batch` (migration 0019) in
 PostgreSQL, without a server node.
 
-Starts a throwaway PostgreSQL (fsync on), applies the migrations, creates `--docs` documents of
-one tenant, and calls the function as the committer does (one autocommitted statement per
+Starts a throwaway PostgreSQL (fsync on), applies the migrations, creates 100 documents of one
+tenant, and calls the function as the committer does (one autocommitted statement per
 batch, as the application role, so row-level security applies) for several batch shapes:
 documents per batch x operations per document. Prints, per shape, rows/s (wall) and the
-CPU time of the PostgreSQL backend that ran the calls, per row and per call (user + system,
-from /proc; system time includes the fsync of each commit), the median of `--runs`.
+CPU time of the PostgreSQL backend that ran the calls, per row and per call (user + system;
+system time includes the fsync of each commit), the median of `--runs`.
 `--compare` first rolls migration 0019 back and measures 0018's function (one statement group
 per document, non-HOT head updates), then applies 0019 again and measures it, on fresh
 documents each time, so the two are compared within one run.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Postgres, cleanup_dir, machine, workdir  # noqa: E402
+from bench.common import Postgres, cleanup_dir, cpu_seconds, machine, workdir  # noqa: E402
 from server import database, migrate, store  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
@@ -41,8 +40,7 @@ CLOCK = {"3735928559": 42, "1234567": 7}
 
 
 def backend_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds([pid])[pid]
 
 
 async def measure(conn: asyncpg.Connection, pid: int, tenant: uuid.UUID, docs: list[uuid.UUID],
