@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -188,3 +189,15 @@ def test_sigterm_stops_python_m_server_with_exit_0(servers: Servers, db: TestDat
     assert '"event": "server.stopped"' in log
     assert "Traceback" not in log
 
+
+
+def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> None:
+    # In a fresh interpreter: the test process's own collector is left alone.
+    code = (
+        "import gc, server.app as a; a.tune_gc(); "
+        "print(gc.get_freeze_count(), *gc.get_threshold(), a.GC_YOUNG_THRESHOLD)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    frozen, young, _, _, expected = map(int, out.split())
+    assert young == expected > 700  # CPython's default is 700
+    assert frozen > 10_000  # the imported modules, classes and functions
