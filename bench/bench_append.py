@@ -36,7 +36,7 @@ from server.settings import Settings  # noqa: E402
 # produces (paced: one document, a few operations; w100-doc100: ~100 documents, a few each).
 SHAPES = [(1, 5, 400), (1, 100, 40), (100, 1, 60), (100, 4, 30)]
 UPDATE = bytes(range(19))  # the size of a 3-character Y.Text insert
-CLOCK = {"3735928559": 42, "1234567": 7}
+CLOCK = '{"3735928559":42,"1234567":7}'  # JSON text, as the committer passes it
 
 
 def backend_cpu_s(pid: int) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import sys
 import time
@@ -183,7 +184,7 @@ async def replay_from_postgres(pool: asyncpg.Pool, ops: list[Operation], final_t
     start = time.perf_counter()
     for doc in (plain, snapped):
         for i in range(0, n, INSERT_BATCH_OPS):
-            rows = [store.NewOperation(op.agent_id, str(op.op_type), op.vector_clock, op.update)
+            rows = [store.NewOperation(op.agent_id, str(op.op_type), json.dumps(op.vector_clock), op.update)
                     for op in ops[i : i + INSERT_BATCH_OPS]]
             async with store.tenant_transaction(pool, tenant, "bench") as conn:
                 await store.append_operations(conn, doc.doc_id, rows)

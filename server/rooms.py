@@ -236,7 +236,7 @@ class Room:
         # A pending update waits for structs not seen yet; it is logged all the same, so that
         # replaying the log reproduces the same wait. The clock is the document's state vector
         # after the operation (the row's agent_id attributes it).
-        op = store.NewOperation(agent_id, applied.op_type.value, applied.clock_json(), update, origin, request_id, fence)
+        op = store.NewOperation(agent_id, applied.op_type.value, applied.clock_text(), update, origin, request_id, fence)
         self.in_flight[op.update] = op
         return op
 
@@ -292,7 +292,7 @@ class Room:
                     self.document.apply(row.update, Origin.FANOUT)
                 except CorruptUpdate:  # validated by the node that stored it; never expected
                     log.error("room.fanout_corrupt", doc_id=str(self.doc_id), seq=row.seq)
-                own = store.NewOperation(row.agent_id, row.op_type, {}, row.update)
+                own = store.NewOperation(row.agent_id, row.op_type, "{}", row.update)
             self._deliver(row.seq, own)
             self._deliver_held()
         self.known_seq = max(self.known_seq, self.head_seq)

@@ -49,7 +49,7 @@ class NewOperation:
 
     agent_id: str
     op_type: str
-    vector_clock: dict
+    vector_clock: str  # JSON text of the document's state vector after it (`Applied.clock_text`)
     update: bytes
     # Where it came from (not stored): the connection to acknowledge, and its request id.
     origin: str | None = None

@@ -6,6 +6,7 @@ Pure tests: no network, no database; real pycrdt documents play the clients.
 from __future__ import annotations
 
 import gc
+import json
 import random
 import threading
 import weakref
@@ -280,6 +281,7 @@ def test_clock_json_is_the_stored_clock_on_every_kind_of_update() -> None:
             again = document.apply(client.last())
             assert not again.changed and again.op_clock == VectorClock()
             assert again.clock_json() == again.clock.to_json() == applied.clock_json()
+        assert json.loads(applied.clock_text()) == applied.clock_json()  # the text the log gets
         if step % 75 == 0:  # bulk loading between two applies: no observer records it
             other = rng.choice(clients)
             other.text += "bulk"

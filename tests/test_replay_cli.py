@@ -98,7 +98,7 @@ def recorded_session(n_ops: int = N_OPS, seed: int = 11) -> Session:
         applied = server.apply(update)
         if not applied.changed and not applied.pending:
             continue  # e.g. deleting what another agent deleted already: nothing to store
-        session.ops.append(store.NewOperation(name, applied.op_type.value, applied.clock.to_json(), update))
+        session.ops.append(store.NewOperation(name, applied.op_type.value, applied.clock_text(), update))
         client.apply_update(update)
         session.observed.append(str(client_text))
         if session.head in SNAPSHOT_SEQS:
@@ -140,7 +140,7 @@ def json_session() -> Session:
         edit()
         doc.unobserve(sub)
         applied = server.apply(captured[-1])
-        session.ops.append(store.NewOperation("alice", applied.op_type.value, applied.clock.to_json(), captured[-1]))
+        session.ops.append(store.NewOperation("alice", applied.op_type.value, applied.clock_text(), captured[-1]))
         session.observed.append(str(text))
     return session
 
@@ -225,7 +225,7 @@ async def test_replay_command_bounds_and_formats(
 
     # --at-clock: the state vector stored with seq N selects operations 1..N when N+1 inserts.
     seq = next(s for s in range(2500, session.head) if session.ops[s].vector_clock != session.ops[s - 1].vector_clock)
-    clock = json.dumps(session.ops[seq - 1].vector_clock)
+    clock = session.ops[seq - 1].vector_clock  # JSON text already
     assert ok(tandem("replay", doc, "--tenant", A, "--at-clock", clock, env=env)).decode() == session.observed[seq]
 
     # --format update: one binary Yjs update on stdout; the forced progress bar goes to stderr.

@@ -45,7 +45,7 @@ async def test_concurrent_writers_get_exactly_one_to_n_and_a_polling_reader_sees
 
         async def writer(n: int) -> None:
             for i in range(OPS_PER_WRITER):
-                op = store.NewOperation(f"agent-{n}", "insert", {"clock": {str(n): i + 1}}, bytes([n, i % 256]))
+                op = store.NewOperation(f"agent-{n}", "insert", f'{{"{n}": {i + 1}}}', bytes([n, i % 256]))
                 async with store.tenant_transaction(pool, TENANT_A, op.agent_id) as conn:
                     acknowledged.extend(await store.append_operations(conn, doc_id, [op]))
 
@@ -85,7 +85,7 @@ async def test_batch_append_takes_contiguous_numbers_in_one_transaction(db) -> N
     pool = await create_pool(db.app_url)
     try:
         doc_id = await _make_document(pool, TENANT_A)
-        ops = [store.NewOperation("a", "insert", {}, b"x") for _ in range(100)]
+        ops = [store.NewOperation("a", "insert", "{}", b"x") for _ in range(100)]
         async with store.tenant_transaction(pool, TENANT_A, "a") as conn:
             first = await store.append_operations(conn, doc_id, ops[:60])
             second = await store.append_operations(conn, doc_id, ops[60:])
@@ -101,7 +101,7 @@ async def test_another_tenants_document_cannot_be_appended_to(db) -> None:
         other = uuid.UUID("00000000-0000-0000-0000-00000000000b")
         async with store.tenant_transaction(pool, other, "b") as conn:
             try:
-                await store.append_operations(conn, doc_id, [store.NewOperation("b", "insert", {}, b"x")])
+                await store.append_operations(conn, doc_id, [store.NewOperation("b", "insert", "{}", b"x")])
             except LookupError:
                 pass
             else:
@@ -118,7 +118,7 @@ async def _append_batch(pool: asyncpg.Pool, ops: list[tuple], node: str | None =
     async with pool.acquire() as conn, conn.transaction():
         return await conn.fetch(
             store.Q["append_batch"], [o[0] for o in ops], [o[1] for o in ops], [o[2] for o in ops], [o[3] for o in ops],
-            ["insert"] * len(ops), [{}] * len(ops), [f"u{i}".encode() for i in range(len(ops))], node,
+            ["insert"] * len(ops), ["{}"] * len(ops), [f"u{i}".encode() for i in range(len(ops))], node,
         )  # fmt: skip
 
 
@@ -178,7 +178,7 @@ async def test_one_batch_call_sequences_documents_of_two_tenants_checks_locks_an
         async with pool.acquire() as conn, conn.transaction():
             await conn.fetch(
                 store.Q["append_batch"], [TENANT_B] * 3, [other_doc] * 3, ["z"] * 3, [None] * 3, ["insert"] * 3,
-                [{}] * 3, [bytes(3000)] * 3, "node-test",
+                ["{}"] * 3, [bytes(3000)] * 3, "node-test",
             )  # fmt: skip
         async with asyncio.timeout(5):
             while len(hints) < 3:
@@ -226,7 +226,7 @@ async def test_batches_lock_documents_in_id_order_so_opposite_orders_cannot_dead
         def call(conn: asyncpg.Connection, docs: list[uuid.UUID]) -> Awaitable[list[asyncpg.Record]]:
             n = len(docs)
             return conn.fetch(
-                store.Q["append_batch"], [TENANT_A] * n, docs, ["a"] * n, [None] * n, ["insert"] * n, [{}] * n,
+                store.Q["append_batch"], [TENANT_A] * n, docs, ["a"] * n, [None] * n, ["insert"] * n, ["{}"] * n,
                 [b"u"] * n, None,
             )  # fmt: skip
 
@@ -256,7 +256,7 @@ async def test_appending_leaves_updated_at_alone_so_head_updates_are_hot(db) -> 
         async with store.tenant_transaction(pool, TENANT_A, "a") as conn:
             before = await conn.fetchval("SELECT updated_at FROM shared_documents WHERE id = $1", doc_id)
             for _ in range(5):
-                await store.append_operations(conn, doc_id, [store.NewOperation("a", "insert", {}, b"x")] * 3)
+                await store.append_operations(conn, doc_id, [store.NewOperation("a", "insert", "{}", b"x")] * 3)
             hot = await conn.fetchval("SELECT pg_stat_get_xact_tuples_hot_updated('shared_documents'::regclass)")
             updated = await conn.fetchval("SELECT pg_stat_get_xact_tuples_updated('shared_documents'::regclass)")
             after = await conn.fetchval("SELECT updated_at FROM shared_documents WHERE id = $1", doc_id)

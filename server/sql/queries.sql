@@ -10,7 +10,7 @@ SELECT set_config('app.current_tenant', $1::text, true),
 
 -- name: append_batch
 -- Append a group-commit batch: parallel arrays (tenant, doc, agent, fence, type, clock, update), one row per operation in order; $8: node id for hints.
-SELECT seq, refused, holder FROM tandem_append_batch($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::jsonb[], $7::bytea[], $8::text);
+SELECT seq, refused, holder FROM tandem_append_batch($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[]::jsonb[], $7::bytea[], $8::text);
 
 -- name: operations_after
 -- The operations of document $1 with a sequence number in ($2, $2 + $3], in order. Seqs are
