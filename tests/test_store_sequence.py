@@ -269,3 +269,30 @@ async def test_appending_leaves_updated_at_alone_so_head_updates_are_hot(db) -> 
         assert moved > before
     finally:
         await pool.close()
+
+
+async def test_operation_ids_are_time_ordered_uuids_so_appends_fill_the_id_indexes_in_order(db) -> None:
+    """Ids follow the UUIDv7 layout (migration 0020): version 7, and an id made a millisecond
+    or more later sorts after, so the two id indexes grow at their right edge."""
+    pool = await create_pool(db.app_url, min_size=1, max_size=2)
+    try:
+        doc_id = await _make_document(pool, TENANT_A)
+        for _ in range(5):
+            async with store.tenant_transaction(pool, TENANT_A, "a") as conn:
+                await store.append_operations(conn, doc_id, [store.NewOperation("a", "insert", "{}", b"x")] * 4)
+            await asyncio.sleep(0.002)
+        async with store.tenant_transaction(pool, TENANT_A) as conn:
+            rows = await conn.fetch(
+                "SELECT id, sequence_number, timestamp FROM document_operations WHERE document_id = $1"
+                " ORDER BY sequence_number", doc_id,
+            )  # fmt: skip
+        assert len(rows) == 20
+        assert all(r["id"].version == 7 and r["id"].variant == uuid.RFC_4122 for r in rows)
+        batches = [[r["id"] for r in rows[i : i + 4]] for i in range(0, 20, 4)]
+        assert all(max(earlier) < min(later) for earlier, later in zip(batches, batches[1:]))
+        for r in rows:  # the first 48 bits are the Unix time in milliseconds
+            millis = r["id"].int >> 80
+            assert abs(millis - r["timestamp"].timestamp() * 1000) < 5_000
+        assert len({r["id"] for r in rows}) == 20
+    finally:
+        await pool.close()
