@@ -1,6 +1,6 @@
 -- migrate:up
 -- The operation log grows by every update; two of its indexes cost each append more than
--- they need to (measured: docs/performance.md, "Session 5").
+-- they need to (measured: docs/performance.md, "Time-ordered operation ids").
 --
 -- 1. Operation ids are time-ordered (the UUIDv7 layout: 48 bits of Unix milliseconds, then
 --    random bits). With gen_random_uuid() every append wrote into a random leaf of both id

@@ -341,18 +341,18 @@ class _Server(uvicorn.Server):
                 self._captured_signals.clear()
 
 
-# Objects allocated between two young-generation collections. Every update allocates a few
-# hundred short-lived objects (frames, messages, futures); at CPython's default (700) the node
-# ran ~130 collections a second and full ones over everything the process holds, 10-15% of its
-# CPU in w100-doc100 (docs/performance.md, session 5). Garbage in cycles is rare here, so a
-# larger generation costs little memory.
+# Objects allocated between two young-generation collections. Every update allocates many
+# short-lived objects (frames, messages, futures); at CPython's default (700) the node ran ~130
+# collections a second and full ones over everything the process holds, 10-15% of its CPU in
+# w100-doc100 (docs/performance.md, "The node's garbage collector"). Garbage in cycles is rare
+# here, so a larger young generation costs little memory.
 GC_YOUNG_THRESHOLD = 20_000
 
 
 def tune_gc() -> None:
     """Collect less often, and never again look at what importing the server allocated.
 
-    `gc.freeze` moves every object alive now (modules, classes, functions: ~90,000) to a
+    `gc.freeze` moves every object alive now (modules, classes, functions: ~70,000) to a
     generation the collector skips, so a full collection scans only what serving allocates.
     """
     gc.collect()

@@ -190,7 +190,6 @@ def test_sigterm_stops_python_m_server_with_exit_0(servers: Servers, db: TestDat
     assert "Traceback" not in log
 
 
-
 def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> None:
     # In a fresh interpreter: the test process's own collector is left alone.
     code = (
