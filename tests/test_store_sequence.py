@@ -54,12 +54,15 @@ async def test_concurrent_writers_get_exactly_one_to_n_and_a_polling_reader_sees
             last = 0
             async with asyncio.timeout(120):
                 while len(seen) < total:
+                    # Read the flag before querying: a commit that lands while the query runs is
+                    # seen by the next query, which happens because `done` was still False.
+                    done = writers_done.is_set()
                     async with store.tenant_transaction(pool, TENANT_A) as conn:
                         rows = await store.operations_after(conn, doc_id, last, limit=500)
                     for row in rows:
                         seen.append(row["sequence_number"])
                         last = row["sequence_number"]
-                    if not rows and writers_done.is_set():
+                    if not rows and done:
                         break
                     if not rows:
                         await asyncio.sleep(0.005)  # polling interval of the reader under test
