@@ -99,7 +99,11 @@ class Applied:
     def clock_text(self) -> str:
         """`clock_json()` as compact JSON text: what the server hands PostgreSQL for the log's
         jsonb column (a string array is cheaper for asyncpg to encode than an array of dicts)."""
-        return json.dumps(self._clock_json, separators=(",", ":"))
+        return _compact_json(self._clock_json)
+
+
+# One encoder for every update: json.dumps with non-default separators builds a new one per call.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class _Capture:

@@ -342,9 +342,9 @@ class _Server(uvicorn.Server):
 
 
 # Objects allocated between two young-generation collections. Every update allocates many
-# short-lived objects (frames, messages, futures); at CPython's default (700) the node ran ~130
-# collections a second and full ones over everything the process holds, 10-15% of its CPU in
-# w100-doc100 (docs/performance.md, "The node's garbage collector"). Garbage in cycles is rare
+# short-lived objects (frames, messages, futures); at CPython's default (700) the node ran ~60
+# collections a second and a full one every ~2 s over everything the process holds, ~15% of its
+# time in w100-doc100 (docs/performance.md, "The node's garbage collector"). Garbage in cycles is rare
 # here, so a larger young generation costs little memory.
 GC_YOUNG_THRESHOLD = 20_000
 
