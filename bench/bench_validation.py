@@ -2,8 +2,9 @@
 
 Starts a `Validator` and sends `--updates` small valid updates (a 3-character Y.Text insert each,
 generated before the clock starts) in calls of `--call-size` updates with `--in-flight` calls
-under way at a time, as connections' update pipelines do. Prints updates/s and the main
-process's CPU time per update (`time.process_time`, all its threads), the median of `--runs`.
+under way at a time, as connections' update pipelines do. Prints updates/s, the main process's
+CPU time per update (`time.process_time`, all its threads) and the workers' (psutil, by pid),
+the median of `--runs`.
 
 `--module FILE` loads the Validator from another file (e.g. an older version saved outside the
 repo); a Validator without `check_many` gets one `check` task per update, as its callers did.
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import psutil
 from pycrdt import Doc, Text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,8 +56,19 @@ async def check_call(validator: object, call: list[bytes]) -> list[str | None]:
     return list(await asyncio.gather(*(validator.check(u) for u in call)))  # type: ignore[attr-defined]
 
 
-async def one_run(validator: object, calls: list[list[bytes]], in_flight: int, deadline_s: float) -> tuple[float, float]:
-    """(updates/s, main-process CPU seconds per update) for sending every call once."""
+def workers_cpu_s(validator: object) -> float:
+    """CPU seconds used so far by the validator's worker processes (0 for a module without pids)."""
+    total = 0.0
+    for pid in getattr(validator, "pids", []):
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+async def one_run(
+    validator: object, calls: list[list[bytes]], in_flight: int, deadline_s: float
+) -> tuple[float, float, float]:
+    """(updates/s, main-process and worker CPU seconds per update) for sending every call once."""
     pending = iter(calls)
     count = sum(len(call) for call in calls)
 
@@ -64,11 +77,12 @@ async def one_run(validator: object, calls: list[list[bytes]], in_flight: int, d
             verdicts = await check_call(validator, call)
             assert all(v is None for v in verdicts), verdicts[:3]
 
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, worker_cpu = time.perf_counter(), time.process_time(), workers_cpu_s(validator)
     async with asyncio.timeout(deadline_s):
         await asyncio.gather(*(sender() for _ in range(in_flight)))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return count / wall, cpu / count
+    worker_cpu = workers_cpu_s(validator) - worker_cpu
+    return count / wall, cpu / count, worker_cpu / count
 
 
 async def main() -> None:
@@ -92,14 +106,19 @@ async def main() -> None:
         results = [await one_run(validator, calls, args.in_flight, args.deadline_s) for _ in range(args.runs)]
     finally:
         await validator.stop()
-    rates = [rate for rate, _ in results]
-    cpus = [cpu for _, cpu in results]
+    rates = [rate for rate, _, _ in results]
+    cpus = [cpu for _, cpu, _ in results]
+    worker_cpus = [cpu for _, _, cpu in results]
     print(f"validator: {module.__file__} (workers={args.workers})")
     print(f"{args.updates} updates, calls of {args.call_size}, {args.in_flight} in flight, {args.runs} runs")
     print(f"updates/s: median {statistics.median(rates):,.0f} (runs: {', '.join(f'{r:,.0f}' for r in rates)})")
     print(
         f"main-process CPU per update: median {statistics.median(cpus) * 1e6:.1f} us"
         f" (runs: {', '.join(f'{c * 1e6:.1f}' for c in cpus)})"
+    )
+    print(
+        f"worker CPU per update: median {statistics.median(worker_cpus) * 1e6:.1f} us"
+        f" (runs: {', '.join(f'{c * 1e6:.1f}' for c in worker_cpus)})"
     )
 
 

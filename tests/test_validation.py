@@ -6,6 +6,7 @@ Real worker processes throughout; every wait is bounded (`asyncio.timeout`)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -15,7 +16,8 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Text
 
-from server.validation import TOO_COSTLY, Validator, check_updates
+from crdt.document import CorruptUpdate, Document
+from server.validation import TOO_COSTLY, Validator, check_updates, encode_request, read_request
 
 GARBAGE = b"\xff\xff\xff\xff"  # not an update (see the first test)
 
@@ -60,6 +62,44 @@ def test_check_updates_accepts_real_updates_and_names_what_is_wrong_with_garbage
     verdicts = check_updates([_valid_update(), GARBAGE, _valid_update()[:-3]])
     assert verdicts[0] is None
     assert verdicts[1] is not None and verdicts[2] is not None
+
+
+def test_check_updates_judges_as_a_room_document_does() -> None:
+    """The worker's native-document check agrees with `Document.apply` on an empty document:
+    an edit history whose updates depend on earlier ones (pending there, not corrupt), an
+    update to another root, and every truncation of a real update."""
+    doc = Doc()
+    doc["content"] = content = Text()
+    history: list[bytes] = []
+    doc.observe(lambda event: history.append(event.update))
+    for i in range(30):
+        content.insert(len(content) // 2, f"{i:02d}")
+        if i % 3 == 0:
+            del content[0:1]
+    other = Doc()
+    other["notes"] = notes = Text()
+    notes.insert(0, "elsewhere")
+    candidates = [*history, other.get_update(), *(history[5][:n] for n in range(len(history[5])))]
+
+    def room_verdict(update: bytes) -> bool:
+        try:
+            Document().apply(update)
+        except CorruptUpdate:
+            return False
+        return True
+
+    verdicts = check_updates(candidates)
+    assert [v is None for v in verdicts] == [room_verdict(u) for u in candidates]
+    assert all(v is None for v in verdicts[: len(history) + 1])
+    assert all(v.startswith("ValueError: ") for v in verdicts if v is not None)
+
+
+def test_requests_to_the_worker_round_trip_through_its_framing() -> None:
+    for updates in ([], [b""], [_valid_update(), GARBAGE, b"", os.urandom(5000)]):
+        stream = io.BytesIO(encode_request(updates) + encode_request([b"next"]))
+        assert read_request(stream) == updates
+        assert read_request(stream) == [b"next"]
+        assert read_request(stream) is None  # end of input: the server closed the pipe
 
 
 async def test_validator_passes_valid_and_refuses_corrupt_updates_in_one_round_trip() -> None:
