@@ -61,6 +61,7 @@ from bench.common import (  # noqa: E402
     workdir,
 )
 from crdt.document import CONTENT  # noqa: E402
+from server.protocol import MAX_BATCH_MESSAGES  # noqa: E402
 from server.auth import issue_token  # noqa: E402
 
 # The server's per-connection rate limit (100/s by default) would throttle a load generator:
@@ -103,6 +104,7 @@ class Job:
     window: int = 32
     budget_per_doc: int = 0  # updates each writer may send to each of its documents
     batch: bool = True  # clients ask for batched frames, as the SDK does (--no-batch: one message per frame)
+    send_batch: bool = True  # and writers send batched frames too (--single-sends: one update per frame)
 
 
 # --- pre-generated updates (worker side) -------------------------------------------------------
@@ -163,9 +165,12 @@ class Role:
 
 
 class Writer(Role):
-    def __init__(self, spec: ConnSpec, agent: Agent, doc_ids: list[str], window: int, updates: list[str]) -> None:
+    def __init__(
+        self, spec: ConnSpec, agent: Agent, doc_ids: list[str], window: int, updates: list[str], batch: bool
+    ) -> None:
         super().__init__(spec, agent, doc_ids)
         self.window = window
+        self.batch = batch  # send several updates per frame when the window allows
         self.slots = asyncio.Semaphore(window)
         self.updates = updates
         self.send_times: list[float] = []
@@ -210,20 +215,31 @@ class Writer(Role):
             if now >= stop_at or sock.closed.done():
                 self.slots.release()
                 break
-            next_at += period
-            d = n % n_docs
-            i = sent[d]
-            if i >= budget:
-                self.exhausted = True
-                self.slots.release()
+            # Unpaced, a batching writer sends every update its free slots allow in one frame
+            # (docs/protocol.md section 3); taking a free slot does not suspend.
+            messages_ = []
+            while True:
+                next_at += period
+                d = n % n_docs
+                i = sent[d]
+                if i >= budget:
+                    self.exhausted = True
+                    self.slots.release()
+                    break
+                sent[d] = i + 1
+                n += 1
+                rid = len(self.send_times)
+                self.send_times.append(now)
+                messages_.append(
+                    f'{{"type":"doc.update","id":{rid},"doc_id":"{self.doc_ids[d]}","update":"{self.updates[i]}"}}'
+                )
+                if period or not self.batch or self.slots.locked() or len(messages_) >= MAX_BATCH_MESSAGES:
+                    break
+                await self.slots.acquire()
+            if messages_:
+                sock.send_text(messages_[0] if len(messages_) == 1 else "[" + ",".join(messages_) + "]")
+            if self.exhausted:
                 break
-            sent[d] = i + 1
-            n += 1
-            rid = len(self.send_times)
-            self.send_times.append(now)
-            sock.send_text(
-                f'{{"type":"doc.update","id":{rid},"doc_id":"{self.doc_ids[d]}","update":"{self.updates[i]}"}}'
-            )
         # Drain: every slot back means every update sent got its reply.
         taken = 0
         try:
@@ -279,7 +295,7 @@ async def connect_role(job: Job, spec: ConnSpec) -> Role:
     role: Role
     if spec.role == "writer":
         updates = updates_for(spec.client_id, job.budget_per_doc)
-        role = Writer(spec, agent, job.doc_ids, job.window, updates)
+        role = Writer(spec, agent, job.doc_ids, job.window, updates, job.batch and job.send_batch)
     elif spec.role == "reader":
         role = Reader(spec, agent, job.doc_ids)
     else:
@@ -470,6 +486,7 @@ class Bench:
     duration_s: float
     py_spy_dir: Path | None = None
     batch: bool = True
+    send_batch: bool = True
     scenario_no: int = 0
 
     def token(self, agent_id: str) -> str:
@@ -551,7 +568,7 @@ class Bench:
 
     def idle(self, count: int, warm: int = 20) -> dict[str, Any]:
         workspace_id, docs = self.create_documents(1)
-        base = Job(self.node.ws_url, self.secret, self.tenant_id, workspace_id, docs, [], load=False, batch=self.batch)
+        base = Job(self.node.ws_url, self.secret, self.tenant_id, workspace_id, docs, [], load=False, batch=self.batch, send_batch=self.send_batch)
         warm_specs = [ConnSpec("idle", f"idle-{i % 100}", [0]) for i in range(warm)]
         idle_specs = [ConnSpec("idle", f"idle-{i % 100}", [0]) for i in range(count)]
         warm_parts, idle_parts = self.split(warm_specs), self.split(idle_specs)
@@ -596,7 +613,7 @@ class Bench:
         budget = math.ceil(per_writer / docs_per_writer) + 1
         parts = self.split(specs)
         for w, pipe in enumerate(self.workers.pipes):
-            pipe.send(("job", Job(self.node.ws_url, self.secret, self.tenant_id, workspace_id, doc_ids, [parts[w]], True, self.window, budget, self.batch)))
+            pipe.send(("job", Job(self.node.ws_url, self.secret, self.tenant_id, workspace_id, doc_ids, [parts[w]], True, self.window, budget, self.batch, self.send_batch)))
         ready = self.workers.gather("ready", PHASE_TIMEOUT_S)
         setup_s = max(m[2] for m in ready)
 
@@ -759,6 +776,12 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def frames_note(args: argparse.Namespace) -> str:
+    if args.no_batch:
+        return "one message per frame"
+    return "batched frames from the server, one update per frame from writers" if args.single_sends else "batched frames both ways"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 s per scenario instead of 10 s")
@@ -776,7 +799,9 @@ def main() -> None:
     parser.add_argument("--no-settle", action="store_true",
                         help="no CHECKPOINT and VACUUM between scenarios (figures before session 4 had none)")
     parser.add_argument("--no-batch", action="store_true",
-                        help="clients do not ask for batched frames (one message per frame, protocol section 3)")
+                        help="clients do not ask for batched frames (one message per frame both ways, protocol section 3)")
+    parser.add_argument("--single-sends", action="store_true",
+                        help="writers send one update per frame (the server still batches; as before session 6)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                         help="profile the node with py-spy during each load scenario (collapsed stacks in DIR)")
     args = parser.parse_args()
@@ -799,7 +824,7 @@ def main() -> None:
     node = None
     try:
         node = start_nodes(1, pg.admin_url, secret, work, server_env)[0]
-        bench = Bench(node, pg, workers, secret, str(uuid.uuid4()), args.window, warmup, duration, args.py_spy, not args.no_batch)
+        bench = Bench(node, pg, workers, secret, str(uuid.uuid4()), args.window, warmup, duration, args.py_spy, not args.no_batch, not args.single_sends)
         if args.py_spy is not None:
             args.py_spy.mkdir(parents=True, exist_ok=True)
         print(f"# Tandem document benchmark, {date.today().isoformat()}")
@@ -807,7 +832,7 @@ def main() -> None:
             print(f"{k:>8}: {v}")
         print(f"postgres: {pg.version()}, fsync=on, synchronous_commit=on (durable acks)")
         print(f"  server: 1 node, `tandem serve`, env {' '.join(f'{k}={v}' for k, v in server_env.items())} (rate limit defaults: 100/s, burst 200); other settings default")
-        print(f"  client: {workers.count} process(es), uvloop, lean sans-I/O WebSocket client, no compression, {'one message per frame' if args.no_batch else 'batched frames'}; "
+        print(f"  client: {workers.count} process(es), uvloop, lean sans-I/O WebSocket client, no compression, {frames_note(args)}; "
               f"window {args.window} unacknowledged updates per writer; {warmup:g} s warm-up + {duration:g} s measured per scenario; "
               f"readers: 2 on a single document, 1 per document otherwise; runs per scenario: {repeat}")
         print(f"    load: machine load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start "

@@ -152,6 +152,13 @@ CLIENT_MESSAGES: dict[str, type[BaseModel]] = {
     cls.model_fields["type"].default: cls for cls in ClientMessage.__args__  # type: ignore[attr-defined]
 }
 _CLIENT_ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(Annotated[ClientMessage, Field(discriminator="type")])
+MAX_BATCH_MESSAGES = 128  # messages in one batched client frame (docs/protocol.md#3)
+_BATCH_ADAPTER: TypeAdapter[list[ClientMessage]] = TypeAdapter(
+    Annotated[
+        list[Annotated[ClientMessage, Field(discriminator="type")]],
+        Field(min_length=1, max_length=MAX_BATCH_MESSAGES),
+    ]
+)
 
 # --- server messages: replies carry `re`, events do not ---------------------------------------
 
@@ -460,6 +467,39 @@ def parse(frame: str | bytes, max_frame_bytes: int) -> ClientMessage | ProtocolE
         return _classify(frame, exc)
 
 
+def is_batch(frame: str | bytes) -> bool:
+    """Whether a text frame's top level is a JSON array (a batch of messages, docs/protocol.md#3)."""
+    if not isinstance(frame, str):
+        return False
+    head = frame[:1]
+    if head.isspace():
+        head = frame.lstrip()[:1]
+    return head == "["
+
+
+def parse_batch(frame: str, max_frame_bytes: int) -> list[ClientMessage | ProtocolError]:
+    """Validate a batched client frame (a JSON array of messages, docs/protocol.md#3): one result
+    per element, each what `parse` would have made of it as a frame of its own, in order. One
+    error stands for the whole frame when it exceeds `max_frame_bytes` (`frame_too_large`), is
+    not JSON (`bad_json`) or does not hold 1 to MAX_BATCH_MESSAGES elements (`invalid_message`).
+    Never raises."""
+    size = frame_bytes(frame, max_frame_bytes)
+    if size > max_frame_bytes:
+        return [ProtocolError(ErrorCode.FRAME_TOO_LARGE, details={"max_frame_bytes": max_frame_bytes, "frame_bytes": size})]
+    try:
+        return list(_BATCH_ADAPTER.validate_json(frame))
+    except ValidationError:
+        pass  # one element or more is wrong: judge each on its own
+    try:
+        items = pydantic_core.from_json(frame)
+    except ValueError:
+        return [ProtocolError(ErrorCode.BAD_JSON)]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_MESSAGES:
+        message = f"a batch holds 1 to {MAX_BATCH_MESSAGES} messages"
+        return [ProtocolError(ErrorCode.INVALID_MESSAGE, details={"errors": [{"field": "", "type": "batch_size", "message": message}]})]
+    return [parse(pydantic_core.to_json(item).decode(), max_frame_bytes) for item in items]
+
+
 def _classify(frame: str, exc: ValidationError) -> ProtocolError:
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     kinds = {e["type"] for e in errors}
@@ -595,6 +635,7 @@ class Session:
         self.workspaces: set[UUID] = set()
         self.docs: dict[UUID, UUID] = {}  # open doc_id -> its workspace_id
         self.frames_received = 0
+        self.batch = False  # the client's hello asked for batched frames, both ways (docs/protocol.md#3)
         self.invalid_updates = 0
         self._bucket = TokenBucket(limits.max_messages_per_s, limits.max_message_burst)
 
@@ -610,17 +651,44 @@ class Session:
         return encode(hello)
 
     def receive(self, frame: str | bytes, now: float) -> ClientMessage | ProtocolError | None:
-        """Steps 1-4 of docs/protocol.md#43: a message to handle, an error to send, or None
-        (the session is closing and the frame is discarded). `now` is a monotonic time in s."""
-        if self.state is ConnState.CLOSING:
+        """Steps 1-4 of docs/protocol.md#43 for a frame of one message: a message to handle, an
+        error to send, or None (the session is closing and the frame is discarded). `now` is a
+        monotonic time in s."""
+        if not self._count_frame():
             return None
-        if self.state is not ConnState.READY:
-            raise LocalProtocolError(f"frame received in state {self.state.value}")
-        first = self.frames_received == 0
-        self.frames_received += 1
+        first = self.frames_received == 1
         result = parse(frame, self.limits.max_frame_bytes)
         if isinstance(result, ProtocolError) and result.code in (ErrorCode.UNSUPPORTED_FRAME, ErrorCode.FRAME_TOO_LARGE):
             return result
+        return self._admit(result, now, first)
+
+    def receive_frame(self, frame: str | bytes, now: float) -> list[ClientMessage | ProtocolError]:
+        """`receive` for any frame: in a session whose `hello` asked for batches, a frame holding
+        a JSON array gives one result per message, in order, each rate-limited and checked as if
+        it had come alone (a `hello` inside a batch is not the first message). Empty while the
+        session is closing. Without batches an array is one `invalid_message`."""
+        if not (self.batch and is_batch(frame)):
+            result = self.receive(frame, now)
+            return [] if result is None else [result]
+        if not self._count_frame():
+            return []
+        assert isinstance(frame, str)
+        results = parse_batch(frame, self.limits.max_frame_bytes)
+        if len(results) == 1 and isinstance(results[0], ProtocolError) and results[0].code is ErrorCode.FRAME_TOO_LARGE:
+            return results
+        return [self._admit(result, now, False) for result in results]
+
+    def _count_frame(self) -> bool:
+        """False while closing (the frame is discarded); counts the frame otherwise."""
+        if self.state is ConnState.CLOSING:
+            return False
+        if self.state is not ConnState.READY:
+            raise LocalProtocolError(f"frame received in state {self.state.value}")
+        self.frames_received += 1
+        return True
+
+    def _admit(self, result: ClientMessage | ProtocolError, now: float, first: bool) -> ClientMessage | ProtocolError:
+        """Steps 3-4: the rate limit (one token per message), then the state rules."""
         wait_s = self._bucket.take(now)
         if wait_s > 0:
             re = result.re if isinstance(result, ProtocolError) else result.id
@@ -638,6 +706,7 @@ class Session:
             if msg.protocol not in SUPPORTED_VERSIONS:
                 return ProtocolError(ErrorCode.UNSUPPORTED_VERSION, msg.id, {"supported": list(SUPPORTED_VERSIONS)})
             self.protocol = msg.protocol
+            self.batch = msg.batch
         elif rule is Rule.JOIN_SLOT:
             ws_id = msg.workspace_id  # type: ignore[union-attr]
             if ws_id not in self.workspaces and len(self.workspaces) >= self.limits.max_joined_workspaces:

@@ -175,17 +175,18 @@ class Connection(CoordinationHandlers):
             frame = message.get("text")
             if frame is None:
                 frame = message.get("bytes") or b""
-            result = self.session.receive(frame, time.monotonic())
-            if result is None:
-                continue
-            if isinstance(result, p.ProtocolError):
-                self.node.metrics.errors.labels(result.code.value).inc()
-                if result.close_code is not None:
-                    await self.fail(result)
-                else:
+            # One message, or several from a batched frame (docs/protocol.md#3), handled in order.
+            for result in self.session.receive_frame(frame, time.monotonic()):
+                if self.closing.is_set():  # a handler ended the session: drop the rest
+                    break
+                if isinstance(result, p.ProtocolError):
+                    self.node.metrics.errors.labels(result.code.value).inc()
+                    if result.close_code is not None:
+                        await self.fail(result)
+                        break
                     self.error(result)
-                continue
-            await self._dispatch(result)
+                    continue
+                await self._dispatch(result)
 
     async def _dispatch(self, msg: p.ClientMessage) -> None:
         handler = getattr(self, "on_" + msg.type.replace(".", "_"))

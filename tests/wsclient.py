@@ -117,6 +117,18 @@ class Agent:
         await self.send({"type": type_, "id": rid, **fields})
         return rid, fut
 
+    async def send_batch(self, messages: list[Frame]) -> list[asyncio.Future[Frame]]:
+        """Send requests as one batched frame (a JSON array, docs/protocol.md section 3), each
+        with a fresh id; the futures of their replies, in order."""
+        futures = []
+        batch = []
+        for message in messages:
+            rid = next(self._ids)
+            futures.append(self._pending.setdefault(rid, asyncio.get_running_loop().create_future()))
+            batch.append({**message, "id": rid})
+        await self.ws.send(json.dumps(batch))
+        return futures
+
     async def request(self, type_: str, *, wait_s: float = 30, **fields: Any) -> Frame:
         """Send a request and wait (at most `wait_s`) for its reply; an `error` reply raises
         `ReplyError`. (`wait_s`, not `timeout_s`: `task.create` has a `timeout_s` field.)"""

@@ -191,6 +191,40 @@ async def test_batched_frames_carry_the_same_ordered_stream_and_only_to_clients_
             await agent.close()
 
 
+async def test_a_client_frame_may_batch_messages_and_each_is_handled_as_if_alone(tandem: Tandem) -> None:
+    """docs/protocol.md section 3: a client whose hello asked for batches may send a JSON array
+    of messages in one frame. Each gets its own reply, in order: valid updates are committed
+    and acknowledged with consecutive seqs, a corrupt one gets `invalid_update` and nothing is
+    stored for it, a ping is answered; the other subscriber sees the committed ones."""
+    tandem.start()
+    writer = tandem.agent(TENANT_A, "batching-sender")
+    writer.batch = True
+    reader = tandem.agent(TENANT_A, "plain-watcher")
+    for agent in (writer, reader):
+        await agent.connect()
+    try:
+        _, doc_id = await shared_doc(writer, reader)
+        doc, watching = await writer.open(doc_id), await reader.open(doc_id)
+        first = doc.local_update(lambda t: t.insert(0, "one "))
+        second = doc.local_update(lambda t: t.insert(len(t), "two"))
+        futures = await writer.send_batch([
+            {"type": "doc.update", "doc_id": doc_id, "update": wsclient.b64(first)},
+            {"type": "doc.update", "doc_id": doc_id, "update": wsclient.b64(b"\xff\xff\xff\xff")},
+            {"type": "ping"},
+            {"type": "doc.update", "doc_id": doc_id, "update": wsclient.b64(second)},
+        ])  # fmt: skip
+        replies = [await asyncio.wait_for(future, 30) for future in futures]
+        assert [r["type"] for r in replies] == ["doc.update.ok", "error", "pong", "doc.update.ok"]
+        assert replies[1]["code"] == "invalid_update"
+        assert (replies[0]["seq"], replies[3]["seq"]) == (1, 2)
+        await watching.wait_for(lambda d: d.last_seq == 2)
+        assert str(watching.text) == "one two"
+        assert [row["sequence_number"] for row in await operation_rows(tandem.db, doc_id)] == [1, 2]
+    finally:
+        for agent in (writer, reader):
+            await agent.close()
+
+
 async def test_open_without_a_state_vector_gets_the_whole_document(tandem: Tandem) -> None:
     tandem.start()
     async with tandem.agent(TENANT_A, "alice") as alice, tandem.agent(TENANT_A, "bob") as bob:
