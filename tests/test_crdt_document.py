@@ -281,7 +281,7 @@ def test_clock_json_is_the_stored_clock_on_every_kind_of_update() -> None:
             again = document.apply(client.last())
             assert not again.changed and again.op_clock == VectorClock()
             assert again.clock_json() == again.clock.to_json() == applied.clock_json()
-        assert json.loads(applied.clock_text()) == applied.clock_json()  # the text the log gets
+        assert applied.clock_text() == json.dumps(applied.clock_json(), separators=(",", ":"))  # the log's text
         if step % 75 == 0:  # bulk loading between two applies: no observer records it
             other = rng.choice(clients)
             other.text += "bulk"
