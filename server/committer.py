@@ -27,14 +27,43 @@ from server.metrics import Metrics
 log = structlog.get_logger("tandem.committer")
 
 
-class Pending:
-    __slots__ = ("tenant_id", "doc_id", "op", "future")
+OnDone = Callable[[int | None, BaseException | None], None]
+"""Called once per operation: (seq, None) when committed, (None, why) when refused or failed."""
 
-    def __init__(self, tenant_id: uuid.UUID, doc_id: uuid.UUID, op: store.NewOperation) -> None:
+
+class Pending:
+    """One queued operation. Its outcome is decided while its batch is written and reported
+    by a plain call once `on_committed` has seen the batch: no future per update and no loop
+    turn before the caller hears (a micro-benchmark under uvloop here: 5-6 us per update for a
+    future with a done callback, set and run, against 2 for this object and its call)."""
+
+    __slots__ = ("tenant_id", "doc_id", "op", "on_done", "seq", "error", "reported")
+
+    def __init__(self, tenant_id: uuid.UUID, doc_id: uuid.UUID, op: store.NewOperation, on_done: OnDone) -> None:
         self.tenant_id = tenant_id
         self.doc_id = doc_id
         self.op = op
-        self.future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.on_done = on_done
+        self.seq: int | None = None
+        self.error: BaseException | None = None
+        self.reported = False
+
+    def decide(self, seq: int | None, error: BaseException | None = None) -> None:
+        """Record the outcome; the first decision stands."""
+        if self.seq is None and self.error is None:
+            self.seq, self.error = seq, error
+
+    def report(self) -> None:
+        """Call `on_done` once with the outcome, a failure if none was decided."""
+        if self.reported:
+            return
+        self.reported = True
+        if self.seq is None and self.error is None:
+            self.error = RuntimeError("commit failed")
+        try:
+            self.on_done(self.seq, self.error)
+        except Exception:  # one caller's bug must not keep the rest of the batch from hearing
+            log.exception("committer.on_done_failed", doc_id=str(self.doc_id))
 
 
 class Committed(NamedTuple):  # one per update: 0.4 us to build, 1.1 as a frozen dataclass
@@ -84,20 +113,18 @@ class Committer:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def enqueue(
-        self, tenant_id: uuid.UUID, doc_id: uuid.UUID, op: store.NewOperation, on_done: Callable[[asyncio.Future[int]], None]
-    ) -> None:
-        """Queue one operation; `on_done(future)` is called with the future of its sequence
-        number once it is committed or refused. No task per operation.
+    async def enqueue(self, tenant_id: uuid.UUID, doc_id: uuid.UUID, op: store.NewOperation, on_done: OnDone) -> None:
+        """Queue one operation; `on_done(seq, None)` is called once it is committed, or
+        `on_done(None, exc)` once it is refused or failed, after `on_committed` has seen the
+        batch. No task and no future per operation.
 
         Waits (backpressure) only while the shard's queue is full; once called, the operation
-        is queued even if the caller is cancelled meanwhile (the room already applied it). The
-        future fails with TandemError (`locked`, `stale_fence`) when the document's lock refused
-        the operation (nothing stored), LookupError when the document is not the tenant's, or
-        the database error that failed its transaction.
+        is queued even if the caller is cancelled meanwhile (the room already applied it). `exc`
+        is TandemError (`locked`, `stale_fence`) when the document's lock refused the operation
+        (nothing stored), LookupError when the document is not the tenant's, or the database
+        error that failed its transaction.
         """
-        pending = Pending(tenant_id, doc_id, op)
-        pending.future.add_done_callback(on_done)
+        pending = Pending(tenant_id, doc_id, op, on_done)
         queue = self._queues[doc_id.int % len(self._queues)]
         if queue.full():
             await asyncio.shield(queue.put(pending))
@@ -119,11 +146,12 @@ class Committer:
                     if conn is None:
                         conn = await self.pool.acquire()
                     await self._commit(conn, batch)
-                except Exception:  # the futures carry the failure; the loop must survive it
+                except Exception:  # the callbacks carry the failure; the loop must survive it
                     log.exception("committer.batch_failed", ops=len(batch))
                     self._fail(batch)
                 finally:
-                    for _ in batch:
+                    for p in batch:
+                        p.report()
                         queue.task_done()
                 if conn is not None and conn.is_closed():
                     await self._give_back(conn)
@@ -181,20 +209,18 @@ class Committer:
         )  # fmt: skip
         committed = []
         for p, row in zip(batch, rows):
-            if row["seq"] is None:
-                if not p.future.done():
-                    p.future.set_exception(_refusal(row["refused"], row["holder"], p.doc_id))
+            seq = row["seq"]
+            if seq is None:
+                p.decide(None, _refusal(row["refused"], row["holder"], p.doc_id))
                 continue
-            if not p.future.done():
-                p.future.set_result(row["seq"])
-            committed.append(Committed(p.tenant_id, p.doc_id, row["seq"], p.op))
+            p.decide(seq)
+            committed.append(Committed(p.tenant_id, p.doc_id, seq, p.op))
         return committed
 
     @staticmethod
     def _fail(group: list[Pending], exc: BaseException | None = None) -> None:
         for p in group:
-            if not p.future.done():
-                p.future.set_exception(exc or RuntimeError("commit failed"))
+            p.decide(None, exc or RuntimeError("commit failed"))
 
 
 def _refusal(refused: str, holder: str | None, doc_id: uuid.UUID) -> Exception:

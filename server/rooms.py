@@ -458,11 +458,13 @@ class RoomRegistry:
         await self.committer.enqueue(room.tenant_id, room.doc_id, op, functools.partial(self._settle, room, op, expected))
         return expected
 
-    def _settle(self, room: Room, op: store.NewOperation, expected: asyncio.Future[int], committed: asyncio.Future[int]) -> None:
-        exc = committed.exception() if not committed.cancelled() else asyncio.CancelledError()
+    def _settle(
+        self, room: Room, op: store.NewOperation, expected: asyncio.Future[int], seq: int | None, exc: BaseException | None
+    ) -> None:
+        """The committer's verdict on `op` (after the rooms saw its batch committed)."""
         if exc is None:
             if not expected.done():
-                expected.set_result(committed.result())
+                expected.set_result(seq)
             return
         room.in_flight.pop(op.update, None)
         if isinstance(exc, TandemError):
