@@ -5,6 +5,7 @@ Pure tests: no network, no database; real pycrdt documents play the clients.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import random
@@ -144,6 +145,10 @@ def test_applied_reports_state_after_the_update() -> None:
     client.text += "!"
     applied = document.apply(client.last(), Origin.FANOUT)
     assert isinstance(applied, Applied)
+    # Built without the dataclass __init__ (crdt.document._applied): every field is there and
+    # the instance is the one the dataclass would have built.
+    values = {f.name: getattr(applied, f.name) for f in dataclasses.fields(Applied)}
+    assert applied == Applied(**values) and hash(applied) == hash(Applied(**values))
     assert applied.origin is Origin.FANOUT
     assert applied.state_vector == document.state_vector()
     assert applied.clock == document.clock() == VectorClock({5: 20})
