@@ -61,8 +61,8 @@ from bench.common import (  # noqa: E402
     workdir,
 )
 from crdt.document import CONTENT  # noqa: E402
-from server.protocol import MAX_BATCH_MESSAGES  # noqa: E402
 from server.auth import issue_token  # noqa: E402
+from server.protocol import MAX_BATCH_MESSAGES  # noqa: E402
 
 # The server's per-connection rate limit (100/s by default) would throttle a load generator:
 # the benchmark raises it, and says so in its output.

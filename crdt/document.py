@@ -332,11 +332,8 @@ class Document:
                 native.apply_update(txn, update)
             finally:
                 txn.commit()
-        except ValueError as exc:
-            raise CorruptUpdate(str(exc) or "invalid update") from exc
         except BaseException as exc:
-            if _is_panic(exc):
-                raise CorruptUpdate(f"yrs panicked: {exc}") from exc
+            _raise_corrupt(exc)
             raise
         finally:
             txn.drop()
@@ -345,11 +342,8 @@ class Document:
         _check_header(update)
         try:
             self._doc.apply_update(update)
-        except ValueError as exc:
-            raise CorruptUpdate(str(exc) or "invalid update") from exc
         except BaseException as exc:
-            if _is_panic(exc):
-                raise CorruptUpdate(f"yrs panicked: {exc}") from exc
+            _raise_corrupt(exc)
             raise
 
     # reading -------------------------------------------------------------------------------
@@ -392,6 +386,15 @@ class Document:
 
     def __repr__(self) -> str:
         return f"<Document {len(self._text)} bytes, clients={len(self.clock())}>"
+
+
+def _raise_corrupt(exc: BaseException) -> None:
+    """Raise `CorruptUpdate` from what yrs raised for bytes that are not an update: ValueError,
+    or a Rust panic. Returns for anything else (the caller re-raises it)."""
+    if isinstance(exc, ValueError):
+        raise CorruptUpdate(str(exc) or "invalid update") from exc
+    if _is_panic(exc):
+        raise CorruptUpdate(f"yrs panicked: {exc}") from exc
 
 
 def _check_header(update: bytes) -> None:

@@ -124,7 +124,8 @@ class Agent:
         batch = []
         for message in messages:
             rid = next(self._ids)
-            futures.append(self._pending.setdefault(rid, asyncio.get_running_loop().create_future()))
+            self._pending[rid] = future = asyncio.get_running_loop().create_future()
+            futures.append(future)
             batch.append({**message, "id": rid})
         await self.ws.send(json.dumps(batch))
         return futures
