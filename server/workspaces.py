@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -167,13 +167,19 @@ async def join_workspace(conn: asyncpg.Connection, agent_id: str, workspace_id: 
     A member is admitted again (its `last_seen_at` and the workspace's `last_activity_at` move
     on). A non-member becomes `member` of a team or public workspace; a private one raises
     `forbidden`, a full one `workspace_full`. Unknown, deleted and other tenants' ids raise the
-    same bare `not_found`. The workspace row stays locked until the caller commits, so of
-    concurrent joiners racing for the last slot exactly one gets in. Members and documents are
-    cut at `limit` each.
+    same bare `not_found`. A member's rejoin takes no lock on the workspace row (and moves
+    `last_activity_at` at most once a second), so a crowd of returning agents is not served one
+    at a time; a non-member's join locks the row until the caller commits, so of concurrent
+    joiners racing for the last slot exactly one gets in. Members and documents are cut at
+    `limit` each.
     """
+    row = await conn.fetchrow(Q["ws_rejoin_member"], workspace_id, agent_id)
+    if row is not None:
+        workspace, member = _workspace(row), _member(row)
+        return await _join_result(conn, workspace, member, limit)
     workspace = await _lock_workspace(conn, workspace_id)
     counts = await conn.fetchrow(Q["ws_member_role_and_count"], workspace_id, agent_id)
-    if counts["role"] is not None:
+    if counts["role"] is not None:  # became a member since the rejoin above looked
         member = _member(await conn.fetchrow(Q["ws_touch_member"], workspace_id, agent_id))
     else:
         if workspace.visibility == "private":
@@ -181,6 +187,11 @@ async def join_workspace(conn: asyncpg.Connection, agent_id: str, workspace_id: 
         if counts["member_count"] >= workspace.max_members:
             raise TandemError(ErrorCode.WORKSPACE_FULL)
         member = _member(await conn.fetchrow(Q["ws_join_member"], workspace_id, agent_id))
+    return await _join_result(conn, workspace, member, limit)
+
+
+async def _join_result(conn: asyncpg.Connection, workspace: Workspace, member: Member, limit: int) -> JoinResult:
+    workspace_id = workspace.workspace_id
     member_rows = await conn.fetch(Q["ws_list_members"], workspace_id, _plus_one(limit))
     documents, docs_truncated = await list_documents(conn, workspace_id, limit)
     return JoinResult(
@@ -285,7 +296,11 @@ def _plus_one(limit: int) -> int:
 
 
 def _workspace(row: Mapping[str, Any]) -> Workspace:
-    return Workspace(**dict(row))
+    """From a row with the workspace's columns (and maybe others: a rejoin's carries the member's)."""
+    return Workspace(**{name: row[name] for name in _WORKSPACE_FIELDS})
+
+
+_WORKSPACE_FIELDS = tuple(f.name for f in fields(Workspace))
 
 
 def _member(row: Mapping[str, Any]) -> Member:

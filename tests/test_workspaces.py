@@ -280,6 +280,53 @@ async def test_joiners_queued_behind_a_row_lock_still_admit_only_one(pool, db, a
     assert sorted(outcomes) == ["member"] + ["workspace_full"] * 4
 
 
+async def test_members_rejoin_while_the_workspace_row_is_locked_and_newcomers_wait(pool, db, admin) -> None:
+    """A crowd of returning members (a node restarted) is not served one at a time: their
+    rejoins take no lock on the workspace row. A newcomer's join still queues behind it."""
+    w = await make_workspace(pool, "alice", visibility="team")
+    await join(pool, "bob", w.workspace_id)
+    blocker = await asyncpg.connect(db.admin_url)
+    try:
+        tr = blocker.transaction()
+        await tr.start()
+        await blocker.execute("SELECT 1 FROM workspaces WHERE id = $1 FOR UPDATE", w.workspace_id)
+
+        async with asyncio.timeout(30):  # a rejoin that waited for the lock would never finish
+            rejoined = await asyncio.gather(join(pool, "alice", w.workspace_id), join(pool, "bob", w.workspace_id))
+        assert [r.role for r in rejoined] == ["owner", "member"]
+
+        newcomer = asyncio.create_task(join(pool, "carol", w.workspace_id))
+        async with asyncio.timeout(30):
+            while True:  # bounded by the timeout: until carol's join waits on the row lock
+                waiting = await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND pid <> $1",
+                    blocker.get_server_pid(),
+                )
+                if waiting == 1:
+                    break
+                await asyncio.sleep(0.01)
+        assert not newcomer.done()
+        await tr.commit()
+        async with asyncio.timeout(30):
+            assert (await newcomer).role == "member"
+    finally:
+        await blocker.close()
+
+
+async def test_rejoins_move_the_workspace_activity_at_most_once_a_second(pool, admin) -> None:
+    w = await make_workspace(pool, "alice", visibility="team")
+    await join(pool, "bob", w.workspace_id)
+    recent = datetime.now(UTC) - timedelta(milliseconds=100)
+    await admin.execute("UPDATE workspaces SET last_activity_at = $1 WHERE id = $2", recent, w.workspace_id)
+    await join(pool, "bob", w.workspace_id)
+    assert await admin.fetchval("SELECT last_activity_at FROM workspaces WHERE id = $1", w.workspace_id) == recent
+    stale = recent - timedelta(seconds=2)
+    await admin.execute("UPDATE workspaces SET last_activity_at = $1 WHERE id = $2", stale, w.workspace_id)
+    await join(pool, "bob", w.workspace_id)
+    assert await admin.fetchval("SELECT last_activity_at FROM workspaces WHERE id = $1", w.workspace_id) > recent
+
+
 async def test_join_lists_documents_and_members_cut_at_the_limit(pool) -> None:
     w = await make_workspace(pool, "alice", visibility="team")
     await join(pool, "bob", w.workspace_id)

@@ -63,6 +63,29 @@ FROM workspaces w
 WHERE w.id = $1 AND w.deleted_at IS NULL
 FOR NO KEY UPDATE;
 
+-- name: ws_rejoin_member
+-- A member ($2) of live workspace $1 came back: its last_seen_at moves, and so does the
+-- workspace's activity unless a join moved it within the last second. The workspace row is not
+-- locked: a rejoin changes no membership, so rejoins need not queue behind each other (after a
+-- node restart its agents all rejoin at once). No row: not a member, or no such live workspace.
+WITH w AS (
+    SELECT w.id AS workspace_id, w.name, coalesce(w.type, 'general') AS workspace_type,
+           coalesce(w.visibility, 'private')::text AS visibility, coalesce(w.max_members, 100) AS max_members,
+           w.owner_id, w.created_at, coalesce(w.state_version, 1) AS state_version
+    FROM workspaces w
+    WHERE w.id = $1 AND w.deleted_at IS NULL
+), m AS (
+    UPDATE workspace_members SET last_seen_at = CURRENT_TIMESTAMP
+    WHERE workspace_id = (SELECT workspace_id FROM w) AND agent_id = $2
+    RETURNING agent_id, coalesce(role, 'member')::text AS role, joined_at,
+              ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions
+), activity AS (
+    UPDATE workspaces SET last_activity_at = CURRENT_TIMESTAMP
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM m)
+      AND (last_activity_at IS NULL OR last_activity_at < CURRENT_TIMESTAMP - interval '1 second')
+)
+SELECT w.*, m.* FROM w, m;
+
 -- name: ws_member_role_and_count
 -- Role of agent $2 in workspace $1 (null: not a member) and the workspace's member count.
 SELECT (SELECT coalesce(role, 'member')::text FROM workspace_members
