@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from crdt.document import CorruptUpdate
 from server import auth, protocol as p, store, workspaces
 from server.errors import ErrorCode, TandemError
+from server.mailbox import Mailbox
 from server.node import Node
 from server.rooms import Room
 from server.session_coordination import CoordinationHandlers
@@ -40,28 +41,28 @@ class Connection(CoordinationHandlers):
         self.node = node
         self.conn_id = str(uuid.uuid4())
         self.session = p.Session(p.Limits.from_settings(node.settings))
-        self.queue: asyncio.Queue[str] = asyncio.Queue(node.settings.send_queue_len)
+        self.outbox: Mailbox[str] = Mailbox(node.settings.send_queue_len)  # frames for `_sender`
         self.batch_frames = False  # the client's hello asked for batched frames (docs/protocol.md#3)
         self.principal: auth.Principal | None = None
         self.rooms: dict[uuid.UUID, Room] = {}  # open documents
         self.inflight = asyncio.Semaphore(node.settings.max_inflight_updates)
-        self.updates: asyncio.Queue[p.DocUpdate] = asyncio.Queue()  # bounded by `inflight`
+        self.updates: Mailbox[p.DocUpdate] = Mailbox()  # for `_update_pipeline`; bounded by `inflight`
         self.can_write: dict[uuid.UUID, bool] = {}  # joined workspace -> may this agent write
         self.roles: dict[uuid.UUID, str] = {}  # joined workspace -> this agent's role
         self.held_locks: dict[Any, Any] = {}  # locks.Resource -> locks.Lock taken in this session
         self.lock_waits = 0  # lock.acquire requests with wait_ms still waiting for their lock
         self.tasks: set[asyncio.Task[None]] = set()
-        self.closing: asyncio.Event = asyncio.Event()
+        self.closing = False  # the closing sequence has begun: nothing more is sent or handled
         self.log = log.bind(conn_id=self.conn_id)
 
     # --- sending -----------------------------------------------------------------------------
 
     def send_text(self, frame: str) -> None:
         """Queue a frame without waiting; a full queue closes the session (slow_consumer)."""
-        if self.closing.is_set():
+        if self.closing:
             return
         try:
-            self.queue.put_nowait(frame)
+            self.outbox.put(frame)
         except asyncio.QueueFull:
             self.node.metrics.slow_consumers.inc()
             self._spawn(self.fail(ErrorCode.SLOW_CONSUMER))
@@ -76,30 +77,23 @@ class Connection(CoordinationHandlers):
         """One frame per message; for a client that asked for batches, the messages queued
         while the previous frame was being written go out together as one JSON array (one
         write and one wakeup of the client instead of many), up to MAX_BATCH_BYTES."""
-        queue = self.queue
-        carry: str | None = None
+        outbox = self.outbox
         while True:
-            frame = carry if carry is not None else await queue.get()
-            carry = None
-            if self.batch_frames and not queue.empty():
-                frames, size = [frame], len(frame)
-                while not queue.empty():
-                    nxt = queue.get_nowait()
-                    if size + len(nxt) > MAX_BATCH_BYTES:
-                        carry = nxt
-                        break
-                    frames.append(nxt)
-                    size += len(nxt) + 1
-                if len(frames) > 1:
-                    frame = "[" + ",".join(frames) + "]"
-            await self.ws.send_text(frame)
+            queued = await outbox.wait()
+            count, size = 1, len(queued[0])
+            if self.batch_frames:
+                while count < len(queued) and size + len(queued[count]) <= MAX_BATCH_BYTES:
+                    size += len(queued[count]) + 1
+                    count += 1
+            frames = outbox.take(count)
+            await self.ws.send_text(frames[0] if count == 1 else "[" + ",".join(frames) + "]")
 
     async def fail(self, code: ErrorCode | p.ProtocolError, re: p.RequestId | None = None) -> None:
         """The closing sequence (docs/protocol.md#44): error, session.closing, close frame."""
         closing = self.session.fail(code, re)
         if closing is None:
             return
-        self.closing.set()
+        self.closing = True
         self.log.info("session.closing", reason=closing.reason, code=closing.code)
         try:
             async with asyncio.timeout(2):
@@ -168,7 +162,7 @@ class Connection(CoordinationHandlers):
             await self.node.presence.disconnect(self.conn_id)
 
     async def _read_loop(self) -> None:
-        while not self.closing.is_set():
+        while not self.closing:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
@@ -177,7 +171,7 @@ class Connection(CoordinationHandlers):
                 frame = message.get("bytes") or b""
             # One message, or several from a batched frame (docs/protocol.md#3), handled in order.
             for result in self.session.receive_frame(frame, time.monotonic()):
-                if self.closing.is_set():  # a handler ended the session: drop the rest
+                if self.closing:  # a handler ended the session: drop the rest
                     break
                 if isinstance(result, p.ProtocolError):
                     self.node.metrics.errors.labels(result.code.value).inc()
@@ -325,13 +319,12 @@ class Connection(CoordinationHandlers):
         # ack is sent by the room, in sequence order with the document's other events
         # (docs/protocol.md#62). The pipeline keeps this connection's updates in order.
         await self.inflight.acquire()
-        self.updates.put_nowait(msg)
+        self.updates.put(msg)
 
     async def _update_pipeline(self) -> None:
         while True:
-            batch = [await self.updates.get()]
-            while not self.updates.empty():
-                batch.append(self.updates.get_nowait())
+            await self.updates.wait()
+            batch = self.updates.take()
             validator = self.node.validator
             if validator is None:
                 verdicts: list[str | None] = [None] * len(batch)

@@ -51,6 +51,7 @@ from crdt.clock import CorruptStateVector
 from crdt.document import CorruptUpdate
 from server import auth, store, workspaces
 from server.errors import ErrorCode, TandemError
+from server.mailbox import Mailbox
 from server.node import Node
 from server.protocol import TokenBucket, awareness_bytes
 from server.rooms import Room
@@ -406,27 +407,27 @@ class YjsConnection:
         self.relays = relays
         self.conn_id = str(uuid.uuid4())
         s = node.settings
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(s.send_queue_len)
+        self.outbox: Mailbox[bytes] = Mailbox(s.send_queue_len)  # messages for `_sender`
         self.bucket = TokenBucket(s.max_messages_per_s, s.max_message_burst)
         self.inflight = asyncio.Semaphore(s.max_inflight_updates)
-        self.updates: asyncio.Queue[bytes] = asyncio.Queue()  # bounded by `inflight`
+        self.updates: Mailbox[bytes] = Mailbox()  # for `_update_pipeline`; bounded by `inflight`
         self.principal: auth.Principal | None = None
         self.room: Room | None = None
         self.relay: AwarenessRelay | None = None
         self.can_write = False
         self._published: dict[str, Any] | None = None  # the awareness last given to presence
         self.tasks: set[asyncio.Task[None]] = set()
-        self.closing = asyncio.Event()
+        self.closing = False  # closed or closing: nothing more is sent or handled
         self.log = log.bind(conn_id=self.conn_id)
 
     # --- sending ---------------------------------------------------------------------------
 
     def send_bytes(self, data: bytes) -> None:
         """Queue a message without waiting; a full queue closes the connection (slow_consumer)."""
-        if self.closing.is_set():
+        if self.closing:
             return
         try:
-            self.queue.put_nowait(data)
+            self.outbox.put(data)
         except asyncio.QueueFull:
             self.node.metrics.slow_consumers.inc()
             self._spawn(self.fail(Refused(ErrorCode.SLOW_CONSUMER)))
@@ -462,15 +463,16 @@ class YjsConnection:
     async def _sender(self) -> None:
         try:
             while True:
-                await self.ws.send_bytes(await self.queue.get())
+                await self.outbox.wait()
+                await self.ws.send_bytes(self.outbox.take(1)[0])
         except Exception:  # the connection is gone; the read loop ends the session
-            self.closing.set()
+            self.closing = True
 
     async def fail(self, refused: Refused) -> None:
         """Close with the code's close code and the error code as reason (once)."""
-        if self.closing.is_set():
+        if self.closing:
             return
-        self.closing.set()
+        self.closing = True
         self.node.metrics.errors.labels(refused.code.value).inc()
         self.log.info("yws.closing", reason=refused.code.value, code=refused.close_code, detail=refused.detail)
         try:
@@ -585,7 +587,7 @@ class YjsConnection:
 
     async def _read_loop(self) -> None:
         max_frame = self.node.settings.max_frame_bytes
-        while not self.closing.is_set():
+        while not self.closing:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
@@ -617,7 +619,7 @@ class YjsConnection:
                 self.send_bytes(permission_denied_message("forbidden: read-only access (viewer)"))
                 return
             await self.inflight.acquire()
-            self.updates.put_nowait(msg.update)
+            self.updates.put(msg.update)
         elif isinstance(msg, AwarenessUpdate):
             refused = self.relay.apply(self, msg)
             if refused is not None:
@@ -634,9 +636,8 @@ class YjsConnection:
         them in arrival order and commit each; the room broadcasts after the commit."""
         try:
             while True:
-                batch = [await self.updates.get()]
-                while not self.updates.empty():
-                    batch.append(self.updates.get_nowait())
+                await self.updates.wait()
+                batch = self.updates.take()
                 validator = self.node.validator
                 if validator is None:
                     verdicts: list[str | None] = [None] * len(batch)
@@ -651,7 +652,7 @@ class YjsConnection:
     async def _apply(self, update: bytes, verdict: str | None) -> None:
         assert self.principal is not None and self.room is not None
         room = self.room
-        if self.closing.is_set():
+        if self.closing:
             self.inflight.release()
             return
         await room.writable()
