@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import uuid
@@ -56,10 +57,11 @@ class Agent:
     closed: asyncio.Future[tuple[int | None, str | None]] | None = None
     batch: bool = False  # ask for batched frames in a hello (docs/protocol.md section 3)
     batched_frames: int = 0  # frames that held a JSON array of messages
+    connect_options: dict[str, Any] = field(default_factory=dict)  # more arguments of websockets.connect
 
     async def connect(self) -> "Agent":
         query = f"?token={self.token}" if self.token is not None else ""
-        self.ws = await websockets.connect(f"{self.url}{query}", max_size=None, open_timeout=10)
+        self.ws = await websockets.connect(f"{self.url}{query}", max_size=None, open_timeout=10, **self.connect_options)
         self.hello = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
         if self.hello.get("type") != "hello":
             raise ReplyError(self.hello)
@@ -167,6 +169,26 @@ class Agent:
         self.docs[doc_id] = doc
         await self.request("doc.open", doc_id=doc_id, state_vector=b64(doc.doc.get_state()))
         return doc  # the reader applied the reply
+
+    async def stop_reading(self) -> None:
+        """Stop reading the socket altogether, as a client that cannot keep up does: frames
+        stay in the kernel's buffers and the server's writes to this client back up."""
+        assert self._reader is not None
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        self._reader = None
+        self.ws.transport.pause_reading()  # websockets resumes only when frames are read
+
+    async def read_until_closed(self, timeout_s: float = 30) -> int | None:
+        """After `stop_reading`: read (and drop) what arrives until the connection ends;
+        its close code."""
+        self.ws.transport.resume_reading()
+        async with asyncio.timeout(timeout_s):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    await self.ws.recv()
+        return self.ws.close_code
 
     async def close(self) -> None:
         if self.ws is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import socket
 import string
 import uuid
 from dataclasses import dataclass
@@ -223,6 +224,46 @@ async def test_a_client_frame_may_batch_messages_and_each_is_handled_as_if_alone
     finally:
         for agent in (writer, reader):
             await agent.close()
+
+
+async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer_and_resyncs_on_reconnect(tandem: Tandem) -> None:
+    """docs/protocol.md section 8, `send_queue_len`: a session whose outgoing queue is full is
+    closed with `slow_consumer` (4408); the writer is not held up, nothing is lost, and the slow
+    client gets what it missed when it reconnects with its state vector."""
+    server = tandem.start(TANDEM_SEND_QUEUE_LEN="8")
+    # The slow client stops reading its socket; with a small receive buffer the server's writes
+    # back up after a few megabytes (the server's socket buffer).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    slow = wsclient.Agent(tandem.url, wsclient.token(TENANT_A, "slow"), connect_options={"sock": sock})
+    async with tandem.agent(TENANT_A, "writer") as writer, slow:
+        ws_id, doc_id = await shared_doc(writer, slow)
+        doc, lagging = await writer.open(doc_id), await slow.open(doc_id)
+        await slow.stop_reading()
+
+        rng = random.Random(7)
+        for sent in range(1, 301):  # bounded: the queue fills long before
+            # ~44 KB of base64 per doc.op that permessage-deflate cannot shrink much
+            chunk = "".join(rng.choices(string.ascii_letters, k=32_768))
+            ack = await doc.edit(lambda t: t.insert(len(t), chunk))
+            assert ack["seq"] == sent  # the writer is served throughout
+            if sent % 10 == 0 and log_events(server, "session.closing", reason="slow_consumer"):
+                break
+        (closing,) = log_events(server, "session.closing", reason="slow_consumer")
+        assert closing["code"] == 4408
+        assert 'tandem_slow_consumers_total 1.0' in server.get("/metrics").text
+
+        # Reading again, the slow client finds its session over (the error and the close frame
+        # are best effort: they wait behind everything its socket had not taken).
+        assert await slow.read_until_closed() in (4408, 1006)
+        assert len(str(lagging.text)) < len(str(doc.text))
+
+        async with tandem.agent(TENANT_A, "slow") as again:
+            await again.request("workspace.join", workspace_id=ws_id)
+            caught_up = await again.open(doc_id, lagging)  # its state vector: only what it missed
+            assert str(caught_up.text) == str(doc.text) == await replayed_text(tandem.db, doc_id)
+            assert (await writer.request("ping"))["type"] == "pong"
 
 
 async def test_open_without_a_state_vector_gets_the_whole_document(tandem: Tandem) -> None:
