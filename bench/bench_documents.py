@@ -60,6 +60,7 @@ from bench.common import (  # noqa: E402
     tree_pids,
     workdir,
 )
+from bench.bench_apply import bare, generate, median_us_per_update  # noqa: E402
 from crdt.document import CONTENT  # noqa: E402
 from server.auth import issue_token  # noqa: E402
 from server.protocol import MAX_BATCH_MESSAGES  # noqa: E402
@@ -830,6 +831,9 @@ def main() -> None:
         print(f"# Tandem document benchmark, {date.today().isoformat()}")
         for k, v in machine().items():
             print(f"{k:>8}: {v}")
+        gauge = median_us_per_update({"bare": bare}, generate(2000, 5, 3), 5)["bare"]
+        print(f"   speed: bare pycrdt apply {gauge:.1f} us per update (bench_apply.py, 5 clients): how fast this shared "
+              "machine runs right now; compare runs made at similar speeds")
         print(f"postgres: {pg.version()}, fsync=on, synchronous_commit=on (durable acks)")
         print(f"  server: 1 node, `tandem serve`, env {' '.join(f'{k}={v}' for k, v in server_env.items())} (rate limit defaults: 100/s, burst 200); other settings default")
         print(f"  client: {workers.count} process(es), uvloop, lean sans-I/O WebSocket client, no compression, {frames_note(args)}; "
