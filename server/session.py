@@ -42,7 +42,6 @@ class Connection(CoordinationHandlers):
         self.conn_id = str(uuid.uuid4())
         self.session = p.Session(p.Limits.from_settings(node.settings))
         self.outbox: Mailbox[str] = Mailbox(node.settings.send_queue_len)  # frames for `_sender`
-        self.batch_frames = False  # the client's hello asked for batched frames (docs/protocol.md#3)
         self.principal: auth.Principal | None = None
         self.rooms: dict[uuid.UUID, Room] = {}  # open documents
         self.inflight = asyncio.Semaphore(node.settings.max_inflight_updates)
@@ -81,7 +80,7 @@ class Connection(CoordinationHandlers):
         while True:
             queued = await outbox.wait()
             count, size = 1, len(queued[0])
-            if self.batch_frames:
+            if self.session.batch:  # the client's hello asked for batched frames (docs/protocol.md#3)
                 while count < len(queued) and size + len(queued[count]) <= MAX_BATCH_BYTES:
                     size += len(queued[count]) + 1
                     count += 1
@@ -202,7 +201,6 @@ class Connection(CoordinationHandlers):
     # --- handlers (docs/protocol.md section 5) ------------------------------------------------
 
     async def on_hello(self, msg: p.Hello) -> None:
-        self.batch_frames = msg.batch
         self.reply(p.HelloOk(re=msg.id, protocol=self.session.protocol, batch=msg.batch))
 
     async def on_ping(self, msg: p.Ping) -> None:

@@ -81,7 +81,7 @@ def encode_request(updates: Sequence[bytes]) -> bytes:
         parts.append(_U32.pack(len(update)))
         parts.append(update)
     body = b"".join(parts)
-    return _U32.pack(len(updates)) + _U32.pack(len(body)) + body
+    return _U32_PAIR.pack(len(updates), len(body)) + body
 
 
 def read_request(stream: BinaryIO) -> list[bytes] | None:
