@@ -16,7 +16,7 @@ CLOSE_TOKEN_EXPIRED = 4440  # "login time-out"; distinct so clients know to refr
 CLOSE_UNSUPPORTED_VERSION = 4426  # "upgrade required"
 CLOSE_TOO_MANY_INVALID_UPDATES = 4422  # "unprocessable"
 CLOSE_SLOW_CONSUMER = 4408  # the peer did not read in time
-CLOSE_GOING_AWAY = 1001  # RFC 6455 7.4.1: server going down
+CLOSE_SERVICE_RESTART = 1012  # IANA registry: the server is restarting; clients reconnect
 CLOSE_INTERNAL_ERROR = 1011  # RFC 6455 7.4.1: only when the session loop itself fails
 
 
@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     STALE_FENCE = "stale_fence"
     INVALID_PATCH = "invalid_patch"
     INVALID_STATE = "invalid_state"
+    UNAVAILABLE = "unavailable"
 
     @property
     def message(self) -> str:
@@ -85,12 +86,13 @@ _TABLE: dict[ErrorCode, tuple[str, int | None]] = {
     ErrorCode.CONFLICT: ("The state changed meanwhile.", None),
     ErrorCode.LOCKED: ("Locked by another agent.", None),
     ErrorCode.INVALID_TRANSITION: ("This state change is not allowed.", None),
-    ErrorCode.SERVER_SHUTDOWN: ("The server is shutting down.", CLOSE_GOING_AWAY),
+    ErrorCode.SERVER_SHUTDOWN: ("The server is shutting down.", CLOSE_SERVICE_RESTART),
     ErrorCode.INTERNAL_ERROR: ("Internal server error.", None),
     ErrorCode.AWARENESS_TOO_LARGE: ("The awareness state is larger than max_awareness_bytes.", None),
     ErrorCode.STALE_FENCE: ("The fencing token is not the current holder's; the lock was lost.", None),
     ErrorCode.INVALID_PATCH: ("The JSON Patch cannot be applied to the current state.", None),
     ErrorCode.INVALID_STATE: ("Workspace state must be a JSON object within max_state_bytes.", None),
+    ErrorCode.UNAVAILABLE: ("The database is unavailable; retry.", None),
 }
 
 RequestId = str | int

@@ -18,7 +18,7 @@ import pydantic_core
 from pydantic import AwareDatetime, BaseModel, Field, StrictBool, TypeAdapter, ValidationError
 
 from server import protocol_coordination as coordination
-from server.errors import ErrorCode, RequestId, error_frame
+from server.errors import CLOSE_INTERNAL_ERROR, ErrorCode, RequestId, error_frame
 from server.wire import (  # noqa: F401 - re-exported: the protocol's field types live in server/wire.py
     B64,
     EMPTY_STATE_VECTOR,
@@ -775,14 +775,16 @@ class Session:
         token expiring during a slow-consumer close, changes nothing).
         """
         err = error if isinstance(error, ProtocolError) else ProtocolError(error, re)
-        if err.close_code is None:
+        # A server fault ends the session with the standard 1011 (docs/protocol.md#44).
+        close_code = CLOSE_INTERNAL_ERROR if err.code is ErrorCode.INTERNAL_ERROR else err.close_code
+        if close_code is None:
             raise LocalProtocolError(f"{err.code.value} does not close the session")
         if self.state in (ConnState.CLOSING, ConnState.CLOSED):
             return None
         self._apply(ConnEvent.FAIL)
         message = err.message or err.code.message
-        closing = SessionClosing(code=err.close_code, reason=err.code.value, message=message)
-        return Closing((encode(err.frame()), encode(closing)), err.close_code, err.code.value)
+        closing = SessionClosing(code=close_code, reason=err.code.value, message=message)
+        return Closing((encode(err.frame()), encode(closing)), close_code, err.code.value)
 
     def transport_closed(self) -> None:
         """The close handshake finished or the connection dropped. Idempotent."""

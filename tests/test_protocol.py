@@ -441,6 +441,21 @@ def test_closing_session_discards_frames_and_closes_once():
     assert session.state is p.ConnState.CLOSED
 
 
+def test_a_server_fault_closes_with_1011_and_the_whole_closing_sequence():
+    # docs/protocol.md#44: a failure of the session loop or its update pipeline
+    session = ready()
+    closing = session.fail(ErrorCode.INTERNAL_ERROR)
+    assert closing is not None and (closing.code, closing.reason) == (1011, "internal_error")
+    assert [json.loads(f)["type"] for f in closing.frames] == ["error", "session.closing"]
+    assert json.loads(closing.frames[1])["code"] == 1011
+
+
+def test_shutdown_closes_with_1012_service_restart():
+    # docs/protocol.md#8-error-codes: server_shutdown, after the session's updates were settled
+    closing = ready().fail(ErrorCode.SERVER_SHUTDOWN)
+    assert closing is not None and (closing.code, closing.reason) == (1012, "server_shutdown")
+
+
 def test_refused_token_goes_from_connecting_to_closing():
     # docs/protocol.md#22-refusal-accept-then-close-with-a-reason
     session = p.Session(p.Limits())
@@ -628,11 +643,11 @@ def test_refusal_close_codes_match_error_code():
 
 
 def test_closing_codes_are_in_the_4xxx_range_except_shutdown():
-    # docs/protocol.md#8-error-codes: server_shutdown uses 1001
+    # docs/protocol.md#8-error-codes: server_shutdown uses 1012 (service restart)
     for c in ErrorCode:
         if c.close_code is not None and c is not ErrorCode.SERVER_SHUTDOWN:
             assert 4000 <= c.close_code <= 4999, c
-    assert ErrorCode.SERVER_SHUTDOWN.close_code == 1001
+    assert ErrorCode.SERVER_SHUTDOWN.close_code == 1012
 
 
 def test_limits_match_settings_defaults():

@@ -36,12 +36,13 @@ ERROR_CODES: tuple[tuple[str, str, int | None], ...] = (
     ("conflict", "The state changed meanwhile.", None),
     ("locked", "Locked by another agent.", None),
     ("invalid_transition", "This state change is not allowed.", None),
-    ("server_shutdown", "The server is shutting down.", 1001),
+    ("server_shutdown", "The server is shutting down.", 1012),
     ("internal_error", "Internal server error.", None),
     ("awareness_too_large", "The awareness state is larger than max_awareness_bytes.", None),
     ("stale_fence", "The fencing token is not the current holder's; the lock was lost.", None),
     ("invalid_patch", "The JSON Patch cannot be applied to the current state.", None),
     ("invalid_state", "Workspace state must be a JSON object within max_state_bytes.", None),
+    ("unavailable", "The database is unavailable; retry.", None),
 )
 
 
