@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import auth, database, fanout, health, presence, session, yws
+from server import auth, connection, database, fanout, health, presence, session, yws
 from server.committer import Committer
 from server.coordination import Coordination
 from server.embedded import EmbeddedPostgres
@@ -220,6 +221,7 @@ async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: D
         await validator.start()
         stack.push_async_callback(validator.stop)
     # Closed in reverse: the janitor stops, the committer drains, then every room is stored.
+    stack.push_async_callback(rooms.stop)
     stack.push_async_callback(rooms.flush_all)
     stack.push_async_callback(committer.stop)
     start_background(stack, "rooms.janitor", rooms.janitor())
@@ -330,6 +332,23 @@ def create_app(settings: Settings) -> Starlette:
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+        super().__init__(config)
+        self.tandem = state
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        """Stop accepting, then let every client connection settle what it received and close
+        with `server_shutdown` (1012) before uvicorn closes what is left; all within
+        `shutdown_timeout_s` (docs/operations.md, "Shutdown")."""
+        for server in self.servers:
+            server.close()
+        started = time.monotonic()
+        timeout_s = self.tandem.settings.shutdown_timeout_s
+        if self.tandem.node is not None:
+            await connection.close_all(self.tandem.node, timeout_s)
+        self.config.timeout_graceful_shutdown = max(1, int(timeout_s - (time.monotonic() - started)))
+        await super().shutdown(sockets)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Any:
         # Uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so the process would die
@@ -380,8 +399,9 @@ def run(settings: Settings) -> None:
         # Frames above the hard limit are refused by the transport (1009) before Tandem reads
         # them; between max_frame_bytes and this, Tandem answers frame_too_large.
         ws_max_size=settings.frame_hard_limit_bytes,
+        ws_per_message_deflate=settings.ws_compression,
     )
-    server = _Server(config)
+    server = _Server(config, app.state.tandem)
     state: AppState = app.state.tandem
     tune_gc()
     try:

@@ -76,6 +76,12 @@ class Metrics:
         self.slow_consumers = Counter(
             "tandem_slow_consumers", "Sessions closed because their send queue was full.", registry=self.registry
         )
+        self.updates_after_close = Counter(
+            "tandem_updates_after_close",
+            "Updates settled after their connection stopped reading, by outcome (committed, unchanged, an error code).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.commit_batches = Counter(
             "tandem_commit_batches", "Transactions the group committer ran.", registry=self.registry
         )

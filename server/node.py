@@ -7,7 +7,8 @@ connection; it holds no logic of its own.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 
@@ -37,6 +38,7 @@ class Node:
     fanout: Fanout
     presence: Presence  # in Redis with REDIS_URL, else in process (server/presence.py)
     coordination: Coordination  # workspace events, lock views, the task sweep
+    connections: set[Any] = field(default_factory=set)  # open client connections (server/connection.py)
 
     def authenticate(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Principal | ErrorCode:
         """The connecting client's principal, or why not (one rule for /ws and /yjs)."""

@@ -24,18 +24,23 @@ from typing import Protocol
 
 import asyncpg
 import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from crdt.document import CorruptUpdate, Document
 from crdt.operations import Operation, Origin, Snapshot
 from crdt.replay import rebuild
 from server import store
 from server.committer import Committed, Committer
-from server.errors import ErrorCode, TandemError
+from server.errors import ErrorCode
 from server.metrics import Metrics
 from server.protocol import encode
 from server.settings import Settings
 
 log = structlog.get_logger("tandem.rooms")
+
+# What a lost or restarting database raises: a repair waits for it and tries again.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+REPAIR_MAX_WAIT_S = 2.0  # the longest pause between two attempts to rebuild a room from the log
 
 
 class Subscriber(Protocol):
@@ -341,6 +346,10 @@ async def _read_log(
     return snapshot, operations
 
 
+class _NotSettled(RuntimeError):
+    """Operations kept arriving while a room waited to be rebuilt; it tries again."""
+
+
 class RoomRegistry:
     """Rooms by document id; concurrent opens of a cold document share one load.
 
@@ -451,8 +460,8 @@ class RoomRegistry:
         future of its seq, set once it is committed (openers wait for it, see `open`).
 
         Waits only while the committer's queue is full. The future fails with TandemError when
-        the lock refused it in the write path (the room then rebuilds from the log), or with
-        the error that failed its transaction (the room is dropped and reloads on next use).
+        the lock refused it in the write path or the database was away (`unavailable`), or with
+        the error that failed its transaction; either way the room rebuilds from the log.
         """
         expected = room.expect()  # before any await: an opener from now on waits for it
         await self.committer.enqueue(room.tenant_id, room.doc_id, op, functools.partial(self._settle, room, op, expected))
@@ -467,15 +476,10 @@ class RoomRegistry:
                 expected.set_result(seq)
             return
         room.in_flight.pop(op.update, None)
-        if isinstance(exc, TandemError):
-            # The lock refused it after the room applied it (another node's lock event had not
-            # arrived yet): the log never got it, so the room rebuilds from the log.
-            self._repair(room)
-        else:
-            # The copy in memory holds an update the log does not: rebuild it from the log.
-            room.broken = True
-            if self.rooms.get(room.doc_id) is room:
-                del self.rooms[room.doc_id]
+        # The room applied an update the log does not have (a lock refused it in the write path
+        # before this node heard of the lock, or its commit failed): it is rebuilt from the log
+        # before it takes another update.
+        self._repair(room)
         if not expected.done():
             expected.set_exception(exc)
 
@@ -486,32 +490,27 @@ class RoomRegistry:
             self._repairs.add(task)
             task.add_done_callback(self._repairs.discard)
 
-    async def _rebuild_dirty(self, room: Room, max_attempts: int = 50) -> None:
+    async def _rebuild_dirty(self, room: Room) -> None:
         """Replace a dirty room's document with the log's, once nothing is in flight.
 
         New updates and opens wait (`Room.writable`); updates already applied commit or are
-        refused first, and the rebuild is the log up to the delivered head exactly.
+        refused first, and the rebuild is the log up to the delivered head exactly. While the
+        database is away it tries again with backoff (the waiting updates are refused with
+        `unavailable` after their own bound); only an unexpected failure marks the room broken.
         """
         assert room.dirty is not None
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((*DATABASE_ERRORS, _NotSettled)),
+            wait=wait_exponential_jitter(initial=0.05, max=REPAIR_MAX_WAIT_S),
+            before_sleep=lambda state: log.warning(
+                "room.repair_retry", doc_id=str(room.doc_id), attempt=state.attempt_number,
+                error=repr(state.outcome.exception()) if state.outcome else None,
+            ),
+        )
         try:
-            for _ in range(max_attempts):
-                pending = room.last_pending
-                if pending is not None and not pending.done():
-                    await asyncio.wait([pending])
-                    continue
-                if room.known_seq > room.head_seq or room.held:
-                    await self._catch_up(room, force=True)
-                    if room.known_seq > room.head_seq or room.held:
-                        await asyncio.sleep(0.01)
-                        continue
-                seq = room.head_seq
-                document = await self._rebuild_at(room, seq)
-                if room.head_seq == seq and not room.held:
-                    room.document = document
-                    room.epoch += 1
-                    log.info("room.repaired", doc_id=str(room.doc_id), head_seq=seq)
-                    return
-            raise RuntimeError("the room did not settle")
+            async for attempt in retrying:
+                with attempt:
+                    await self._rebuild_settled(room)
         except Exception:
             log.exception("room.repair_failed", doc_id=str(room.doc_id))
             room.broken = True
@@ -520,6 +519,33 @@ class RoomRegistry:
         finally:
             event, room.dirty = room.dirty, None
             event.set()
+
+    async def _rebuild_settled(self, room: Room, max_turns: int = 50) -> None:
+        for _ in range(max_turns):
+            pending = room.last_pending
+            if pending is not None and not pending.done():
+                await asyncio.wait([pending])
+                continue
+            if room.known_seq > room.head_seq or room.held:
+                await self._catch_up(room, force=True)
+                if room.known_seq > room.head_seq or room.held:
+                    await asyncio.sleep(0.01)
+                    continue
+            seq = room.head_seq
+            document = await self._rebuild_at(room, seq)
+            if room.head_seq == seq and not room.held:
+                room.document = document
+                room.epoch += 1
+                log.info("room.repaired", doc_id=str(room.doc_id), head_seq=seq)
+                return
+        raise _NotSettled(room.doc_id)
+
+    async def stop(self) -> None:
+        """At shutdown: stop the repairs and catch-up reads still running."""
+        tasks = [*self._repairs, *self._catching_up.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def on_lock(self, doc_id: uuid.UUID, lock: LockView | None, fence: int) -> None:
         """A lock event for a document (this node's or another's): keep the room's view."""

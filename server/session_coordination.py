@@ -1,5 +1,5 @@
 """Handlers of a connection for coordination (docs/protocol.md section 12): locks, workspace state,
-tasks and members. Mixed into `session.Connection`; each handler runs the change and publishes its
+tasks and members. Mixed into `session.AgentConnection`; each handler runs the change and publishes its
 event in one transaction, replies, then delivers the event to this node's sessions.
 """
 
@@ -17,9 +17,9 @@ from server.coordination import lock_event, member_event, state_event, task_even
 from server.errors import ErrorCode, TandemError
 
 if TYPE_CHECKING:
-    from server.session import Connection
+    from server.session import AgentConnection
 
-    _Base = Connection
+    _Base = AgentConnection
 else:
     _Base = object
 

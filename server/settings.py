@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # Wire protocol limits (docs/protocol.md#7-limits; per-session ones are announced in hello).
     max_frame_bytes: int = 1_048_576  # larger: frame_too_large, session stays open
     frame_hard_limit_bytes: int = 4_194_304  # larger: refused by the WebSocket layer (1009)
+    # permessage-deflate when a client offers it. Off, as in the y-websocket and Hocuspocus
+    # servers: compressing each small message roughly doubled the server's CPU per update, and
+    # a compressing client sends its messages one zlib round trip at a time.
+    ws_compression: bool = False
     max_messages_per_s: float = 100.0
     max_message_burst: int = 200
     send_queue_len: int = 1024  # frames; full: slow_consumer close
@@ -66,7 +70,10 @@ class Settings(BaseSettings):
     token_ttl_s: float = 3600.0  # default lifetime of tokens `tandem token issue` makes
 
     # The durable path (server/committer.py, server/rooms.py).
-    max_inflight_updates: int = 256  # per connection: updates validated but not yet committed
+    # Per connection: bytes read and not yet settled (committed or refused), each message counted
+    # with a fixed overhead (server/connection.py); reading pauses beyond it, never before.
+    max_received_bytes: int = 1_048_576
+    commit_unavailable_after_s: float = 5.0  # an update that cannot be committed this long: `unavailable`
     commit_shards: int = 2  # writer loops; a document always maps to the same one
     commit_max_batch_ops: int = 1000
     commit_max_wait_ms: float = 0.0  # extra wait for a batch to fill once the queue is empty

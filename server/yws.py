@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import structlog
@@ -45,15 +43,15 @@ from pycrdt import (
     create_update_message,
     write_message,
 )
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket
 
 from crdt.clock import CorruptStateVector
 from crdt.document import CorruptUpdate
-from server import auth, store, workspaces
+from server import store, workspaces
+from server.connection import ITEM_OVERHEAD_BYTES, Connection, Inbound, Update
 from server.errors import ErrorCode, TandemError
-from server.mailbox import Mailbox
 from server.node import Node
-from server.protocol import TokenBucket, awareness_bytes
+from server.protocol import awareness_bytes
 from server.rooms import Room
 
 log = structlog.get_logger("tandem.yws")
@@ -82,7 +80,9 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.INVALID_UPDATE: 4422,
     ErrorCode.TOKEN_EXPIRED: 4440,
     ErrorCode.INTERNAL_ERROR: 1011,
+    ErrorCode.SERVER_SHUTDOWN: 1012,  # "service restart": y-websocket reconnects and resyncs
     ErrorCode.SLOW_CONSUMER: 1013,  # "try again later": y-websocket reconnects and resyncs
+    ErrorCode.UNAVAILABLE: 1013,
 }
 
 
@@ -398,39 +398,35 @@ def bridge_client_id(conn_id: str) -> int:
 
 
 
-class YjsConnection:
-    """One y-websocket client of one document. `send_update` is the room's way in."""
+@dataclass(slots=True, eq=False)
+class Received(Inbound):
+    """A message other than an update, handled in order with the updates."""
 
-    def __init__(self, ws: WebSocket, node: Node, relays: AwarenessRelays) -> None:
-        self.ws = ws
-        self.node = node
+    message: SyncStep1 | AwarenessUpdate | QueryAwareness
+
+
+class YjsConnection(Connection[bytes]):
+    """One y-websocket client of one document: the y-protocols codec and handlers over the shared
+    lifecycle (server/connection.py). `send_update` is the room's way in. Every message is
+    handled in order through the pipeline, paced by the rate limit (y-protocols has no error to
+    refuse with); reading goes on meanwhile up to `max_received_bytes`."""
+
+    kind = "yws"
+    paced = True
+
+    def __init__(self, ws: WebSocket, node: Node, relays: AwarenessRelays, workspace_id: str, doc_id: str) -> None:
+        super().__init__(ws, node)
         self.relays = relays
-        self.conn_id = str(uuid.uuid4())
-        s = node.settings
-        self.outbox: Mailbox[bytes] = Mailbox(s.send_queue_len)  # messages for `_sender`
-        self.bucket = TokenBucket(s.max_messages_per_s, s.max_message_burst)
-        self.inflight = asyncio.Semaphore(s.max_inflight_updates)
-        self.updates: Mailbox[bytes] = Mailbox()  # for `_update_pipeline`; bounded by `inflight`
-        self.principal: auth.Principal | None = None
+        self.path = (workspace_id, doc_id)
         self.room: Room | None = None
         self.relay: AwarenessRelay | None = None
         self.can_write = False
         self._published: dict[str, Any] | None = None  # the awareness last given to presence
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.closing = False  # closed or closing: nothing more is sent or handled
-        self.log = log.bind(conn_id=self.conn_id)
 
     # --- sending ---------------------------------------------------------------------------
 
     def send_bytes(self, data: bytes) -> None:
-        """Queue a message without waiting; a full queue closes the connection (slow_consumer)."""
-        if self.closing:
-            return
-        try:
-            self.outbox.put(data)
-        except asyncio.QueueFull:
-            self.node.metrics.slow_consumers.inc()
-            self._spawn(self.fail(Refused(ErrorCode.SLOW_CONSUMER)))
+        self.queue(data)
 
     def send_text(self, frame: str) -> None:
         """Presence events of the workspace (this connection is a presence member): awareness
@@ -460,88 +456,45 @@ class YjsConnection:
         if not own:  # y-websocket has no acks: the sender already has its update
             self.send_bytes(update_message(update))
 
-    async def _sender(self) -> None:
-        try:
-            while True:
-                await self.outbox.wait()
-                await self.ws.send_bytes(self.outbox.take(1)[0])
-        except Exception:  # the connection is gone; the read loop ends the session
-            self.closing = True
-
-    async def fail(self, refused: Refused) -> None:
-        """Close with the code's close code and the error code as reason (once)."""
-        if self.closing:
-            return
-        self.closing = True
-        self.node.metrics.errors.labels(refused.code.value).inc()
-        self.log.info("yws.closing", reason=refused.code.value, code=refused.close_code, detail=refused.detail)
-        try:
-            async with asyncio.timeout(2):
-                await self.ws.close(refused.close_code, refused.code.value)
-        except Exception:  # the peer may be gone already; the close code is best effort
-            pass
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def closing_frames(self, code: ErrorCode, detail: Any) -> tuple[list[bytes], int, str]:
+        """No frames (the endpoint speaks only y-protocols): the close code and the error code."""
+        return [], CLOSE_CODES[code], code.value
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def run(self, workspace_id: str, doc_id: str) -> None:
-        await self.ws.accept()
-        s = self.node.settings
-        verdict = self.node.authenticate(self.ws.query_params, self.ws.headers)
-        if isinstance(verdict, ErrorCode):
-            await self.fail(Refused(verdict))
-            return
-        self.principal = verdict
-        self.log = self.log.bind(tenant_id=str(verdict.tenant_id), agent_id=verdict.agent_id, doc_id=doc_id)
+    async def start(self) -> bool:
+        assert self.principal is not None
+        self.log = self.log.bind(doc_id=self.path[1])
         try:
-            room = await self._join(workspace_id, doc_id)
-        except TandemError as exc:
-            await self.fail(Refused(exc.code))
-            return
-        except Exception:
-            self.log.exception("yws.join_failed")
-            await self.fail(Refused(ErrorCode.INTERNAL_ERROR))
-            return
-        self.node.metrics.sessions.inc()
-        sender = asyncio.create_task(self._sender())
-        pipeline = asyncio.create_task(self._update_pipeline())
-        ttl_s = (verdict.expires_at - datetime.now(timezone.utc)).total_seconds() + s.jwt_leeway_s
-        expiry = asyncio.get_running_loop().call_later(
-            max(ttl_s, 0), lambda: self._spawn(self.fail(Refused(ErrorCode.TOKEN_EXPIRED)))
-        )
-        self.log.info("yws.started", can_write=self.can_write)
-        try:
+            room = await self._join(*self.path)
             # Subscribe at once (the room counts this client and will not unload) and ask the
             # client for what the server lacks (not a viewer: its changes would be refused).
             # The client's own step 1 gets the step 2 reply.
             await room.open(self, room.document.state_vector(), self._ask_for_missing)
-            self.relay = self.relays.join(room.doc_id, self)
-            # A presence member like an agent with the document open: agents see the editor,
-            # and the relay shows the editor the others' awareness (bridge).
-            await self.node.presence.join(self, verdict.tenant_id, verdict.agent_id, room.workspace_id)
-            await self.node.presence.open_doc(self.conn_id, room.workspace_id, room.doc_id)
-            await self._replay_awareness(room)
-            await self._read_loop()
+        except TandemError as exc:
+            self.ending = (exc.code, None)
         except Exception:
-            self.log.exception("yws.crashed")
-            if self.ws.client_state is WebSocketState.CONNECTED:
-                await self.fail(Refused(ErrorCode.INTERNAL_ERROR))
-        finally:
-            expiry.cancel()
-            sender.cancel()
-            pipeline.cancel()
-            for task in list(self.tasks):
-                task.cancel()
-            room.close(self.conn_id)
+            self.log.exception("yws.join_failed")
+            self.ending = (ErrorCode.INTERNAL_ERROR, None)
+        if self.ending is not None:
+            if self.room is not None:
+                self.room.close(self.conn_id)
+            await self._send_closing()
+            return False
+        self.relay = self.relays.join(room.doc_id, self)
+        self.log.info("yws.joined", can_write=self.can_write)
+        # A presence member like an agent with the document open: agents see the editor, and
+        # the relay shows the editor the others' awareness (bridge).
+        await self.node.presence.join(self, self.principal.tenant_id, self.principal.agent_id, room.workspace_id)
+        await self.node.presence.open_doc(self.conn_id, room.workspace_id, room.doc_id)
+        await self._replay_awareness(room)
+        return True
+
+    async def cleanup(self) -> None:
+        if self.room is not None:
+            self.room.close(self.conn_id)
             if self.relay is not None:
-                self.relays.leave(room.doc_id, self)
-            self.node.metrics.sessions.dec()
-            self.log.info("yws.ended")
-            await self.node.presence.disconnect(self.conn_id)
+                self.relays.leave(self.room.doc_id, self)
 
     async def _replay_awareness(self, room: Room) -> None:
         """The awareness other sessions already hold about the document, bridged at once."""
@@ -585,111 +538,55 @@ class YjsConnection:
             raise TandemError(ErrorCode.NOT_FOUND) from None
         return self.room
 
-    async def _read_loop(self) -> None:
-        max_frame = self.node.settings.max_frame_bytes
-        while not self.closing:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            raw = message.get("bytes")
-            parsed = parse(raw if raw is not None else message.get("text"), max_frame)
-            if isinstance(parsed, Refused):
-                await self.fail(parsed)
-                return
-            wait_s = self.bucket.take(time.monotonic())
-            if wait_s > 0:  # backpressure: read on when the rate allows (nothing is dropped)
-                await asyncio.sleep(wait_s)
-            await self._handle(parsed)
+    # --- reading and handling --------------------------------------------------------------
 
-    async def _handle(self, msg: Message) -> None:
-        room = self.room
-        assert room is not None and self.relay is not None
-        if room.broken:  # its commit failed; the registry reloads it from the log
-            await self.fail(Refused(ErrorCode.INTERNAL_ERROR, "room reloading"))
-        elif isinstance(msg, SyncStep1):
+    async def on_frame(self, frame: str | bytes) -> None:
+        parsed = parse(frame, self.node.settings.max_frame_bytes)
+        if isinstance(parsed, Refused):
+            self.end(parsed.code, parsed.detail)
+            return
+        size = len(frame) + ITEM_OVERHEAD_BYTES
+        if isinstance(parsed, SyncUpdate):
+            assert self.room is not None
+            if parsed.update != EMPTY_UPDATE:
+                self.receive(Update(size, self.room, parsed.update))
+        elif not isinstance(parsed, AuthMessage):  # y-protocols defines none for clients to send
+            self.receive(Received(size, parsed))
+
+    async def handle(self, item: Inbound) -> None:
+        assert isinstance(item, Received) and self.room is not None and self.relay is not None
+        msg = item.message
+        if isinstance(msg, SyncStep1):
             try:  # the reply is queued before the updates committed meanwhile
-                await room.open(self, msg.state_vector, self._reply_step2)
+                await self.room.open(self, msg.state_vector, self._reply_step2)
             except (CorruptStateVector, CorruptUpdate) as exc:
-                await self.fail(Refused(ErrorCode.INVALID_MESSAGE, f"state vector: {exc}"[:80]))
-        elif isinstance(msg, SyncUpdate):
-            if msg.update == EMPTY_UPDATE:
-                return
-            if not self.can_write:
-                self.node.metrics.errors.labels(ErrorCode.FORBIDDEN.value).inc()
-                self.send_bytes(permission_denied_message("forbidden: read-only access (viewer)"))
-                return
-            await self.inflight.acquire()
-            self.updates.put(msg.update)
+                self.end(ErrorCode.INVALID_MESSAGE, f"state vector: {exc}"[:80])
         elif isinstance(msg, AwarenessUpdate):
             refused = self.relay.apply(self, msg)
             if refused is not None:
-                await self.fail(refused)
+                self.end(refused.code, refused.detail)
         elif isinstance(msg, QueryAwareness):
             current = self.relay.snapshot()
             if current is not None:
                 self.send_bytes(current)
 
-    # --- the durable path (as server/session.py's doc.update) --------------------------------
+    # --- update outcomes (the pipeline: server/connection.py) ------------------------------
 
-    async def _update_pipeline(self) -> None:
-        """Check queued updates in the validation worker (one round trip per batch), then apply
-        them in arrival order and commit each; the room broadcasts after the commit."""
-        try:
-            while True:
-                await self.updates.wait()
-                batch = self.updates.take()
-                validator = self.node.validator
-                if validator is None:
-                    verdicts: list[str | None] = [None] * len(batch)
-                else:
-                    verdicts = await validator.check_many(batch)
-                for update, verdict in zip(batch, verdicts):
-                    await self._apply(update, verdict)
-        except Exception:
-            self.log.exception("yws.pipeline_failed")
-            await self.fail(Refused(ErrorCode.INTERNAL_ERROR))
+    def may_write(self, item: Update) -> bool:
+        return self.can_write
 
-    async def _apply(self, update: bytes, verdict: str | None) -> None:
-        assert self.principal is not None and self.room is not None
-        room = self.room
-        if self.closing:
-            self.inflight.release()
-            return
-        await room.writable()
-        refused = room.write_refused(self.principal.agent_id, None)
-        if refused is not None:  # another agent's document lock: refused as a viewer's edit is
-            self.inflight.release()
-            self._refuse_locked(refused)
-            return
-        try:
-            if verdict is not None:
-                raise CorruptUpdate(verdict)
-            op = room.validate(self.principal.agent_id, update, origin=self.conn_id)
-        except CorruptUpdate as exc:
-            self.inflight.release()
-            self.node.metrics.invalid_updates.inc()
-            await self.fail(Refused(ErrorCode.INVALID_UPDATE, str(exc)[:80]))
-            return
-        if op is None:  # nothing new: nothing to store or forward
-            self.inflight.release()
-            return
-        # No task per update: a commit under way finishes even when the connection ends (the
-        # room needs it); the room sends it on in seq order, this callback reports failure.
-        seq = await self.node.rooms.submit(room, op)
-        seq.add_done_callback(self._committed)
-
-    def _committed(self, seq: asyncio.Future[int]) -> None:
-        self.inflight.release()
-        exc = seq.exception() if not seq.cancelled() else None
-        if isinstance(exc, TandemError):  # the lock refused it in the write path: nothing stored
-            self._refuse_locked(exc.code)
-        elif exc is not None:
-            self.log.error("yws.commit_failed", error=repr(exc))
-            self._spawn(self.fail(Refused(ErrorCode.INTERNAL_ERROR, "commit failed")))
-
-    def _refuse_locked(self, code: ErrorCode) -> None:
+    def update_refused(self, item: Update, code: ErrorCode, details: dict[str, Any] | None) -> None:
+        """A refused update cannot be reported on this wire: a refusal of the writer's rights
+        (a viewer, another agent's lock) is a permission-denied message and the connection
+        stays; anything else closes it (y-websocket reconnects and resends after transient
+        codes, docs/protocol.md#114)."""
         self.node.metrics.errors.labels(code.value).inc()
-        self.send_bytes(permission_denied_message(f"{code.value}: the document is locked by another agent"))
+        if code is ErrorCode.FORBIDDEN:
+            self.send_bytes(permission_denied_message("forbidden: read-only access (viewer)"))
+        elif code in (ErrorCode.LOCKED, ErrorCode.STALE_FENCE):
+            self.send_bytes(permission_denied_message(f"{code.value}: the document is locked by another agent"))
+        else:
+            self.end(code, (details or {}).get("reason", "")[:80] or None)
 
 
 async def endpoint(ws: WebSocket) -> None:
@@ -698,4 +595,4 @@ async def endpoint(ws: WebSocket) -> None:
     relays = getattr(state, "yws_relays", None)
     if relays is None:
         relays = state.yws_relays = AwarenessRelays()
-    await YjsConnection(ws, state.tandem.node, relays).run(ws.path_params["workspace_id"], ws.path_params["doc_id"])
+    await YjsConnection(ws, state.tandem.node, relays, ws.path_params["workspace_id"], ws.path_params["doc_id"]).run()
