@@ -21,6 +21,7 @@ import pytest
 from pycrdt import Doc, Text
 
 from tests import wsclient
+from tests.e2e.editors import Editors, install_node_clients
 from tests.conftest import Postgres, TestDatabase, _create_database, _drop_database
 from tests.serverproc import Servers, ServerProcess, server_env, servers_for
 
@@ -88,6 +89,21 @@ def module_tandem(module_db: TestDatabase, tmp_path_factory: pytest.TempPathFact
     """Servers shared by one module's tests: the module starts its server once."""
     for servers in servers_for(tmp_path_factory.mktemp("servers")):
         yield Tandem(servers, module_db)
+
+
+@pytest.fixture(scope="session")
+def node_clients() -> Path:
+    return install_node_clients()
+
+
+@pytest.fixture
+async def editors(node_clients: Path) -> AsyncIterator[Editors]:
+    """Stock Yjs editors (Node processes) of one test, stopped at its end."""
+    started = Editors(node_clients)
+    try:
+        yield started
+    finally:
+        await started.stop()
 
 
 # --- setup through the protocol --------------------------------------------------------------

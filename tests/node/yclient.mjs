@@ -8,9 +8,12 @@
 // {"event":"denied","reason":...} (y-protocols auth permission denied),
 // {"event":"close","code":...,"reason":...} (every closed connection), {"event":"closed",...}
 // (the server closed for good: no reconnect), {"event":"reply","id":...,...} (to a command).
+// {"event":"typed","count":n} (after a "type" command).
 // Commands in: {"cmd":"insert","index":n|null|"boundary","text":s} (null: at the end;
 // "boundary": a random place that splits no token, i.e. the start or right after a ">"), {"cmd":"delete","index":n,"length":n},
-// {"cmd":"awareness","state":{...}|null}, {"cmd":"raw","b64":...} (send bytes as they are),
+// {"cmd":"type","text":s} (each character appended in a transaction of its own, all at once: one
+// update each, as fast as the editor can), {"cmd":"awareness","state":{...}|null},
+// {"cmd":"raw","b64":...} (send bytes as they are),
 // {"cmd":"reconnect","token":...} (connect again with a fresh token),
 // {"cmd":"state","id":...}, {"cmd":"exit"}.
 import * as readline from 'node:readline'
@@ -65,6 +68,10 @@ rl.on('line', (line) => {
   switch (cmd.cmd) {
     case 'insert':
       text.insert(cmd.index === 'boundary' ? boundary() : (cmd.index ?? text.length), cmd.text)
+      break
+    case 'type':
+      for (const ch of cmd.text) text.insert(text.length, ch)
+      emit({ event: 'typed', count: cmd.text.length })
       break
     case 'delete':
       text.delete(Math.min(cmd.index, text.length), Math.max(0, Math.min(cmd.length, text.length - cmd.index)))
