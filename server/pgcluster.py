@@ -5,7 +5,8 @@ session (the machine's PostgreSQL 15 when present). We drive `initdb` and `pg_ct
 instead of the wheel's own launcher, because that one, run as root, adds an OS user and opens
 up the permissions of every parent folder of the data folder. Here the side effects are
 contained: as root, the cluster runs as an existing `postgres` OS user (or a system user we
-add once), and only the data folder is handed to it.
+add once) with its own group, only folders inside the data folder (and a fallback socket
+folder) are handed to it, and server/asuser.py lets it through closed parent folders.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from server import asuser
+
 SYSTEM_PG_BIN = Path("/usr/lib/postgresql/15/bin")
 FALLBACK_OS_USER = "tandem-postgres"
 SUPERUSER = "postgres"
 # sun_path is 108 bytes; PostgreSQL appends "/.s.PGSQL.NNNNN".
 MAX_SOCKET_DIR_LEN = 80
+# How a failure the user can fix ends: the way around the embedded database.
+OR_DATABASE_URL = "or set DATABASE_URL to use your own PostgreSQL"
 
 
 class ClusterError(RuntimeError):
@@ -120,20 +125,39 @@ class Cluster:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def _run(self, tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def _reach(self) -> list[str]:
+        """The folders the cluster's programs must get into: the binaries and the data."""
+        install = self.bin_dir.parent
+        folders = [self.bin_dir, install / "lib", install / "share", self.data_dir, self.socket_dir]
+        return [str(f) for f in folders if f.is_dir()]
+
+    def _command(self, tool: str, args: tuple[str, ...]) -> list[str]:
         cmd = [str(self.bin_dir / tool), *args]
+        if self.os_user is None:
+            return cmd
+        entry = pwd.getpwnam(self.os_user)
+        return asuser.command(entry.pw_uid, entry.pw_gid, self._reach(), cmd)
+
+    def _run(self, tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run(
-                cmd, check=True, capture_output=True, text=True, timeout=timeout, user=self.os_user,
-                cwd="/",
+                self._command(tool, args), check=True, capture_output=True, text=True, timeout=timeout, cwd="/"
             )
         except subprocess.CalledProcessError as exc:
-            raise ClusterError(f"{tool} failed ({exc.returncode}): {exc.stderr.strip() or exc.stdout.strip()}") from exc
-        except PermissionError as exc:
-            raise ClusterError(
-                f"{tool} cannot run as OS user {self.os_user!r}: {exc}. Every parent folder of "
-                f"{self.bin_dir} and {self.data_dir} must be traversable by that user."
-            ) from exc
+            output = exc.stderr.strip() or exc.stdout.strip()
+            if self.os_user is not None and exc.returncode == asuser.UNREACHABLE:
+                closed, _, missing = output.partition("\t")
+                raise ClusterError(
+                    f"PostgreSQL runs as the OS user {self.os_user!r} (it refuses root), which cannot "
+                    f"get into {closed} on the way to {self.data_dir} or {self.bin_dir}, and this "
+                    f"process lacks {missing} to let it through: put the data folder "
+                    f"(--data-dir, TANDEM_DATA_DIR) and Tandem's install where that user can reach "
+                    f"them, grant the capability (docker run --cap-add DAC_READ_SEARCH), "
+                    f"{OR_DATABASE_URL}"
+                ) from exc
+            raise ClusterError(f"{tool} failed ({exc.returncode}): {output}") from exc
+        except OSError as exc:
+            raise ClusterError(f"cannot run {tool} from {self.bin_dir}: {exc}") from exc
 
     def _hand_over(self, path: Path, mode: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
