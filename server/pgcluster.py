@@ -11,13 +11,13 @@ folder) are handed to it, and server/asuser.py lets it through closed parent fol
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
 import socket
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -29,6 +29,9 @@ FALLBACK_OS_USER = "tandem-postgres"
 SUPERUSER = "postgres"
 # sun_path is 108 bytes; PostgreSQL appends "/.s.PGSQL.NNNNN".
 MAX_SOCKET_DIR_LEN = 80
+# Where a deep data folder's socket goes: short, and the same for every process on the machine
+# whatever its TMPDIR, so a restart finds a cluster left running.
+SOCKET_FALLBACK_PARENT = Path("/tmp")
 # How a failure the user can fix ends: the way around the embedded database.
 OR_DATABASE_URL = "or set DATABASE_URL to use your own PostgreSQL"
 
@@ -113,9 +116,10 @@ class Cluster:
         run = self.data_dir / "run"
         if len(str(run)) <= MAX_SOCKET_DIR_LEN:
             return run
-        # A deep data folder: keep the socket in a short, private temp folder named after it.
-        digest = abs(hash(str(self.data_dir))) % 10**10
-        return Path(tempfile.gettempdir()) / f"tandem-pg-{digest}"
+        # A deep data folder: keep the socket in a short, private folder named after it, with a
+        # digest every process computes alike (str hashes are salted per process).
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        return SOCKET_FALLBACK_PARENT / f"tandem-pg-{digest}"
 
     def url(self, database: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
         auth = quote(user) + (":" + quote(password) if password else "")
@@ -161,6 +165,8 @@ class Cluster:
 
     def _hand_over(self, path: Path, mode: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():  # the fallback socket folder is in /tmp: never chown through a link
+            raise ClusterError(f"{path} is a symbolic link; remove it, it is not Tandem's")
         if self.os_user is not None:
             entry = pwd.getpwnam(self.os_user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
