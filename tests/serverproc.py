@@ -220,7 +220,8 @@ class Servers:
     _data_dirs: list[Path] = field(default_factory=list)
 
     def data_dir(self, name: str = "data") -> Path:
-        """A data folder whose parents the `postgres` OS user can traverse (needed when run as root)."""
+        """A data folder whose parents the `postgres` OS user can traverse (as root, its PostgreSQL
+        then runs without CAP_DAC_READ_SEARCH; tests/test_embedded_root.py covers closed parents)."""
         parent = Path(tempfile.mkdtemp(prefix="tandem-srv-"))
         parent.chmod(0o755)
         self._data_dirs.append(parent / name)
