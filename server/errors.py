@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     STALE_FENCE = "stale_fence"
     INVALID_PATCH = "invalid_patch"
     INVALID_STATE = "invalid_state"
+    UNAVAILABLE = "unavailable"
 
     @property
     def message(self) -> str:
@@ -91,6 +92,7 @@ _TABLE: dict[ErrorCode, tuple[str, int | None]] = {
     ErrorCode.STALE_FENCE: ("The fencing token is not the current holder's; the lock was lost.", None),
     ErrorCode.INVALID_PATCH: ("The JSON Patch cannot be applied to the current state.", None),
     ErrorCode.INVALID_STATE: ("Workspace state must be a JSON object within max_state_bytes.", None),
+    ErrorCode.UNAVAILABLE: ("The database is unavailable; retry.", None),
 }
 
 RequestId = str | int

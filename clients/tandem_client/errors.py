@@ -42,6 +42,7 @@ ERROR_CODES: tuple[tuple[str, str, int | None], ...] = (
     ("stale_fence", "The fencing token is not the current holder's; the lock was lost.", None),
     ("invalid_patch", "The JSON Patch cannot be applied to the current state.", None),
     ("invalid_state", "Workspace state must be a JSON object within max_state_bytes.", None),
+    ("unavailable", "The database is unavailable; retry.", None),
 )
 
 
