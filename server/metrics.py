@@ -64,6 +64,16 @@ class Metrics:
             registry=self.registry,
         )
 
+        # The node's long-running tasks (server/supervisor.py).
+        self.task_up = Gauge(
+            "tandem_task_up", "1 while the background task runs (0: waiting to restart, or stopped).", ["task"],
+            registry=self.registry,
+        )
+        self.task_restarts = Counter(
+            "tandem_task_restarts", "Background tasks restarted after an unexpected exception.", ["task"],
+            registry=self.registry,
+        )
+
         # Realtime sessions (server/session.py) and the durable path (server/committer.py).
         self.sessions = Gauge("tandem_sessions", "Open WebSocket sessions.", registry=self.registry)
         self.auth_failures = Counter(
