@@ -92,6 +92,26 @@ class Metrics:
         self.committed_operations = Counter(
             "tandem_committed_operations", "Document operations committed.", registry=self.registry
         )
+        self.commit_unavailable = Counter(
+            "tandem_commit_unavailable",
+            "Operations refused with `unavailable`, by cause: lost (the connection failed under the batch), "
+            "timeout (the append took over commit_timeout_s), waited (no database for commit_unavailable_after_s), "
+            "stopped (still queued at shutdown).",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.commit_reconnects = Counter(
+            "tandem_commit_reconnects", "Committer connections taken again after the database failed.",
+            registry=self.registry,
+        )
+        self.commit_shard_up = Gauge(
+            "tandem_commit_shard_up", "1 while a committer shard can commit (it is not waiting for the database).",
+            ["shard"], registry=self.registry,
+        )
+        self.commit_queued = Gauge(
+            "tandem_commit_queued_operations", "Operations waiting in a committer shard.", ["shard"],
+            registry=self.registry,
+        )
         self.catch_up_reads = Counter(
             "tandem_catch_up_reads", "Reads of the log to fill a gap or follow another node.", registry=self.registry
         )
