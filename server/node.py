@@ -21,6 +21,7 @@ from server.metrics import Metrics
 from server.presence import Presence
 from server.rooms import RoomRegistry
 from server.settings import Settings
+from server.supervisor import Supervisor
 from server.validation import Validator
 
 
@@ -37,6 +38,7 @@ class Node:
     fanout: Fanout
     presence: Presence  # in Redis with REDIS_URL, else in process (server/presence.py)
     coordination: Coordination  # workspace events, lock views, the task sweep
+    supervisor: Supervisor  # runs and restarts every long-running task (server/supervisor.py)
 
     def authenticate(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Principal | ErrorCode:
         """The connecting client's principal, or why not (one rule for /ws and /yjs)."""
