@@ -83,6 +83,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.TOKEN_EXPIRED: 4440,
     ErrorCode.INTERNAL_ERROR: 1011,
     ErrorCode.SLOW_CONSUMER: 1013,  # "try again later": y-websocket reconnects and resyncs
+    ErrorCode.UNAVAILABLE: 1013,  # the database was away: the resync resends the update
 }
 
 
@@ -681,7 +682,10 @@ class YjsConnection:
     def _committed(self, seq: asyncio.Future[int]) -> None:
         self.inflight.release()
         exc = seq.exception() if not seq.cancelled() else None
-        if isinstance(exc, TandemError):  # the lock refused it in the write path: nothing stored
+        if isinstance(exc, TandemError) and exc.code is ErrorCode.UNAVAILABLE:
+            # Not stored (or not known to be): y-websocket sends it again when it reconnects.
+            self._spawn(self.fail(Refused(ErrorCode.UNAVAILABLE)))
+        elif isinstance(exc, TandemError):  # the lock refused it in the write path: nothing stored
             self._refuse_locked(exc.code)
         elif exc is not None:
             self.log.error("yws.commit_failed", error=repr(exc))
