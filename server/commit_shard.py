@@ -121,7 +121,7 @@ class Shard:
         wait for a connection, or their write was cut short by cancellation)."""
         left = []
         for p in self.batch:
-            if p.decided:
+            if p.seq is not None or p.error is not None:  # `decided`, inline: once per operation
                 p.report()
                 self.queue.task_done()
             else:
