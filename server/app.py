@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from server.migrate import MigrationError
 from server.node import Node
 from server.pgcluster import ClusterError
 from server.rooms import RoomRegistry
+from server.supervisor import Supervised, Supervisor, TaskFactory
 from server.validation import Validator
 from server.settings import Settings
 
@@ -86,6 +88,7 @@ class AppState:
     settings: Settings
     node_id: str
     metrics: Metrics
+    supervisor: Supervisor  # every long-running task of the node
     database: Database | None = None
     node: Node | None = None
     startup_error: BaseException | None = None
@@ -146,7 +149,7 @@ async def open_database(stack: contextlib.AsyncExitStack, settings: Settings) ->
         log.info("db.migration.applied", version=m.version, name=m.name)
     version = await _schema_version(admin_url)
     app_url = database.app_url(settings, admin_url)
-    pool = await database.create_pool(app_url, settings.db_pool_min, settings.db_pool_max)
+    pool = await database.create_pool(app_url, settings.db_pool_min, settings.db_pool_max, f"tandem {settings.node_id}")
     stack.push_async_callback(_close_pool, pool, settings.shutdown_timeout_s)
     return Database(admin_url, app_url, pool, embedded, version, len(applied))
 
@@ -172,47 +175,48 @@ async def maintain_partitions(admin_url: str, interval_s: float, metrics: Metric
             log.info("db.maintenance.done")
 
 
-def start_background(
-    stack: contextlib.AsyncExitStack, name: str, coro: Coroutine[Any, Any, None]
-) -> asyncio.Task[None]:
-    """Run `coro` as a task for the lifespan's duration; it is cancelled and awaited on exit."""
-    task = asyncio.create_task(coro, name=name)
+def start_background(stack: contextlib.AsyncExitStack, supervisor: Supervisor, name: str, factory: TaskFactory) -> Supervised:
+    """Run `factory()` under the node's supervisor for the lifespan's duration (restarted with
+    backoff when it raises); it is cancelled and awaited on exit."""
+    entry = supervisor.start(name, factory)
+    stack.push_async_callback(entry.stop)
+    return entry
 
-    def report(done: asyncio.Task[None]) -> None:
-        if not done.cancelled() and done.exception() is not None:
-            log.error("background.crashed", task=name, exc_info=done.exception())
 
-    task.add_done_callback(report)
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task  # a crash was already logged by `report`
-
-    stack.push_async_callback(stop)
-    return task
+async def bounded(name: str, step: Callable[[], Awaitable[None]], timeout_s: float) -> None:
+    """A shutdown step that must not hold the exit up (it may wait on a database that is away)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await step()
+    except TimeoutError:
+        log.warning("server.shutdown_step_timeout", step=name, timeout_s=timeout_s)
 
 
 DEV_TENANT = uuid.UUID("00000000-0000-0000-0000-000000000001")
 
 
-async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: Database, metrics: Metrics) -> Node:
-    """The realtime side: the group committer, the rooms, the fan-out and presence. The committer
-    drains on exit."""
+async def start_node(
+    stack: contextlib.AsyncExitStack, settings: Settings, db: Database, metrics: Metrics, supervisor: Supervisor
+) -> Node:
+    """The realtime side: the group committer, the rooms, the fan-out and presence, each task under
+    `supervisor`. The committer drains on exit, within `shutdown_timeout_s`."""
     assert settings.node_id is not None
     secret = auth.resolve_secret(settings.jwt_secret, settings.data_dir)
     committer = Committer(
         db.pool,
         shards=settings.commit_shards,
         max_batch_ops=settings.commit_max_batch_ops,
+        max_queue_ops=settings.commit_max_queue_ops,
         max_wait_ms=settings.commit_max_wait_ms,
+        timeout_s=settings.commit_timeout_s,
+        unavailable_after_s=settings.commit_unavailable_after_s,
         metrics=metrics,
         node_id=settings.node_id,
         hints=True,
     )
     rooms = RoomRegistry(db.pool, committer, settings, metrics)
     committer.on_committed = rooms.on_committed
-    committer.start()
+    committer.start(supervisor)
     validator = None
     if settings.validate_in_worker:
         validator = Validator(
@@ -222,29 +226,30 @@ async def start_node(stack: contextlib.AsyncExitStack, settings: Settings, db: D
         stack.push_async_callback(validator.stop)
     # Closed in reverse: the janitor stops, the committer drains, then every room is stored.
     stack.push_async_callback(rooms.stop)
-    stack.push_async_callback(rooms.flush_all)
-    stack.push_async_callback(committer.stop)
-    start_background(stack, "rooms.janitor", rooms.janitor())
+    stack.push_async_callback(bounded, "rooms.flush_all", rooms.flush_all, settings.shutdown_timeout_s)
+    stack.push_async_callback(committer.stop, settings.shutdown_timeout_s)
+    start_background(stack, supervisor, "rooms.janitor", rooms.janitor)
     listener = fanout.Fanout(
         db.app_url, settings.node_id, rooms, metrics, settings.fanout_check_interval_s, settings.fanout_probe_interval_s
     )
     coordination = Coordination(db.pool, settings.node_id, rooms, settings)
     listener.events = coordination.events
     stack.push_async_callback(coordination.stop)
-    start_background(stack, "tasks.sweep", coordination.sweep_forever())
-    start_background(stack, "fanout.listen", listener.run())
+    start_background(stack, supervisor, "tasks.sweep", coordination.sweep_forever)
+    start_background(stack, supervisor, "fanout.listen", listener.run)
     # Presence closes after its tasks stop (the stack runs in reverse); Redis stays optional.
     members = presence.create_presence(settings, settings.node_id, metrics)
     stack.push_async_callback(members.close)
-    for name, task in members.background():
-        start_background(stack, name, task)
+    for name, factory in members.background():
+        start_background(stack, supervisor, name, factory)
     if db.embedded:
         token = auth.issue_token(secret, DEV_TENANT, "dev", settings.token_ttl_s)
         log.info("auth.dev_token", tenant_id=str(DEV_TENANT), agent_id="dev", token=token,
                  message="development token for the embedded server (tenant 1, agent dev)")
     return Node(
-        settings, settings.node_id, db.pool, rooms, committer, secret, metrics, validator, listener, members, coordination
-    )
+        settings, settings.node_id, db.pool, rooms, committer, secret, metrics, validator, listener, members, coordination,
+        supervisor,
+    )  # fmt: skip
 
 
 def _lifespan(state: AppState) -> Any:
@@ -261,14 +266,13 @@ def _lifespan(state: AppState) -> Any:
             db = state.database
             # Later resources (the LISTEN connection, rooms, presence) enter `stack` here, after
             # the pool, so they are closed before it.
-            state.node = await start_node(stack, settings, db, state.metrics)
+            state.node = await start_node(stack, settings, db, state.metrics, state.supervisor)
             state.metrics.migrations_applied_at_start.set(db.migrations_applied_at_start)
             state.metrics.db_up.set(1)
-            start_background(
-                stack,
-                "db.maintenance",
-                maintain_partitions(db.admin_url, settings.maintenance_interval_s, state.metrics),
+            maintenance = functools.partial(
+                maintain_partitions, db.admin_url, settings.maintenance_interval_s, state.metrics
             )
+            start_background(stack, state.supervisor, "db.maintenance", maintenance)
             log.info(
                 "server.ready",
                 host=settings.host,
@@ -313,7 +317,7 @@ def create_app(settings: Settings) -> Starlette:
     assert settings.node_id is not None
     metrics = Metrics()
     metrics.node.info({"node_id": settings.node_id, "embedded": str(not settings.database_url).lower()})
-    state = AppState(settings=settings, node_id=settings.node_id, metrics=metrics)
+    state = AppState(settings=settings, node_id=settings.node_id, metrics=metrics, supervisor=Supervisor(metrics))
     app = Starlette(
         routes=[
             Route("/healthz", health.healthz, methods=["GET"]),

@@ -1,9 +1,12 @@
-"""`GET /healthz` and `GET /metrics`: is this node serving, and is its database answering.
+"""`GET /healthz` and `GET /metrics`: is this node serving, is its database answering, and can
+its write path commit.
 
 The database probe is one `SELECT 1` through the application pool, bounded by
 `settings.health_timeout_s`, so a hung database makes /healthz answer 503 instead of hanging.
-Redis (presence only) is reported but never makes the node unhealthy: without it presence
-degrades and documents keep working.
+The write path (the committer's shards) and the supervised tasks are reported as they are now;
+a shard that cannot commit makes the node unhealthy too (docs/operations.md, "When the database
+is away"). Redis (presence only) is reported but never makes the node unhealthy: without it
+presence degrades and documents keep working.
 """
 
 from __future__ import annotations
@@ -46,8 +49,11 @@ async def healthz(request: Request) -> JSONResponse:
     node = state.node
     configured = state.settings.redis_url is not None
     redis = await node.presence.health() if node else {"configured": configured, "up": False if configured else None}
+    # Each committer shard: can it commit, its connection, what waits, when it last committed or failed.
+    write_path = node.committer.health() if node else {"ok": False, "shards": []}
+    healthy = up and write_path["ok"]
     body = {
-        "status": "ok" if up else "unavailable",
+        "status": "ok" if healthy else "unavailable",
         "node_id": state.node_id,
         # The fan-out's LISTEN connection: while it is down this node still serves, and its
         # rooms catch up from the log when it is back.
@@ -58,10 +64,13 @@ async def healthz(request: Request) -> JSONResponse:
             "schema_version": db.schema_version if db else None,
             "migrations_applied_at_start": db.migrations_applied_at_start if db else None,
         },
+        "write_path": write_path,
+        # Every long-running task: running now, and how often it was restarted after a crash.
+        "tasks": state.supervisor.view(),
         # Presence's store: `up` is null without REDIS_URL (presence is in process then).
         "redis": redis,
     }
-    return JSONResponse(body, status_code=200 if up else 503)
+    return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 async def metrics(request: Request) -> Response:

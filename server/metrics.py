@@ -64,6 +64,16 @@ class Metrics:
             registry=self.registry,
         )
 
+        # The node's long-running tasks (server/supervisor.py).
+        self.task_up = Gauge(
+            "tandem_task_up", "1 while the background task runs (0: waiting to restart, or stopped).", ["task"],
+            registry=self.registry,
+        )
+        self.task_restarts = Counter(
+            "tandem_task_restarts", "Background tasks restarted after an unexpected exception.", ["task"],
+            registry=self.registry,
+        )
+
         # Realtime sessions (server/session.py) and the durable path (server/committer.py).
         self.sessions = Gauge("tandem_sessions", "Open WebSocket sessions.", registry=self.registry)
         self.auth_failures = Counter(
@@ -87,6 +97,26 @@ class Metrics:
         )
         self.committed_operations = Counter(
             "tandem_committed_operations", "Document operations committed.", registry=self.registry
+        )
+        self.commit_unavailable = Counter(
+            "tandem_commit_unavailable",
+            "Operations refused with `unavailable`, by cause: lost (the connection failed under the batch), "
+            "timeout (the append took over commit_timeout_s), waited (no database for commit_unavailable_after_s), "
+            "stopped (still queued at shutdown).",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.commit_reconnects = Counter(
+            "tandem_commit_reconnects", "Committer connections taken again after the database failed.",
+            registry=self.registry,
+        )
+        self.commit_shard_up = Gauge(
+            "tandem_commit_shard_up", "1 while a committer shard can commit (it is not waiting for the database).",
+            ["shard"], registry=self.registry,
+        )
+        self.commit_queued = Gauge(
+            "tandem_commit_queued_operations", "Operations waiting in a committer shard.", ["shard"],
+            registry=self.registry,
         )
         self.catch_up_reads = Counter(
             "tandem_catch_up_reads", "Reads of the log to fill a gap or follow another node.", registry=self.registry

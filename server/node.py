@@ -22,6 +22,7 @@ from server.metrics import Metrics
 from server.presence import Presence
 from server.rooms import RoomRegistry
 from server.settings import Settings
+from server.supervisor import Supervisor
 from server.validation import Validator
 
 
@@ -38,6 +39,7 @@ class Node:
     fanout: Fanout
     presence: Presence  # in Redis with REDIS_URL, else in process (server/presence.py)
     coordination: Coordination  # workspace events, lock views, the task sweep
+    supervisor: Supervisor  # runs and restarts every long-running task (server/supervisor.py)
     connections: set[Any] = field(default_factory=set)  # open client connections (server/connection.py)
 
     def authenticate(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Principal | ErrorCode:

@@ -10,7 +10,7 @@ with server/protocol.py.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -19,7 +19,7 @@ from server import protocol as p
 from server.metrics import Metrics
 from server.settings import Settings
 
-Background = list[tuple[str, Coroutine[Any, Any, None]]]
+Background = list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]  # (task name, coroutine function)
 
 
 class Subscriber(Protocol):

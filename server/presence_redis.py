@@ -227,7 +227,7 @@ class RedisPresence(MemoryPresence):
     # --- background: relay, heartbeat, sweep ----------------------------------------------------
 
     def background(self) -> Background:
-        return [("presence.relay", self._listen()), ("presence.heartbeat", self._heartbeat()), ("presence.sweep", self._sweep())]
+        return [("presence.relay", self._listen), ("presence.heartbeat", self._heartbeat), ("presence.sweep", self._sweep)]
 
     async def _subscribe(self) -> PubSub:
         async for attempt in AsyncRetrying(

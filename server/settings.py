@@ -73,10 +73,16 @@ class Settings(BaseSettings):
     # Per connection: bytes read and not yet settled (committed or refused), each message counted
     # with a fixed overhead (server/connection.py); reading pauses beyond it, never before.
     max_received_bytes: int = 1_048_576
-    commit_unavailable_after_s: float = 5.0  # an update that cannot be committed this long: `unavailable`
     commit_shards: int = 2  # writer loops; a document always maps to the same one
     commit_max_batch_ops: int = 1000
     commit_max_wait_ms: float = 0.0  # extra wait for a batch to fill once the queue is empty
+    commit_max_queue_ops: int = 50_000  # per shard; full: submitting waits (backpressure)
+    # While the database is away (docs/operations.md, "When the database is away"): bound on one
+    # append and on taking a connection; past it the batch is refused with `unavailable`.
+    commit_timeout_s: float = 5.0
+    # An update not committed this long after it was submitted, while the writer has no working
+    # connection (or its room is being rebuilt from the log), is refused with `unavailable`.
+    commit_unavailable_after_s: float = 5.0
     snapshot_every_ops: int = 1000
     snapshot_every_s: float = 60.0
     content_debounce_s: float = 2.0  # shared_documents.content for readers that don't speak CRDT

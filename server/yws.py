@@ -82,7 +82,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL_ERROR: 1011,
     ErrorCode.SERVER_SHUTDOWN: 1012,  # "service restart": y-websocket reconnects and resyncs
     ErrorCode.SLOW_CONSUMER: 1013,  # "try again later": y-websocket reconnects and resyncs
-    ErrorCode.UNAVAILABLE: 1013,
+    ErrorCode.UNAVAILABLE: 1013,  # the database was away: the resync resends the update
 }
 
 

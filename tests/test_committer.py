@@ -9,6 +9,7 @@ import uuid
 
 from server import store
 from server.committer import Committer, Pending
+from server.errors import ErrorCode, TandemError
 
 
 def pending(calls: list[tuple[int | None, BaseException | None]]) -> Pending:
@@ -26,12 +27,14 @@ def test_the_first_decision_is_reported_once() -> None:
     assert calls == [(7, None)]
 
 
-def test_an_operation_without_an_outcome_is_reported_as_failed() -> None:
-    # A batch whose task ended mid-commit (its `finally` still reports): the caller hears.
+def test_an_operation_without_an_outcome_is_reported_unavailable() -> None:
+    # A batch cut short mid-commit (stop cancelled its writer): the caller hears `unavailable`,
+    # since the append may or may not have been stored, and sending it again is harmless.
     calls: list[tuple[int | None, BaseException | None]] = []
     p = pending(calls)
     p.report()
-    assert len(calls) == 1 and calls[0][0] is None and isinstance(calls[0][1], RuntimeError)
+    assert len(calls) == 1 and calls[0][0] is None
+    assert isinstance(calls[0][1], TandemError) and calls[0][1].code is ErrorCode.UNAVAILABLE
 
 
 def test_a_failing_callback_does_not_keep_the_rest_of_the_batch_from_hearing() -> None:

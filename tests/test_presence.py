@@ -93,7 +93,7 @@ class RedisNodes:
     async def start(self, name: str, *, wait: bool = True, **options: Any) -> RedisPresence:
         options = {"ttl_s": 3.0, "timeout_s": 1.0, **options}
         node = RedisPresence(self.url, name, Metrics(), prefix=self.prefix, **options)
-        self.running[node] = [asyncio.create_task(coro, name=task) for task, coro in node.background()]
+        self.running[node] = [asyncio.create_task(run(), name=task) for task, run in node.background()]
         if wait:
             await eventually(lambda: node.connected)
         return node
@@ -370,7 +370,7 @@ async def test_a_node_that_stalled_past_the_ttl_comes_back(redis_nodes):
 async def test_unreachable_redis_degrades_presence_only():
     # No server on this port: every call returns at once, nothing raises, errors are counted.
     node = RedisPresence(f"redis://127.0.0.1:{free_port()}/0", "node-x", Metrics(), ttl_s=3.0, timeout_s=0.5)
-    tasks = [asyncio.create_task(coro) for _name, coro in node.background()]
+    tasks = [asyncio.create_task(run()) for _name, run in node.background()]
     try:
         alice, bob = Inbox(), Inbox()
         async with asyncio.timeout(5):
