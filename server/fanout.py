@@ -110,11 +110,13 @@ class Fanout:
     async def _connect(self) -> asyncpg.Connection:
         """A dedicated (never pooled: a pool's reset runs UNLISTEN *) connection, with backoff."""
         async for attempt in AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.05, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.05, max=5.0),
             retry=retry_if_exception_type((OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)),
         ):
             with attempt:
-                return await asyncpg.connect(self.app_url, timeout=10)
+                return await asyncpg.connect(
+                    self.app_url, timeout=10, server_settings={"application_name": f"tandem {self.node_id} listen"}
+                )
         raise AssertionError("unreachable")  # AsyncRetrying retries forever
 
     async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:

@@ -24,13 +24,14 @@ from typing import Protocol
 
 import asyncpg
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from crdt.document import CorruptUpdate, Document
 from crdt.operations import Operation, Origin, Snapshot
 from crdt.replay import rebuild
 from server import store
 from server.committer import Committed, Committer
+from server.dbfaults import is_unavailable
 from server.errors import ErrorCode
 from server.metrics import Metrics
 from server.protocol import encode
@@ -38,8 +39,6 @@ from server.settings import Settings
 
 log = structlog.get_logger("tandem.rooms")
 
-# What a lost or restarting database raises: a repair waits for it and tries again.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 REPAIR_MAX_WAIT_S = 2.0  # the longest pause between two attempts to rebuild a room from the log
 
 
@@ -500,8 +499,8 @@ class RoomRegistry:
         """
         assert room.dirty is not None
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type((*DATABASE_ERRORS, _NotSettled)),
-            wait=wait_exponential_jitter(initial=0.05, max=REPAIR_MAX_WAIT_S),
+            retry=retry_if_exception(lambda exc: is_unavailable(exc) or isinstance(exc, _NotSettled)),
+            wait=wait_exponential_jitter(multiplier=0.05, max=REPAIR_MAX_WAIT_S, jitter=0.05),
             before_sleep=lambda state: log.warning(
                 "room.repair_retry", doc_id=str(room.doc_id), attempt=state.attempt_number,
                 error=repr(state.outcome.exception()) if state.outcome else None,
