@@ -51,5 +51,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+async def create_pool(url: str, min_size: int = 1, max_size: int = 10, application_name: str | None = None) -> asyncpg.Pool:
+    """The application role's pool; `application_name` (e.g. "tandem node-1") names its
+    connections in pg_stat_activity, so an operator sees which node holds which."""
+    settings = {"application_name": application_name} if application_name else None
+    return await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=settings
+    )
