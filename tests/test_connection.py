@@ -1,0 +1,106 @@
+"""The shared connection lifecycle (server/connection.py), with the app served in process by
+uvicorn against this test's database so a fault can be put inside a node: a failure of one
+connection's update pipeline ends that connection with `internal_error` (1011, after the
+closing sequence), the node goes on serving the others, and nothing of the failed connection
+is left behind (docs/protocol.md#44)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from server.app import create_app
+from server.connection import Connection
+from server.node import Node
+from server.pgcluster import free_port
+from tests import wsclient
+from tests.conftest import TENANT_A
+
+if TYPE_CHECKING:
+    from tests.conftest import Postgres, TestDatabase
+
+DEADLINE_S = 30.0
+
+
+class _InProcess(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:  # the test runner keeps its own signal handlers
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serving(postgres: Postgres, db: TestDatabase, data_dir: Path) -> AsyncIterator[tuple[str, Node]]:
+    """The app on a free loopback port in this event loop: (its /ws URL, its node)."""
+    settings = postgres.settings.model_copy(
+        update={
+            "database_url": db.admin_url, "data_dir": data_dir, "node_id": "node-inproc", "validate_in_worker": False,
+            "jwt_secret": wsclient.SECRET,
+        }
+    )  # fmt: skip
+    app = create_app(settings)
+    port = free_port()
+    server = _InProcess(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            while not server.started:
+                assert not task.done(), "the server did not start"
+                await asyncio.sleep(0.02)
+        yield f"ws://127.0.0.1:{port}/ws", app.state.tandem.node
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, DEADLINE_S)
+
+
+async def test_a_failing_update_pipeline_ends_only_its_connection_with_internal_error(
+    postgres: Postgres, db: TestDatabase, tmp_path: Path, monkeypatch: Any
+) -> None:
+    async with serving(postgres, db, tmp_path) as (url, node):
+        alice = await wsclient.Agent(url, wsclient.token(TENANT_A, "alice")).connect()
+        bob = await wsclient.Agent(url, wsclient.token(TENANT_A, "bob")).connect()
+        ws = (await alice.request("workspace.create", name="w", visibility="team"))["workspace"]
+        for agent in (alice, bob):
+            await agent.request("workspace.join", workspace_id=ws["workspace_id"])
+        doc_id = (await alice.request("doc.create", workspace_id=ws["workspace_id"], title="d"))["document"]["doc_id"]
+        a, b = await alice.open(doc_id), await bob.open(doc_id)
+        await a.edit(lambda t: t.insert(0, "before "))
+        failing = next(c for c in node.connections if c.principal.agent_id == "alice")
+
+        check = Connection._check
+        faults = []
+
+        async def fails_once(self: Connection[Any], updates: list[bytes]) -> list[str | None]:
+            if self is failing and not faults:
+                faults.append(len(updates))
+                raise RuntimeError("injected pipeline fault")
+            return await check(self, updates)
+
+        monkeypatch.setattr(Connection, "_check", fails_once)
+        _, _, reply = await a.send_edit(lambda t: t.insert(len(t), "lost "))
+        assert (await reply)["code"] == "internal_error"  # the update's own refusal
+        assert await alice.wait_closed(DEADLINE_S) == (1011, "internal_error")
+        frames = [alice.events.get_nowait() for _ in range(alice.events.qsize())]
+        assert frames[-1] == {
+            "type": "session.closing", "code": 1011, "reason": "internal_error", "message": "Internal server error.",
+        }  # fmt: skip
+
+        # The node serves on: bob writes and is acknowledged, a newcomer reads what was committed.
+        assert (await b.edit(lambda t: t.insert(len(t), "after")))["seq"] == 2
+        carol = await wsclient.Agent(url, wsclient.token(TENANT_A, "carol")).connect()
+        await carol.request("workspace.join", workspace_id=ws["workspace_id"])
+        assert str((await carol.open(doc_id)).text) == "before after" == str(b.text)
+
+        # Nothing of the failed connection is left: not in the node, not in the room, no task.
+        assert failing.finished.is_set() and failing not in node.connections
+        assert (failing.unsettled, failing.received_bytes, len(failing.outbox), len(failing.inbox)) == (0, 0, 0, 0)
+        room = node.rooms.rooms[uuid.UUID(doc_id)]
+        assert failing.conn_id not in room.subscriptions and len(room.subscriptions) == 2
+        assert not failing.tasks
+        for agent in (bob, carol, alice):
+            await agent.close()
