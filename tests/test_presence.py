@@ -62,6 +62,10 @@ class Inbox:
                 if frames[-1]["type"] == type_ and all(frames[-1].get(k) == v for k, v in match.items()):
                     return frames
 
+    def own(self) -> list[dict[str, Any]]:
+        """The pending frames about this very session (it must never get any)."""
+        return [f for f in self.pending() if f.get("conn_id") == self.conn_id]
+
     def pending(self) -> list[dict[str, Any]]:
         frames = []
         while not self.frames.empty():
@@ -217,7 +221,9 @@ async def test_join_is_announced_to_the_others_and_listed(pair):
     ]
     await node2.leave(bob.conn_id, WS)
     assert (await alice.next("presence.left"))["conn_id"] == bob.conn_id
-    assert [f["type"] for f in bob.pending()] == []  # a session never receives its own events
+    # A session never receives its own events. (It may still get alice's join: bob joined on the
+    # other node before that event crossed over, and a late event about another session is fine.)
+    assert bob.own() == []
 
 
 async def test_documents_and_awareness_reach_the_others(pair):
@@ -243,7 +249,7 @@ async def test_documents_and_awareness_reach_the_others(pair):
     assert (await alice.next("awareness.changed"))["state"] == {"status": "reviewing"}
     members = {str(m.conn_id): m for m in (await node1.list_members(TENANT_A, WS)).members}
     assert (members[bob.conn_id].awareness, members[bob.conn_id].awareness_doc_id) == ({"status": "reviewing"}, None)
-    assert bob.pending() == []
+    assert bob.own() == []
 
 
 async def test_disconnect_leaves_every_workspace_with_reason_disconnected(pair):
@@ -303,14 +309,16 @@ async def test_a_node_relays_each_event_once_and_drops_its_own(redis_nodes):
     assert [(f["type"], f["conn_id"]) for f in await bob.until("awareness.changed", state={"n": 1})] == [
         ("presence.joined", alice.conn_id), ("presence.joined", alice2.conn_id), ("awareness.changed", alice.conn_id),
     ]  # fmt: skip
-    assert [(f["type"], f["conn_id"]) for f in await alice.until("awareness.changed", state={"n": 2})] == [
-        ("presence.joined", alice2.conn_id), ("awareness.changed", bob.conn_id),
-    ]  # fmt: skip
-    assert [(f["type"], f["conn_id"]) for f in await alice2.until("awareness.changed", state={"n": 2})] == [
-        ("awareness.changed", alice.conn_id), ("awareness.changed", bob.conn_id),
-    ]  # fmt: skip
+    # Bob joined node 2 first; his join may cross over to node 1 before alice joins or after (then
+    # alice, and maybe alice2, hear it late): both are right, and it is relayed once either way.
+    bob_joined = ("presence.joined", bob.conn_id)
+    heard = [(f["type"], f["conn_id"]) for f in await alice.until("awareness.changed", state={"n": 2})]
+    late = bob_joined in heard
+    assert [e for e in heard if e != bob_joined] == [("presence.joined", alice2.conn_id), ("awareness.changed", bob.conn_id)]
+    heard = [(f["type"], f["conn_id"]) for f in await alice2.until("awareness.changed", state={"n": 2})]
+    assert [e for e in heard if e != bob_joined] == [("awareness.changed", alice.conn_id), ("awareness.changed", bob.conn_id)]
     assert node2.metrics.presence_events.labels("relayed")._value.get() == 3
-    assert node1.metrics.presence_events.labels("relayed")._value.get() == 1  # node 1 dropped its own
+    assert node1.metrics.presence_events.labels("relayed")._value.get() == 1 + late  # node 1 dropped its own
 
 
 async def test_a_vanished_nodes_sessions_expire_on_the_others(redis_nodes):
