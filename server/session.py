@@ -15,7 +15,8 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from server import protocol as p, store, workspaces
-from server.connection import ITEM_OVERHEAD_BYTES, Connection, Update
+from server.connection import Connection
+from server.pipeline import ITEM_OVERHEAD_BYTES, Update
 from server.errors import ErrorCode, TandemError
 from server.node import Node
 from server.rooms import Room
@@ -262,15 +263,13 @@ class AgentConnection(Connection[str], CoordinationHandlers):
         self.reply(p.DocUpdateOk(re=item.re, doc_id=item.room.doc_id, seq=None))
 
     def update_refused(self, item: Update, code: ErrorCode, details: dict[str, Any] | None) -> None:
+        err = p.ProtocolError(code, item.re, details)
         if code is ErrorCode.INVALID_UPDATE:
             err = self.session.invalid_update(item.re, details)
-            self.node.metrics.errors.labels(err.code.value).inc()
-            if err.close_code is not None:
+            if err.close_code is not None:  # the budget is spent: counted with the close
                 self.fail(err)
                 return
-        else:
-            err = p.ProtocolError(code, item.re, details)
-            self.node.metrics.errors.labels(code.value).inc()
+        self.node.metrics.errors.labels(err.code.value).inc()
         self.error(err)
 
     # --- presence and awareness (docs/protocol.md#57; server/presence.py) ---------------------

@@ -48,7 +48,8 @@ from starlette.websockets import WebSocket
 from crdt.clock import CorruptStateVector
 from crdt.document import CorruptUpdate
 from server import store, workspaces
-from server.connection import ITEM_OVERHEAD_BYTES, Connection, Inbound, Update
+from server.connection import Connection
+from server.pipeline import ITEM_OVERHEAD_BYTES, Inbound, Update
 from server.errors import ErrorCode, TandemError
 from server.node import Node
 from server.protocol import awareness_bytes
@@ -580,12 +581,13 @@ class YjsConnection(Connection[bytes]):
         (a viewer, another agent's lock) is a permission-denied message and the connection
         stays; anything else closes it (y-websocket reconnects and resends after transient
         codes, docs/protocol.md#114)."""
-        self.node.metrics.errors.labels(code.value).inc()
         if code is ErrorCode.FORBIDDEN:
+            self.node.metrics.errors.labels(code.value).inc()
             self.send_bytes(permission_denied_message("forbidden: read-only access (viewer)"))
         elif code in (ErrorCode.LOCKED, ErrorCode.STALE_FENCE):
+            self.node.metrics.errors.labels(code.value).inc()
             self.send_bytes(permission_denied_message(f"{code.value}: the document is locked by another agent"))
-        else:
+        else:  # counted with the close
             self.end(code, (details or {}).get("reason", "")[:80] or None)
 
 
