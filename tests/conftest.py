@@ -46,6 +46,8 @@ class Postgres:
 
 @dataclass
 class TestDatabase:
+    __test__ = False  # a fixture's value, not a test class (modules that import it are collected)
+
     name: str
     admin_url: str  # superuser / migrator: schema inspection, setup behind the app's back
     app_url: str  # the application role: what the server uses, RLS applies
