@@ -249,6 +249,7 @@ class Connection(UpdatePipeline, Generic[Frame]):
             self.log.info(f"{self.kind}.draining", unsettled=self.unsettled)
         await self.drained()
 
+
 def _text(detail: Any) -> str | None:
     return None if detail is None else str(detail)[:200]
 

@@ -200,8 +200,8 @@ class UpdatePipeline:
             except TimeoutError:
                 self._refuse(item, ErrorCode.UNAVAILABLE)
                 return
-        if room.broken:  # the document is gone (deleted meanwhile)
-            self._refuse(item, ErrorCode.NOT_FOUND)
+        if room.broken:  # its rebuild failed: the client's resync (or reconnect) loads it afresh
+            self._refuse(item, ErrorCode.INTERNAL_ERROR)
             return
         if not self.may_write(item):
             self._refuse(item, ErrorCode.FORBIDDEN)

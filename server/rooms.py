@@ -520,6 +520,8 @@ class RoomRegistry:
             event.set()
 
     async def _rebuild_settled(self, room: Room, max_turns: int = 50) -> None:
+        """One attempt: wait until nothing of this node is in flight and the log's operations up
+        to the delivered head are all here, then swap in the document rebuilt from the log."""
         for _ in range(max_turns):
             pending = room.last_pending
             if pending is not None and not pending.done():

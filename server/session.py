@@ -201,6 +201,9 @@ class AgentConnection(Connection[str], CoordinationHandlers):
         it in the same queue (docs/protocol.md#62)."""
         assert self.principal is not None
         room = self.rooms.get(msg.doc_id)
+        if room is not None and room.broken:  # its rebuild from the log failed: load it afresh
+            room.close(self.conn_id)
+            room = None
         if room is None:
             async with self._tx() as conn:
                 info = await workspaces.get_document(conn, msg.doc_id)
