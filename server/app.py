@@ -26,7 +26,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import auth, connection, database, fanout, health, presence, session, yws
+from server import auth, connection, database, fanout, health, presence, session, transport, yws
 from server.committer import Committer
 from server.coordination import Coordination
 from server.embedded import EmbeddedPostgres
@@ -404,6 +404,8 @@ def run(settings: Settings) -> None:
         # them; between max_frame_bytes and this, Tandem answers frame_too_large.
         ws_max_size=settings.frame_hard_limit_bytes,
         ws_per_message_deflate=settings.ws_compression,
+        # The handshake's line limit (long tokens get 4401) and invalid UTF-8 (one typed close).
+        **transport.configure(settings),  # type: ignore[arg-type]
     )
     server = _Server(config, app.state.tandem)
     state: AppState = app.state.tandem

@@ -20,6 +20,7 @@ import jwt
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from server.errors import ErrorCode
+from server.settings import DATA_DIR_MODE
 
 ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
@@ -155,7 +156,7 @@ def load_or_create_secret(data_dir: Path) -> str:
     Used only when `TANDEM_JWT_SECRET` is unset. Creation is atomic: concurrent first starts
     agree on one secret. A file readable by group or others, or too short, is refused.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
     path = data_dir / SECRET_FILE
     if not path.exists():
         tmp = data_dir / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"

@@ -30,6 +30,7 @@ from server.errors import ErrorCode
 from server.mailbox import Mailbox
 from server.node import Node
 from server.pipeline import UpdatePipeline
+from server.transport import INVALID_UTF8
 
 log = structlog.get_logger("tandem.connection")
 
@@ -240,6 +241,9 @@ class Connection(UpdatePipeline, Generic[Frame]):
                 self._parked = False
             if message["type"] == "websocket.disconnect":
                 self.transport_open = False
+                return
+            if message.get(INVALID_UTF8):  # RFC 6455 8.1: fails the connection (server/transport.py)
+                self.end(ErrorCode.INVALID_UTF8)
                 return
             frame = message.get("text")
             await self.on_frame(frame if frame is not None else message.get("bytes") or b"")

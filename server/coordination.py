@@ -196,18 +196,29 @@ class Coordination:
                 log.warning("coordination.sweep_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def sweep_once(self) -> int:
+        """Mark at most `task_sweep_batch` overdue tasks `timeout`, tenant by tenant: each
+        tenant's marks and their events commit in one transaction of that tenant (RLS applies)."""
+        budget = self.settings.task_sweep_batch
         async with self.pool.acquire() as conn:
-            swept = await tasks.sweep_timeouts(conn, self.settings.task_sweep_batch)
-        for task_id, tenant_id, workspace_id in swept:
-            if workspace_id is None:
-                continue  # a task of no workspace has nobody to tell
+            tenants = await tasks.overdue_tenants(conn, budget)
+        swept = 0
+        for tenant_id in tenants:
+            if swept >= budget:
+                break
+            events: list[Event] = []
             async with store.tenant_transaction(self.pool, tenant_id) as conn:
-                task = await tasks.get_task(conn, task_id)
-                event = task_event(tenant_id, task, "timeout", "system")
-                await self.publish(conn, event)
-            self.deliver(event)
-        self.swept += len(swept)
-        return len(swept)
+                marked = await tasks.sweep_timeouts(conn, budget - swept)
+                for task_id, workspace_id in marked:
+                    if workspace_id is None:
+                        continue  # a task of no workspace has nobody to tell
+                    event = task_event(tenant_id, await tasks.get_task(conn, task_id), "timeout", "system")
+                    await self.publish(conn, event)
+                    events.append(event)
+            swept += len(marked)
+            for event in events:
+                self.deliver(event)
+        self.swept += swept
+        return swept
 
 
 # --- the events (docs/protocol.md#126) ------------------------------------------------------------

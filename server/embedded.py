@@ -15,6 +15,7 @@ from types import TracebackType
 import asyncpg
 
 from server.pgcluster import OR_DATABASE_URL, Cluster, ClusterError, wheel_bin_dir
+from server.settings import DATA_DIR_MODE
 
 DATABASE = "tandem"
 
@@ -31,7 +32,7 @@ class EmbeddedPostgres:
 
     async def __aenter__(self) -> "EmbeddedPostgres":
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
             self._lock_fd = os.open(self.data_dir / "tandem.lock", os.O_CREAT | os.O_RDWR, 0o600)
         except OSError as exc:
             raise self._unusable(exc) from exc

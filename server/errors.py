@@ -18,6 +18,7 @@ CLOSE_TOO_MANY_INVALID_UPDATES = 4422  # "unprocessable"
 CLOSE_SLOW_CONSUMER = 4408  # the peer did not read in time
 CLOSE_SERVICE_RESTART = 1012  # IANA registry: the server is restarting; clients reconnect
 CLOSE_INTERNAL_ERROR = 1011  # RFC 6455 7.4.1: only when the session loop itself fails
+CLOSE_INVALID_DATA = 1007  # RFC 6455 7.4.1 and 8.1: a text frame that is not UTF-8
 
 
 class ErrorCode(StrEnum):
@@ -52,6 +53,7 @@ class ErrorCode(StrEnum):
     INVALID_PATCH = "invalid_patch"
     INVALID_STATE = "invalid_state"
     UNAVAILABLE = "unavailable"
+    INVALID_UTF8 = "invalid_utf8"
 
     @property
     def message(self) -> str:
@@ -93,6 +95,7 @@ _TABLE: dict[ErrorCode, tuple[str, int | None]] = {
     ErrorCode.INVALID_PATCH: ("The JSON Patch cannot be applied to the current state.", None),
     ErrorCode.INVALID_STATE: ("Workspace state must be a JSON object within max_state_bytes.", None),
     ErrorCode.UNAVAILABLE: ("The database is unavailable; retry.", None),
+    ErrorCode.INVALID_UTF8: ("Text frames must be valid UTF-8.", CLOSE_INVALID_DATA),
 }
 
 RequestId = str | int

@@ -71,7 +71,8 @@ def load(directory: Path) -> list[Migration]:
 
 
 async def ensure_roles(conn: asyncpg.Connection, owner_role: str, app_role: str, app_password: str | None) -> None:
-    """Create the owner and application roles (cluster-wide) and this database's schema grants.
+    """Create the owner and application roles (cluster-wide), this database's schema grants, and
+    who may connect to it (the app role; PUBLIC may not).
 
     The owner role owns every object and cannot log in; the app role logs in, owns nothing and
     is not superuser, so forced row-level security applies to it.
@@ -98,6 +99,12 @@ async def ensure_roles(conn: asyncpg.Connection, owner_role: str, app_role: str,
         await conn.execute(f"GRANT USAGE ON SCHEMA public TO {_ident(app_role)}")
         # Nothing in public is anyone's by default: every privilege is granted by a migration.
         await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        # LISTEN needs nothing but CONNECT, and the NOTIFY channel carries every tenant's small
+        # updates and events: only the app role (and the owner, superusers) may connect
+        # (docs/operations.md, "Threat model").
+        database = await conn.fetchval("SELECT quote_ident(current_database())")
+        await conn.execute(f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC")
+        await conn.execute(f"GRANT CONNECT ON DATABASE {database} TO {_ident(app_role)}")
     finally:
         await conn.execute(f"SELECT pg_advisory_unlock({LOCK_KEY + 1})")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from server import asuser
+from server.settings import DATA_DIR_MODE
 
 SYSTEM_PG_BIN = Path("/usr/lib/postgresql/15/bin")
 FALLBACK_OS_USER = "tandem-postgres"
@@ -202,11 +203,23 @@ class Cluster:
             os.chown(path, entry.pw_uid, entry.pw_gid)
         path.chmod(mode)
 
+    def _private_log(self, log: Path) -> None:
+        """postgres.log holds statements, errors and connection details: it is created (or
+        kept) mode 0600 and owned by the user PostgreSQL runs as, never through a symlink."""
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        try:
+            if self.os_user is not None:
+                entry = pwd.getpwnam(self.os_user)
+                os.fchown(fd, entry.pw_uid, entry.pw_gid)
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+
     def initialised(self) -> bool:
         return (self.pgdata / "PG_VERSION").exists()
 
     def init(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
         if self.initialised():
             return
         self._hand_over(self.pgdata, 0o700)
@@ -240,10 +253,7 @@ class Cluster:
         if not self.fsync:
             options += ["-c fsync=off", "-c full_page_writes=off", "-c synchronous_commit=off"]
         log = self.data_dir / "postgres.log"
-        if self.os_user is not None and not log.exists():
-            log.touch()
-            entry = pwd.getpwnam(self.os_user)
-            os.chown(log, entry.pw_uid, entry.pw_gid)
+        self._private_log(log)
         self._run(
             "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.pgdata), "-l", str(log), "-o", " ".join(options),
             log_from=log.stat().st_size if log.exists() else 0,

@@ -12,6 +12,9 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# A data folder Tandem creates: nobody else may list or read it; others may only pass through,
+# which the embedded PostgreSQL needs when it runs as its own OS user (started as root).
+DATA_DIR_MODE = 0o711
 
 
 class Settings(BaseSettings):

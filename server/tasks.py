@@ -1,6 +1,6 @@
 """Tasks and their delegations: the data side of docs/protocol.md section 12.4.
 
-Every function but `sweep_timeouts` takes an asyncpg connection already inside
+Every function but `overdue_tenants` takes an asyncpg connection already inside
 `store.tenant_transaction`, so RLS scopes it to one tenant; SQL lives in `server/sql/tasks.sql`
 (the `task_*` queries) and the state machine in `server/task_rules.py`. Failures a client may
 see are `TandemError`s: let them propagate out of `tenant_transaction`, which rolls back.
@@ -322,19 +322,23 @@ async def statistics(conn: asyncpg.Connection) -> list[dict[str, Any]]:
 # --- timeout sweep ---------------------------------------------------------------------------
 
 
-async def sweep_timeouts(
-    conn: asyncpg.Connection, max_rows: int
-) -> list[tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]]:
-    """Mark at most `max_rows` in-progress tasks past `timeout_s` as `timeout`, across tenants.
+async def overdue_tenants(conn: asyncpg.Connection, max_tenants: int) -> list[uuid.UUID]:
+    """At most `max_tenants` tenants that have a task in progress past its `timeout_s`.
 
-    Call it on a plain pooled connection of the app role, NOT inside `tenant_transaction`: the
-    database function runs as the owner and sees every tenant's tasks in progress. Any number of
-    nodes may call it at once; each overdue task is marked by exactly one call (SKIP LOCKED and
-    a re-checked status). Returns (task_id, tenant_id, workspace_id) of the tasks it marked;
-    reading them (`get_task` per tenant) and telling agents is the caller's job.
+    Call it on a plain pooled connection, outside `tenant_transaction`: it is the sweep's one
+    step across tenants (a database function run as the owner) and it reads tenant ids only.
+    """
+    return [r["tenant_id"] for r in await conn.fetch(Q["task_overdue_tenants"], _checked_limit(max_tenants))]
+
+
+async def sweep_timeouts(conn: asyncpg.Connection, max_rows: int) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
+    """Mark at most `max_rows` of the current tenant's in-progress tasks past `timeout_s` as
+    `timeout`; returns (task_id, workspace_id) of each. Inside `tenant_transaction` like every
+    other call here: with no tenant set it marks nothing. Any number of nodes may call it at
+    once; each overdue task is marked by exactly one call (SKIP LOCKED and a re-checked status).
     """
     rows = await conn.fetch(Q["task_sweep_timeouts"], _checked_limit(max_rows))
-    return [(r["task_id"], r["tenant_id"], r["workspace_id"]) for r in rows]
+    return [(r["task_id"], r["workspace_id"]) for r in rows]
 
 
 # --- helpers ---------------------------------------------------------------------------------

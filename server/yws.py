@@ -84,6 +84,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.SERVER_SHUTDOWN: 1012,  # "service restart": y-websocket reconnects and resyncs
     ErrorCode.SLOW_CONSUMER: 1013,  # "try again later": y-websocket reconnects and resyncs
     ErrorCode.UNAVAILABLE: 1013,  # the database was away: the resync resends the update
+    ErrorCode.INVALID_UTF8: 1007,  # RFC 6455 8.1 (a text frame, which /yjs does not use anyway)
 }
 
 

@@ -642,12 +642,14 @@ def test_refusal_close_codes_match_error_code():
         assert ErrorCode(code(err)).close_code == int(close)
 
 
-def test_closing_codes_are_in_the_4xxx_range_except_shutdown():
-    # docs/protocol.md#8-error-codes: server_shutdown uses 1012 (service restart)
+def test_closing_codes_are_in_the_4xxx_range_except_the_standard_ones():
+    # docs/protocol.md#8-error-codes: server_shutdown uses 1012 (service restart), invalid_utf8
+    # 1007 (RFC 6455 section 8.1)
+    standard = {ErrorCode.SERVER_SHUTDOWN: 1012, ErrorCode.INVALID_UTF8: 1007}
     for c in ErrorCode:
-        if c.close_code is not None and c is not ErrorCode.SERVER_SHUTDOWN:
+        if c.close_code is not None and c not in standard:
             assert 4000 <= c.close_code <= 4999, c
-    assert ErrorCode.SERVER_SHUTDOWN.close_code == 1012
+    assert {c: c.close_code for c in standard} == standard
 
 
 def test_limits_match_settings_defaults():

@@ -1,8 +1,8 @@
 """Tasks and delegations (server/tasks.py) against real PostgreSQL, as the application role.
 
-Every call but the timeout sweep runs inside `store.tenant_transaction`, so RLS applies as in the
-server; the superuser connection (`admin`) only moves clocks and statuses behind the app's back
-and reads the audit trail. The rules are issue 6 part 4 (docs/protocol.md section 12.4).
+Every call but the sweep's listing of tenants runs inside `store.tenant_transaction`, so RLS
+applies as in the server; the superuser connection (`admin`) only moves clocks and statuses
+behind the app's back and reads the audit trail. The rules are issue 6 part 4 (docs/protocol.md section 12.4).
 """
 
 from __future__ import annotations
@@ -409,12 +409,21 @@ async def test_delegating_an_unassigned_task_comes_from_the_actor(env) -> None:
 # --- timeout sweep -------------------------------------------------------------------------------
 
 
-async def sweep(env: Env, sweepers: int, max_rows: int) -> list[tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]]:
-    """`sweepers` concurrent sweeps, each on a pooled connection of its own (no tenant set)."""
+Swept = list[tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]]
 
-    async def one() -> list[tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]]:
+
+async def sweep(env: Env, sweepers: int, max_rows: int) -> Swept:
+    """`sweepers` concurrent sweeps as a node runs them: the tenants with overdue tasks first
+    (no tenant set), then each tenant's tasks in a transaction of that tenant."""
+
+    async def one() -> Swept:
         async with env.pool.acquire() as conn:
-            return await tasks.sweep_timeouts(conn, max_rows)
+            tenants = await tasks.overdue_tenants(conn, max_rows)
+        swept: Swept = []
+        for tenant in tenants:
+            async with store.tenant_transaction(env.pool, tenant) as conn:
+                swept += [(t, tenant, w) for t, w in await tasks.sweep_timeouts(conn, max_rows)]
+        return swept
 
     return [row for rows in await asyncio.gather(*(one() for _ in range(sweepers))) for row in rows]
 
@@ -465,6 +474,29 @@ async def test_concurrent_sweeps_time_each_overdue_task_out_exactly_once_across_
     failover = await act(env, "olivia", overdue_a.task_id, "delegate", to_agent_id="bob", delegation_type="failover")
     assert (failover.task.status, failover.task.assigned_to, failover.task.completed_at) == ("assigned", "bob", None)
     assert failover.delegation is not None and failover.delegation.from_agent_id == "alice"
+
+
+async def test_the_sweep_marks_only_the_current_tenants_tasks(env) -> None:
+    overdue_a = await create(env, "olivia", timeout_s=1)
+    await walk(env, overdue_a.task_id, *started("alice"))
+    await env.admin.execute("UPDATE tasks SET started_at = now() - interval '1 hour' WHERE id = $1", overdue_a.task_id)
+    audits = await audit_count(env, overdue_a.task_id)
+
+    # The app role with tenant B set, through the data layer and through the function itself.
+    async with tx(env.pool, "beth", TENANT_B) as conn:
+        assert await tasks.sweep_timeouts(conn, 10) == []
+        assert await conn.fetch("SELECT * FROM sweep_task_timeouts(10)") == []
+    # With no tenant set at all.
+    async with env.pool.acquire() as conn, conn.transaction():
+        assert await conn.fetch("SELECT * FROM sweep_task_timeouts(10)") == []
+        # The one cross-tenant step tells tenant ids, nothing of the tasks.
+        assert await tasks.overdue_tenants(conn, 10) == [TENANT_A]
+    assert (await get(env, overdue_a.task_id)).status == "in_progress"
+    assert await audit_count(env, overdue_a.task_id) == audits
+
+    async with tx(env.pool, "olivia") as conn:
+        assert await tasks.sweep_timeouts(conn, 10) == [(overdue_a.task_id, env.ws_a)]
+    assert (await get(env, overdue_a.task_id)).status == "timeout"
 
 
 async def test_many_sweepers_share_many_overdue_tasks_without_doubles(env) -> None:

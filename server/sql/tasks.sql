@@ -130,6 +130,10 @@ SELECT status::text AS status, priority::text AS priority, count,
 FROM v_task_statistics
 ORDER BY status, priority;
 
+-- name: task_overdue_tenants
+-- At most $1 tenants with a task in progress past its timeout: ids only, across tenants (SECURITY DEFINER).
+SELECT t AS tenant_id FROM tenants_with_overdue_tasks($1) AS t;
+
 -- name: task_sweep_timeouts
--- Mark at most $1 overdue tasks of every tenant 'timeout' (SECURITY DEFINER; run outside a tenant transaction).
-SELECT task_id, tenant_id, workspace_id FROM sweep_task_timeouts($1);
+-- Mark at most $1 overdue tasks of the current tenant 'timeout'; none when no tenant is set.
+SELECT task_id, workspace_id FROM sweep_task_timeouts($1);
