@@ -90,9 +90,13 @@ async def test_a_demoted_editor_is_refused_on_both_nodes_and_writes_again_once_p
         await ed_1.insert("<ed again>")
         await olga.wait_for(lambda c: "<ed again>" in c.text)
         await a.wait_for(lambda d: "<ed again>" in str(d.text))
-        await olga.wait_for(lambda c: c.text == ed_1.text == ed_2.text)
+        await eventually(lambda: olga.text == ed_1.text == ed_2.text == str(a.text))
         assert "ed" in await agents_after(db, doc_id, head)
-        assert await eventually(lambda: replayed_text(db, doc_id)) == olga.text
+
+        async def stored_as_seen() -> bool:
+            return await replayed_text(db, doc_id) == olga.text
+
+        await eventually(stored_as_seen)
     finally:
         await alice.close()
         await watcher.close()
@@ -113,6 +117,9 @@ async def test_a_removed_editor_is_closed_with_not_member_on_both_nodes_and_hear
         await ed_1.insert("<ed as member>")
         await olga.wait_for(lambda c: "<ed as member>" in c.text)
         await ed_2.wait_for(lambda c: "<ed as member>" in c.text)
+        ed_1_id = str((await ed_1.state())["clientID"])
+        await ed_1.send(cmd="awareness", state={"user": {"name": "Ed"}})
+        await olga.wait_for(lambda c: c.awareness.get(ed_1_id) == {"user": {"name": "Ed"}})
 
         started = time.monotonic()
         await alice.request("member.remove", workspace_id=ws_id, agent_id="ed")
@@ -126,6 +133,7 @@ async def test_a_removed_editor_is_closed_with_not_member_on_both_nodes_and_hear
         await closed("node-1 (through NOTIFY)", ed_1)
         await closed("node-2 (the changing node)", ed_2)
         print("removed editor closed after:", {k: f"{v * 1000:.0f} ms" for k, v in closed_after_s.items()})
+        await olga.wait_for(lambda c: ed_1_id not in c.awareness)  # its cursor is gone for the others
 
         # Closed for good (y-websocket does not reconnect after 44xx): its later edits stay local,
         # and the others' edits no longer reach it.
