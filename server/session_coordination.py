@@ -280,7 +280,7 @@ class CoordinationHandlers(_Base):
                 else:
                     member = message["member"]
                     self.roles[workspace_id] = member["role"]
-                    self.can_write[workspace_id] = workspaces.role_can_write(member["role"]) and "write" in member["permissions"]
+                    self.can_write[workspace_id] = workspaces.wire_can_write(member)
         self.send_text(frame)
 
     def _removed_from(self, workspace_id: uuid.UUID) -> None:

@@ -124,6 +124,12 @@ def can_write(member: Member | None) -> bool:
     return member is not None and role_can_write(member.role) and "write" in member.permissions
 
 
+def wire_can_write(member: Mapping[str, Any]) -> bool:
+    """`can_write` of a member object as `member.changed` events carry it (role and
+    `permissions`, docs/protocol.md#125), for sessions that follow their own membership."""
+    return role_can_write(member["role"]) and "write" in member["permissions"]
+
+
 def role_can_write(role: str | None) -> bool:
     """The role part of `can_write` alone (None: not a member). Prefer `can_write` or
     `JoinResult.can_write`, which also honour the member's `permissions`."""

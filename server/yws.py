@@ -54,6 +54,7 @@ from server.errors import ErrorCode, TandemError
 from server.node import Node
 from server.protocol import awareness_bytes
 from server.rooms import Room
+from server.yws_rights import LiveRights
 
 log = structlog.get_logger("tandem.yws")
 
@@ -75,6 +76,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.LIMIT_EXCEEDED: 4400,
     ErrorCode.UNAUTHORIZED: 4401,
     ErrorCode.FORBIDDEN: 4403,
+    ErrorCode.NOT_MEMBER: 4403,  # removed from the workspace while connected
     ErrorCode.WORKSPACE_FULL: 4403,
     ErrorCode.NOT_FOUND: 4404,
     ErrorCode.FRAME_TOO_LARGE: 4413,
@@ -407,11 +409,12 @@ class Received(Inbound):
     message: SyncStep1 | AwarenessUpdate | QueryAwareness
 
 
-class YjsConnection(Connection[bytes]):
+class YjsConnection(Connection[bytes], LiveRights):
     """One y-websocket client of one document: the y-protocols codec and handlers over the shared
     lifecycle (server/connection.py). `send_update` is the room's way in. Every message is
     handled in order through the pipeline, paced by the rate limit (y-protocols has no error to
-    refuse with); reading goes on meanwhile up to `max_received_bytes`."""
+    refuse with); reading goes on meanwhile up to `max_received_bytes`. Its right to write
+    follows its membership (server/yws_rights.py)."""
 
     kind = "yws"
     paced = True
@@ -467,6 +470,7 @@ class YjsConnection(Connection[bytes]):
     async def start(self) -> bool:
         assert self.principal is not None
         self.log = self.log.bind(doc_id=self.path[1])
+        self.follow_membership()  # before the membership is read: no change falls in between
         try:
             room = await self._join(*self.path)
             # Subscribe at once (the room counts this client and will not unload) and ask the
@@ -479,8 +483,8 @@ class YjsConnection(Connection[bytes]):
             self.log.exception("yws.join_failed")
             self.ending = (ErrorCode.INTERNAL_ERROR, None)
         if self.ending is not None:
-            if self.room is not None:
-                self.room.close(self.conn_id)
+            self.unfollow_membership()
+            self.leave_document()
             await self._send_closing()
             return False
         self.relay = self.relays.join(room.doc_id, self)
@@ -490,13 +494,21 @@ class YjsConnection(Connection[bytes]):
         await self.node.presence.join(self, self.principal.tenant_id, self.principal.agent_id, room.workspace_id)
         await self.node.presence.open_doc(self.conn_id, room.workspace_id, room.doc_id)
         await self._replay_awareness(room)
+        self.membership_read()
         return True
 
     async def cleanup(self) -> None:
+        self.unfollow_membership()
+        self.leave_document()
+
+    def leave_document(self) -> None:
+        """Nothing more reaches the editor: the room's updates and the relay's awareness stop
+        (its own awareness is removed for the others)."""
         if self.room is not None:
             self.room.close(self.conn_id)
             if self.relay is not None:
                 self.relays.leave(self.room.doc_id, self)
+                self.relay = None
 
     async def _replay_awareness(self, room: Room) -> None:
         """The awareness other sessions already hold about the document, bridged at once."""
@@ -509,6 +521,11 @@ class YjsConnection(Connection[bytes]):
     def _ask_for_missing(self, _missing: bytes, server_vector: bytes, _seq: int) -> None:
         if self.can_write:
             self.send_bytes(sync_step1_message(server_vector))
+
+    def ask_for_missing(self) -> None:
+        """Sync step 1 with the server's state vector: the editor answers with what it lacks."""
+        assert self.room is not None
+        self.send_bytes(sync_step1_message(self.room.document.state_vector()))
 
     def _reply_step2(self, missing: bytes, _server_vector: bytes, _seq: int) -> None:
         self.send_bytes(sync_step2_message(missing))
