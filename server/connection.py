@@ -6,7 +6,7 @@ message) in the connection's update pipeline (server/pipeline.py). Outgoing fram
 one `Mailbox`, bounded in frames (`send_queue_len`) and bytes (`max_send_queue_bytes`), drained by
 one sender task. A client that lets it fill is a slow consumer: what is queued for it is dropped
 at once and nothing more is queued, so a peer that never reads holds no frames while it is closed
-(server/wsprotocol.py bounds what its socket keeps afterwards).
+(server/transport.py bounds what its socket keeps afterwards).
 
 A received update is never dropped (docs/protocol.md#44): when the connection ends for any
 reason (the client closed or vanished, a limit, token expiry, a server fault, shutdown), reading
