@@ -5,18 +5,16 @@ holds nothing of theirs, although their TCP connections stay open and unread."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
 import psutil
 import websockets
-from pycrdt import Encoder, create_awareness_message
 
 from tests.conftest import TENANT_A
 from tests.e2e.conftest import Tandem, eventually, log_events, shared_doc
 from tests.e2e.editors import base_url, tok
-from tests.e2e.test_yjs import raw_session
+from tests.e2e.test_yjs import awareness_message
 from tests.serverproc import ServerProcess
 
 MIB = 1 << 20
@@ -47,15 +45,6 @@ def client_sockets(server: ServerProcess) -> int:
     assert server.server_pid is not None
     held = psutil.Process(server.server_pid).net_connections(kind="tcp")
     return sum(1 for c in held if c.laddr and c.laddr.port == server.port and c.status == psutil.CONN_ESTABLISHED)
-
-
-def awareness_message(client_id: int, clock: int, state: dict[str, object]) -> bytes:
-    encoder = Encoder()
-    encoder.write_var_uint(1)
-    encoder.write_var_uint(client_id)
-    encoder.write_var_uint(clock)
-    encoder.write_var_string(json.dumps(state, separators=(",", ":")))
-    return create_awareness_message(encoder.to_bytes())
 
 
 async def test_editors_that_never_read_are_closed_by_the_byte_bound_and_the_node_frees_their_queues(
