@@ -5,12 +5,16 @@ holds nothing of theirs, although their TCP connections stay open and unread."""
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
+import string
 import time
 from pathlib import Path
 
 import psutil
 import websockets
 
+from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.conftest import Tandem, eventually, log_events, shared_doc
 from tests.e2e.editors import base_url, tok
@@ -102,3 +106,34 @@ async def test_editors_that_never_read_are_closed_by_the_byte_bound_and_the_node
     finally:
         for ws in [writer, *peers]:
             ws.transport.abort()
+
+
+async def test_an_agent_that_stops_reading_is_closed_by_the_byte_bound_with_slow_consumer(tandem: Tandem) -> None:
+    """Far fewer frames than `send_queue_len`, but more bytes than `max_send_queue_bytes`: the
+    session is closed with `slow_consumer` (4408) and the writer is served throughout."""
+    server = tandem.start(TANDEM_MAX_SEND_QUEUE_BYTES=str(256 * 1024))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # its writes back up sooner
+    sock.connect((server.host, server.port))
+    slow = wsclient.Agent(tandem.url, wsclient.token(TENANT_A, "slow"), connect_options={"sock": sock})
+    async with tandem.agent(TENANT_A, "writer") as writer, slow:
+        ws_id, doc_id = await shared_doc(writer, slow)
+        doc = await writer.open(doc_id)
+        await slow.open(doc_id)
+        await slow.stop_reading()
+
+        rng = random.Random(7)
+        for sent in range(1, 301):  # bounded: far below send_queue_len (1024) frames
+            chunk = "".join(rng.choices(string.ascii_letters, k=32_768))  # a doc.op of ~44 KB
+            ack = await doc.edit(lambda t: t.insert(len(t), chunk))
+            assert ack["seq"] == sent
+            if sent % 10 == 0 and log_events(server, "session.closing", reason="slow_consumer"):
+                break
+        (closing,) = log_events(server, "session.closing", reason="slow_consumer")
+        assert closing["code"] == 4408
+        await eventually(lambda: open_sessions(server) == 1, timeout_s=20)
+        assert (await writer.request("ping"))["type"] == "pong"
+        # Reading again, the slow client finds its session over: the closing sequence if it got
+        # through, or a dropped connection.
+        assert await slow.read_until_closed() in (4408, 1006)
+    assert slow.hello is not None and slow.hello["limits"]["max_send_queue_bytes"] == 256 * 1024
