@@ -211,7 +211,10 @@ class Connection(UpdatePipeline, Generic[Frame]):
         finally:
             expiry.cancel()
             if self._reader is not None:
+                # A finished task keeps its exception, whose traceback holds the reader's frame
+                # and so this connection: drop it, or only the cyclic GC would free the connection.
                 self._reader.cancel()
+                self._reader = None
             self.transport_open = False
             sender.cancel()
             pipeline.cancel()
