@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 import websockets
 
+from server import transport
 from server.app import create_app
 from server.connection import Connection
 from server.node import Node
@@ -43,9 +44,10 @@ class _InProcess(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def serving(
-    postgres: Postgres, db: TestDatabase, data_dir: Path, **overrides: Any
+    postgres: Postgres, db: TestDatabase, data_dir: Path, uvicorn_options: dict[str, Any] | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[str, Node]]:
-    """The app on a free loopback port in this event loop: (its /ws URL, its node)."""
+    """The app on a free loopback port in this event loop, on Tandem's WebSocket transport:
+    (its /ws URL, its node). `overrides`: settings."""
     settings = postgres.settings.model_copy(
         update={
             "database_url": db.admin_url, "data_dir": data_dir, "node_id": "node-inproc", "validate_in_worker": False,
@@ -54,7 +56,8 @@ async def serving(
     )  # fmt: skip
     app = create_app(settings)
     port = free_port()
-    server = _InProcess(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None))
+    options = {**transport.configure(settings), **(uvicorn_options or {})}
+    server = _InProcess(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None, **options))
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(DEADLINE_S):
@@ -173,6 +176,50 @@ async def test_a_slow_consumer_is_freed_at_its_end_without_the_garbage_collector
                 await asyncio.sleep(0.05)
             assert slow() is None, gc.get_referrers(slow())
             assert not peer.transport.is_closing()  # the peer never closed its side
+        finally:
+            gc.enable()
+            peer.transport.abort()
+            await writer.close()
+            await alice.close()
+
+
+async def test_a_peer_that_never_reads_nor_answers_pings_is_let_go(
+    postgres: Postgres, db: TestDatabase, tmp_path: Path
+) -> None:
+    """uvicorn closes a connection whose peer misses a keepalive pong, gracefully: for a peer that
+    never reads, that close never completes and the application never hears of it. The transport
+    is aborted `ABORT_AFTER_S` later (server/transport.py): the connection ends and is freed."""
+    settings = {
+        "max_awareness_bytes": 1 << 20, "max_send_queue_bytes": 1 << 30, "max_messages_per_s": 1e6,
+        "max_message_burst": 1_000_000,
+    }  # fmt: skip
+    pings = {"ws_ping_interval": 0.5, "ws_ping_timeout": 0.5}
+    async with serving(postgres, db, tmp_path, pings, **settings) as (url, node):
+        alice = await wsclient.Agent(url, wsclient.token(TENANT_A, "alice")).connect()
+        ws = (await alice.request("workspace.create", name="w", visibility="team"))["workspace"]["workspace_id"]
+        await alice.request("workspace.join", workspace_id=ws)
+        doc = (await alice.request("doc.create", workspace_id=ws, title="d"))["document"]["doc_id"]
+        yjs = url.removesuffix("/ws") + f"/yjs/{ws}/{doc}?token="
+        peer = await never_reading_peer(yjs + wsclient.token(TENANT_A, "slow"))
+        writer = await websockets.connect(yjs + wsclient.token(TENANT_A, "writer"), max_size=None)
+        gc.disable()
+        try:
+            async with asyncio.timeout(DEADLINE_S):
+                while not any(c.principal.agent_id == "slow" for c in node.connections):
+                    await asyncio.sleep(0.02)
+            slow = weakref.ref(next(c for c in node.connections if c.principal.agent_id == "slow"))
+            blob = "x" * 900_000
+            for clock in range(1, 21):  # 18 MB: more than the sockets' buffers take, under the bounds
+                await writer.send(awareness_message(1, clock, {"blob": blob}))
+            async with asyncio.timeout(DEADLINE_S):
+                while (conn := slow()) is not None and not conn.finished.is_set():
+                    del conn
+                    await asyncio.sleep(0.1)
+            del conn
+            for _ in range(10):  # the tasks it cancelled finish
+                await asyncio.sleep(0.05)
+            assert slow() is None, gc.get_referrers(slow())
+            assert writer.close_code is None  # it answers pings
         finally:
             gc.enable()
             peer.transport.abort()
