@@ -3,7 +3,10 @@
 `Connection.run` accepts, authenticates, starts the endpoint (`start`), then reads frames
 eagerly and hands them to the endpoint (`on_frame`), which queues updates (and on /yjs every
 message) in the connection's update pipeline (server/pipeline.py). Outgoing frames go through
-one bounded `Mailbox` drained by one sender task.
+one `Mailbox`, bounded in frames (`send_queue_len`) and bytes (`max_send_queue_bytes`), drained by
+one sender task. A client that lets it fill is a slow consumer: what is queued for it is dropped
+at once and nothing more is queued, so a peer that never reads holds no frames while it is closed
+(server/transport.py bounds what its socket keeps afterwards).
 
 A received update is never dropped (docs/protocol.md#44): when the connection ends for any
 reason (the client closed or vanished, a limit, token expiry, a server fault, shutdown), reading
@@ -51,11 +54,12 @@ class Connection(UpdatePipeline, Generic[Frame]):
         s = node.settings
         self.conn_id = str(uuid.uuid4())
         self.principal: auth.Principal | None = None
-        self.outbox: Mailbox[Frame] = Mailbox(s.send_queue_len)  # frames for `_sender`
+        self.outbox: Mailbox[Frame] = Mailbox(s.send_queue_len, s.max_send_queue_bytes, len)  # for `_sender`
         self.tasks: set[asyncio.Task[Any]] = set()
         self.log = log.bind(conn_id=self.conn_id)
         self.reading = True  # frames are still read and handled
         self.transport_open = True  # frames can still be sent
+        self.sending = True  # frames are still queued (False: a slow consumer, its frames dropped)
         self.ending: tuple[ErrorCode, Any] | None = None  # why the server closes (after the drain)
         self.shutting_down = False  # the node is stopping: the drain is not paced
         self._reader: asyncio.Task[None] | None = None
@@ -87,15 +91,18 @@ class Connection(UpdatePipeline, Generic[Frame]):
     # --- sending -------------------------------------------------------------------------------
 
     def queue(self, frame: Frame) -> None:
-        """Queue a frame without waiting. A full queue ends the connection (slow_consumer),
-        unless it is ending anyway: then the frame is dropped."""
-        if not self.transport_open:
+        """Queue a frame without waiting. A full queue ends the connection (slow_consumer) and
+        drops what it holds, unless the connection is ending anyway: then the frame is dropped
+        (what is queued still goes out before the closing sequence)."""
+        if not (self.transport_open and self.sending):
             return
         try:
             self.outbox.put(frame)
         except asyncio.QueueFull:
             if self.ending is None and self.reading:
                 self.node.metrics.slow_consumers.inc()
+                self.sending = False
+                self.outbox.take()
                 self.end(ErrorCode.SLOW_CONSUMER)
 
     async def _sender(self) -> None:
@@ -199,13 +206,15 @@ class Connection(UpdatePipeline, Generic[Frame]):
             expiry.cancel()
             await self._drain()
             if self.ending is not None and self.transport_open:
-                if self.ending[0] is not ErrorCode.SLOW_CONSUMER:  # that one reads nothing more
-                    await self._flush(FLUSH_TIMEOUT_S)
+                await self._flush(FLUSH_TIMEOUT_S)  # nothing to wait for after slow_consumer
                 await self._send_closing()
         finally:
             expiry.cancel()
             if self._reader is not None:
+                # A finished task keeps its exception, whose traceback holds the reader's frame
+                # and so this connection: drop it, or only the cyclic GC would free the connection.
                 self._reader.cancel()
+                self._reader = None
             self.transport_open = False
             sender.cancel()
             pipeline.cancel()

@@ -173,6 +173,7 @@ class Limits(Out):
     max_joined_workspaces: Annotated[int, Field(ge=1)] = 20
     max_invalid_updates: Annotated[int, Field(ge=1)] = 10
     send_queue_len: Annotated[int, Field(ge=1)] = 1024
+    max_send_queue_bytes: Annotated[int, Field(ge=1)] = 16_777_216
 
     @classmethod
     def from_settings(cls, settings: object) -> Limits:

@@ -59,7 +59,11 @@ class Settings(BaseSettings):
     ws_compression: bool = False
     max_messages_per_s: float = 100.0
     max_message_burst: int = 200
-    send_queue_len: int = 1024  # frames; full: slow_consumer close
+    # What one connection's send queue may hold, in frames and in bytes (a text frame counts its
+    # characters; one frame larger than the byte bound is still sent alone). Either full:
+    # slow_consumer close, the queue dropped at once.
+    send_queue_len: int = 1024
+    max_send_queue_bytes: int = 16_777_216
     max_invalid_updates: int = 10
     max_open_docs: int = 100
     max_joined_workspaces: int = 20

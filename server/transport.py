@@ -10,6 +10,12 @@ limit on the opening handshake and its answer to a text frame that is not UTF-8.
   ERROR and close with 1007 without telling the application; here the application receives a
   `websocket.receive` event marked `INVALID_UTF8` and ends the connection with the typed
   `invalid_utf8` (1007), logged in one line like any other closing.
+- The end: once the application is done with a connection, or when the peer did not answer a
+  keepalive ping, uvicorn closes the transport gracefully (`transport.close()`), which waits for
+  the write buffer to go out: forever, for a peer that never reads, keeping the buffer and the
+  socket as long as the peer keeps its TCP connection (and, after a keepalive timeout, the
+  application waiting for a disconnect that never comes). Here the transport gets
+  `ABORT_AFTER_S` more, then is aborted.
 Imports uvicorn and websockets; nothing of Tandem's but its settings.
 """
 
@@ -22,6 +28,7 @@ from server.settings import Settings
 
 HANDSHAKE_HEADROOM_BYTES = 8192  # the rest of a handshake line: path, other parameters, header name
 INVALID_UTF8 = "tandem.invalid_utf8"  # key of the `websocket.receive` event of such a frame
+ABORT_AFTER_S = 2.0  # after the application ended: for what is still buffered (the close frame)
 
 
 def handshake_line_bytes(settings: Settings) -> int:
@@ -40,7 +47,24 @@ def configure(settings: Settings) -> dict[str, object]:
 
 
 class WebSocketTransport(WebSocketsSansIOProtocol):
-    """uvicorn's websockets (sans-I/O) protocol, except for a text frame that is not UTF-8."""
+    """uvicorn's websockets (sans-I/O) protocol, except for a text frame that is not UTF-8 and
+    a transport the peer does not empty after the end."""
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        self._abort_later()
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._abort_later()
+
+    def _abort_later(self) -> None:
+        if not self.disconnected:
+            self.loop.call_later(ABORT_AFTER_S, self._abort)
+
+    def _abort(self) -> None:
+        if not self.disconnected:
+            self.transport.abort()  # connection_lost: the application gets its disconnect
 
     def send_receive_event_to_app(self) -> None:
         if self.curr_msg_data_type == "text" and not self.close_sent:

@@ -80,6 +80,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.WORKSPACE_FULL: 4403,
     ErrorCode.NOT_FOUND: 4404,
     ErrorCode.FRAME_TOO_LARGE: 4413,
+    ErrorCode.AWARENESS_TOO_LARGE: 4413,
     ErrorCode.INVALID_UPDATE: 4422,
     ErrorCode.TOKEN_EXPIRED: 4440,
     ErrorCode.INTERNAL_ERROR: 1011,
@@ -137,6 +138,10 @@ class _TooManyClients(ValueError):
     pass
 
 
+class _StateTooLarge(ValueError):
+    pass
+
+
 class _Decoder(Decoder):
     """pycrdt's decoder with lib0's bound on integers: a long run of continuation bytes is refused
     instead of growing one Python integer (quadratic time)."""
@@ -155,7 +160,7 @@ class _Decoder(Decoder):
         return payload
 
 
-def parse(frame: bytes | str | None, max_frame_bytes: int) -> Message | Refused:
+def parse(frame: bytes | str | None, max_frame_bytes: int, max_awareness_bytes: int) -> Message | Refused:
     """One client frame: a message, or why it is refused. Never raises for client input."""
     if not isinstance(frame, bytes):
         return Refused(ErrorCode.UNSUPPORTED_FRAME, "y-websocket messages are binary frames")
@@ -172,7 +177,7 @@ def parse(frame: bytes | str | None, max_frame_bytes: int) -> Message | Refused:
             raise ValueError(f"unknown sync message type {step}")
         if kind == YMessageType.AWARENESS:
             payload = _Decoder(rest).read_payload()
-            _check_awareness(payload)
+            _check_awareness(payload, max_awareness_bytes)
             return AwarenessUpdate(payload)
         if kind == QUERY_AWARENESS and len(rest) == 0:
             return QueryAwareness()
@@ -180,14 +185,17 @@ def parse(frame: bytes | str | None, max_frame_bytes: int) -> Message | Refused:
             return AuthMessage()  # y-protocols defines none for clients to send; ignored
     except _TooManyClients as exc:
         return Refused(ErrorCode.LIMIT_EXCEEDED, str(exc))
+    except _StateTooLarge as exc:
+        return Refused(ErrorCode.AWARENESS_TOO_LARGE, str(exc))
     except (ValueError, IndexError, RuntimeError) as exc:  # RecursionError: deeply nested JSON
         return Refused(ErrorCode.INVALID_MESSAGE, str(exc)[:80])
     return Refused(ErrorCode.INVALID_MESSAGE, f"unknown message type {frame[0]}")
 
 
-def _check_awareness(payload: bytes) -> None:
+def _check_awareness(payload: bytes, max_awareness_bytes: int) -> None:
     """Check an awareness update decodes (count, then client id, clock and JSON state per
-    client) with bounded integers, before pycrdt's `Awareness` (unbounded) reads it."""
+    client) with bounded integers, and that each state is within `max_awareness_bytes` as compact
+    JSON (as `awareness.set` measures it), before pycrdt's `Awareness` (unbounded) reads it."""
     decoder = _Decoder(payload)
     count = decoder.read_var_uint()
     if count > MAX_AWARENESS_ENTRIES:
@@ -199,6 +207,8 @@ def _check_awareness(payload: bytes) -> None:
         state = json.loads(text) if text else None
         if state is not None and not isinstance(state, dict):
             raise ValueError("an awareness state is a JSON object or null")
+        if (size := awareness_bytes(state)) > max_awareness_bytes:
+            raise _StateTooLarge(f"an awareness state of {size} bytes > {max_awareness_bytes}")
     if decoder.length != 0:
         raise ValueError("trailing bytes after the awareness update")
 
@@ -248,7 +258,8 @@ class AwarenessRelay:
     A connection owns the client ids whose state it last made newer (a client that reconnects
     moves its id to the new connection)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_awareness_bytes: int) -> None:
+        self.max_awareness_bytes = max_awareness_bytes  # parse() refuses larger states
         self.awareness = Awareness(Doc())
         self.awareness.set_local_state(None)  # the relay itself has no state
         # Sessions seen through presence (agents, editors of other nodes): one awareness client
@@ -307,11 +318,15 @@ class AwarenessRelay:
     def bridge(self, source: str, agent_id: str, state: dict[str, Any] | None) -> None:
         """Another session's awareness about this document, from presence: shown to this node's
         editors as one more awareness client (named after the agent unless the state names a
-        user). Every editor connection of the document hears the same presence event: only a
-        change is sent on."""
+        user, or the name would take it over `max_awareness_bytes`: the editors echo the state back,
+        and a larger one would be refused). Every editor connection of the document hears the
+        same presence event: only a change is sent on."""
         if source in self.members:
             return  # an editor of this relay: its awareness is relayed natively
-        shown = None if state is None else {"user": {"name": agent_id}, **state}
+        shown = None
+        if state is not None:
+            shown = {"user": {"name": agent_id}, **state}
+            shown = shown if awareness_bytes(shown) <= self.max_awareness_bytes else state
         if self.bridged.get(source) == shown:
             return
         peer = self.peers.get(source)
@@ -363,13 +378,14 @@ class AwarenessRelays:
     with its last, so memory follows the connections. One task renews every relay's bridged
     states while any relay exists."""
 
-    def __init__(self, renew_s: float = AWARENESS_RENEW_S) -> None:
+    def __init__(self, max_awareness_bytes: int, renew_s: float = AWARENESS_RENEW_S) -> None:
+        self.max_awareness_bytes = max_awareness_bytes
         self.relays: dict[uuid.UUID, AwarenessRelay] = {}
         self.renew_s = renew_s
         self._renewer: asyncio.Task[None] | None = None
 
     def join(self, doc_id: uuid.UUID, conn: YjsConnection) -> AwarenessRelay:
-        relay = self.relays.setdefault(doc_id, AwarenessRelay())
+        relay = self.relays.setdefault(doc_id, AwarenessRelay(self.max_awareness_bytes))
         relay.join(conn)
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.create_task(self._renew())
@@ -446,12 +462,9 @@ class YjsConnection(Connection[bytes], LiveRights):
             self.relay.bridge(event["conn_id"], event["agent_id"], None)  # gone, or closed the document
 
     def publish_awareness(self, state: dict[str, Any] | None) -> None:
-        """The editor's own awareness state changed: make it its presence awareness (within
-        `max_awareness_bytes`; a larger one is not published)."""
+        """The editor's own awareness state changed: make it its presence awareness (it is
+        within `max_awareness_bytes`: parse() refuses larger states)."""
         if state == self._published or self.room is None:
-            return
-        if awareness_bytes(state) > self.node.settings.max_awareness_bytes:
-            self.node.metrics.errors.labels(ErrorCode.AWARENESS_TOO_LARGE.value).inc()
             return
         self._published = state
         room = self.room
@@ -560,7 +573,8 @@ class YjsConnection(Connection[bytes], LiveRights):
     # --- reading and handling --------------------------------------------------------------
 
     async def on_frame(self, frame: str | bytes) -> None:
-        parsed = parse(frame, self.node.settings.max_frame_bytes)
+        s = self.node.settings
+        parsed = parse(frame, s.max_frame_bytes, s.max_awareness_bytes)
         if isinstance(parsed, Refused):
             self.end(parsed.code, parsed.detail)
             return
@@ -614,5 +628,5 @@ async def endpoint(ws: WebSocket) -> None:
     state = ws.app.state
     relays = getattr(state, "yws_relays", None)
     if relays is None:
-        relays = state.yws_relays = AwarenessRelays()
+        relays = state.yws_relays = AwarenessRelays(state.tandem.node.settings.max_awareness_bytes)
     await YjsConnection(ws, state.tandem.node, relays, ws.path_params["workspace_id"], ws.path_params["doc_id"]).run()

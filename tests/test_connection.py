@@ -7,20 +7,28 @@ is left behind (docs/protocol.md#44)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import gc
+import os
+import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+import websockets
 
+from server import transport
 from server.app import create_app
 from server.connection import Connection
 from server.node import Node
 from server.pgcluster import free_port
 from tests import wsclient
 from tests.conftest import TENANT_A
+from tests.e2e.test_yjs import awareness_message
 
 if TYPE_CHECKING:
     from tests.conftest import Postgres, TestDatabase
@@ -35,17 +43,21 @@ class _InProcess(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serving(postgres: Postgres, db: TestDatabase, data_dir: Path) -> AsyncIterator[tuple[str, Node]]:
-    """The app on a free loopback port in this event loop: (its /ws URL, its node)."""
+async def serving(
+    postgres: Postgres, db: TestDatabase, data_dir: Path, uvicorn_options: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[tuple[str, Node]]:
+    """The app on a free loopback port in this event loop, on Tandem's WebSocket transport:
+    (its /ws URL, its node). `overrides`: settings."""
     settings = postgres.settings.model_copy(
         update={
             "database_url": db.admin_url, "data_dir": data_dir, "node_id": "node-inproc", "validate_in_worker": False,
-            "jwt_secret": wsclient.SECRET,
+            "jwt_secret": wsclient.SECRET, **overrides,
         }
     )  # fmt: skip
     app = create_app(settings)
     port = free_port()
-    server = _InProcess(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None))
+    options = {**transport.configure(settings), **(uvicorn_options or {})}
+    server = _InProcess(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None, **options))
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(DEADLINE_S):
@@ -104,3 +116,112 @@ async def test_a_failing_update_pipeline_ends_only_its_connection_with_internal_
         assert not failing.tasks
         for agent in (bob, carol, alice):
             await agent.close()
+
+
+async def never_reading_peer(url: str) -> asyncio.StreamWriter:
+    """A WebSocket client that completes the handshake and then never reads: the server's writes
+    to it back up in the kernel's buffers and its own."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    async with asyncio.timeout(DEADLINE_S):
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    writer.transport.pause_reading()
+    return writer
+
+
+async def test_a_slow_consumer_is_freed_at_its_end_without_the_garbage_collector(
+    postgres: Postgres, db: TestDatabase, tmp_path: Path
+) -> None:
+    """docs/protocol.md#7 `max_send_queue_bytes`: a peer that never reads is closed as
+    `slow_consumer` and nothing keeps its connection (and what was queued for it) alive, although
+    its TCP connection stays open: reference counting frees it, without waiting for a collection
+    of cycles (the node collects rarely, server/app.py `tune_gc`)."""
+    settings = {"max_awareness_bytes": 1 << 20, "max_messages_per_s": 1e6, "max_message_burst": 1_000_000}
+    async with serving(postgres, db, tmp_path, **settings) as (url, node):
+        alice = await wsclient.Agent(url, wsclient.token(TENANT_A, "alice")).connect()
+        ws = (await alice.request("workspace.create", name="w", visibility="team"))["workspace"]["workspace_id"]
+        await alice.request("workspace.join", workspace_id=ws)
+        doc = (await alice.request("doc.create", workspace_id=ws, title="d"))["document"]["doc_id"]
+        yjs = url.removesuffix("/ws") + f"/yjs/{ws}/{doc}?token="
+        peer = await never_reading_peer(yjs + wsclient.token(TENANT_A, "slow"))
+        writer = await websockets.connect(yjs + wsclient.token(TENANT_A, "writer"), max_size=None)
+        gc.disable()
+        try:
+            async with asyncio.timeout(DEADLINE_S):
+                while not any(c.principal.agent_id == "slow" for c in node.connections):
+                    await asyncio.sleep(0.02)
+            slow = weakref.ref(next(c for c in node.connections if c.principal.agent_id == "slow"))
+            blob = "x" * 900_000
+            deadline = time.monotonic() + DEADLINE_S
+            for clock in range(1, 200):  # bounded: 16 MiB is reached after about 18
+                await writer.send(awareness_message(1, clock, {"blob": blob}))
+                if (conn := slow()) is None or conn.ending is not None or time.monotonic() > deadline:
+                    break
+            async with asyncio.timeout(DEADLINE_S):  # the states sent are still being relayed
+                while (conn := slow()) is not None and conn.ending is None:
+                    await asyncio.sleep(0.02)
+            assert conn is not None and conn.ending is not None and conn.ending[0].value == "slow_consumer"
+            assert len(conn.outbox) == 0  # dropped at once, before the connection has ended
+            finished = conn.finished
+            del conn
+            async with asyncio.timeout(DEADLINE_S):
+                await finished.wait()
+            for _ in range(10):  # the tasks it cancelled finish
+                await asyncio.sleep(0.05)
+            assert slow() is None, gc.get_referrers(slow())
+            assert not peer.transport.is_closing()  # the peer never closed its side
+        finally:
+            gc.enable()
+            peer.transport.abort()
+            await writer.close()
+            await alice.close()
+
+
+async def test_a_peer_that_never_reads_nor_answers_pings_is_let_go(
+    postgres: Postgres, db: TestDatabase, tmp_path: Path
+) -> None:
+    """uvicorn closes a connection whose peer misses a keepalive pong, gracefully: for a peer that
+    never reads, that close never completes and the application never hears of it. The transport
+    is aborted `ABORT_AFTER_S` later (server/transport.py): the connection ends and is freed."""
+    settings = {
+        "max_awareness_bytes": 1 << 20, "max_send_queue_bytes": 1 << 30, "max_messages_per_s": 1e6,
+        "max_message_burst": 1_000_000,
+    }  # fmt: skip
+    pings = {"ws_ping_interval": 0.5, "ws_ping_timeout": 0.5}
+    async with serving(postgres, db, tmp_path, pings, **settings) as (url, node):
+        alice = await wsclient.Agent(url, wsclient.token(TENANT_A, "alice")).connect()
+        ws = (await alice.request("workspace.create", name="w", visibility="team"))["workspace"]["workspace_id"]
+        await alice.request("workspace.join", workspace_id=ws)
+        doc = (await alice.request("doc.create", workspace_id=ws, title="d"))["document"]["doc_id"]
+        yjs = url.removesuffix("/ws") + f"/yjs/{ws}/{doc}?token="
+        peer = await never_reading_peer(yjs + wsclient.token(TENANT_A, "slow"))
+        writer = await websockets.connect(yjs + wsclient.token(TENANT_A, "writer"), max_size=None)
+        gc.disable()
+        try:
+            async with asyncio.timeout(DEADLINE_S):
+                while not any(c.principal.agent_id == "slow" for c in node.connections):
+                    await asyncio.sleep(0.02)
+            slow = weakref.ref(next(c for c in node.connections if c.principal.agent_id == "slow"))
+            blob = "x" * 900_000
+            for clock in range(1, 21):  # 18 MB: more than the sockets' buffers take, under the bounds
+                await writer.send(awareness_message(1, clock, {"blob": blob}))
+            async with asyncio.timeout(DEADLINE_S):
+                while (conn := slow()) is not None and not conn.finished.is_set():
+                    del conn
+                    await asyncio.sleep(0.1)
+            del conn
+            for _ in range(10):  # the tasks it cancelled finish
+                await asyncio.sleep(0.05)
+            assert slow() is None, gc.get_referrers(slow())
+            assert writer.close_code is None  # it answers pings
+        finally:
+            gc.enable()
+            peer.transport.abort()
+            await writer.close()
+            await alice.close()

@@ -44,6 +44,43 @@ async def test_a_full_mailbox_refuses_and_counts_untaken_items() -> None:
     assert box.take() == [2, 3]
 
 
+def test_a_byte_bounded_mailbox_refuses_what_would_take_it_over_the_bound() -> None:
+    box: Mailbox[bytes] = Mailbox(maxsize=100, maxbytes=10, size=len)
+    box.put(b"1234")
+    box.put(b"567890")  # exactly at the bound
+    assert box.nbytes == 10
+    with pytest.raises(asyncio.QueueFull):
+        box.put(b"x")
+    assert box.take(1) == [b"1234"] and box.nbytes == 6
+    box.put(b"abcd")
+    with pytest.raises(asyncio.QueueFull):
+        box.put(b"y")
+    assert box.take() == [b"567890", b"abcd"] and box.nbytes == 0
+
+
+def test_one_item_larger_than_the_byte_bound_goes_into_an_empty_mailbox_alone() -> None:
+    box: Mailbox[str] = Mailbox(maxbytes=10, size=len)
+    box.put("a whole document, larger than the bound")
+    with pytest.raises(asyncio.QueueFull):
+        box.put("a")
+    box.take()
+    box.put("a")
+    assert box.nbytes == 1
+
+
+def test_the_item_bound_still_holds_with_a_byte_bound() -> None:
+    box: Mailbox[bytes] = Mailbox(maxsize=2, maxbytes=1000, size=len)
+    box.put(b"a")
+    box.put(b"b")
+    with pytest.raises(asyncio.QueueFull):
+        box.put(b"c")
+
+
+def test_a_byte_bound_needs_a_size() -> None:
+    with pytest.raises(ValueError):
+        Mailbox(maxbytes=10)
+
+
 async def test_a_cancelled_consumer_leaves_the_mailbox_usable() -> None:
     box: Mailbox[int] = Mailbox()
     waiting = asyncio.create_task(box.wait())

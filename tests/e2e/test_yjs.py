@@ -6,6 +6,7 @@ refusals close with a code and a reason and store nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from collections.abc import Callable
@@ -248,6 +249,16 @@ def awareness_of(clients: int) -> bytes:
     return create_awareness_message(encoder.to_bytes())
 
 
+def awareness_message(client_id: int, clock: int, state: dict[str, object]) -> bytes:
+    """An awareness message setting one client's state, as compact JSON (as Yjs writes it)."""
+    encoder = Encoder()
+    encoder.write_var_uint(1)
+    encoder.write_var_uint(client_id)
+    encoder.write_var_uint(clock)
+    encoder.write_var_string(json.dumps(state, separators=(",", ":")))
+    return create_awareness_message(encoder.to_bytes())
+
+
 def _update(fn: Callable[[Text], None]) -> bytes:
     doc = Doc()
     text = doc.get("content", type=Text)
@@ -272,6 +283,7 @@ async def test_corrupt_malformed_and_oversized_messages_close_the_connection_and
         (sync_step1_message(b"\xff\xff\xff"), 4400, "invalid_message"),  # corrupt state vector
         (b"\x01\x05\x01\x01\x00\x01x", 4400, "invalid_message"),  # awareness state not JSON
         (awareness_of(33), 4400, "limit_exceeded"),  # one connection owning 33 client ids
+        (awareness_message(7, 1, {"blob": "x" * 8200}), 4413, "awareness_too_large"),  # max_awareness_bytes
         ("a text frame", 4400, "unsupported_frame"),
         (create_update_message(b"\x00" * 70_000), 4413, "frame_too_large"),
     ]
@@ -339,6 +351,26 @@ async def test_editor_awareness_reaches_agent_presence_and_agent_awareness_reach
         await editor.stop()
         await ws.presence.wait_for(lambda p: [m.agent_id for m in p.others()] == ["editor-2"], timeout_s=10)
     assert await operation_count(tandem.db, doc.doc_id) == 0  # awareness is never stored
+
+
+async def test_an_agent_state_at_the_awareness_limit_reaches_editors_and_their_echo_is_not_refused(
+    tandem: Tandem, editors: Editors
+) -> None:
+    """Editors re-send every awareness change they receive, and a state over
+    `max_awareness_bytes` from an editor is refused: a bridged state stays within it, shown
+    without the agent's name when the name would not fit."""
+    tandem.start(TANDEM_MAX_AWARENESS_BYTES="1024")
+    async with tandem.agent(TENANT_A, "alice") as alice:
+        ws_id, doc_id = await shared_doc(alice)
+        await alice.open(doc_id)
+        editor = await editors.start(base_url(tandem), ws_id, doc_id, tok("editor-1"))
+        full = {"note": "x" * (1024 - len('{"note":""}'))}  # exactly at the limit
+        await alice.request("awareness.set", workspace_id=ws_id, doc_id=doc_id, state=full)
+        await editor.wait_for(lambda c: full in c.awareness.values())
+        # The editor's echo was read before its next message, which still reaches the agent.
+        await editor.send(cmd="awareness", state={"user": {"name": "Ed"}})
+        await alice.event(lambda f: f["type"] == "awareness.changed" and f["state"] == {"user": {"name": "Ed"}})
+        assert editor.closes == []
 
 
 async def test_awareness_bridge_crosses_nodes_through_redis(db, redis_url: str, tmp_path: Path, editors: Editors) -> None:
