@@ -238,8 +238,8 @@ class Room:
         if not applied.changed and not applied.pending:
             return None  # a duplicate: nothing to store or forward
         # A pending update waits for structs not seen yet; it is logged all the same, so that
-        # replaying the log reproduces the same wait. The clock is the document's state vector
-        # after the operation (the row's agent_id attributes it).
+        # replaying the log reproduces the same wait. The clock is the operation's own
+        # (`Applied.op_clock`), bounded by the update's size (the row's agent_id attributes it).
         op = store.NewOperation(agent_id, applied.op_type.value, applied.clock_text(), update, origin, request_id, fence)
         self.in_flight[op.update] = op
         return op
