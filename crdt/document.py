@@ -23,6 +23,7 @@ from crdt.clock import (
     decode_state_vector,
     delete_set_clock,
 )
+from crdt.ids import check_ids, first_gap
 from crdt.operations import OpType, Origin, classify
 
 CONTENT = "content"
@@ -40,6 +41,12 @@ class UpdateTooLarge(ValueError):
     """The update exceeds the document's `max_update_bytes`; it was not decoded at all."""
 
 
+class DocumentPanicked(CorruptUpdate):
+    """yrs panicked while applying the update. The document may hold part of it: rebuild it
+    from the log before using it again. Whether the update is at fault is unknown (a document
+    that already diverged from the log panics on honest updates too)."""
+
+
 def _is_panic(exc: BaseException) -> bool:
     # pyo3 turns a Rust panic into pyo3_runtime.PanicException, a BaseException subclass that
     # cannot be imported by name. A panic inside yrs must not kill the caller's thread.
@@ -55,8 +62,8 @@ class Applied:
       need not be stored or broadcast.
     - `pending`: part of the update waits for structs the document has not seen (yrs keeps it
       and integrates it once they arrive). The text does not show it yet; it still belongs in
-      the log, because replaying the log reproduces the same wait. Pending deletions of unseen
-      items are not detected.
+      the log, because replaying the log reproduces the same wait. A deletion of items the
+      document has not seen is pending too.
     - `op_type`: see `crdt.operations.classify`.
     - `state_vector`: the document's state vector after the update; `clocks` is it decoded,
       `{client_id: clock}` (shared with the document: do not mutate), `clock` the same as a
@@ -181,8 +188,13 @@ class Document:
     from it (4 random bytes cost 0.3 s, 20 crafted ones 512 MB), so `_check_header` rejects
     counts that cannot fit before yrs sees them. Other crafted inputs may still cost CPU, so the
     server should run `apply` on client input off the event loop and set `max_update_bytes`.
-    A Rust panic inside yrs becomes `CorruptUpdate`; after one the document state is unknown
-    and the caller should reload it from the log.
+    yrs counts clocks in 32 bits where Yjs has 53: `crdt.ids.check_ids` refuses clocks above
+    2**31 before yrs sees them (one past 2**32 - 1 wraps, and yrs then applies an update while
+    reporting no change, and panics on later honest ones), and structs that skip clocks of their
+    own client (Yjs would hold them pending; yrs may integrate them around a hole that its
+    encoding does not reproduce). It costs about 1 us per struct.
+    A Rust panic inside yrs becomes `DocumentPanicked`; after one the document state is unknown
+    and the caller should rebuild it from the log.
     """
 
     def __init__(self, *, client_id: int | None = None, max_update_bytes: int | None = None) -> None:
@@ -222,7 +234,9 @@ class Document:
         """Apply one update and report what it did.
 
         Raises `UpdateTooLarge` before decoding if the update exceeds `max_update_bytes`, and
-        `CorruptUpdate` if the bytes are not an update; in both cases the document is unchanged.
+        `CorruptUpdate` if the bytes are not an update, name clocks above 2**31, or skip clocks
+        of a client (`_check_ids`); in both cases the document is unchanged.
+        `DocumentPanicked` (a `CorruptUpdate`) says yrs panicked: the document may have changed.
 
         Cost: yrs integration, the encoded state vector after it, and decoding what changed in
         that vector: usually one clock, so a few microseconds, but a full decode (about 1 ms
@@ -237,6 +251,7 @@ class Document:
         self._check_size(update)
         if not update:
             raise CorruptUpdate("empty update")
+        deletes = self._check_ids(update)
         capture = self._capture
         length_before = self._length
         capture.start(with_delta, length_before)
@@ -269,7 +284,10 @@ class Document:
         capture.in_sync = True
         # Structs of `update` that the document still lacks after applying it are pending.
         # A v1 update starts with its number of struct groups, so 0 means "no structs left".
-        pending = get_update(update, state_vector)[:1] != b"\x00"
+        # So are deletions of items it lacks: yrs keeps them and applies them once they come.
+        pending = get_update(update, state_vector)[:1] != b"\x00" or any(
+            end > reader.clocks.get(client, 0) for client, end in deletes.items()
+        )
         delta = None if capture.delta is None else tuple(capture.delta)
         if with_delta and delta is None:
             delta = ()  # the text did not change
@@ -317,12 +335,29 @@ class Document:
         if self.max_update_bytes is not None and len(update) > self.max_update_bytes:
             raise UpdateTooLarge(f"update of {len(update)} bytes exceeds {self.max_update_bytes}")
 
+    def _check_ids(self, update: bytes) -> dict[int, int]:
+        """Refuse what yrs would read otherwise than Yjs, or keep around a hole (`crdt.ids`):
+        clocks above 2**31, and structs that skip clocks of their client. Returns the end of the
+        deleted ranges by client. Only `apply` checks this; `apply_many` replays updates that
+        passed it."""
+        _check_header(update)
+        try:
+            runs, deletes = check_ids(update)
+        except ValueError as exc:
+            raise CorruptUpdate(str(exc)) from exc
+        if runs:
+            clocks = self._reader.clocks if self._capture.in_sync else decode_state_vector(self.state_vector())
+            gap = first_gap(runs, clocks)
+            if gap is not None:
+                client, held, start = gap
+                raise CorruptUpdate(f"structs of client {client} start at clock {start}, past its {held} known here")
+        return deletes
+
     def _apply_native(self, update: bytes) -> None:
         """`_apply_raw` in a transaction of its own on pycrdt's native document: pycrdt's
         Python transaction (leases, origin table, locks) costs about 3 us per update here, as
         much as yrs applying a small update. Committed whatever happens, as pycrdt does, and
         always dropped, or the document would stay locked. Not inside another transaction."""
-        _check_header(update)
         native = self._doc._doc
         txn = native.create_transaction()
         try:
@@ -392,7 +427,7 @@ def _raise_corrupt(exc: BaseException) -> None:
     if isinstance(exc, ValueError):
         raise CorruptUpdate(str(exc) or "invalid update") from exc
     if _is_panic(exc):
-        raise CorruptUpdate(f"yrs panicked: {exc}") from exc
+        raise DocumentPanicked(f"yrs panicked: {exc}") from exc
 
 
 def _check_header(update: bytes) -> None:

@@ -156,20 +156,39 @@ def test_applied_reports_state_after_the_update() -> None:
     assert applied.update == client.last()
 
 
-def test_out_of_order_update_is_pending_until_its_dependency_arrives() -> None:
-    client = Client(11)
+def test_update_is_pending_until_another_clients_structs_arrive() -> None:
+    client, other = Client(11), Client(12)
     client.text += "hello"
     client.text += " world"
-    client.text += "!"
-    first, second, third = client.updates
+    first, second = client.updates
+    other.receive(first)
+    other.receive(second)
+    other.text += "!"
     document = Document()
     document.apply(first)
-    waiting = document.apply(third)
+    waiting = document.apply(other.last())  # its origin is in `second`
     assert waiting.pending and not waiting.changed and document.text() == "hello"
     resolved = document.apply(second)
     assert resolved.changed and not resolved.pending
     assert document.text() == "hello world!"
-    assert resolved.op_clock == VectorClock({11: 12})  # the surfaced pending struct included
+    assert resolved.op_clock == VectorClock({11: 11, 12: 1})  # the surfaced pending struct included
+
+
+def test_update_skipping_clocks_of_its_own_client_is_refused_and_changes_nothing() -> None:
+    """Yjs would hold it pending; yrs integrates it around a hole (its origin is known) that
+    encoding the document does not reproduce, so it is refused (crdt/ids.py)."""
+    client = Client(11)
+    client.text += "hello"
+    client.text += "!"
+    client.text.insert(0, ">")  # its right origin (11, 0) is known to the document
+    first, _, third = client.updates
+    document = Document()
+    document.apply(first)
+    before = snapshot_of(document)
+    with pytest.raises(CorruptUpdate, match="client 11 start at clock 6, past its 5"):
+        document.apply(third)
+    assert snapshot_of(document) == before
+    assert not document.apply(first).changed  # what it holds is unchanged
 
 
 def test_two_documents_exchanging_diffs_converge() -> None:
@@ -223,6 +242,7 @@ def test_diff_rejects_malformed_state_vectors() -> None:
 def test_state_round_trips_through_encode_state() -> None:
     document, client = seeded_document()
     client.text.format(0, 3, {"bold": True})
+    document.apply(client.last())
     client.text += " 😀 é"
     document.apply(client.last())
     copy = Document.from_state(document.encode_state())
