@@ -26,7 +26,7 @@ import asyncpg
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
-from crdt.document import CorruptUpdate, Document
+from crdt.document import CorruptUpdate, Document, DocumentPanicked
 from crdt.operations import Operation, Origin, Snapshot
 from crdt.replay import rebuild
 from server import store
@@ -150,6 +150,9 @@ class Room:
         self.idle_since: float | None = time.monotonic()
         self.broken = False
         self.on_gap: Callable[[Room], None] = lambda room: None  # set by the registry
+        # Called when yrs panicked on `document`: it may differ from the log now (set by the
+        # registry to rebuild it from the log before it is read again).
+        self.on_panic: Callable[[Room], None] = lambda room: None
         self.lock: LockView | None = None
         self.fence_seen = 0  # the newest fence of any lock event seen for this document
         self.released_fence = 0  # the newest fence seen released
@@ -233,8 +236,14 @@ class Room:
         self, agent_id: str, update: bytes, origin: str | None = None, request_id: str | int | None = None,
         fence: int | None = None,
     ) -> store.NewOperation | None:
-        """Apply to the server's copy; None when it changes nothing. Raises CorruptUpdate."""
-        applied = self.document.apply(update)
+        """Apply to the server's copy; None when it changes nothing. Raises CorruptUpdate; after
+        `DocumentPanicked` the room is being rebuilt from the log (`on_panic`)."""
+        try:
+            applied = self.document.apply(update)
+        except DocumentPanicked:
+            log.warning("room.panicked", doc_id=str(self.doc_id))
+            self.on_panic(self)
+            raise
         if not applied.changed and not applied.pending:
             return None  # a duplicate: nothing to store or forward
         # A pending update waits for structs not seen yet; it is logged all the same, so that
@@ -294,6 +303,9 @@ class Room:
             if own is None:
                 try:
                     self.document.apply(row.update, Origin.FANOUT)
+                except DocumentPanicked:  # the document may hold part of it: rebuild it
+                    log.error("room.fanout_panicked", doc_id=str(self.doc_id), seq=row.seq)
+                    self.on_panic(self)
                 except CorruptUpdate:  # validated by the node that stored it; never expected
                     log.error("room.fanout_corrupt", doc_id=str(self.doc_id), seq=row.seq)
                 own = store.NewOperation(row.agent_id, row.op_type, "{}", row.update)
@@ -401,6 +413,7 @@ class RoomRegistry:
         if operations:
             room.content_seq = -1  # unknown: refresh the readable content on the next store
         room.on_gap = self._schedule_catch_up
+        room.on_panic = self._repair
         self.rooms[doc_id] = room
         # Another node may have committed while this one was reading: look once more.
         self._schedule_catch_up(room, force=True)
