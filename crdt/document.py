@@ -23,7 +23,7 @@ from crdt.clock import (
     decode_state_vector,
     delete_set_clock,
 )
-from crdt.ids import check_ids, first_gap
+from crdt.ids import check_ids, misfit
 from crdt.operations import OpType, Origin, classify
 
 CONTENT = "content"
@@ -336,22 +336,22 @@ class Document:
             raise UpdateTooLarge(f"update of {len(update)} bytes exceeds {self.max_update_bytes}")
 
     def _check_ids(self, update: bytes) -> dict[int, int]:
-        """Refuse what yrs would read otherwise than Yjs, or keep around a hole (`crdt.ids`):
-        clocks above 2**31, and structs that skip clocks of their client. Returns the end of the
-        deleted ranges by client. Only `apply` checks this; `apply_many` replays updates that
+        """Refuse what yrs would read otherwise than Yjs, or hold otherwise than its own replay
+        (`crdt.ids`): clocks above 2**31, structs that skip clocks of their client, and structs
+        the document holds in part when the part ends inside a character. Returns the end of
+        the deleted ranges by client. Only `apply` checks this; `apply_many` replays updates that
         passed it."""
         _check_header(update)
         try:
-            runs, deletes = check_ids(update)
+            ids = check_ids(update)
         except ValueError as exc:
             raise CorruptUpdate(str(exc)) from exc
-        if runs:
+        if ids.runs:
             clocks = self._reader.clocks if self._capture.in_sync else decode_state_vector(self.state_vector())
-            gap = first_gap(runs, clocks)
-            if gap is not None:
-                client, held, start = gap
-                raise CorruptUpdate(f"structs of client {client} start at clock {start}, past its {held} known here")
-        return deletes
+            reason = misfit(ids, clocks)
+            if reason is not None:
+                raise CorruptUpdate(reason)
+        return ids.deletes
 
     def _apply_native(self, update: bytes) -> None:
         """`_apply_raw` in a transaction of its own on pycrdt's native document: pycrdt's

@@ -42,11 +42,11 @@ def _uint(data: bytes, pos: int) -> tuple[int, int]:
     if pos < len(data) and data[pos] < 0x80:
         return data[pos], pos + 1  # one byte: most lengths and counts
     value = shift = 0
-    for pos in range(pos, min(len(data), pos + _MAX_VARINT_BYTES)):
-        byte = data[pos]
+    for at in range(pos, min(len(data), pos + _MAX_VARINT_BYTES)):
+        byte = data[at]
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
-            return value, pos + 1
+            return value, at + 1
         shift += 7
     raise MalformedUpdate("truncated or oversized varint")
 
@@ -127,13 +127,22 @@ class Run(NamedTuple):
     needs: tuple[tuple[int, int], ...]
 
 
+def _mark_pairs(raw: bytes, client: int, clock: int, mid_character: set[tuple[int, int]]) -> int:
+    """A string's length in UTF-16 units, adding to `mid_character` the id between the two
+    halves of each character past U+FFFF."""
+    units = 0
+    for ch in raw.decode("utf-8", "replace"):
+        if ord(ch) > 0xFFFF:
+            mid_character.add((client, clock + units + 1))
+            units += 2
+        else:
+            units += 1
+    return units
+
+
 def _skip_content(data: bytes, pos: int, ref: int) -> tuple[int, int]:
-    """Skip an item's content: the clock ticks it takes and the next pos."""
-    if ref == 4:  # string: as many ticks as UTF-16 units
-        n, end = _skip_bytes(data, pos)
-        if n and max(data[end - n : end]) >= 0x80:
-            n = len(data[end - n : end].decode("utf-8", "replace").encode("utf-16-le")) // 2
-        return n, end
+    """Skip an item's content (not a string: `check_ids` reads those): the clock ticks it takes
+    and the next pos."""
     if ref == 1:  # deleted
         return _uint(data, pos)
     if ref in (3, 5):  # binary, embed
@@ -159,11 +168,13 @@ def _skip_content(data: bytes, pos: int, ref: int) -> tuple[int, int]:
 
 
 class Ids(NamedTuple):
-    """What `check_ids` read: the update's runs of structs, in order (a skip struct ends one),
-    and for each client it deletes from, the end of its last deleted range."""
+    """What `check_ids` read: the update's runs of structs, in order (a skip struct ends one);
+    for each client it deletes from, the end of its last deleted range; and the ids that fall
+    between the two UTF-16 halves of a character of its strings (`(client, clock)`)."""
 
     runs: list[Run]
     deletes: dict[int, int]
+    mid_character: set[tuple[int, int]]
 
 
 def check_ids(update: bytes) -> Ids:
@@ -177,6 +188,7 @@ def check_ids(update: bytes) -> Ids:
     data = update
     size = len(data)
     runs: list[Run] = []
+    mid_character: set[tuple[int, int]] = set()
     groups, pos = _count(data, 0)
     for _ in range(groups):
         structs, pos = _count(data, pos)
@@ -218,7 +230,14 @@ def check_ids(update: bytes) -> Ids:
                             needs.append(parent)
                     if info & 0x20:  # its key in a map parent
                         pos = _skip_bytes(data, pos)[1]
-                length, pos = _skip_content(data, pos, ref)
+                if ref == 4:  # a string: as many ticks as UTF-16 units
+                    length, pos = _skip_bytes(data, pos)
+                    if length and max(data[pos - length : pos]) >= 0xF0:  # characters past U+FFFF
+                        length = _mark_pairs(data[pos - length : pos], client, clock, mid_character)
+                    elif length and max(data[pos - length : pos]) >= 0x80:
+                        length = len(data[pos - length : pos].decode("utf-8", "replace"))
+                else:
+                    length, pos = _skip_content(data, pos, ref)
             clock += length
         if client > MAX_CLIENT_ID or clock > MAX_CLOCK:  # the group's end: its largest clock
             raise _out_of_range(client, clock)
@@ -239,25 +258,31 @@ def check_ids(update: bytes) -> Ids:
                 deletes[client] = end
     if pos != size:
         raise MalformedUpdate("trailing bytes after the delete set")
-    return Ids(runs, deletes)
+    return Ids(runs, deletes, mid_character)
 
 
-def first_gap(runs: list[Run], clocks: Mapping[int, int]) -> tuple[int, int, int] | None:
-    """The first run (from `check_ids`) that yrs would integrate around a hole in a document at
-    `clocks` (its state vector): `(client, clock held, start)`, or None.
+def misfit(ids: Ids, clocks: Mapping[int, int]) -> str | None:
+    """Why yrs would hold this update otherwise than Yjs in a document at `clocks` (its state
+    vector), or None.
 
-    A run starting past the clock the document holds for its client waits, in Yjs, until the
-    clocks between arrive. yrs keeps it pending only while an item its first struct names is
-    missing; otherwise it integrates it around the hole, and the document no longer encodes to
-    what it holds (a snapshot or a replay of the log reads back other text). The runs of the
-    update that continue the document count as held.
+    - A run starting past the clock the document holds for its client waits, in Yjs, until the
+      clocks between arrive. yrs keeps it pending only while an item its first struct names is
+      missing; otherwise it integrates it around the hole, and the document no longer encodes
+      to what it holds (a snapshot or a replay of the log reads back other text). The runs of
+      the update that continue the document count as held.
+    - A run that the document holds in part is split where the document's part ends; between
+      the two UTF-16 halves of a character yrs does not split the same way when it applies
+      updates one by one as when it replays them together.
     """
     held = dict(clocks)
-    for run in runs:
+    for run in ids.runs:
+        have = clocks.get(run.client, 0)
+        if run.start < have < run.end and (run.client, have) in ids.mid_character:
+            return f"structs of client {run.client} split a character at clock {have}, where the document's part of them ends"
         if run.start <= held.get(run.client, 0) < run.end:
             held[run.client] = run.end
-    for run in runs:
+    for run in ids.runs:
         have = held.get(run.client, 0)
         if run.start > have and all(clock < held.get(client, 0) for client, clock in run.needs):
-            return run.client, have, run.start
+            return f"structs of client {run.client} start at clock {run.start}, past its {have} known here"
     return None

@@ -7,7 +7,17 @@ Pure tests: real pycrdt documents play the clients; hand-made updates play hosti
 from __future__ import annotations
 
 import pytest
-from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText, get_state, write_var_uint
+from pycrdt import (
+    Array,
+    Doc,
+    Map,
+    Text,
+    XmlElement,
+    XmlFragment,
+    XmlText,
+    get_state,
+    write_var_uint,
+)
 
 from crdt.clock import decode_state_vector
 from crdt.document import CONTENT, CorruptUpdate, Document
@@ -46,7 +56,7 @@ def test_every_kind_of_content_is_read_and_each_run_ends_where_yrs_says() -> Non
     full = doc.get_update(b"\x00")
     for update in [*updates, full]:
         check_ids(update)
-    runs, deletes = check_ids(full)
+    runs, deletes, _ = check_ids(full)
     assert [(run.client, run.start, run.end) for run in runs] == [(42, 0, decode_state_vector(get_state(full))[42])]
     assert deletes == {42: 2}  # "hé": two UTF-16 units (pycrdt deletes by UTF-8 bytes)
 
@@ -109,3 +119,15 @@ def test_a_deletion_of_unseen_items_is_pending() -> None:
     assert document.text() == "c"
     again = document.apply(delete)
     assert not again.pending and not again.changed
+
+
+def test_structs_held_in_part_that_split_a_character_are_refused() -> None:
+    """Client 101's "😀" forged over its "a": the document holds clock 0, so yrs would split the
+    emoji between its UTF-16 halves, and not as its replay of the log does (tests/test_fuzz_room.py)."""
+    document = Document()
+    document.apply(root_insert(101, 0, "a"))
+    before = state(document)
+    with pytest.raises(CorruptUpdate, match="split a character at clock 1"):
+        document.apply(root_insert(101, 0, "😀"))
+    assert state(document) == before
+    assert document.apply(root_insert(101, 0, "ab")).changed  # split between two characters: kept
