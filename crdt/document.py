@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from pycrdt import Doc, Text, get_update
+from pycrdt import Doc, Text
 
 from crdt.clock import (
     CorruptStateVector,
@@ -23,7 +23,7 @@ from crdt.clock import (
     decode_state_vector,
     delete_set_clock,
 )
-from crdt.ids import check_ids, misfit
+from crdt.ids import Ids, check_ids, misfit
 from crdt.operations import OpType, Origin, classify
 
 CONTENT = "content"
@@ -251,7 +251,7 @@ class Document:
         self._check_size(update)
         if not update:
             raise CorruptUpdate("empty update")
-        deletes = self._check_ids(update)
+        ids = self._check_ids(update)
         capture = self._capture
         length_before = self._length
         capture.start(with_delta, length_before)
@@ -282,11 +282,13 @@ class Document:
             structs_added = deleted = False
             advanced = {}
         capture.in_sync = True
-        # Structs of `update` that the document still lacks after applying it are pending.
-        # A v1 update starts with its number of struct groups, so 0 means "no structs left".
-        # So are deletions of items it lacks: yrs keeps them and applies them once they come.
-        pending = get_update(update, state_vector)[:1] != b"\x00" or any(
-            end > reader.clocks.get(client, 0) for client, end in deletes.items()
+        # Structs of `update` that the document still lacks after applying it are pending (its
+        # runs cannot leave a hole: `_check_ids`), and so are deletions of items it lacks: yrs
+        # keeps both and applies them once what they need arrives. Read from the update's ids,
+        # not by yrs diffing it against the whole state vector (linear in the clients).
+        clocks = reader.clocks
+        pending = any(run.end > clocks.get(run.client, 0) for run in ids.runs) or any(
+            end > clocks.get(client, 0) for client, end in ids.deletes.items()
         )
         delta = None if capture.delta is None else tuple(capture.delta)
         if with_delta and delta is None:
@@ -335,11 +337,11 @@ class Document:
         if self.max_update_bytes is not None and len(update) > self.max_update_bytes:
             raise UpdateTooLarge(f"update of {len(update)} bytes exceeds {self.max_update_bytes}")
 
-    def _check_ids(self, update: bytes) -> dict[int, int]:
+    def _check_ids(self, update: bytes) -> Ids:
         """Refuse what yrs would read otherwise than Yjs, or hold otherwise than its own replay
         (`crdt.ids`): clocks above 2**31, structs that skip clocks of their client, and structs
-        the document holds in part when the part ends inside a character. Returns the end of
-        the deleted ranges by client. Only `apply` checks this; `apply_many` replays updates that
+        the document holds in part when the part ends inside a character. Returns what it
+        read. Only `apply` checks this; `apply_many` replays updates that
         passed it."""
         _check_header(update)
         try:
@@ -351,7 +353,7 @@ class Document:
             reason = misfit(ids, clocks)
             if reason is not None:
                 raise CorruptUpdate(reason)
-        return ids.deletes
+        return ids
 
     def _apply_native(self, update: bytes) -> None:
         """`_apply_raw` in a transaction of its own on pycrdt's native document: pycrdt's
