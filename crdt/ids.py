@@ -11,7 +11,7 @@ refuses ids that cannot round-trip (`crdt.document.Document.apply` reports eithe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import NamedTuple
 
 MAX_CLOCK = 2**31
@@ -169,12 +169,15 @@ def _skip_content(data: bytes, pos: int, ref: int) -> tuple[int, int]:
 
 class Ids(NamedTuple):
     """What `check_ids` read: the update's runs of structs, in order (a skip struct ends one);
-    for each client it deletes from, the end of its last deleted range; and the ids that fall
-    between the two UTF-16 halves of a character of its strings (`(client, clock)`)."""
+    for each client it deletes from, the end of its last deleted range; the ids that fall
+    between the two UTF-16 halves of a character of its strings (`(client, clock)`); and the
+    ids where applying it cuts structs in two (before an item's right origin, after its origin,
+    at both ends of a deleted range)."""
 
     runs: list[Run]
     deletes: dict[int, int]
     mid_character: set[tuple[int, int]]
+    cuts: list[tuple[int, int]]
 
 
 def check_ids(update: bytes) -> Ids:
@@ -189,6 +192,7 @@ def check_ids(update: bytes) -> Ids:
     size = len(data)
     runs: list[Run] = []
     mid_character: set[tuple[int, int]] = set()
+    cuts: list[tuple[int, int]] = []
     groups, pos = _count(data, 0)
     for _ in range(groups):
         structs, pos = _count(data, pos)
@@ -212,12 +216,14 @@ def check_ids(update: bytes) -> Ids:
                 needs = []
             else:
                 first = clock == start
-                if info & 0x80:  # origin
+                if info & 0x80:  # origin: the item goes right after it
                     origin, pos = _read_id(data, pos)
+                    cuts.append((origin[0], origin[1] + 1))
                     if first:
                         needs.append(origin)
-                if info & 0x40:  # right origin
+                if info & 0x40:  # right origin: ... and right before this one
                     right, pos = _read_id(data, pos)
+                    cuts.append(right)
                     if first:
                         needs.append(right)
                 if not info & 0xC0:  # no origins: the parent, by root name or by item id
@@ -254,16 +260,19 @@ def check_ids(update: bytes) -> Ids:
             end = clock + length
             if client > MAX_CLIENT_ID or end > MAX_CLOCK:
                 raise _out_of_range(client, end)
+            cuts.append((client, clock))
+            cuts.append((client, end))
             if end > deletes.get(client, 0):
                 deletes[client] = end
     if pos != size:
         raise MalformedUpdate("trailing bytes after the delete set")
-    return Ids(runs, deletes, mid_character)
+    return Ids(runs, deletes, mid_character, cuts)
 
 
-def misfit(ids: Ids, clocks: Mapping[int, int]) -> str | None:
-    """Why yrs would hold this update otherwise than Yjs in a document at `clocks` (its state
-    vector), or None.
+def misfit(ids: Ids, clocks: Mapping[int, int], mid_character: Set[tuple[int, int]] = frozenset()) -> str | None:
+    """Why yrs would hold this update otherwise than Yjs, or than its own replay of the log, in
+    a document at `clocks` (its state vector) whose strings have `mid_character` ids (as
+    `Ids.mid_character`), or None.
 
     - A run starting past the clock the document holds for its client waits, in Yjs, until the
       clocks between arrive. yrs keeps it pending only while an item its first struct names is
@@ -272,8 +281,12 @@ def misfit(ids: Ids, clocks: Mapping[int, int]) -> str | None:
       the update that continue the document count as held.
     - A run that the document holds in part is split where the document's part ends; between
       the two UTF-16 halves of a character yrs does not split the same way when it applies
-      updates one by one as when it replays them together.
+      updates one by one as when it replays them together. The same holds for an origin,
+      a right origin or a deleted range that cuts a character in two.
     """
+    for cut in ids.cuts:
+        if cut in mid_character or cut in ids.mid_character:
+            return f"the update cuts a character of client {cut[0]} in two at clock {cut[1]}"
     held = dict(clocks)
     for run in ids.runs:
         have = clocks.get(run.client, 0)

@@ -56,9 +56,9 @@ def test_every_kind_of_content_is_read_and_each_run_ends_where_yrs_says() -> Non
     full = doc.get_update(b"\x00")
     for update in [*updates, full]:
         check_ids(update)
-    runs, deletes, _ = check_ids(full)
-    assert [(run.client, run.start, run.end) for run in runs] == [(42, 0, decode_state_vector(get_state(full))[42])]
-    assert deletes == {42: 2}  # "hé": two UTF-16 units (pycrdt deletes by UTF-8 bytes)
+    ids = check_ids(full)
+    assert [(run.client, run.start, run.end) for run in ids.runs] == [(42, 0, decode_state_vector(get_state(full))[42])]
+    assert ids.deletes == {42: 2}  # "hé": two UTF-16 units (pycrdt deletes by UTF-8 bytes)
 
 
 @pytest.mark.parametrize("clock", [MAX_CLOCK, 2**32 - 2, 2**32 - 1, 2**32, 2**53])
@@ -131,3 +131,20 @@ def test_structs_held_in_part_that_split_a_character_are_refused() -> None:
         document.apply(root_insert(101, 0, "😀"))
     assert state(document) == before
     assert document.apply(root_insert(101, 0, "ab")).changed  # split between two characters: kept
+
+
+def test_origins_and_deletions_cutting_a_character_in_two_are_refused() -> None:
+    document = Document()
+    document.apply(root_insert(101, 0, "😀"))  # clocks 0 and 1: the two UTF-16 halves
+    before = state(document)
+    after_high_half = b"\x01\x01\x05\x00\x84\x65\x00\x01x\x00"  # client 5 inserts after (101, 0)
+    delete_low_half = b"\x00\x01\x65\x01\x01\x01"  # deletes (101, 1) alone
+    for update in (after_high_half, delete_low_half):
+        with pytest.raises(CorruptUpdate, match="cuts a character of client 101 in two at clock 1"):
+            document.apply(update)
+        assert state(document) == before
+    after_character = b"\x01\x01\x05\x00\x84\x65\x01\x01x\x00"  # after (101, 1): a whole character
+    assert document.apply(after_character).changed and document.text() == "😀x"
+    loaded = Document.from_state(document.encode_state())  # a room loaded from the log knows too
+    with pytest.raises(CorruptUpdate, match="cuts a character"):
+        loaded.apply(delete_low_half)
