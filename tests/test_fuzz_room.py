@@ -216,8 +216,8 @@ def test_room_equals_the_replay_of_its_log(steps: list[tuple[Edit, Mutation]]) -
 
 
 def test_a_wrapped_clock_is_refused_and_the_room_stays_the_log() -> None:
-    """The update that used to fork a room: one item at clock 2**32 - 1 (applied by yrs, reported
-    unchanged, never stored), then honest edits (which made yrs panic)."""
+    """An update that forks a room unless refused: one item at clock 2**32 - 1 (yrs applies it and
+    reports no change, so nothing would store it), then honest edits."""
     harness = Harness()
     honest = harness.edit(Edit(0, "insert", 0, "hello"))
     assert honest is not None

@@ -2,7 +2,7 @@
 the update is then applied to the rebuilt room (server/rooms.py, server/pipeline.py).
 
 In process, against a real PostgreSQL: the registry, the group committer and a room, with the
-room's document forked from the log in memory (what an update yrs mis-applied used to leave).
+room's document forked from the log in memory (what an update yrs mis-applies leaves behind).
 """
 
 from __future__ import annotations

@@ -48,9 +48,9 @@ async def test_a_wrapped_clock_is_refused_and_the_honest_writer_goes_on(server: 
         watching, writing = await mallory.open(doc_id), await bob.open(doc_id)
         assert (await writing.edit(lambda t: t.insert(0, "honest")))["seq"] == 1
 
-        # An item at clock 2**32 - 1, whose end yrs wraps to 0: of a new client id (yrs applied it
-        # and reported no change, so it was acknowledged with seq null and never stored), and of
-        # bob's own client id (yrs panicked).
+        # An item at clock 2**32 - 1, whose end yrs wraps to 0: of a new client id (yrs applies it
+        # and reports no change: unrefused, it would be acknowledged with seq null and never
+        # stored), and of bob's own client id (yrs panics).
         for client in (writing.doc.client_id + 1, writing.doc.client_id):
             wrapped = root_insert(client, 2**32 - 1, "forged")
             error = await mallory.error("doc.update", doc_id=doc_id, update=wsclient.b64(wrapped))
