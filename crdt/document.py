@@ -23,14 +23,13 @@ from crdt.clock import (
     decode_state_vector,
     delete_set_clock,
 )
-from crdt.ids import Ids, check_ids, misfit
+from crdt.capture import EMPTY_DELETE_SET, EMPTY_STATE_VECTOR, Capture
+from crdt.ids import Ids, MalformedUpdate, check_header, check_ids, misfit
 from crdt.operations import OpType, Origin, classify
 
 CONTENT = "content"
 """Name of the shared Y.Text root; y-websocket editors and agents must use the same name."""
 
-_EMPTY_STATE_VECTOR = b"\x00"
-_EMPTY_DELETE_SET = b"\x00"
 
 
 class CorruptUpdate(ValueError):
@@ -120,56 +119,6 @@ def _applied(**fields: Any) -> Applied:
     return applied
 
 
-class _Capture:
-    """Collects what the observers saw during one `apply` transaction.
-
-    The observers stay subscribed for the document's lifetime (subscribing and dropping them
-    on every `apply` cost 5-20 us) and record only while `active`, so other transactions
-    (`apply_many`) pass through them at the cost of a call. The callbacks hold this object,
-    not the `Document`: a cycle through yrs-held callbacks would never be freed.
-
-    `in_sync` says the document's reader holds the current state vector: every change to the
-    document fires `on_transaction`, which clears it outside `apply`. While it holds, the
-    transaction's `before` is the reader's vector and is not read (encoding a state vector is
-    linear in the number of clients: about 6 us for 100).
-    """
-
-    __slots__ = ("active", "in_sync", "with_delta", "length_before", "fired", "delete_set",
-                 "before", "after", "length_after", "delta")
-
-    def __init__(self) -> None:
-        self.start(False, 0)
-        self.active = False
-        self.in_sync = True  # an empty document and an empty reader
-
-    def start(self, with_delta: bool, length_before: int) -> None:
-        self.active = True
-        self.with_delta = with_delta
-        self.length_before = length_before
-        self.fired = False
-        self.delete_set = _EMPTY_DELETE_SET
-        self.before = _EMPTY_STATE_VECTOR
-        self.after = _EMPTY_STATE_VECTOR
-        self.length_after: int | None = None
-        self.delta: list[dict[str, Any]] | None = None
-
-    def on_transaction(self, event: Any) -> None:
-        if not self.active:
-            self.in_sync = False
-            return
-        self.fired = True
-        self.delete_set = event.delete_set
-        self.after = event.after_state
-        if not self.in_sync:
-            self.before = event.before_state
-
-    def on_text(self, event: Any) -> None:
-        if self.active:
-            self.length_after = event.target.len(event.transaction)
-            if self.with_delta or self.length_after == self.length_before:
-                self.delta = [dict(item) for item in event.delta]
-
-
 class Document:
     """A collaborative text document backed by a pycrdt `Doc`.
 
@@ -185,7 +134,7 @@ class Document:
     Hostile input: yrs decodes the whole update before integrating anything, so a failing
     `apply` leaves the document unchanged (the tests check garbage, every truncation of valid
     updates, and mutations). yrs does trust the leading struct-group count and sizes a table
-    from it (4 random bytes cost 0.3 s, 20 crafted ones 512 MB), so `_check_header` rejects
+    from it (4 random bytes cost 0.3 s, 20 crafted ones 512 MB), so `crdt.ids.check_header` rejects
     counts that cannot fit before yrs sees them. Other crafted inputs may still cost CPU, so the
     server should run `apply` on client input off the event loop and set `max_update_bytes`.
     yrs counts clocks in 32 bits where Yjs has 53: `crdt.ids.check_ids` refuses clocks above
@@ -205,7 +154,7 @@ class Document:
         self._doc[CONTENT] = self._text
         self.max_update_bytes = max_update_bytes
         self._reader = StateVectorReader()  # the last state vector `apply` decoded
-        self._capture = _Capture()
+        self._capture = Capture()
         # Raw (_pycrdt) subscriptions: pycrdt's wrapped events eagerly convert target, path and
         # transaction, and compute the delta, for every event; we read only what we need.
         self._subscriptions = (
@@ -276,7 +225,7 @@ class Document:
             capture.in_sync = False  # until the reader holds `after`
             advanced = reader.read(capture.after)  # compared decoded: entry order may vary
             structs_added = bool(advanced)
-            deleted = capture.delete_set != _EMPTY_DELETE_SET
+            deleted = capture.delete_set != EMPTY_DELETE_SET
             if deleted:
                 for client, clock in delete_set_clock(capture.delete_set).clocks.items():
                     if clock > advanced.get(client, 0):
@@ -354,7 +303,6 @@ class Document:
         the document holds in part when the part ends inside a character. Returns what it
         read. Only `apply` checks this; `apply_many` replays updates that
         passed it."""
-        _check_header(update)
         try:
             ids = check_ids(update)
         except ValueError as exc:
@@ -385,7 +333,10 @@ class Document:
             txn.drop()
 
     def _apply_raw(self, update: bytes) -> None:
-        _check_header(update)
+        try:
+            check_header(update)
+        except MalformedUpdate as exc:
+            raise CorruptUpdate(str(exc)) from exc
         try:
             self._doc.apply_update(update)
         except BaseException as exc:
@@ -428,7 +379,7 @@ class Document:
     def encode_state(self) -> bytes:
         """The whole document as one update (what `document_snapshots.state` stores).
         Linear in the document size, including tombstones."""
-        return self._doc.get_update(_EMPTY_STATE_VECTOR)
+        return self._doc.get_update(EMPTY_STATE_VECTOR)
 
     def __repr__(self) -> str:
         return f"<Document {len(self._text)} bytes, clients={len(self.clock())}>"
@@ -441,23 +392,3 @@ def _raise_corrupt(exc: BaseException) -> None:
         raise CorruptUpdate(str(exc) or "invalid update") from exc
     if _is_panic(exc):
         raise DocumentPanicked(f"yrs panicked: {exc}") from exc
-
-
-def _check_header(update: bytes) -> None:
-    """Reject an update whose leading count of struct groups cannot fit in its bytes.
-
-    yrs sizes a table from that count before reading any group: 20 bytes declaring 2**28
-    groups make it allocate about 512 MB and spend half a second before failing. Each group
-    takes at least 3 bytes (struct count, client, clock) and the delete set at least 1, so a
-    larger count is garbage. This reads one lib0 varint; yrs still does the real decoding.
-    """
-    count = 0
-    for i in range(min(len(update), 10)):
-        byte = update[i]
-        count |= (byte & 0x7F) << (7 * i)
-        if byte < 0x80:
-            if 3 * count + 1 > len(update) - (i + 1):
-                raise CorruptUpdate(f"update declares {count} struct groups in {len(update)} bytes")
-            return
-    raise CorruptUpdate("update does not start with a struct-group count")
-

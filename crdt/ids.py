@@ -4,9 +4,11 @@ yrs keeps clocks in 32 bits and reads larger ones truncated, while Yjs keeps the
 (53 bits): an update naming clock 2**32 - 1 or beyond means one thing to yrs and another to
 every JS editor, and yrs may apply it without reporting a change, or panic on the next honest
 update. `check_ids` walks the update's structs and delete set (the v1 layout of Yjs's
-`readClientsStructRefs`, `readItemContent` and `readDeleteSet`) without building anything, and
-refuses ids that cannot round-trip (`crdt.document.Document.apply` reports either refusal as
-`CorruptUpdate`). Pure: standard library only.
+`readClientsStructRefs`, `readItemContent` and `readDeleteSet`), refuses ids that cannot
+round-trip, and returns what `misfit` needs to tell, against a document's state, an update yrs
+would hold otherwise than Yjs or than its own replay of the log (a hole in a client's clocks, a
+character cut between its UTF-16 halves). `crdt.document.Document.apply` reports every refusal
+as `CorruptUpdate`. Pure: standard library only.
 """
 
 from __future__ import annotations
@@ -116,6 +118,25 @@ def _read_id(data: bytes, pos: int) -> tuple[tuple[int, int], int]:
     return (client, clock), pos
 
 
+def check_header(update: bytes) -> None:
+    """Reject an update whose leading count of struct groups cannot fit in its bytes.
+
+    yrs sizes a table from that count before reading any group: 20 bytes declaring 2**28
+    groups make it allocate about 512 MB and spend half a second before failing. Each group
+    takes at least 3 bytes (struct count, client, clock) and the delete set at least 1, so a
+    larger count is garbage. This reads one lib0 varint; yrs still does the real decoding.
+    """
+    count = 0
+    for i in range(min(len(update), 10)):
+        byte = update[i]
+        count |= (byte & 0x7F) << (7 * i)
+        if byte < 0x80:
+            if 3 * count + 1 > len(update) - (i + 1):
+                raise MalformedUpdate(f"update declares {count} struct groups in {len(update)} bytes")
+            return
+    raise MalformedUpdate("update does not start with a struct-group count")
+
+
 class Run(NamedTuple):
     """Consecutive structs of one client in an update: clocks `start` to `end` (exclusive), and
     the items its first struct names (origin, right origin, parent), which must be there before
@@ -186,8 +207,10 @@ def check_ids(update: bytes) -> Ids:
     above 2**53 - 1, and `MalformedUpdate` if it does not follow the v1 layout (trailing bytes
     included).
 
-    Linear in the update's size: about 1 us per struct.
+    Linear in the update's size, a few microseconds per struct in CPython (0.1 s for 1 MiB of
+    the smallest structs, where yrs takes 0.03 s to apply them).
     """
+    check_header(update)
     data = update
     size = len(data)
     runs: list[Run] = []
