@@ -165,6 +165,8 @@ class Document:
         # Ids between the two UTF-16 halves of the characters past U+FFFF it was given (as
         # `crdt.ids.Ids.mid_character`): an update cutting there is refused (`_check_ids`).
         self._mid_character: set[tuple[int, int]] = set()
+        # Ids of structs and deletions it was given that wait for others (`pending`).
+        self._waiting: list[tuple[int, int]] = []
 
     @classmethod
     def from_state(cls, state: bytes, **kwargs: Any) -> Document:
@@ -241,9 +243,11 @@ class Document:
         # keeps both and applies them once what they need arrives. Read from the update's ids,
         # not by yrs diffing it against the whole state vector (linear in the clients).
         clocks = reader.clocks
-        pending = any(run.end > clocks.get(run.client, 0) for run in ids.runs) or any(
-            end > clocks.get(client, 0) for client, end in ids.deletes.items()
-        )
+        waiting = [(run.client, run.end) for run in ids.runs if run.end > clocks.get(run.client, 0)]
+        waiting += [(client, end) for client, end in ids.deletes.items() if end > clocks.get(client, 0)]
+        pending = bool(waiting)
+        if waiting:
+            self._waiting += waiting
         delta = None if capture.delta is None else tuple(capture.delta)
         if with_delta and delta is None:
             delta = ()  # the text did not change
@@ -282,16 +286,30 @@ class Document:
                 update = bytes(update)
                 self._check_size(update)
                 try:
-                    self._mid_character |= check_ids(update).mid_character
+                    ids = check_ids(update)
                 except ValueError:
                     pass  # stored before these checks existed: yrs alone decides
+                else:
+                    self._mid_character |= ids.mid_character
+                    self._waiting += [(run.client, run.end) for run in ids.runs]
+                    self._waiting += ids.deletes.items()
                 try:
                     self._apply_raw(update)
                 except CorruptUpdate as exc:
                     self._length = len(self._text)
                     raise CorruptUpdate(f"update #{count}: {exc}") from exc
         self._length = len(self._text)
+        self.pending()  # keep only what still waits
         return count
+
+    def pending(self) -> bool:
+        """Whether structs or deletions it was given still wait for others (`Applied.pending`).
+        yrs keeps them, but `encode_state` leaves them out: a snapshot taken now would lose
+        them. Linear in the number of such ids (none, in a document whose updates all arrived)."""
+        if self._waiting:
+            clocks = decode_state_vector(self.state_vector())
+            self._waiting = [(client, end) for client, end in self._waiting if end > clocks.get(client, 0)]
+        return bool(self._waiting)
 
     def _check_size(self, update: bytes) -> None:
         if self.max_update_bytes is not None and len(update) > self.max_update_bytes:
@@ -377,8 +395,8 @@ class Document:
             raise CorruptStateVector(str(exc)) from exc
 
     def encode_state(self) -> bytes:
-        """The whole document as one update (what `document_snapshots.state` stores).
-        Linear in the document size, including tombstones."""
+        """The whole document as one update (what `document_snapshots.state` stores), without
+        what is `pending` (yrs leaves it out). Linear in the document size, tombstones included."""
         return self._doc.get_update(EMPTY_STATE_VECTOR)
 
     def __repr__(self) -> str:

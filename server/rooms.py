@@ -500,6 +500,9 @@ class RoomRegistry(RoomRepair):
         now = time.monotonic()
         behind = room.head_seq - room.snapshot_seq
         snapshot = behind > 0 and (force or behind >= s.snapshot_every_ops or now - room.snapshot_at >= s.snapshot_every_s)
+        # yrs leaves what waits for other structs out of the encoded state: a snapshot taken now
+        # would lose it, so none is taken until it is in (the log keeps it meanwhile).
+        snapshot = snapshot and not room.document.pending()
         content = room.content_seq < room.head_seq and (force or now - room.content_at >= s.content_debounce_s)
         # While the room is being written to, the readable content rides with the snapshots:
         # rewriting each busy document's row every debounce period cost a third of the durable
@@ -515,7 +518,7 @@ class RoomRegistry(RoomRepair):
             seq = room.head_seq
             document = await self._rebuild_at(room, seq)
             state, text = document.encode_state(), document.text()
-            snapshot = content = True
+            snapshot, content = not document.pending(), True
         else:
             return
         async with store.tenant_transaction(self.pool, room.tenant_id) as conn:

@@ -193,7 +193,9 @@ class Harness:
         room = self.room.document
         assert room.text() == replayed.text()
         assert room.clock() == replayed.clock()
-        assert Document.from_state(room.encode_state()).text() == replayed.text()
+        assert room.pending() == replayed.pending()
+        if not room.pending():  # what a snapshot holds (none is taken while something waits)
+            assert Document.from_state(room.encode_state()).text() == replayed.text()
         fresh = Doc()
         fresh["content"] = fresh_text = Text()
         for op in self.log:  # a client applying the log in order reads what the room holds
