@@ -4,16 +4,19 @@ Imports only pycrdt and the standard library (no asyncio, Starlette, asyncpg or 
 """
 
 from crdt.clock import CorruptStateVector, Ordering, VectorClock, decode_state_vector, encode_state_vector
-from crdt.document import CONTENT, Applied, CorruptUpdate, Document, UpdateTooLarge
+from crdt.document import CONTENT, Applied, CorruptUpdate, Document, DocumentPanicked, UpdateTooLarge
+from crdt.ids import MAX_CLOCK
 from crdt.operations import Operation, OpType, Origin, Snapshot, classify
 from crdt.replay import ReplayError, Span, Verification, blame, rebuild, verify
 
 __all__ = [
     "CONTENT",
+    "MAX_CLOCK",
     "Applied",
     "CorruptStateVector",
     "CorruptUpdate",
     "Document",
+    "DocumentPanicked",
     "OpType",
     "Operation",
     "Ordering",

@@ -6,9 +6,10 @@ Pure: imports only pycrdt and the standard library; no I/O, no asyncio.
 
 Stored shape (decided here, documented in `VectorClock.to_json`): a flat JSON object mapping the
 Yjs client id (as a decimal string, because JSON keys are strings and ids reach 2**53) to the
-exclusive end clock, e.g. `{"3735928559": 42}`. For an operation it is the document's state
-vector right after it (`crdt.document.Applied.clock_json`), as docs/schema.md says; the
-operation's own, smaller clock is `Applied.op_clock`. No agent id inside: the author is the
+exclusive end clock, e.g. `{"3735928559": 42}`. For an operation it is the operation's own
+clock (`crdt.document.Applied.op_clock`: the clients whose structs it integrated or deleted), as
+docs/schema.md says, so a row stays as small as its update however many clients the document
+has seen; the full state vector lives in the snapshots. No agent id inside: the author is the
 row's `agent_id` column, and the keys name the Yjs client ids that agent wrote with.
 """
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from pycrdt import Doc, Text, get_update
+from pycrdt import Doc, Text
 
 from crdt.clock import (
     CorruptStateVector,
@@ -23,13 +23,13 @@ from crdt.clock import (
     decode_state_vector,
     delete_set_clock,
 )
+from crdt.capture import EMPTY_DELETE_SET, EMPTY_STATE_VECTOR, Capture
+from crdt.ids import Ids, MalformedUpdate, check_header, check_ids, misfit
 from crdt.operations import OpType, Origin, classify
 
 CONTENT = "content"
 """Name of the shared Y.Text root; y-websocket editors and agents must use the same name."""
 
-_EMPTY_STATE_VECTOR = b"\x00"
-_EMPTY_DELETE_SET = b"\x00"
 
 
 class CorruptUpdate(ValueError):
@@ -38,6 +38,12 @@ class CorruptUpdate(ValueError):
 
 class UpdateTooLarge(ValueError):
     """The update exceeds the document's `max_update_bytes`; it was not decoded at all."""
+
+
+class DocumentPanicked(CorruptUpdate):
+    """yrs panicked while applying the update. The document may hold part of it: rebuild it
+    from the log before using it again. Whether the update is at fault is unknown (a document
+    that already diverged from the log panics on honest updates too)."""
 
 
 def _is_panic(exc: BaseException) -> bool:
@@ -55,17 +61,18 @@ class Applied:
       need not be stored or broadcast.
     - `pending`: part of the update waits for structs the document has not seen (yrs keeps it
       and integrates it once they arrive). The text does not show it yet; it still belongs in
-      the log, because replaying the log reproduces the same wait. Pending deletions of unseen
-      items are not detected.
+      the log, because replaying the log reproduces the same wait. A deletion of items the
+      document has not seen is pending too.
     - `op_type`: see `crdt.operations.classify`.
     - `state_vector`: the document's state vector after the update; `clocks` is it decoded,
       `{client_id: clock}` (shared with the document: do not mutate), `clock` the same as a
-      `VectorClock` (built on first access), `clock_json()` the same as `clock.to_json()`: what
-      the server stores as `document_operations.vector_clock` (docs/schema.md).
-    - `op_clock`: the operation's own clock (not stored):
-      the end clock of every client whose structs it carries, joined with the least clock
-      covering the items it deleted. Usually one entry. Built on first
-      access from `op_clocks`, the same as a dict.
+      `VectorClock` (built on first access), `clock_json()` the same as `clock.to_json()`.
+    - `op_clock`: the operation's own clock, what the server stores as
+      `document_operations.vector_clock` (docs/schema.md; `clock_text()` is its JSON text): the
+      end clock of every client whose structs it integrated (a pending struct that surfaces with
+      it included), joined with the least clock covering the items it deleted. Its size follows
+      the update, not the document: usually one entry. Built on first access from `op_clocks`,
+      the same as a dict.
     - `delta`: the change to the text as a Quill-style delta (offsets in UTF-8 bytes), or None
       when it was not computed (see `Document.apply`); `()` when computed and nothing changed.
     """
@@ -96,14 +103,11 @@ class Applied:
         return dict(self._clock_json)
 
     def clock_text(self) -> str:
-        """`clock_json()` as compact JSON text: what the server hands PostgreSQL for the log's
-        jsonb column (a string array is cheaper for asyncpg to encode than an array of dicts).
-
-        Joined by hand: the keys are decimal client ids and the values integers, so nothing
-        needs escaping, and the result is what `json.dumps(..., separators=(",", ":"))` gives
-        in a third of its time (json builds a C encoder object per call: ~3.7 us for one entry
-        here, ~1.3 this way)."""
-        return "{" + ",".join([f'"{client}":{clock}' for client, clock in self._clock_json.items()]) + "}"
+        """`op_clock.to_json()` as compact JSON text (key order aside): what the server hands
+        PostgreSQL for the log's jsonb column (a string array is cheaper for asyncpg to encode
+        than an array of dicts). Joined by hand: the keys are decimal client ids and the values
+        integers, so nothing needs escaping, and json.dumps would cost three times as much."""
+        return "{" + ",".join([f'"{client}":{clock}' for client, clock in self.op_clocks.items() if clock]) + "}"
 
 
 def _applied(**fields: Any) -> Applied:
@@ -113,56 +117,6 @@ def _applied(**fields: Any) -> Applied:
     applied = object.__new__(Applied)
     applied.__dict__.update(fields)
     return applied
-
-
-class _Capture:
-    """Collects what the observers saw during one `apply` transaction.
-
-    The observers stay subscribed for the document's lifetime (subscribing and dropping them
-    on every `apply` cost 5-20 us) and record only while `active`, so other transactions
-    (`apply_many`) pass through them at the cost of a call. The callbacks hold this object,
-    not the `Document`: a cycle through yrs-held callbacks would never be freed.
-
-    `in_sync` says the document's reader holds the current state vector: every change to the
-    document fires `on_transaction`, which clears it outside `apply`. While it holds, the
-    transaction's `before` is the reader's vector and is not read (encoding a state vector is
-    linear in the number of clients: about 6 us for 100).
-    """
-
-    __slots__ = ("active", "in_sync", "with_delta", "length_before", "fired", "delete_set",
-                 "before", "after", "length_after", "delta")
-
-    def __init__(self) -> None:
-        self.start(False, 0)
-        self.active = False
-        self.in_sync = True  # an empty document and an empty reader
-
-    def start(self, with_delta: bool, length_before: int) -> None:
-        self.active = True
-        self.with_delta = with_delta
-        self.length_before = length_before
-        self.fired = False
-        self.delete_set = _EMPTY_DELETE_SET
-        self.before = _EMPTY_STATE_VECTOR
-        self.after = _EMPTY_STATE_VECTOR
-        self.length_after: int | None = None
-        self.delta: list[dict[str, Any]] | None = None
-
-    def on_transaction(self, event: Any) -> None:
-        if not self.active:
-            self.in_sync = False
-            return
-        self.fired = True
-        self.delete_set = event.delete_set
-        self.after = event.after_state
-        if not self.in_sync:
-            self.before = event.before_state
-
-    def on_text(self, event: Any) -> None:
-        if self.active:
-            self.length_after = event.target.len(event.transaction)
-            if self.with_delta or self.length_after == self.length_before:
-                self.delta = [dict(item) for item in event.delta]
 
 
 class Document:
@@ -180,11 +134,16 @@ class Document:
     Hostile input: yrs decodes the whole update before integrating anything, so a failing
     `apply` leaves the document unchanged (the tests check garbage, every truncation of valid
     updates, and mutations). yrs does trust the leading struct-group count and sizes a table
-    from it (4 random bytes cost 0.3 s, 20 crafted ones 512 MB), so `_check_header` rejects
+    from it (4 random bytes cost 0.3 s, 20 crafted ones 512 MB), so `crdt.ids.check_header` rejects
     counts that cannot fit before yrs sees them. Other crafted inputs may still cost CPU, so the
     server should run `apply` on client input off the event loop and set `max_update_bytes`.
-    A Rust panic inside yrs becomes `CorruptUpdate`; after one the document state is unknown
-    and the caller should reload it from the log.
+    yrs counts clocks in 32 bits where Yjs has 53: `crdt.ids.check_ids` refuses clocks above
+    2**31 before yrs sees them (one past 2**32 - 1 wraps, and yrs then applies an update while
+    reporting no change, and panics on later honest ones), and structs that skip clocks of their
+    own client (Yjs would hold them pending; yrs may integrate them around a hole that its
+    encoding does not reproduce). It costs about 1 us per struct.
+    A Rust panic inside yrs becomes `DocumentPanicked`; after one the document state is unknown
+    and the caller should rebuild it from the log.
     """
 
     def __init__(self, *, client_id: int | None = None, max_update_bytes: int | None = None) -> None:
@@ -195,7 +154,7 @@ class Document:
         self._doc[CONTENT] = self._text
         self.max_update_bytes = max_update_bytes
         self._reader = StateVectorReader()  # the last state vector `apply` decoded
-        self._capture = _Capture()
+        self._capture = Capture()
         # Raw (_pycrdt) subscriptions: pycrdt's wrapped events eagerly convert target, path and
         # transaction, and compute the delta, for every event; we read only what we need.
         self._subscriptions = (
@@ -203,6 +162,11 @@ class Document:
             self._text._integrated.observe(self._capture.on_text),
         )
         self._length = 0  # text length in UTF-8 bytes; the text changes only through apply*
+        # Ids between the two UTF-16 halves of the characters past U+FFFF it was given (as
+        # `crdt.ids.Ids.mid_character`): an update cutting there is refused (`_check_ids`).
+        self._mid_character: set[tuple[int, int]] = set()
+        # Ids of structs and deletions it was given that wait for others (`pending`).
+        self._waiting: list[tuple[int, int]] = []
 
     @classmethod
     def from_state(cls, state: bytes, **kwargs: Any) -> Document:
@@ -224,7 +188,9 @@ class Document:
         """Apply one update and report what it did.
 
         Raises `UpdateTooLarge` before decoding if the update exceeds `max_update_bytes`, and
-        `CorruptUpdate` if the bytes are not an update; in both cases the document is unchanged.
+        `CorruptUpdate` if the bytes are not an update, name clocks above 2**31, or skip clocks
+        of a client (`_check_ids`); in both cases the document is unchanged.
+        `DocumentPanicked` (a `CorruptUpdate`) says yrs panicked: the document may have changed.
 
         Cost: yrs integration, the encoded state vector after it, and decoding what changed in
         that vector: usually one clock, so a few microseconds, but a full decode (about 1 ms
@@ -239,6 +205,7 @@ class Document:
         self._check_size(update)
         if not update:
             raise CorruptUpdate("empty update")
+        ids = self._check_ids(update)
         capture = self._capture
         length_before = self._length
         capture.start(with_delta, length_before)
@@ -249,6 +216,8 @@ class Document:
             raise
         finally:
             capture.active = False
+        if ids.mid_character:
+            self._mid_character |= ids.mid_character
 
         reader = self._reader
         if capture.fired:
@@ -258,7 +227,7 @@ class Document:
             capture.in_sync = False  # until the reader holds `after`
             advanced = reader.read(capture.after)  # compared decoded: entry order may vary
             structs_added = bool(advanced)
-            deleted = capture.delete_set != _EMPTY_DELETE_SET
+            deleted = capture.delete_set != EMPTY_DELETE_SET
             if deleted:
                 for client, clock in delete_set_clock(capture.delete_set).clocks.items():
                     if clock > advanced.get(client, 0):
@@ -269,9 +238,16 @@ class Document:
             structs_added = deleted = False
             advanced = {}
         capture.in_sync = True
-        # Structs of `update` that the document still lacks after applying it are pending.
-        # A v1 update starts with its number of struct groups, so 0 means "no structs left".
-        pending = get_update(update, state_vector)[:1] != b"\x00"
+        # Structs of `update` that the document still lacks after applying it are pending (its
+        # runs cannot leave a hole: `_check_ids`), and so are deletions of items it lacks: yrs
+        # keeps both and applies them once what they need arrives. Read from the update's ids,
+        # not by yrs diffing it against the whole state vector (linear in the clients).
+        clocks = reader.clocks
+        waiting = [(run.client, run.end) for run in ids.runs if run.end > clocks.get(run.client, 0)]
+        waiting += [(client, end) for client, end in ids.deletes.items() if end > clocks.get(client, 0)]
+        pending = bool(waiting)
+        if waiting:
+            self._waiting += waiting
         delta = None if capture.delta is None else tuple(capture.delta)
         if with_delta and delta is None:
             delta = ()  # the text did not change
@@ -300,7 +276,9 @@ class Document:
 
         The replay path: linear in the total update size (one commit, no per-update events).
         Unlike `apply`, a `CorruptUpdate` here leaves the updates before the bad one applied;
-        its message names the failing index. Use it for updates that were validated before.
+        its message names the failing index. Use it for updates that were validated before: it
+        checks nothing `crdt.ids` checks, only notes the characters past U+FFFF they write
+        (about 1 us per struct), which `apply` keeps later updates from cutting in two.
         """
         count = 0
         with self._doc.transaction():
@@ -308,23 +286,57 @@ class Document:
                 update = bytes(update)
                 self._check_size(update)
                 try:
+                    ids = check_ids(update)
+                except ValueError:
+                    pass  # stored before these checks existed: yrs alone decides
+                else:
+                    self._mid_character |= ids.mid_character
+                    self._waiting += [(run.client, run.end) for run in ids.runs]
+                    self._waiting += ids.deletes.items()
+                try:
                     self._apply_raw(update)
                 except CorruptUpdate as exc:
                     self._length = len(self._text)
                     raise CorruptUpdate(f"update #{count}: {exc}") from exc
         self._length = len(self._text)
+        self.pending()  # keep only what still waits
         return count
+
+    def pending(self) -> bool:
+        """Whether structs or deletions it was given still wait for others (`Applied.pending`).
+        yrs keeps them, but `encode_state` leaves them out: a snapshot taken now would lose
+        them. Linear in the number of such ids (none, in a document whose updates all arrived)."""
+        if self._waiting:
+            clocks = decode_state_vector(self.state_vector())
+            self._waiting = [(client, end) for client, end in self._waiting if end > clocks.get(client, 0)]
+        return bool(self._waiting)
 
     def _check_size(self, update: bytes) -> None:
         if self.max_update_bytes is not None and len(update) > self.max_update_bytes:
             raise UpdateTooLarge(f"update of {len(update)} bytes exceeds {self.max_update_bytes}")
+
+    def _check_ids(self, update: bytes) -> Ids:
+        """Refuse what yrs would read otherwise than Yjs, or hold otherwise than its own replay
+        (`crdt.ids`): clocks above 2**31, structs that skip clocks of their client, and structs
+        the document holds in part when the part ends inside a character. Returns what it
+        read. Only `apply` checks this; `apply_many` replays updates that
+        passed it."""
+        try:
+            ids = check_ids(update)
+        except ValueError as exc:
+            raise CorruptUpdate(str(exc)) from exc
+        if ids.runs or ids.cuts:
+            clocks = self._reader.clocks if self._capture.in_sync else decode_state_vector(self.state_vector())
+            reason = misfit(ids, clocks, self._mid_character)
+            if reason is not None:
+                raise CorruptUpdate(reason)
+        return ids
 
     def _apply_native(self, update: bytes) -> None:
         """`_apply_raw` in a transaction of its own on pycrdt's native document: pycrdt's
         Python transaction (leases, origin table, locks) costs about 3 us per update here, as
         much as yrs applying a small update. Committed whatever happens, as pycrdt does, and
         always dropped, or the document would stay locked. Not inside another transaction."""
-        _check_header(update)
         native = self._doc._doc
         txn = native.create_transaction()
         try:
@@ -339,7 +351,10 @@ class Document:
             txn.drop()
 
     def _apply_raw(self, update: bytes) -> None:
-        _check_header(update)
+        try:
+            check_header(update)
+        except MalformedUpdate as exc:
+            raise CorruptUpdate(str(exc)) from exc
         try:
             self._doc.apply_update(update)
         except BaseException as exc:
@@ -380,9 +395,9 @@ class Document:
             raise CorruptStateVector(str(exc)) from exc
 
     def encode_state(self) -> bytes:
-        """The whole document as one update (what `document_snapshots.state` stores).
-        Linear in the document size, including tombstones."""
-        return self._doc.get_update(_EMPTY_STATE_VECTOR)
+        """The whole document as one update (what `document_snapshots.state` stores), without
+        what is `pending` (yrs leaves it out). Linear in the document size, tombstones included."""
+        return self._doc.get_update(EMPTY_STATE_VECTOR)
 
     def __repr__(self) -> str:
         return f"<Document {len(self._text)} bytes, clients={len(self.clock())}>"
@@ -394,24 +409,4 @@ def _raise_corrupt(exc: BaseException) -> None:
     if isinstance(exc, ValueError):
         raise CorruptUpdate(str(exc) or "invalid update") from exc
     if _is_panic(exc):
-        raise CorruptUpdate(f"yrs panicked: {exc}") from exc
-
-
-def _check_header(update: bytes) -> None:
-    """Reject an update whose leading count of struct groups cannot fit in its bytes.
-
-    yrs sizes a table from that count before reading any group: 20 bytes declaring 2**28
-    groups make it allocate about 512 MB and spend half a second before failing. Each group
-    takes at least 3 bytes (struct count, client, clock) and the delete set at least 1, so a
-    larger count is garbage. This reads one lib0 varint; yrs still does the real decoding.
-    """
-    count = 0
-    for i in range(min(len(update), 10)):
-        byte = update[i]
-        count |= (byte & 0x7F) << (7 * i)
-        if byte < 0x80:
-            if 3 * count + 1 > len(update) - (i + 1):
-                raise CorruptUpdate(f"update declares {count} struct groups in {len(update)} bytes")
-            return
-    raise CorruptUpdate("update does not start with a struct-group count")
-
+        raise DocumentPanicked(f"yrs panicked: {exc}") from exc

@@ -105,10 +105,10 @@ def classify(
 class Operation:
     """One row of `document_operations`: an update as it was appended to the log.
 
-    `seq` runs 1..N per document without gaps. `vector_clock` is the stored JSON object
-    (`VectorClock.to_json()` of the document's state vector right after the operation, see
-    `crdt.document.Applied.clock_json`),
-    kept as a plain dict so rows pass through unchanged; `clock` decodes it.
+    `seq` runs 1..N per document without gaps. `vector_clock` is the stored JSON object: the
+    operation's own clock (`crdt.document.Applied.op_clock`, docs/schema.md), kept as a plain
+    dict (or its JSON text) so rows pass through unchanged; `clock` decodes it. The state
+    vector after operation N is the entrywise maximum of the clocks of operations 1..N.
     """
 
     doc_id: Any  # uuid.UUID in the server; any hashable id works here

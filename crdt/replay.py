@@ -76,8 +76,9 @@ def rebuild(
     - `until_time`: the log prefix whose `created_at <= until_time`, stopping at the first row
       past it (timestamps from several nodes may interleave; a prefix is a state that really
       existed, a filter might not be).
-    - `until_clock`: exactly the operations whose `vector_clock` is dominated by the clock.
-      A state vector records insertions only, so deletions are placed by the items they delete:
+    - `until_clock`: exactly the operations whose `vector_clock` (their own clock) is dominated
+      by the clock: for a state vector the document really had, the operations whose structs it
+      holds. A state vector records insertions only, so deletions are placed by the items they delete:
       a deletion is included once the clock covers what it deleted, even if it happened later.
       Use `until_seq`/`until_time` for exact time travel. With a snapshot, the snapshot's state
       vector must itself be dominated by the clock.

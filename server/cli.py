@@ -391,7 +391,7 @@ def replay_command(
         VectorClock | None,
         typer.Option(
             "--at-clock", parser=replay_tool.parse_clock, metavar="VECTOR",
-            help='The operations this vector clock has seen, as JSON like {"3735928559": 42} (the log\'s vector_clock).',
+            help='The operations this vector clock has seen, as JSON like {"3735928559": 42} (a state vector: the entrywise maximum of the log\'s vector_clock up to a seq).',
         ),
     ] = None,
     output_format: Annotated[

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from crdt.document import CorruptUpdate
+from crdt.document import CorruptUpdate, DocumentPanicked
 from server.auth import Principal
 from server.errors import ErrorCode, TandemError
 from server.mailbox import Mailbox
@@ -190,10 +190,10 @@ class UpdatePipeline:
             return [None] * len(updates)
         return await validator.check_many(updates)
 
-    async def _apply(self, item: Update, verdict: str | None) -> None:
+    async def _apply(self, item: Update, verdict: str | None, retried: bool = False) -> None:
         assert self.principal is not None
         room = item.room
-        if room.dirty is not None:  # it is being rebuilt from the log after a failed commit
+        if room.dirty is not None:  # it is being rebuilt from the log (a failed commit, a panic)
             try:
                 async with asyncio.timeout(self.node.settings.commit_unavailable_after_s):
                     await room.writable()
@@ -216,6 +216,12 @@ class UpdatePipeline:
                 raise CorruptUpdate(verdict)
             op = room.validate(self.principal.agent_id, item.update, origin=self.conn_id, request_id=item.re, fence=item.fence)
         except CorruptUpdate as exc:
+            if isinstance(exc, DocumentPanicked) and not retried:
+                # yrs panicked: the room may have diverged from the log before this update came
+                # (it is being rebuilt: `Room.validate`), so the update is tried once more on
+                # the rebuilt room before it counts against the writer as invalid.
+                await self._apply(item, verdict, retried=True)
+                return
             self.node.metrics.invalid_updates.inc()
             self._refuse(item, ErrorCode.INVALID_UPDATE, {"reason": str(exc)[:200]})
             return

@@ -60,7 +60,8 @@ def parse_time(text: str) -> datetime:
 
 
 def parse_clock(text: str) -> VectorClock:
-    """A vector clock as the log stores it: a JSON object `{"<client_id>": clock, ...}`."""
+    """A vector clock in the log's JSON shape, `{"<client_id>": clock, ...}`: for --at-clock a
+    state vector, such as the entrywise maximum of the log's clocks up to a seq (docs/schema.md)."""
     try:
         return VectorClock.from_json(text)
     except ValueError as exc:  # json.JSONDecodeError included

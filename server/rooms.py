@@ -24,23 +24,19 @@ from typing import Protocol
 
 import asyncpg
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
-from crdt.document import CorruptUpdate, Document
-from crdt.operations import Operation, Origin, Snapshot
+from crdt.document import CorruptUpdate, Document, DocumentPanicked
+from crdt.operations import Origin
 from crdt.replay import rebuild
 from server import store
 from server.committer import Committed, Committer
-from server.dbfaults import is_unavailable
 from server.errors import ErrorCode
 from server.metrics import Metrics
 from server.protocol import encode
+from server.room_repair import RoomRepair, read_log
 from server.settings import Settings
 
 log = structlog.get_logger("tandem.rooms")
-
-REPAIR_MAX_WAIT_S = 2.0  # the longest pause between two attempts to rebuild a room from the log
-
 
 class Subscriber(Protocol):
     """The session side of a subscription: a bounded, non-blocking send of one text frame."""
@@ -150,6 +146,9 @@ class Room:
         self.idle_since: float | None = time.monotonic()
         self.broken = False
         self.on_gap: Callable[[Room], None] = lambda room: None  # set by the registry
+        # Called when yrs panicked on `document`: it may differ from the log now (set by the
+        # registry to rebuild it from the log before it is read again).
+        self.on_panic: Callable[[Room], None] = lambda room: None
         self.lock: LockView | None = None
         self.fence_seen = 0  # the newest fence of any lock event seen for this document
         self.released_fence = 0  # the newest fence seen released
@@ -233,13 +232,19 @@ class Room:
         self, agent_id: str, update: bytes, origin: str | None = None, request_id: str | int | None = None,
         fence: int | None = None,
     ) -> store.NewOperation | None:
-        """Apply to the server's copy; None when it changes nothing. Raises CorruptUpdate."""
-        applied = self.document.apply(update)
+        """Apply to the server's copy; None when it changes nothing. Raises CorruptUpdate; after
+        `DocumentPanicked` the room is being rebuilt from the log (`on_panic`)."""
+        try:
+            applied = self.document.apply(update)
+        except DocumentPanicked:
+            log.warning("room.panicked", doc_id=str(self.doc_id))
+            self.on_panic(self)
+            raise
         if not applied.changed and not applied.pending:
             return None  # a duplicate: nothing to store or forward
         # A pending update waits for structs not seen yet; it is logged all the same, so that
-        # replaying the log reproduces the same wait. The clock is the document's state vector
-        # after the operation (the row's agent_id attributes it).
+        # replaying the log reproduces the same wait. The clock is the operation's own
+        # (`Applied.op_clock`), bounded by the update's size (the row's agent_id attributes it).
         op = store.NewOperation(agent_id, applied.op_type.value, applied.clock_text(), update, origin, request_id, fence)
         self.in_flight[op.update] = op
         return op
@@ -294,6 +299,9 @@ class Room:
             if own is None:
                 try:
                     self.document.apply(row.update, Origin.FANOUT)
+                except DocumentPanicked:  # the document may hold part of it: rebuild it
+                    log.error("room.fanout_panicked", doc_id=str(self.doc_id), seq=row.seq)
+                    self.on_panic(self)
                 except CorruptUpdate:  # validated by the node that stored it; never expected
                     log.error("room.fanout_corrupt", doc_id=str(self.doc_id), seq=row.seq)
                 own = store.NewOperation(row.agent_id, row.op_type, "{}", row.update)
@@ -327,29 +335,7 @@ class Room:
                 sub.deliver(seq, frame)
 
 
-async def _read_log(
-    conn: asyncpg.Connection, doc_id: uuid.UUID, until_seq: int | None = None
-) -> tuple[Snapshot | None, list[Operation]]:
-    """A document's latest snapshot (at or before `until_seq`, when given: another node may
-    have snapshotted further) and every operation after it (what `rebuild` needs)."""
-    if until_seq is None:
-        row = await store.latest_snapshot(conn, doc_id)
-    else:
-        row = await conn.fetchrow(store.Q["replay_snapshot_at_or_before"], doc_id, until_seq)
-    snapshot = Snapshot(doc_id, row["sequence_number"], row["state"], row["created_at"]) if row else None
-    rows = await store.all_operations_after(conn, doc_id, snapshot.seq if snapshot else 0)
-    operations = [
-        Operation(doc_id, r["sequence_number"], r["agent_id"], r["operation_type"], r["vector_clock"], r["update"])
-        for r in rows
-    ]
-    return snapshot, operations
-
-
-class _NotSettled(RuntimeError):
-    """Operations kept arriving while a room waited to be rebuilt; it tries again."""
-
-
-class RoomRegistry:
+class RoomRegistry(RoomRepair):
     """Rooms by document id; concurrent opens of a cold document share one load.
 
     Memory is bounded by unloading: a room with no subscribers for `room_idle_timeout_s` is
@@ -387,7 +373,7 @@ class RoomRegistry:
             meta = await store.document_meta(conn, doc_id)
             if meta is None:
                 raise LookupError(doc_id)
-            snapshot, operations = await _read_log(conn, doc_id)
+            snapshot, operations = await read_log(conn, doc_id)
         after = snapshot.seq if snapshot else 0
         # Replay is CPU-bound: in a thread, the event loop still gets turns between updates
         # (yrs holds the GIL only for one update at a time), so a cold load does not stall others.
@@ -401,6 +387,7 @@ class RoomRegistry:
         if operations:
             room.content_seq = -1  # unknown: refresh the readable content on the next store
         room.on_gap = self._schedule_catch_up
+        room.on_panic = self._repair
         self.rooms[doc_id] = room
         # Another node may have committed while this one was reading: look once more.
         self._schedule_catch_up(room, force=True)
@@ -482,65 +469,6 @@ class RoomRegistry:
         if not expected.done():
             expected.set_exception(exc)
 
-    def _repair(self, room: Room) -> None:
-        if room.dirty is None:
-            room.dirty = asyncio.Event()
-            task = asyncio.create_task(self._rebuild_dirty(room))
-            self._repairs.add(task)
-            task.add_done_callback(self._repairs.discard)
-
-    async def _rebuild_dirty(self, room: Room) -> None:
-        """Replace a dirty room's document with the log's, once nothing is in flight.
-
-        New updates and opens wait (`Room.writable`); updates already applied commit or are
-        refused first, and the rebuild is the log up to the delivered head exactly. While the
-        database is away it tries again with backoff (the waiting updates are refused with
-        `unavailable` after their own bound); only an unexpected failure marks the room broken.
-        """
-        assert room.dirty is not None
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda exc: is_unavailable(exc) or isinstance(exc, _NotSettled)),
-            wait=wait_exponential_jitter(multiplier=0.05, max=REPAIR_MAX_WAIT_S, jitter=0.05),
-            before_sleep=lambda state: log.warning(
-                "room.repair_retry", doc_id=str(room.doc_id), attempt=state.attempt_number,
-                error=repr(state.outcome.exception()) if state.outcome else None,
-            ),
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._rebuild_settled(room)
-        except Exception:
-            log.exception("room.repair_failed", doc_id=str(room.doc_id))
-            room.broken = True
-            if self.rooms.get(room.doc_id) is room:
-                del self.rooms[room.doc_id]
-        finally:
-            event, room.dirty = room.dirty, None
-            event.set()
-
-    async def _rebuild_settled(self, room: Room, max_turns: int = 50) -> None:
-        """One attempt: wait until nothing of this node is in flight and the log's operations up
-        to the delivered head are all here, then swap in the document rebuilt from the log."""
-        for _ in range(max_turns):
-            pending = room.last_pending
-            if pending is not None and not pending.done():
-                await asyncio.wait([pending])
-                continue
-            if room.known_seq > room.head_seq or room.held:
-                await self._catch_up(room, force=True)
-                if room.known_seq > room.head_seq or room.held:
-                    await asyncio.sleep(0.01)
-                    continue
-            seq = room.head_seq
-            document = await self._rebuild_at(room, seq)
-            if room.head_seq == seq and not room.held:
-                room.document = document
-                room.epoch += 1
-                log.info("room.repaired", doc_id=str(room.doc_id), head_seq=seq)
-                return
-        raise _NotSettled(room.doc_id)
-
     async def stop(self) -> None:
         """At shutdown: stop the repairs and catch-up reads still running."""
         tasks = [*self._repairs, *self._catching_up.values()]
@@ -572,6 +500,9 @@ class RoomRegistry:
         now = time.monotonic()
         behind = room.head_seq - room.snapshot_seq
         snapshot = behind > 0 and (force or behind >= s.snapshot_every_ops or now - room.snapshot_at >= s.snapshot_every_s)
+        # yrs leaves what waits for other structs out of the encoded state: a snapshot taken now
+        # would lose it, so none is taken until it is in (the log keeps it meanwhile).
+        snapshot = snapshot and not room.document.pending()
         content = room.content_seq < room.head_seq and (force or now - room.content_at >= s.content_debounce_s)
         # While the room is being written to, the readable content rides with the snapshots:
         # rewriting each busy document's row every debounce period cost a third of the durable
@@ -587,7 +518,7 @@ class RoomRegistry:
             seq = room.head_seq
             document = await self._rebuild_at(room, seq)
             state, text = document.encode_state(), document.text()
-            snapshot = content = True
+            snapshot, content = not document.pending(), True
         else:
             return
         async with store.tenant_transaction(self.pool, room.tenant_id) as conn:
@@ -624,12 +555,6 @@ class RoomRegistry:
         if room.epoch != epoch or room.broken or room.dirty is not None:
             return None
         return seq, state, text
-
-    async def _rebuild_at(self, room: Room, seq: int) -> Document:
-        """The document exactly after operation `seq`: its latest snapshot plus the log."""
-        async with store.tenant_transaction(self.pool, room.tenant_id) as conn:
-            snapshot, operations = await _read_log(conn, room.doc_id, seq)
-        return await asyncio.to_thread(rebuild, operations, snapshot, until_seq=seq)
 
     async def janitor(self, interval_s: float = 1.0) -> None:
         """Store what is due and unload idle rooms, until cancelled."""

@@ -51,7 +51,7 @@ class NewOperation(NamedTuple):
 
     agent_id: str
     op_type: str
-    vector_clock: str  # JSON text of the document's state vector after it (`Applied.clock_text`)
+    vector_clock: str  # JSON text of the operation's own clock (`Applied.clock_text`)
     update: bytes
     # Where it came from (not stored): the connection to acknowledge, and its request id.
     origin: str | None = None

@@ -156,20 +156,39 @@ def test_applied_reports_state_after_the_update() -> None:
     assert applied.update == client.last()
 
 
-def test_out_of_order_update_is_pending_until_its_dependency_arrives() -> None:
-    client = Client(11)
+def test_update_is_pending_until_another_clients_structs_arrive() -> None:
+    client, other = Client(11), Client(12)
     client.text += "hello"
     client.text += " world"
-    client.text += "!"
-    first, second, third = client.updates
+    first, second = client.updates
+    other.receive(first)
+    other.receive(second)
+    other.text += "!"
     document = Document()
     document.apply(first)
-    waiting = document.apply(third)
+    waiting = document.apply(other.last())  # its origin is in `second`
     assert waiting.pending and not waiting.changed and document.text() == "hello"
     resolved = document.apply(second)
     assert resolved.changed and not resolved.pending
     assert document.text() == "hello world!"
-    assert resolved.op_clock == VectorClock({11: 12})  # the surfaced pending struct included
+    assert resolved.op_clock == VectorClock({11: 11, 12: 1})  # the surfaced pending struct included
+
+
+def test_update_skipping_clocks_of_its_own_client_is_refused_and_changes_nothing() -> None:
+    """Yjs would hold it pending; yrs integrates it around a hole (its origin is known) that
+    encoding the document does not reproduce, so it is refused (crdt/ids.py)."""
+    client = Client(11)
+    client.text += "hello"
+    client.text += "!"
+    client.text.insert(0, ">")  # its right origin (11, 0) is known to the document
+    first, _, third = client.updates
+    document = Document()
+    document.apply(first)
+    before = snapshot_of(document)
+    with pytest.raises(CorruptUpdate, match="client 11 start at clock 6, past its 5"):
+        document.apply(third)
+    assert snapshot_of(document) == before
+    assert not document.apply(first).changed  # what it holds is unchanged
 
 
 def test_two_documents_exchanging_diffs_converge() -> None:
@@ -223,6 +242,7 @@ def test_diff_rejects_malformed_state_vectors() -> None:
 def test_state_round_trips_through_encode_state() -> None:
     document, client = seeded_document()
     client.text.format(0, 3, {"bold": True})
+    document.apply(client.last())
     client.text += " 😀 é"
     document.apply(client.last())
     copy = Document.from_state(document.encode_state())
@@ -261,7 +281,7 @@ def assert_clocks_consistent(applied: Applied, document: Document, before: bytes
     assert all(applied.op_clock.get(client) >= clock for client, clock in advanced.items())
 
 
-def test_clock_json_is_the_stored_clock_on_every_kind_of_update() -> None:
+def test_clock_json_is_the_state_and_clock_text_the_op_clock_on_every_kind_of_update() -> None:
     rng = random.Random(29)
     document = Document()
     clients = [Client(rng.randrange(1, 2**32)) for _ in range(60)] + [Client(2**53 - 1)]
@@ -286,7 +306,7 @@ def test_clock_json_is_the_stored_clock_on_every_kind_of_update() -> None:
             again = document.apply(client.last())
             assert not again.changed and again.op_clock == VectorClock()
             assert again.clock_json() == again.clock.to_json() == applied.clock_json()
-        assert applied.clock_text() == json.dumps(applied.clock_json(), separators=(",", ":"))  # the log's text
+        assert json.loads(applied.clock_text()) == applied.op_clock.to_json()  # the log's text
         if step % 75 == 0:  # bulk loading between two applies: no observer records it
             other = rng.choice(clients)
             other.text += "bulk"
@@ -333,6 +353,21 @@ def test_clocks_stay_right_after_a_refused_update() -> None:
     applied = document.apply(client.last())
     assert_clocks_consistent(applied, document, before)
     assert applied.op_clock == VectorClock({5: 20}) and applied.clock_json() == {"5": 20}
+
+def test_the_stored_clock_stays_small_after_a_many_client_update() -> None:
+    """One update from 2,000 clients stores 2,000 entries once; the edits after it store only
+    their own client, not the document's whole state vector (docs/schema.md)."""
+    crowd = merge_updates(*(Client(10_000 + k, "x").last() for k in range(2000)))
+    document, client = seeded_document()
+    client.receive(crowd)
+    many = document.apply(crowd)
+    assert len(json.loads(many.clock_text())) == 2000 and len(many.clock_json()) == 2001
+    for ch in "abc":
+        client.text += ch
+        applied = document.apply(client.last())
+        assert json.loads(applied.clock_text()) == {"5": applied.clocks[5]}
+        assert len(applied.clock_text()) < 20 and len(applied.clock_json()) == 2001
+
 
 def test_a_dropped_document_is_freed() -> None:
     # Its observers live as long as the pycrdt Doc; they must not keep the Document alive.
@@ -434,3 +469,27 @@ def test_operation_rows_validate_and_decode_their_clock() -> None:
         Operation("doc", 1, "agent-a", "rename", {}, b"")
     with pytest.raises(ValueError):
         Snapshot("doc", -1, b"")
+
+
+def test_what_is_pending_is_left_out_of_the_encoded_state_until_it_is_in() -> None:
+    """yrs's encoding leaves pending structs out, so a snapshot is only right when `pending()`
+    is False (server/rooms.py takes none before)."""
+    client, other = Client(11), Client(12)
+    client.text += "hello"
+    client.text += " world"
+    first, second = client.updates
+    other.receive(first)
+    other.receive(second)
+    other.text += "!"
+    document = Document()
+    document.apply(first)
+    assert not document.pending()
+    document.apply(other.last())
+    assert document.pending()
+    assert Document.from_state(document.encode_state()).text() == "hello"  # the "!" is not in it
+    loaded = Document()
+    loaded.apply_many([first, other.last()])  # the replay path knows what waits too
+    assert loaded.pending()
+    document.apply(second)
+    assert not document.pending() and document.text() == "hello world!"
+    assert Document.from_state(document.encode_state()).text() == "hello world!"

@@ -223,9 +223,18 @@ async def test_replay_command_bounds_and_formats(
     at_time = ok(tandem("replay", doc, "--tenant", A, "--at-time", moment.astimezone(UTC).isoformat(), env=env))
     assert at_time.decode() == session.observed[prefix]
 
-    # --at-clock: the state vector stored with seq N selects operations 1..N when N+1 inserts.
-    seq = next(s for s in range(2500, session.head) if session.ops[s].vector_clock != session.ops[s - 1].vector_clock)
-    clock = session.ops[seq - 1].vector_clock  # JSON text already
+    # --at-clock: the state vector after seq N (the join of the stored clocks of 1..N) selects
+    # operations 1..N when no later operation's own clock is within it (a later deletion of
+    # text it holds would be selected too: crdt.replay.rebuild).
+    joined = [VectorClock()]
+    for op in session.ops:
+        joined.append(VectorClock.merge([joined[-1], VectorClock.from_json(op.vector_clock)]))
+    seq = next(
+        s for s in range(session.head - 1, 2500, -1)
+        if not any(joined[s].dominates(VectorClock.from_json(op.vector_clock)) for op in session.ops[s:])
+    )
+    assert session.observed[seq] != session.observed[-1]
+    clock = json.dumps(joined[seq].to_json())
     assert ok(tandem("replay", doc, "--tenant", A, "--at-clock", clock, env=env)).decode() == session.observed[seq]
 
     # --format update: one binary Yjs update on stdout; the forced progress bar goes to stderr.

@@ -138,7 +138,7 @@ async def test_check_many_splits_large_calls_merges_concurrent_ones_and_keeps_or
 
 async def test_a_memory_bomb_is_refused_within_the_memory_cap_and_the_worker_serves_on() -> None:
     # 20 bytes declaring 2**28 struct groups: uncapped, yrs allocates about 512 MB and spends
-    # about a second before failing (crdt/document.py's _check_header refuses it earlier).
+    # about a second before failing (crdt/ids.py's check_header refuses it earlier).
     bomb = _varint(2**28) + bytes(15)
     async with running(workers=1, timeout_s=10, max_memory_bytes=300 << 20) as validator:
         verdicts = await validator.check_many([_valid_update(), bomb, _valid_update()])

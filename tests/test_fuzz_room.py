@@ -1,0 +1,245 @@
+"""Property: a room and its log never disagree, whatever updates clients send.
+
+Hypothesis drives several pycrdt clients editing one text (inserts, deletes, formatting, syncing
+from the log now and then) and sends each update, often mutated (bytes changed, inserted or cut,
+the first struct group's clock or client id rewritten, old updates replayed, two merged), through
+`server.rooms.Room.validate`, the server's own path. An update it returns is appended to the log
+(as the committer would); a refused one is dropped; after a yrs panic the room is rebuilt from
+the log (as `RoomRegistry` does). After every update the room must equal the log's replay (text,
+state vector and encoded state), and every stored update must apply to a fresh client.
+
+Pure: no database, no server. The CI run is bounded and the same every time (40 examples of up
+to 30 updates, derandomized: a few seconds). A longer run draws new examples:
+`TANDEM_FUZZ_EXAMPLES=20000 pytest -p no:cacheprovider --timeout 0 tests/test_fuzz_room.py`
+(about four minutes here); a failure prints the smallest sequence of steps that breaks the
+property.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pycrdt import Doc, Text, merge_updates, write_var_uint
+
+from crdt.clock import VectorClock
+from crdt.document import CorruptUpdate, Document
+from crdt.ids import MAX_CLOCK
+from crdt.operations import Operation
+from crdt.replay import rebuild
+from server.rooms import Room
+
+EXAMPLES = int(os.environ.get("TANDEM_FUZZ_EXAMPLES", "40"))
+# The CI run walks the same examples every time; a longer run (TANDEM_FUZZ_EXAMPLES) new ones.
+DERANDOMIZE = "TANDEM_FUZZ_EXAMPLES" not in os.environ
+CLIENT_IDS = (101, 202, 303)
+DOC_ID = uuid.UUID(int=1)
+# Clocks around every boundary that matters: yrs's u32 wrap, its sign bit, and Yjs's 53 bits.
+CLOCKS = st.one_of(
+    st.integers(0, 40),
+    st.sampled_from([MAX_CLOCK - 1, MAX_CLOCK, MAX_CLOCK + 1, 2**32 - 2, 2**32 - 1, 2**32, 2**53 - 1, 2**53]),
+    st.integers(0, 2**56),
+)
+
+
+def _var_uint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data):
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("truncated")
+
+
+def rewrite_first_group(update: bytes, client: int | None = None, clock: int | None = None) -> bytes:
+    """The update with its first struct group's client id or start clock replaced."""
+    try:
+        groups, pos = _var_uint(update, 0)
+        if groups == 0:
+            return update
+        _, pos = _var_uint(update, pos)  # struct count
+        client_at = pos
+        old_client, pos = _var_uint(update, pos)
+        old_clock, pos = _var_uint(update, pos)
+    except ValueError:
+        return update
+    new_client = write_var_uint(old_client if client is None else client)
+    new_clock = write_var_uint(old_clock if clock is None else clock)
+    return update[:client_at] + new_client + new_clock + update[pos:]
+
+
+@dataclass
+class Edit:
+    client: int
+    kind: str  # insert, delete, format, sync
+    position: int
+    text: str
+
+
+@dataclass
+class Mutation:
+    kind: str  # none, byte, insert, truncate, clock, client, replay, merge
+    index: int = 0
+    value: int = 0
+
+
+EDITS = st.builds(
+    Edit,
+    client=st.integers(0, len(CLIENT_IDS) - 1),
+    kind=st.sampled_from(["insert", "insert", "delete", "format", "sync"]),
+    position=st.integers(0, 200),
+    text=st.text(alphabet="ab€😀\n", min_size=1, max_size=4),
+)
+MUTATIONS = st.one_of(
+    st.just(Mutation("none")),
+    st.builds(Mutation, kind=st.just("byte"), index=st.integers(0, 400), value=st.integers(0, 255)),
+    st.builds(Mutation, kind=st.just("insert"), index=st.integers(0, 400), value=st.integers(0, 255)),
+    st.builds(Mutation, kind=st.just("truncate"), index=st.integers(0, 400)),
+    st.builds(Mutation, kind=st.just("clock"), value=CLOCKS),
+    st.builds(Mutation, kind=st.just("client"), value=st.sampled_from([*CLIENT_IDS, 0, 2**53 - 1, 2**53, 2**64])),
+    st.builds(Mutation, kind=st.sampled_from(["replay", "merge"]), index=st.integers(0, 400)),
+)
+STEPS = st.lists(st.tuples(EDITS, MUTATIONS), min_size=1, max_size=30)
+
+
+@dataclass
+class Harness:
+    """A room, the log it appended to, and the clients writing through it."""
+
+    room: Room = field(default_factory=lambda: Room(DOC_ID, DOC_ID, DOC_ID, Document(), 0))
+    log: list[Operation] = field(default_factory=list)
+    sent: list[bytes] = field(default_factory=list)  # every update sent, stored or not
+    clients: list[tuple[Doc, Text, list[bytes]]] = field(default_factory=list)
+    panics: int = 0
+
+    def __post_init__(self) -> None:
+        for client_id in CLIENT_IDS:
+            doc = Doc(client_id=client_id)
+            doc["content"] = text = Text()
+            updates: list[bytes] = []
+            doc.observe(lambda event, updates=updates: updates.append(event.update))
+            self.clients.append((doc, text, updates))
+        self.room.on_panic = self._rebuild
+
+    def _rebuild(self, room: Room) -> None:
+        """What `RoomRegistry` does after a panic: the document becomes the log's replay."""
+        self.panics += 1
+        room.document = rebuild(self.log)
+
+    def edit(self, edit: Edit) -> bytes | None:
+        doc, text, updates = self.clients[edit.client]
+        if edit.kind == "sync":
+            doc.apply_update(self.room.document.encode_state())
+            return None
+        chars = str(text)
+        length = len(chars)
+
+        def offset(k: int) -> int:  # pycrdt counts text offsets in UTF-8 bytes
+            return len(chars[:k].encode())
+
+        updates.clear()
+        start = edit.position % (length + 1)
+        end = min(length, start + 1 + edit.position % 3)
+        if edit.kind == "delete" and start < length:
+            del text[offset(start) : offset(end)]
+        elif edit.kind == "format" and start < length:
+            text.format(offset(start), offset(end), {"bold": edit.position % 2 == 0})
+        else:
+            text.insert(offset(start), edit.text)
+        return updates[-1] if updates else None
+
+    def mutate(self, update: bytes, mutation: Mutation) -> bytes:
+        i = mutation.index % (len(update) + 1)
+        if mutation.kind == "byte" and update:
+            i = mutation.index % len(update)
+            return update[:i] + bytes([mutation.value]) + update[i + 1 :]
+        if mutation.kind == "insert":
+            return update[:i] + bytes([mutation.value]) + update[i:]
+        if mutation.kind == "truncate":
+            return update[:i]
+        if mutation.kind == "clock":
+            return rewrite_first_group(update, clock=mutation.value)
+        if mutation.kind == "client":
+            return rewrite_first_group(update, client=mutation.value)
+        if mutation.kind == "replay" and self.sent:
+            return self.sent[mutation.index % len(self.sent)]
+        if mutation.kind == "merge" and self.sent:
+            try:
+                return merge_updates(self.sent[mutation.index % len(self.sent)], update)
+            except ValueError:  # the earlier one was corrupt
+                return update
+        return update
+
+    def send(self, update: bytes) -> None:
+        self.sent.append(update)
+        try:
+            op = self.room.validate("fuzz", update)
+        except CorruptUpdate:
+            return  # refused: nothing stored (after a panic the room was rebuilt)
+        if op is None:
+            return  # nothing new: nothing stored
+        self.room.in_flight.pop(op.update, None)  # committed
+        seq = len(self.log) + 1
+        self.log.append(Operation(DOC_ID, seq, op.agent_id, op.op_type, VectorClock.from_json(op.vector_clock).to_json(), op.update))
+
+    def check(self) -> None:
+        replayed = rebuild(self.log)
+        room = self.room.document
+        assert room.text() == replayed.text()
+        assert room.clock() == replayed.clock()
+        assert room.pending() == replayed.pending()
+        if not room.pending():  # what a snapshot holds (none is taken while something waits)
+            assert Document.from_state(room.encode_state()).text() == replayed.text()
+        fresh = Doc()
+        fresh["content"] = fresh_text = Text()
+        for op in self.log:  # a client applying the log in order reads what the room holds
+            fresh.apply_update(op.update)
+        assert str(fresh_text) == replayed.text()
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=DERANDOMIZE,
+    database=None,  # nothing written into the worktree
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(steps=STEPS)
+def test_room_equals_the_replay_of_its_log(steps: list[tuple[Edit, Mutation]]) -> None:
+    harness = Harness()
+    for edit, mutation in steps:
+        update = harness.edit(edit)
+        if update is None:
+            continue
+        harness.send(harness.mutate(update, mutation))
+        harness.check()
+
+
+def test_a_wrapped_clock_is_refused_and_the_room_stays_the_log() -> None:
+    """An update that forks a room unless refused: one item at clock 2**32 - 1 (yrs applies it and
+    reports no change, so nothing would store it), then honest edits."""
+    harness = Harness()
+    honest = harness.edit(Edit(0, "insert", 0, "hello"))
+    assert honest is not None
+    harness.send(honest)
+    wrapped = rewrite_first_group(harness.edit(Edit(1, "insert", 0, "x")) or b"", clock=2**32 - 1)
+    before = harness.room.document.encode_state()
+    try:
+        harness.room.validate("fuzz", wrapped)
+    except CorruptUpdate as exc:
+        assert "exceeds" in str(exc)
+    else:
+        raise AssertionError("the wrapped clock was not refused")
+    assert harness.room.document.encode_state() == before
+    for position in range(3):
+        update = harness.edit(Edit(0, "insert", position, "ab"))
+        assert update is not None
+        harness.send(update)
+        harness.check()
+    assert len(harness.log) == 4 and harness.panics == 0
