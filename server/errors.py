@@ -52,6 +52,7 @@ class ErrorCode(StrEnum):
     INVALID_PATCH = "invalid_patch"
     INVALID_STATE = "invalid_state"
     UNAVAILABLE = "unavailable"
+    UPDATE_TOO_COSTLY = "update_too_costly"
 
     @property
     def message(self) -> str:
@@ -93,6 +94,7 @@ _TABLE: dict[ErrorCode, tuple[str, int | None]] = {
     ErrorCode.INVALID_PATCH: ("The JSON Patch cannot be applied to the current state.", None),
     ErrorCode.INVALID_STATE: ("Workspace state must be a JSON object within max_state_bytes.", None),
     ErrorCode.UNAVAILABLE: ("The database is unavailable; retry.", None),
+    ErrorCode.UPDATE_TOO_COSTLY: ("Applying the update would cost the server too much; send smaller updates.", None),
 }
 
 RequestId = str | int

@@ -43,6 +43,7 @@ ERROR_CODES: tuple[tuple[str, str, int | None], ...] = (
     ("invalid_patch", "The JSON Patch cannot be applied to the current state.", None),
     ("invalid_state", "Workspace state must be a JSON object within max_state_bytes.", None),
     ("unavailable", "The database is unavailable; retry.", None),
+    ("update_too_costly", "Applying the update would cost the server too much; send smaller updates.", None),
 )
 
 
