@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     # An update larger than this is timed in the worker against a copy of the room's state, and
     # refused past `max_update_apply_ms` of CPU there.
     update_room_check_bytes: int = 256
-    max_update_apply_ms: float = 40.0
+    max_update_apply_ms: float = 50.0
     # Presence and awareness (server/presence.py, docs/protocol.md#57): in Redis with REDIS_URL.
     presence_ttl_s: float = 15.0  # a session not refreshed for this long is gone (heartbeat: ttl/3)
     presence_sweep_interval_s: float | None = None  # expired-entry sweep; None: presence_ttl_s / 3
