@@ -293,11 +293,13 @@ class Validator:
             if not updates:  # only cancelled calls were queued
                 continue
             verdicts = await self._run(index, updates)
-            if verdicts is None:  # too costly, or the worker died: find the culprit one by one
+            if isinstance(verdicts, TimeoutError) and len(updates) == 1:
+                verdicts = [TOO_COSTLY]  # it alone outran the time: running it again costs as much
+            elif isinstance(verdicts, BaseException):  # too costly, or the worker died: one by one
                 verdicts = []
                 for update in updates:
                     single = await self._run(index, [update])
-                    verdicts.append(TOO_COSTLY if single is None else single[0])
+                    verdicts.append(TOO_COSTLY if isinstance(single, BaseException) else single[0])
             offset = 0
             for request, start, end in parts:
                 request.verdicts[start:end] = verdicts[offset : offset + end - start]
@@ -325,15 +327,15 @@ class Validator:
                 self._queue.popleft()
         return parts
 
-    async def _run(self, index: int, updates: list[tuple[bytes, bytes]]) -> list[Verdict] | None:
-        """One round trip to worker `index`, or None (the worker was replaced) if it failed."""
+    async def _run(self, index: int, updates: list[tuple[bytes, bytes]]) -> list[Verdict] | BaseException:
+        """One round trip to worker `index`, or why it failed (the worker was replaced)."""
         proc = self._procs[index]
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await _round_trip(proc, updates)
         except _WORKER_FAILURES as exc:
             await self._restart(index, exc)
-            return None
+            return exc
 
     async def _restart(self, index: int, cause: BaseException) -> None:
         """Kill the worker (a decode under way cannot be interrupted) and start a fresh one."""
