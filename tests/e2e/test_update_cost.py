@@ -15,12 +15,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from pycrdt import Doc, Text
+import websockets
+from pycrdt import Doc, Text, create_update_message
 
 from tests import wsclient
 from tests.costly_updates import deletion_only_update, many_clients_update
 from tests.conftest import TENANT_A, TENANT_B
 from tests.e2e.conftest import Tandem, operation_count, replayed_text, shared_doc
+from tests.e2e.editors import base_url, tok
 
 BASE_CHARS = 300_000  # one item of this many characters: a paste
 DELETED_RANGES = 140_000  # one-character ranges over it, every other character
@@ -89,6 +91,21 @@ async def test_an_update_introducing_80000_clients_is_refused(server: Tandem) ->
         assert str(fresh.text) == "before."
         ack = await doc.edit(lambda t: t.insert(len(t), " after."))  # the session goes on
         assert ack["seq"] == 2
+
+
+async def test_a_costly_update_on_the_yjs_endpoint_closes_it_with_4422(server: Tandem) -> None:
+    """docs/protocol.md#114: y-websocket has no error message; the connection closes with a
+    4xxx code, after which y-websocket does not reconnect and resend."""
+    async with server.agent(TENANT_A, f"owner-{uuid.uuid4().hex[:8]}") as owner:
+        ws_id, doc_id = await shared_doc(owner)
+    url = f"{base_url(server)}/yjs/{ws_id}/{doc_id}?token={tok(f'editor-{uuid.uuid4().hex[:8]}')}"
+    async with asyncio.timeout(15), websockets.connect(url, max_size=None) as ws:
+        await ws.send(create_update_message(many_clients_update(1000)))
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await ws.recv()
+        assert (ws.close_code, ws.close_reason) == (4422, "update_too_costly")
+    assert await operation_count(server.db, doc_id) == 0
 
 
 async def test_ordinary_large_edits_pass_the_bounds(server: Tandem) -> None:
