@@ -27,7 +27,7 @@ from server.mailbox import Mailbox
 from server.protocol import TokenBucket
 from server.rooms import Room
 from server.update_bounds import UpdateBounds, against_room, judge
-from server.validation import Verdict
+from server.validation_wire import Verdict
 
 if TYPE_CHECKING:
     from server.node import Node
@@ -216,7 +216,7 @@ class UpdatePipeline:
             holder = room.lock.holder if room.lock is not None else None
             self._refuse(item, refused, {"holder": holder} if holder else None)
             return
-        judged = None if verdict is None else judge(self.update_bounds, verdict)
+        judged = None if verdict is None else judge(self.update_bounds, verdict, room.document)
         if judged is not None:
             code, reason = judged
             if code is ErrorCode.INVALID_UPDATE:

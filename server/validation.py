@@ -10,12 +10,8 @@ A round trip that takes longer than `timeout_s`, or whose worker dies, gets the 
 and replaced and its updates retried one by one, so the costly one is found and refused while
 the others pass. Updates queued at the same time, from any connection, share one round trip.
 
-The worker speaks a small binary protocol over its stdin/stdout (all integers u32 little-endian):
-request = count, the byte length of the rest, then per update the length and bytes of the state
-to apply it to (empty: an empty document) and its own length and bytes; reply = the byte length
-of the rest, then per update either the length of a UTF-8 reason, or VALID followed by its
-client count and apply time in microseconds (NOT_TIMED: not timed). The server side uses the
-event loop's pipes only: no helper threads, no pickle.
+The worker speaks a small binary protocol over its stdin/stdout (server/validation_wire.py).
+The server side uses the event loop's pipes only: no helper threads, no pickle.
 """
 
 from __future__ import annotations
@@ -29,7 +25,8 @@ import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+
+from server.validation_wire import U32, Measured, Verdict, decode_reply, encode_reply, encode_request, read_request
 
 # The worker process (python -m server.validation) needs neither: they double its start-up time.
 if __name__ != "__main__":
@@ -41,47 +38,30 @@ if __name__ != "__main__":
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TOO_COSTLY = "the update took too long or too much memory to decode"
-VALID = 0xFFFFFFFF  # in a reply: this update is valid (its measures follow, not a reason)
-NOT_TIMED = 0xFFFFFFFF  # in a reply: the update was applied to an empty document, not timed
 SPAWN_TIMEOUT_S = 30.0  # a fresh worker's start-up (interpreter + pycrdt import) on a busy host
 STOP_TIMEOUT_S = 1.0  # after its stdin closes, a worker exits at once unless it is mid-decode
-_U32 = struct.Struct("<I")
-_U32_PAIR = struct.Struct("<II")
-_MEASURES = struct.Struct("<III")  # VALID, clients, apply time (us)
-
-
-@dataclass(frozen=True, slots=True)
-class Measured:
-    """A valid update's measures: `clients` as `crdt.cost.struct_groups`; `apply_cpu_s` the CPU
-    time of applying it to the room's state (`check_against`), None when it was applied to an
-    empty document only."""
-
-    clients: int
-    apply_cpu_s: float | None = None
-
-
-# What the worker says of one update: why it is refused, or its measures.
-Verdict = str | Measured
 
 
 def check_updates(items: Sequence[tuple[bytes, bytes]]) -> list[Verdict]:
     """In the worker: the verdict on each (state, update). With an empty state, the update is
-    applied to an empty document (whose root is the Y.Text `content`, as in a room) and its
-    clients counted; otherwise it is applied to a document holding `state` and timed. A reason
-    when it does not apply. Pure and importable, so tests can call it.
+    applied to an empty document (whose root is the Y.Text `content`, as in a room); otherwise
+    it is applied to a document holding `state` and timed. Either way its clients and deletion
+    reach are measured (crdt/cost.py). A reason when it does not apply. Pure and importable,
+    so tests can call it.
 
     On pycrdt's native document and transaction (`pycrdt._pycrdt`, what `pycrdt.Doc` wraps):
     the wrapper builds locks, origin tables and a root-type object per document: 18.5 us of
     worker CPU per update here against 4.0 this way (bench/bench_validation.py, medians of 3)."""
     from pycrdt._pycrdt import Doc
 
-    from crdt.cost import apply_cpu_s, struct_groups
+    from crdt.cost import apply_cpu_s, deletion_reach, struct_groups
 
     verdicts: list[Verdict] = []
     for state, update in items:
         try:
             if state:
-                verdicts.append(Measured(struct_groups(update), apply_cpu_s(state, update)))
+                timed = apply_cpu_s(state, update)
+                verdicts.append(Measured(struct_groups(update), timed, tuple(deletion_reach(update).items())))
                 continue
             doc = Doc(None, None, None)  # client id, skip_gc, guid: the defaults
             txn = doc.create_transaction()
@@ -91,79 +71,11 @@ def check_updates(items: Sequence[tuple[bytes, bytes]]) -> list[Verdict]:
                 txn.commit()
             finally:
                 txn.drop()
-            verdicts.append(Measured(struct_groups(update)))
+            verdicts.append(Measured(struct_groups(update), None, tuple(deletion_reach(update).items())))
         except BaseException as exc:  # yrs panics surface as pyo3 PanicException (BaseException)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             verdicts.append(f"{type(exc).__name__}: {exc}"[:200])
-    return verdicts
-
-
-# --- the wire between server and worker --------------------------------------------------------
-
-
-def encode_request(items: Sequence[tuple[bytes, bytes]]) -> bytes:
-    parts = []
-    for state, update in items:
-        parts.append(_U32.pack(len(state)))
-        parts.append(state)
-        parts.append(_U32.pack(len(update)))
-        parts.append(update)
-    body = b"".join(parts)
-    return _U32_PAIR.pack(len(items), len(body)) + body
-
-
-def read_request(stream: BinaryIO) -> list[tuple[bytes, bytes]] | None:
-    """The next request's (state, update) items, or None at end of input (the server closed
-    the pipe). Two reads per request, however many items it holds."""
-    header = stream.read(8)
-    if len(header) < 8:
-        return None
-    count, size = _U32_PAIR.unpack(header)
-    body = stream.read(size)
-    items = []
-    offset = 0
-    for _ in range(count):
-        pair = []
-        for _ in range(2):
-            (length,) = _U32.unpack_from(body, offset)
-            offset += 4
-            pair.append(body[offset : offset + length])
-            offset += length
-        items.append((pair[0], pair[1]))
-    return items
-
-
-def encode_reply(verdicts: Sequence[Verdict]) -> bytes:
-    parts = []
-    for verdict in verdicts:
-        if isinstance(verdict, Measured):
-            timed = NOT_TIMED if verdict.apply_cpu_s is None else min(round(verdict.apply_cpu_s * 1e6), NOT_TIMED - 1)
-            parts.append(_MEASURES.pack(VALID, verdict.clients, timed))
-        else:
-            reason = verdict.encode()
-            parts.append(_U32.pack(len(reason)))
-            parts.append(reason)
-    body = b"".join(parts)
-    return _U32.pack(len(body)) + body
-
-
-def decode_reply(body: bytes, count: int) -> list[Verdict]:
-    """The verdicts in a reply's body (after its length). Raises ValueError if it is malformed."""
-    verdicts: list[Verdict] = []
-    offset = 0
-    for _ in range(count):
-        (length,) = _U32.unpack_from(body, offset)
-        if length == VALID:
-            _, clients, timed = _MEASURES.unpack_from(body, offset)
-            offset += _MEASURES.size
-            verdicts.append(Measured(clients, None if timed == NOT_TIMED else timed / 1e6))
-        else:
-            offset += 4
-            verdicts.append(body[offset : offset + length].decode(errors="replace"))
-            offset += length
-    if offset != len(body):
-        raise ValueError(f"reply has {len(body) - offset} bytes after {count} verdicts")
     return verdicts
 
 
@@ -392,7 +304,7 @@ async def _round_trip(proc: asyncio.subprocess.Process, updates: list[tuple[byte
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(encode_request(updates))
     await proc.stdin.drain()
-    (length,) = _U32.unpack(await proc.stdout.readexactly(4))
+    (length,) = U32.unpack(await proc.stdout.readexactly(4))
     return decode_reply(await proc.stdout.readexactly(length), len(updates))
 
 

@@ -29,6 +29,17 @@ def deletion_only_update(state: bytes, ranges: int) -> bytes:
     return b"\x00" + deleted.as_id_set().encode()  # no struct groups, then the delete set
 
 
+def deletions_ahead(client: int, start: int, ranges: int) -> bytes:
+    """Deletions of `ranges` one-clock ranges of `client`'s items from clock `start` on, items no
+    document holds yet: yrs keeps them waiting and applies them, splitting, when a later update
+    brings those items (e.g. `client` pasting that many characters)."""
+    deleted = IdMap()
+    mark = [ContentAttribute("deleted", True)]
+    for i in range(ranges):
+        deleted.insert(client, start + 2 * i, 1, mark)
+    return b"\x00" + deleted.as_id_set().encode()
+
+
 def many_clients_update(count: int, first_client: int = 1_000_000) -> bytes:
     """A v1 update of `count` struct groups, one per client, each a one-clock GC struct (about
     7 bytes a client, written with pycrdt's lib0 encoder): applied, it adds `count` entries to

@@ -20,18 +20,9 @@ from crdt.document import CorruptUpdate, Document
 from server.errors import ErrorCode
 from server.settings import Settings
 from server.update_bounds import UpdateBounds, judge
-from server.validation import (
-    TOO_COSTLY,
-    Measured,
-    Validator,
-    Verdict,
-    check_updates,
-    decode_reply,
-    encode_reply,
-    encode_request,
-    read_request,
-)
-from tests.costly_updates import deletion_only_update, many_clients_update, one_item_state
+from server.validation import TOO_COSTLY, Validator, check_updates
+from server.validation_wire import Measured, Verdict, decode_reply, encode_reply, encode_request, read_request
+from tests.costly_updates import deletion_only_update, deletions_ahead, many_clients_update, one_item_state
 
 GARBAGE = b"\xff\xff\xff\xff"  # not an update (see the first test)
 
@@ -138,7 +129,7 @@ def test_the_worker_counts_the_clients_whose_structs_an_update_carries() -> None
     del one_editor.get("content", type=Text)[0:2]
     assert check_updates([(b"", typed), (b"", many_clients_update(300))]) == [Measured(1), Measured(300)]
     # A delete set adds no client of its own (its structs are the document's already).
-    assert check_updates([(b"", one_editor.get_update(one_editor.get_state()))]) == [Measured(0)]
+    assert check_updates([(b"", one_editor.get_update(one_editor.get_state()))]) == [Measured(0, None, ((7, 2),))]
 
 
 def test_a_deletion_only_update_costs_the_real_document_far_more_than_an_empty_one() -> None:
@@ -155,20 +146,53 @@ def test_a_deletion_only_update_costs_the_real_document_far_more_than_an_empty_o
     assert isinstance(empty, Measured) and isinstance(against_state, Measured) and isinstance(ordinary, Measured)
     assert against_state.apply_cpu_s is not None and ordinary.apply_cpu_s is not None
     bounds = UpdateBounds.from_settings(Settings())
-    assert judge(bounds, empty) is None  # what the worker alone concluded
+    assert judge(bounds, empty, Document.from_state(state)) is None  # what the worker alone concluded
     assert against_state.apply_cpu_s * 1000 > 2 * bounds.max_apply_ms  # wide margin: 0.2-0.4 s here
-    assert judge(bounds, against_state) == (ErrorCode.UPDATE_TOO_COSTLY, bounds.refusal(against_state))
-    assert ordinary.apply_cpu_s * 1000 < bounds.max_apply_ms / 4 and judge(bounds, ordinary) is None
+    assert judge(bounds, against_state, Document.from_state(state)) == (ErrorCode.UPDATE_TOO_COSTLY, bounds.refusal(against_state))
+    assert ordinary.apply_cpu_s * 1000 < bounds.max_apply_ms / 4 and judge(bounds, ordinary, Document.from_state(state)) is None
+
+
+def test_the_worker_measures_how_far_deletions_reach_beyond_the_update_s_own_structs() -> None:
+    editor = Doc(client_id=7)
+    text = editor.get("content", type=Text)
+    text.insert(0, "hello world")
+    room = Document.from_state(editor.get_update())
+    before = editor.get_state()
+    del text[0:3]  # a backspace over text the room holds
+    backspace = editor.get_update(before)
+    before = editor.get_state()
+    text.insert(2, "abc")
+    del text[2:4]  # its own new text, in the same update
+    own = editor.get_update(before)
+    ahead = deletions_ahead(7, 100, 50)  # clocks 100-199 of client 7: the room has 0-10
+    verdicts = check_updates([(b"", backspace), (b"", own), (b"", editor.get_update()), (b"", ahead)])
+    assert verdicts == [Measured(0, None, ((7, 3),)), Measured(1), Measured(1), Measured(0, None, ((7, 199),))]
+    bounds = UpdateBounds.from_settings(Settings())
+    assert [judge(bounds, v, room) for v in verdicts[:3]] == [None, None, None]
+    assert judge(bounds, verdicts[3], room) == (
+        ErrorCode.UPDATE_TOO_COSTLY,
+        "the update deletes items the document does not hold yet (client 7 up to clock 199; the document has 11)",
+    )
+    # A struct group starting past clock 0 whose deletions reach no further than its own
+    # structs; the delete set also lists the editor's deletions (Yjs sends the whole set).
+    other = Doc(client_id=9)
+    other.apply_update(editor.get_update())
+    other_text = other.get("content", type=Text)
+    other_text.insert(0, "first ")
+    before = other.get_state()
+    other_text.insert(0, "second ")
+    del other_text[0:9]  # "second " and "fi" of its earlier "first "
+    assert check_updates([(b"", other.get_update(before))]) == [Measured(1, None, ((7, 13),))]
 
 
 def test_the_bounds_refuse_many_clients_and_tell_costly_from_corrupt() -> None:
     bounds = UpdateBounds(max_clients=64, check_bytes=256, max_apply_ms=40.0)
-    assert judge(bounds, Measured(64)) is None
-    assert judge(bounds, Measured(65)) == (
+    assert judge(bounds, Measured(64), Document()) is None
+    assert judge(bounds, Measured(65), Document()) == (
         ErrorCode.UPDATE_TOO_COSTLY, "the update carries structs of 65 clients (max_update_clients 64)"
     )
-    assert judge(bounds, TOO_COSTLY) == (ErrorCode.UPDATE_TOO_COSTLY, TOO_COSTLY)
-    assert judge(bounds, "ValueError: x") == (ErrorCode.INVALID_UPDATE, "ValueError: x")
+    assert judge(bounds, TOO_COSTLY, Document()) == (ErrorCode.UPDATE_TOO_COSTLY, TOO_COSTLY)
+    assert judge(bounds, "ValueError: x", Document()) == (ErrorCode.INVALID_UPDATE, "ValueError: x")
     assert not bounds.needs_room_check(256, Measured(1)) and bounds.needs_room_check(257, Measured(1))
     assert not bounds.needs_room_check(10_000, Measured(1, 0.001))  # timed already
 
@@ -178,7 +202,7 @@ async def test_check_against_times_the_update_against_the_given_state() -> None:
     async with running(workers=1, timeout_s=30) as validator:
         hostile = deletion_only_update(state, 10_000)
         first, timed = await asyncio.gather(validator.check(hostile), validator.check_against(state, hostile))
-        assert first == Measured(0)
+        assert isinstance(first, Measured) and (first.clients, first.apply_cpu_s) == (0, None)
         assert isinstance(timed, Measured) and timed.apply_cpu_s is not None and timed.apply_cpu_s > 0
         assert refused(await validator.check_against(state, GARBAGE))
 

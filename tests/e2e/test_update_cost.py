@@ -19,7 +19,7 @@ import websockets
 from pycrdt import Doc, Text, create_update_message
 
 from tests import wsclient
-from tests.costly_updates import deletion_only_update, many_clients_update
+from tests.costly_updates import deletion_only_update, deletions_ahead, many_clients_update
 from tests.conftest import TENANT_A, TENANT_B
 from tests.e2e.conftest import Tandem, operation_count, replayed_text, shared_doc
 from tests.e2e.editors import base_url, tok
@@ -74,6 +74,31 @@ async def test_a_deletion_only_update_is_refused_before_the_room_applies_it(serv
         fresh = await reader.open(doc_id)
         assert str(fresh.text) == await replayed_text(server.db, doc_id) == "x" * BASE_CHARS
         assert (await writer.request("ping"))["type"] == "pong"  # the writer's session goes on
+
+
+async def test_deletions_of_items_the_document_does_not_hold_yet_are_refused(server: Tandem) -> None:
+    """Deletions waiting for items would make a later paste of them split the paste as costly
+    as the deletion-only update above, with nothing to see in the state the paste is timed
+    against: the deletions are refused up front, and the paste then passes cheaply."""
+    tag = uuid.uuid4().hex[:8]
+    async with server.agent(TENANT_A, f"writer-{tag}") as writer, server.agent(TENANT_B, f"other-{tag}") as other:
+        _, doc_id = await shared_doc(writer)
+        doc = await writer.open(doc_id)
+        await doc.edit(lambda t: t.insert(0, "before."))
+        future = Doc(client_id=424_242)  # a client id of the writer's own, not used yet
+        ahead = deletions_ahead(future.client_id, 0, DELETED_RANGES)
+        error = await writer.error("doc.update", doc_id=doc_id, update=wsclient.b64(ahead))
+        assert error["code"] == "update_too_costly"
+        assert f"client {future.client_id} up to clock {2 * DELETED_RANGES - 1}" in error["details"]["reason"]
+        future.apply_update(doc.doc.get_update())
+        before = future.get_state()
+        future.get("content", type=Text).insert(0, "x" * BASE_CHARS)
+        async with asyncio.timeout(120):
+            _, reply = await writer.send_request("doc.update", doc_id=doc_id, update=wsclient.b64(future.get_update(before)))
+            pings = await ping_until(other, reply)
+            assert (await reply)["type"] == "doc.update.ok"
+        assert pings and max(pings) < PING_BOUND_S, f"worst ping {max(pings):.3f} s over {len(pings)}"
+        assert await replayed_text(server.db, doc_id) == "x" * BASE_CHARS + "before."
 
 
 async def test_an_update_introducing_80000_clients_is_refused(server: Tandem) -> None:
