@@ -15,13 +15,15 @@ Pure: imports only pycrdt and `crdt`; no I/O, no asyncio.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
-from pycrdt import Decoder, Encoder, get_state, get_update, merge_updates
+from pycrdt import Decoder, Encoder, get_state, get_update, merge_updates, write_var_uint
 
-from crdt.clock import decode_state_vector, delete_set_clock, encode_state_vector
+from crdt.clock import decode_state_vector, delete_set_clock
 from crdt.document import Document
 
 _MAX_CLOCK = 2**32 - 1  # yrs clocks are u32: a state vector entry covering all of a client
+_MAX_CLOCK_VARINT = write_var_uint(_MAX_CLOCK)
 
 
 def struct_groups(update: bytes) -> int:
@@ -51,13 +53,16 @@ def deletion_reach(update: bytes) -> dict[int, int]:
 
     The delete set follows the structs section, which cannot be skipped without decoding every
     struct, so the structs are dropped instead: clients whose structs start at clock 0 are
-    known from `get_state`; each other client is the first group left after dropping those
-    known so far. A client's own end clock is its `get_state` once a GC struct fills its clocks
+    known from `get_state` (when there are several); each other client is the first group
+    left after dropping those known so far (a one-client update: one pycrdt call). A client's own end clock is its `get_state` once a GC struct fills its clocks
     below its first struct. Raises ValueError when the update repeats a client's group."""
-    covered = {client: _MAX_CLOCK for client in decode_state_vector(get_state(update))}
-    starts = dict.fromkeys(covered, 0)
-    for _ in range(struct_groups(update) + 1):
-        rest = get_update(update, encode_state_vector(covered))
+    groups = struct_groups(update)
+    # Most updates carry one client's structs: its group is the first, read from the header.
+    known = decode_state_vector(get_state(update)) if groups > 1 else {}
+    covered = dict.fromkeys(known, _MAX_CLOCK)
+    starts = dict.fromkeys(known, 0)
+    for _ in range(groups + 1):
+        rest = get_update(update, _covering(covered))
         head = Decoder(rest)
         if head.read_var_uint() == 0:  # no structs left: the rest is the delete set
             break
@@ -69,6 +74,8 @@ def deletion_reach(update: bytes) -> dict[int, int]:
         starts[client] = start
     else:
         raise ValueError("structs left after dropping every struct group")
+    if rest[1:] == b"\x00":  # no deletions: most updates
+        return {}
     reach = delete_set_clock(rest[1:]).clocks
     beyond = {}
     for client, end in reach.items():
@@ -77,9 +84,16 @@ def deletion_reach(update: bytes) -> dict[int, int]:
     return beyond
 
 
+def _covering(clients: Iterable[int]) -> bytes:
+    """A state vector holding every clock of `clients` (`encode_state_vector` without sorting
+    or checks: this runs for every update)."""
+    entries = [write_var_uint(client) + _MAX_CLOCK_VARINT for client in clients]
+    return write_var_uint(len(entries)) + b"".join(entries)
+
+
 def _own_end(update: bytes, client: int, start: int, covered: dict[int, int]) -> int:
     """The end clock of `client`'s structs in `update`, whose first struct is at `start`."""
-    own = get_update(update, encode_state_vector({c: k for c, k in covered.items() if c != client}))
+    own = get_update(update, _covering(c for c in covered if c != client))
     if start:
         filler = Encoder()
         for value in (1, 1, client, 0, 0, start, 0):  # one GC struct of clocks 0..start; no deletions

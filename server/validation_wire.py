@@ -96,8 +96,10 @@ def decode_reply(body: bytes, count: int) -> list[Verdict]:
         if length == VALID:
             _, clients, timed, entries = _MEASURES.unpack_from(body, offset)
             offset += _MEASURES.size
-            reach = tuple(_REACH.unpack_from(body, offset + i * _REACH.size) for i in range(entries))
-            offset += entries * _REACH.size
+            reach: tuple[tuple[int, int], ...] = ()
+            if entries:
+                reach = tuple(_REACH.unpack_from(body, offset + i * _REACH.size) for i in range(entries))
+                offset += entries * _REACH.size
             verdicts.append(Measured(clients, None if timed == NOT_TIMED else timed / 1e6, reach))
         else:
             offset += 4
