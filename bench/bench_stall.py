@@ -9,11 +9,13 @@ the update takes to apply to its document (`crdt.cost.apply_cpu_s`, what the wor
 with `max_update_apply_ms`; the most of the first five updates of the class).
 
 Classes: ordinary typing (200 keystrokes), a 50 KB paste, a 300,000-character paste, replacing
-a document's whole content (typed at its end, or fragmented by cursor jumps), a first sync (the full state of a 20,000-operation history, as
-y-websocket's sync step 2 sends it), deletion-only updates (140,000 one-character ranges, and
-the most that fit under `update_room_check_bytes`), 20,000 one-character inserts inside one
-large item, and structs of 80,000 clients. `--bounds-off` sets the update bounds out of reach
-(the node then behaves as before they existed), for the figures to compare.
+a document's whole content (typed at its end, or fragmented by cursor jumps), a first sync (the
+full state of a 20,000-operation history, as y-websocket's sync step 2 sends it), deletion-only
+updates (140,000 one-character ranges, and 120), 20,000 one-character inserts inside one large
+item, deletions of clocks a client has not written yet followed by its paste of them, and
+structs of 80,000 clients. `--bounds-off` sets `max_update_clients` and
+`update_room_check_bytes` out of reach, for the figures to compare; the refusal of deletions
+ahead of the document has no setting (run the code before it to compare that class).
 
     .venv/bin/python bench/bench_stall.py [--bounds-off] [--runs 3]
 """
@@ -168,6 +170,16 @@ def inserts_inside(count: int) -> tuple[list[bytes], list[bytes]]:
     return [paste], [edit(doc, insert)]
 
 
+def deletions_ahead_then_paste() -> tuple[list[bytes], list[bytes]]:
+    """Deletions of 140,000 clocks a client has not written yet, then that client's paste."""
+    doc, paste = pasted()
+    deleted = IdMap()
+    mark = [ContentAttribute("deleted", True)]
+    for i in range(140_000):
+        deleted.insert(client_of(doc), 2 * i, 1, mark)
+    return [], [b"\x00" + deleted.as_id_set().encode(), paste]
+
+
 def many_clients(count: int) -> tuple[list[bytes], list[bytes]]:
     enc = Encoder()
     enc.write_var_uint(count)
@@ -189,6 +201,7 @@ CLASSES: dict[str, Callable[[], tuple[list[bytes], list[bytes]]]] = {
     "deletion-only, 120 ranges": deletion_only(120),
     "deletion-only, 140,000 ranges": deletion_only(140_000),
     "20,000 inserts inside an item": lambda: inserts_inside(20_000),
+    "deletions ahead, then the paste": deletions_ahead_then_paste,
     "80,000 clients": lambda: many_clients(80_000),
 }
 
