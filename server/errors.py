@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     INVALID_STATE = "invalid_state"
     UNAVAILABLE = "unavailable"
     INVALID_UTF8 = "invalid_utf8"
+    UPDATE_TOO_COSTLY = "update_too_costly"
 
     @property
     def message(self) -> str:
@@ -96,6 +97,7 @@ _TABLE: dict[ErrorCode, tuple[str, int | None]] = {
     ErrorCode.INVALID_STATE: ("Workspace state must be a JSON object within max_state_bytes.", None),
     ErrorCode.UNAVAILABLE: ("The database is unavailable; retry.", None),
     ErrorCode.INVALID_UTF8: ("Text frames must be valid UTF-8.", CLOSE_INVALID_DATA),
+    ErrorCode.UPDATE_TOO_COSTLY: ("Applying the update would cost the server too much; send smaller updates.", None),
 }
 
 RequestId = str | int

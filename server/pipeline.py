@@ -26,6 +26,8 @@ from server.errors import ErrorCode, TandemError
 from server.mailbox import Mailbox
 from server.protocol import TokenBucket
 from server.rooms import Room
+from server.update_bounds import UpdateBounds, against_room, judge
+from server.validation_wire import Verdict
 
 if TYPE_CHECKING:
     from server.node import Node
@@ -89,6 +91,7 @@ class UpdatePipeline:
         self._settled = asyncio.Event()
         self._settled.set()
         self._pipeline_failed = False
+        self.update_bounds = UpdateBounds.from_settings(s)
 
     # --- the endpoint's part -------------------------------------------------------------------
 
@@ -183,16 +186,18 @@ class UpdatePipeline:
         while (wait_s := self.bucket.take(time.monotonic())) > 0:
             await asyncio.sleep(wait_s)
 
-    async def _check(self, updates: list[bytes]) -> list[str | None]:
-        """The validation worker's verdict on each update (None: valid), one round trip."""
+    async def _check(self, updates: list[bytes]) -> list[Verdict | None]:
+        """The validation worker's verdict on each update (None: not checked), one round trip."""
         validator = self.node.validator
         if validator is None or not updates:
             return [None] * len(updates)
-        return await validator.check_many(updates)
+        return list(await validator.check_many(updates))
 
-    async def _apply(self, item: Update, verdict: str | None, retried: bool = False) -> None:
+    async def _apply(self, item: Update, verdict: Verdict | None, retried: bool = False) -> None:
         assert self.principal is not None
         room = item.room
+        if verdict is not None and self.node.validator is not None and not retried:  # docs/protocol.md#7-limits
+            verdict = await against_room(self.node.validator, self.update_bounds, room, item.update, verdict)
         if room.dirty is not None:  # it is being rebuilt from the log (a failed commit, a panic)
             try:
                 async with asyncio.timeout(self.node.settings.commit_unavailable_after_s):
@@ -211,9 +216,14 @@ class UpdatePipeline:
             holder = room.lock.holder if room.lock is not None else None
             self._refuse(item, refused, {"holder": holder} if holder else None)
             return
+        judged = None if verdict is None else judge(self.update_bounds, verdict, room.document)
+        if judged is not None:
+            code, reason = judged
+            if code is ErrorCode.INVALID_UPDATE:
+                self.node.metrics.invalid_updates.inc()
+            self._refuse(item, code, {"reason": reason[:200]})
+            return
         try:
-            if verdict is not None:
-                raise CorruptUpdate(verdict)
             op = room.validate(self.principal.agent_id, item.update, origin=self.conn_id, request_id=item.re, fence=item.fence)
         except CorruptUpdate as exc:
             if isinstance(exc, DocumentPanicked) and not retried:

@@ -267,10 +267,10 @@ class AgentConnection(Connection[str], CoordinationHandlers):
 
     def update_refused(self, item: Update, code: ErrorCode, details: dict[str, Any] | None) -> None:
         err = p.ProtocolError(code, item.re, details)
-        if code is ErrorCode.INVALID_UPDATE:
-            err = self.session.invalid_update(item.re, details)
-            if err.close_code is not None:  # the budget is spent: counted with the close
-                self.fail(err)
+        if code in (ErrorCode.INVALID_UPDATE, ErrorCode.UPDATE_TOO_COSTLY):  # both spend the budget
+            counted = self.session.invalid_update(item.re, details)
+            if counted.close_code is not None:  # the budget is spent: counted with the close
+                self.fail(counted)
                 return
         self.node.metrics.errors.labels(err.code.value).inc()
         self.error(err)

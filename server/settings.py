@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     validation_workers: int = 1
     validation_timeout_s: float = 1.0
     validation_memory_bytes: int = 1 << 30
+    # What one update may cost the room applying it (server/update_bounds.py, docs/protocol.md#7).
+    max_update_clients: int = 64  # distinct client ids whose structs one update carries
+    # An update larger than this is timed in the worker against a copy of the room's state, and
+    # refused past `max_update_apply_ms` of CPU there.
+    update_room_check_bytes: int = 256
+    max_update_apply_ms: float = 50.0
     # Presence and awareness (server/presence.py, docs/protocol.md#57): in Redis with REDIS_URL.
     presence_ttl_s: float = 15.0  # a session not refreshed for this long is gone (heartbeat: ttl/3)
     presence_sweep_interval_s: float | None = None  # expired-entry sweep; None: presence_ttl_s / 3

@@ -3,15 +3,15 @@
 yrs holds the GIL while it decodes, and some short hostile inputs cost hundreds of milliseconds
 of CPU (or 512 MB of memory) before failing, so decoding client bytes on the event loop lets one
 hostile client stall a node. Each update is first applied to a fresh document in a worker process
-(`python -m server.validation MAX_BYTES`) whose memory is capped (RLIMIT_AS). A round trip that
-takes longer than `timeout_s`, or whose worker dies, gets the worker killed and replaced and its
-updates retried one by one, so the costly one is found and refused while the others pass. Updates
-queued at the same time, from any connection, share one round trip to a worker.
+(`python -m server.validation MAX_BYTES`) whose memory is capped (RLIMIT_AS), which also counts
+its clients; an update that may cost more against the room's real document is applied there to
+a copy of the room's state and timed (`check_against`; the bounds are server/update_bounds.py).
+A round trip that takes longer than `timeout_s`, or whose worker dies, gets the worker killed
+and replaced and its updates retried one by one, so the costly one is found and refused while
+the others pass. Updates queued at the same time, from any connection, share one round trip.
 
-The worker speaks a small binary protocol over its stdin/stdout (all integers u32 little-endian):
-request = count, the byte length of the rest, then per update its length and bytes; reply = the
-byte length of the rest, then per update the length of a UTF-8 reason, or VALID (no reason
-follows). The server side uses the event loop's pipes only: no helper threads, no pickle.
+The worker speaks a small binary protocol over its stdin/stdout (server/validation_wire.py).
+The server side uses the event loop's pipes only: no helper threads, no pickle.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+
+from server.validation_wire import U32, Measured, Verdict, decode_reply, encode_reply, encode_request, read_request
 
 # The worker process (python -m server.validation) needs neither: they double its start-up time.
 if __name__ != "__main__":
@@ -37,98 +38,44 @@ if __name__ != "__main__":
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TOO_COSTLY = "the update took too long or too much memory to decode"
-VALID = 0xFFFFFFFF  # in a reply: this update is valid (no reason follows)
 SPAWN_TIMEOUT_S = 30.0  # a fresh worker's start-up (interpreter + pycrdt import) on a busy host
 STOP_TIMEOUT_S = 1.0  # after its stdin closes, a worker exits at once unless it is mid-decode
-_U32 = struct.Struct("<I")
-_U32_PAIR = struct.Struct("<II")
 
 
-def check_updates(updates: Sequence[bytes]) -> list[str | None]:
-    """In the worker: None for each update that decodes and applies to an empty document (whose
-    root is the Y.Text `content`, as in a room), else why not. Pure and importable, so tests can
-    call it directly.
+def check_updates(items: Sequence[tuple[bytes, bytes]]) -> list[Verdict]:
+    """In the worker: the verdict on each (state, update). With an empty state, the update is
+    applied to an empty document (whose root is the Y.Text `content`, as in a room); otherwise
+    it is applied to a document holding `state` and timed. Either way its clients and deletion
+    reach are measured (crdt/cost.py). A reason when it does not apply. Pure and importable,
+    so tests can call it.
 
     On pycrdt's native document and transaction (`pycrdt._pycrdt`, what `pycrdt.Doc` wraps):
     the wrapper builds locks, origin tables and a root-type object per document: 18.5 us of
     worker CPU per update here against 4.0 this way (bench/bench_validation.py, medians of 3)."""
     from pycrdt._pycrdt import Doc
 
-    verdicts: list[str | None] = []
-    for update in updates:
-        doc = Doc(None, None, None)  # client id, skip_gc, guid: the defaults
-        txn = doc.create_transaction()
+    from crdt.cost import apply_cpu_s, deletion_reach, struct_groups
+
+    verdicts: list[Verdict] = []
+    for state, update in items:
         try:
-            doc.get_or_insert_text(txn, "content")
-            doc.apply_update(txn, update)
-            txn.commit()
-            verdicts.append(None)
+            if state:
+                timed = apply_cpu_s(state, update)
+                verdicts.append(Measured(struct_groups(update), timed, tuple(deletion_reach(update).items())))
+                continue
+            doc = Doc(None, None, None)  # client id, skip_gc, guid: the defaults
+            txn = doc.create_transaction()
+            try:
+                doc.get_or_insert_text(txn, "content")
+                doc.apply_update(txn, update)
+                txn.commit()
+            finally:
+                txn.drop()
+            verdicts.append(Measured(struct_groups(update), None, tuple(deletion_reach(update).items())))
         except BaseException as exc:  # yrs panics surface as pyo3 PanicException (BaseException)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             verdicts.append(f"{type(exc).__name__}: {exc}"[:200])
-        finally:
-            txn.drop()
-    return verdicts
-
-
-# --- the wire between server and worker --------------------------------------------------------
-
-
-def encode_request(updates: Sequence[bytes]) -> bytes:
-    parts = []
-    for update in updates:
-        parts.append(_U32.pack(len(update)))
-        parts.append(update)
-    body = b"".join(parts)
-    return _U32_PAIR.pack(len(updates), len(body)) + body
-
-
-def read_request(stream: BinaryIO) -> list[bytes] | None:
-    """The next request's updates, or None at end of input (the server closed the pipe).
-    Two reads per request, however many updates it holds."""
-    header = stream.read(8)
-    if len(header) < 8:
-        return None
-    count, size = _U32_PAIR.unpack(header)
-    body = stream.read(size)
-    updates = []
-    offset = 0
-    for _ in range(count):
-        (length,) = _U32.unpack_from(body, offset)
-        offset += 4
-        updates.append(body[offset : offset + length])
-        offset += length
-    return updates
-
-
-def encode_reply(verdicts: Sequence[str | None]) -> bytes:
-    parts = []
-    for verdict in verdicts:
-        if verdict is None:
-            parts.append(_U32.pack(VALID))
-        else:
-            reason = verdict.encode()
-            parts.append(_U32.pack(len(reason)))
-            parts.append(reason)
-    body = b"".join(parts)
-    return _U32.pack(len(body)) + body
-
-
-def decode_reply(body: bytes, count: int) -> list[str | None]:
-    """The verdicts in a reply's body (after its length). Raises ValueError if it is malformed."""
-    verdicts: list[str | None] = []
-    offset = 0
-    for _ in range(count):
-        (length,) = _U32.unpack_from(body, offset)
-        offset += 4
-        if length == VALID:
-            verdicts.append(None)
-        else:
-            verdicts.append(body[offset : offset + length].decode(errors="replace"))
-            offset += length
-    if offset != len(body):
-        raise ValueError(f"reply has {len(body) - offset} bytes after {count} verdicts")
     return verdicts
 
 
@@ -151,8 +98,8 @@ def main(argv: Sequence[str]) -> int:
     """`python -m server.validation MAX_BYTES`: answer requests on stdin until it closes."""
     _init_worker(int(argv[1]))
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    while (updates := read_request(stdin)) is not None:
-        stdout.write(encode_reply(check_updates(updates)))
+    while (items := read_request(stdin)) is not None:
+        stdout.write(encode_reply(check_updates(items)))
         stdout.flush()
     return 0
 
@@ -162,16 +109,17 @@ def main(argv: Sequence[str]) -> int:
 
 @dataclass(eq=False)
 class _Request:
-    """One `check_many` call: its updates may be spread over several round trips (and workers)."""
+    """One `check_many` call: its (state, update) items may be spread over several round trips
+    (and workers)."""
 
-    updates: Sequence[bytes]
-    future: asyncio.Future[list[str | None]]
-    verdicts: list[str | None] = field(init=False)
+    updates: Sequence[tuple[bytes, bytes]]
+    future: asyncio.Future[list[Verdict]]
+    verdicts: list[Verdict] = field(init=False)
     taken: int = 0  # updates already handed to a dispatcher
     pending: int = field(init=False)  # updates without a verdict yet
 
     def __post_init__(self) -> None:
-        self.verdicts = [None] * len(self.updates)
+        self.verdicts = [TOO_COSTLY] * len(self.updates)
         self.pending = len(self.updates)
 
 
@@ -181,7 +129,9 @@ _WORKER_FAILURES = (TimeoutError, EOFError, ConnectionError, ValueError, struct.
 
 
 class Validator:
-    """`await check(update)` / `await check_many(updates)` -> None (valid) or why it is refused.
+    """`await check(update)` / `await check_many(updates)`: each update's `Measured` (it applies
+    to an empty document) or why it is refused; `await check_against(state, update)`: the same,
+    applied to a document holding `state` and timed.
 
     Bounds: at most `max_batch` updates per round trip; `workers` worker processes (one per core
     you can spare), each with its own dispatcher on the shared queue; `timeout_s` per round trip;
@@ -225,14 +175,22 @@ class Validator:
         await asyncio.gather(*(self._end(proc, kill=False) for proc in self._procs))
         self._procs = []
 
-    async def check(self, update: bytes) -> str | None:
+    async def check(self, update: bytes) -> Verdict:
         return (await self.check_many([update]))[0]
 
-    async def check_many(self, updates: Sequence[bytes]) -> list[str | None]:
+    async def check_against(self, state: bytes, update: bytes) -> Verdict:
+        """`update` applied to a copy of a room's `state` (its `encode_state()`), timed: the
+        worker pays for loading the state too, so keep this for updates that need it."""
+        return (await self._submit([(state, update)]))[0]
+
+    async def check_many(self, updates: Sequence[bytes]) -> list[Verdict]:
         """The verdicts of `updates`, in order: one future for the call, whatever its size."""
-        if not updates:
+        return await self._submit([(b"", update) for update in updates])
+
+    async def _submit(self, items: list[tuple[bytes, bytes]]) -> list[Verdict]:
+        if not items:
             return []
-        request = _Request(updates, asyncio.get_running_loop().create_future())
+        request = _Request(items, asyncio.get_running_loop().create_future())
         self._queue.append(request)
         self._queued.set()
         return await request.future
@@ -247,11 +205,13 @@ class Validator:
             if not updates:  # only cancelled calls were queued
                 continue
             verdicts = await self._run(index, updates)
-            if verdicts is None:  # too costly, or the worker died: find the culprit one by one
+            if isinstance(verdicts, TimeoutError) and len(updates) == 1:
+                verdicts = [TOO_COSTLY]  # it alone outran the time: running it again costs as much
+            elif isinstance(verdicts, BaseException):  # too costly, or the worker died: one by one
                 verdicts = []
                 for update in updates:
                     single = await self._run(index, [update])
-                    verdicts.append(TOO_COSTLY if single is None else single[0])
+                    verdicts.append(TOO_COSTLY if isinstance(single, BaseException) else single[0])
             offset = 0
             for request, start, end in parts:
                 request.verdicts[start:end] = verdicts[offset : offset + end - start]
@@ -279,15 +239,15 @@ class Validator:
                 self._queue.popleft()
         return parts
 
-    async def _run(self, index: int, updates: list[bytes]) -> list[str | None] | None:
-        """One round trip to worker `index`, or None (the worker was replaced) if it failed."""
+    async def _run(self, index: int, updates: list[tuple[bytes, bytes]]) -> list[Verdict] | BaseException:
+        """One round trip to worker `index`, or why it failed (the worker was replaced)."""
         proc = self._procs[index]
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await _round_trip(proc, updates)
         except _WORKER_FAILURES as exc:
             await self._restart(index, exc)
-            return None
+            return exc
 
     async def _restart(self, index: int, cause: BaseException) -> None:
         """Kill the worker (a decode under way cannot be interrupted) and start a fresh one."""
@@ -340,11 +300,11 @@ class Validator:
             await proc.wait()
 
 
-async def _round_trip(proc: asyncio.subprocess.Process, updates: list[bytes]) -> list[str | None]:
+async def _round_trip(proc: asyncio.subprocess.Process, updates: list[tuple[bytes, bytes]]) -> list[Verdict]:
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(encode_request(updates))
     await proc.stdin.drain()
-    (length,) = _U32.unpack(await proc.stdout.readexactly(4))
+    (length,) = U32.unpack(await proc.stdout.readexactly(4))
     return decode_reply(await proc.stdout.readexactly(length), len(updates))
 
 

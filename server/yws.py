@@ -82,6 +82,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.FRAME_TOO_LARGE: 4413,
     ErrorCode.AWARENESS_TOO_LARGE: 4413,
     ErrorCode.INVALID_UPDATE: 4422,
+    ErrorCode.UPDATE_TOO_COSTLY: 4422,
     ErrorCode.TOKEN_EXPIRED: 4440,
     ErrorCode.INTERNAL_ERROR: 1011,
     ErrorCode.SERVER_SHUTDOWN: 1012,  # "service restart": y-websocket reconnects and resyncs

@@ -17,7 +17,12 @@ import pytest
 from pycrdt import Doc, Text
 
 from crdt.document import CorruptUpdate, Document
-from server.validation import TOO_COSTLY, Validator, check_updates, encode_request, read_request
+from server.errors import ErrorCode
+from server.settings import Settings
+from server.update_bounds import UpdateBounds, judge
+from server.validation import TOO_COSTLY, Validator, check_updates
+from server.validation_wire import Measured, Verdict, decode_reply, encode_reply, encode_request, read_request
+from tests.costly_updates import deletion_only_update, deletions_ahead, many_clients_update, one_item_state
 
 GARBAGE = b"\xff\xff\xff\xff"  # not an update (see the first test)
 
@@ -50,6 +55,15 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def ok(verdict: Verdict) -> bool:
+    """The update passed: the worker measured it instead of naming what is wrong."""
+    return isinstance(verdict, Measured)
+
+
+def refused(verdict: Verdict) -> bool:
+    return isinstance(verdict, str)
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -59,9 +73,9 @@ def _gone(pid: int) -> bool:
 
 
 def test_check_updates_accepts_real_updates_and_names_what_is_wrong_with_garbage() -> None:
-    verdicts = check_updates([_valid_update(), GARBAGE, _valid_update()[:-3]])
-    assert verdicts[0] is None
-    assert verdicts[1] is not None and verdicts[2] is not None
+    verdicts = check_updates([(b"", u) for u in (_valid_update(), GARBAGE, _valid_update()[:-3])])
+    assert ok(verdicts[0])
+    assert refused(verdicts[1]) and refused(verdicts[2])
 
 
 def test_check_updates_judges_as_a_room_document_does() -> None:
@@ -88,27 +102,118 @@ def test_check_updates_judges_as_a_room_document_does() -> None:
             return False
         return True
 
-    verdicts = check_updates(candidates)
-    assert [v is None for v in verdicts] == [room_verdict(u) for u in candidates]
-    assert all(v is None for v in verdicts[: len(history) + 1])
-    assert all(v.startswith("ValueError: ") for v in verdicts if v is not None)
+    verdicts = check_updates([(b"", u) for u in candidates])
+    assert [ok(v) for v in verdicts] == [room_verdict(u) for u in candidates]
+    assert all(ok(v) for v in verdicts[: len(history) + 1])
+    assert all(v.startswith("ValueError: ") for v in verdicts if isinstance(v, str))
 
 
 def test_requests_to_the_worker_round_trip_through_its_framing() -> None:
-    for updates in ([], [b""], [_valid_update(), GARBAGE, b"", os.urandom(5000)]):
-        stream = io.BytesIO(encode_request(updates) + encode_request([b"next"]))
-        assert read_request(stream) == updates
-        assert read_request(stream) == [b"next"]
+    for items in ([], [(b"", b"")], [(b"", _valid_update()), (_valid_update(), GARBAGE), (b"", b""), (b"", os.urandom(5000))]):
+        stream = io.BytesIO(encode_request(items) + encode_request([(b"state", b"next")]))
+        assert read_request(stream) == items
+        assert read_request(stream) == [(b"state", b"next")]
         assert read_request(stream) is None  # end of input: the server closed the pipe
+
+
+def test_replies_round_trip_through_their_framing() -> None:
+    verdicts: list[Verdict] = [Measured(1), "ValueError: no", Measured(80_000, 0.0123), Measured(3, 0.0), ""]
+    reply = encode_reply(verdicts)
+    assert decode_reply(reply[4:], len(verdicts)) == verdicts
+
+
+def test_the_worker_counts_the_clients_whose_structs_an_update_carries() -> None:
+    one_editor = Doc(client_id=7)
+    one_editor.get("content", type=Text).insert(0, "typed")
+    typed = one_editor.get_update()
+    del one_editor.get("content", type=Text)[0:2]
+    assert check_updates([(b"", typed), (b"", many_clients_update(300))]) == [Measured(1), Measured(300)]
+    # A delete set adds no client of its own (its structs are the document's already).
+    assert check_updates([(b"", one_editor.get_update(one_editor.get_state()))]) == [Measured(0, None, ((7, 2),))]
+
+
+def test_a_deletion_only_update_costs_the_real_document_far_more_than_an_empty_one() -> None:
+    """The update the worker passes against an empty document is refused once it is timed
+    against the document it is meant for, and an ordinary edit of that document is not."""
+    state = one_item_state(300_000)
+    hostile = deletion_only_update(state, 20_000)
+    typing = Doc()
+    typing.apply_update(state)
+    before = typing.get_state()
+    typing.get("content", type=Text).insert(150_000, "a few words")
+    typed = typing.get_update(before)
+    empty, against_state, ordinary = check_updates([(b"", hostile), (state, hostile), (state, typed)])
+    assert isinstance(empty, Measured) and isinstance(against_state, Measured) and isinstance(ordinary, Measured)
+    assert against_state.apply_cpu_s is not None and ordinary.apply_cpu_s is not None
+    bounds = UpdateBounds.from_settings(Settings())
+    assert judge(bounds, empty, Document.from_state(state)) is None  # what the worker alone concluded
+    assert against_state.apply_cpu_s * 1000 > 2 * bounds.max_apply_ms  # wide margin: 0.2-0.4 s here
+    assert judge(bounds, against_state, Document.from_state(state)) == (ErrorCode.UPDATE_TOO_COSTLY, bounds.refusal(against_state))
+    assert ordinary.apply_cpu_s * 1000 < bounds.max_apply_ms / 4 and judge(bounds, ordinary, Document.from_state(state)) is None
+
+
+def test_the_worker_measures_how_far_deletions_reach_beyond_the_update_s_own_structs() -> None:
+    editor = Doc(client_id=7)
+    text = editor.get("content", type=Text)
+    text.insert(0, "hello world")
+    room = Document.from_state(editor.get_update())
+    before = editor.get_state()
+    del text[0:3]  # a backspace over text the room holds
+    backspace = editor.get_update(before)
+    before = editor.get_state()
+    text.insert(2, "abc")
+    del text[2:4]  # its own new text, in the same update
+    own = editor.get_update(before)
+    ahead = deletions_ahead(7, 100, 50)  # clocks 100-199 of client 7: the room has 0-10
+    verdicts = check_updates([(b"", backspace), (b"", own), (b"", editor.get_update()), (b"", ahead)])
+    assert verdicts == [Measured(0, None, ((7, 3),)), Measured(1), Measured(1), Measured(0, None, ((7, 199),))]
+    bounds = UpdateBounds.from_settings(Settings())
+    assert [judge(bounds, v, room) for v in verdicts[:3]] == [None, None, None]
+    assert judge(bounds, verdicts[3], room) == (
+        ErrorCode.UPDATE_TOO_COSTLY,
+        "the update deletes items the document does not hold yet (client 7 up to clock 199; the document has 11)",
+    )
+    # A struct group starting past clock 0 whose deletions reach no further than its own
+    # structs; the delete set also lists the editor's deletions (Yjs sends the whole set).
+    other = Doc(client_id=9)
+    other.apply_update(editor.get_update())
+    other_text = other.get("content", type=Text)
+    other_text.insert(0, "first ")
+    before = other.get_state()
+    other_text.insert(0, "second ")
+    del other_text[0:9]  # "second " and "fi" of its earlier "first "
+    assert check_updates([(b"", other.get_update(before))]) == [Measured(1, None, ((7, 13),))]
+
+
+def test_the_bounds_refuse_many_clients_and_tell_costly_from_corrupt() -> None:
+    bounds = UpdateBounds(max_clients=64, check_bytes=256, max_apply_ms=40.0)
+    assert judge(bounds, Measured(64), Document()) is None
+    assert judge(bounds, Measured(65), Document()) == (
+        ErrorCode.UPDATE_TOO_COSTLY, "the update carries structs of 65 clients (max_update_clients 64)"
+    )
+    assert judge(bounds, TOO_COSTLY, Document()) == (ErrorCode.UPDATE_TOO_COSTLY, TOO_COSTLY)
+    assert judge(bounds, "ValueError: x", Document()) == (ErrorCode.INVALID_UPDATE, "ValueError: x")
+    assert not bounds.needs_room_check(256, Measured(1)) and bounds.needs_room_check(257, Measured(1))
+    assert not bounds.needs_room_check(10_000, Measured(1, 0.001))  # timed already
+
+
+async def test_check_against_times_the_update_against_the_given_state() -> None:
+    state = one_item_state(100_000)
+    async with running(workers=1, timeout_s=30) as validator:
+        hostile = deletion_only_update(state, 10_000)
+        first, timed = await asyncio.gather(validator.check(hostile), validator.check_against(state, hostile))
+        assert isinstance(first, Measured) and (first.clients, first.apply_cpu_s) == (0, None)
+        assert isinstance(timed, Measured) and timed.apply_cpu_s is not None and timed.apply_cpu_s > 0
+        assert refused(await validator.check_against(state, GARBAGE))
 
 
 async def test_validator_passes_valid_and_refuses_corrupt_updates_in_one_round_trip() -> None:
     async with running(workers=1, timeout_s=10) as validator:
         garbage = [os.urandom(40) for _ in range(20)]
         verdicts = await validator.check_many([_valid_update(), *garbage])
-        assert verdicts[0] is None
-        assert sum(v is not None for v in verdicts[1:]) >= 15  # random bytes are almost never an update
-        assert await validator.check(GARBAGE) is not None
+        assert ok(verdicts[0])
+        assert sum(refused(v) for v in verdicts[1:]) >= 15  # random bytes are almost never an update
+        assert refused(await validator.check(GARBAGE))
 
 
 async def test_a_batch_over_the_time_budget_restarts_the_worker_and_refuses_each_costly_update() -> None:
@@ -117,7 +222,7 @@ async def test_a_batch_over_the_time_budget_restarts_the_worker_and_refuses_each
         assert verdicts == [TOO_COSTLY] * 3
         assert validator.restarts >= 1
         validator.timeout_s = 10  # the fresh worker serves again
-        assert await validator.check(_valid_update()) is None
+        assert ok(await validator.check(_valid_update()))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -130,9 +235,9 @@ async def test_check_many_splits_large_calls_merges_concurrent_ones_and_keeps_or
             validator.check_many([valid[0], GARBAGE, valid[1]]),
             validator.check(GARBAGE),
         )
-        assert [v is None for v in big] == [i % 10 != 3 for i in range(300)]
-        assert small[0] is None and small[1] is not None and small[2] is None
-        assert single is not None
+        assert [ok(v) for v in big] == [i % 10 != 3 for i in range(300)]
+        assert ok(small[0]) and refused(small[1]) and ok(small[2])
+        assert refused(single)
         assert validator.restarts == 0
 
 
@@ -142,14 +247,14 @@ async def test_a_memory_bomb_is_refused_within_the_memory_cap_and_the_worker_ser
     bomb = _varint(2**28) + bytes(15)
     async with running(workers=1, timeout_s=10, max_memory_bytes=300 << 20) as validator:
         verdicts = await validator.check_many([_valid_update(), bomb, _valid_update()])
-        assert verdicts[0] is None and verdicts[2] is None
+        assert ok(verdicts[0]) and ok(verdicts[2])
         # yrs reserves its table fallibly: under the cap it fails at once (the worker lives
         # on); had an allocation aborted the worker, the bomb would be TOO_COSTLY instead.
         # Without the cap the message would be about the end of the buffer.
         bomb_verdict = verdicts[1]
-        assert bomb_verdict is not None
+        assert refused(bomb_verdict)
         assert bomb_verdict == TOO_COSTLY or "allocat" in bomb_verdict
-        assert await validator.check(_valid_update()) is None
+        assert ok(await validator.check(_valid_update()))
 
 
 async def test_an_update_that_crashes_the_worker_is_refused_and_the_others_get_their_verdicts() -> None:
@@ -159,20 +264,20 @@ async def test_an_update_that_crashes_the_worker_is_refused_and_the_others_get_t
     async with running(workers=1, timeout_s=10, max_memory_bytes=300 << 20) as validator:
         first_pid = validator.pids[0]
         verdicts = await validator.check_many([_valid_update(), crash, GARBAGE, _valid_update()])
-        assert verdicts[0] is None and verdicts[3] is None
+        assert ok(verdicts[0]) and ok(verdicts[3])
         assert verdicts[1] == TOO_COSTLY
-        assert verdicts[2] is not None and verdicts[2] != TOO_COSTLY  # its real verdict
+        assert refused(verdicts[2]) and verdicts[2] != TOO_COSTLY  # its real verdict
         assert validator.restarts >= 1
         assert _gone(first_pid)
-        assert await validator.check(_valid_update()) is None
+        assert ok(await validator.check(_valid_update()))
 
 
 async def test_a_worker_killed_from_outside_is_replaced() -> None:
     async with running(workers=1, timeout_s=10) as validator:
         first_pid = validator.pids[0]
         os.kill(first_pid, signal.SIGKILL)
-        assert await validator.check(_valid_update()) is None
-        assert await validator.check(GARBAGE) is not None
+        assert ok(await validator.check(_valid_update()))
+        assert refused(await validator.check(GARBAGE))
         assert validator.restarts == 1
         assert validator.pids[0] != first_pid and _gone(first_pid)
 
@@ -183,7 +288,7 @@ async def test_stop_ends_every_worker() -> None:
         await validator.start()
         pids = validator.pids
         assert len(pids) == 2 and not any(_gone(pid) for pid in pids)
-        assert await validator.check(_valid_update()) is None
+        assert ok(await validator.check(_valid_update()))
         await validator.stop()
         assert all(_gone(pid) for pid in pids)  # exited and reaped
         assert validator.pids == []

@@ -44,6 +44,7 @@ ERROR_CODES: tuple[tuple[str, str, int | None], ...] = (
     ("invalid_state", "Workspace state must be a JSON object within max_state_bytes.", None),
     ("unavailable", "The database is unavailable; retry.", None),
     ("invalid_utf8", "Text frames must be valid UTF-8.", 1007),
+    ("update_too_costly", "Applying the update would cost the server too much; send smaller updates.", None),
 )
 
 
