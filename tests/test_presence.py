@@ -14,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -36,10 +37,12 @@ MAX = 1_048_576
 
 
 class Inbox:
-    """A subscriber (a session's stand-in) that records what it is sent."""
+    """A subscriber (a session's stand-in) that records what it is sent: single events, or
+    `presence.batch` frames with `presence_batch=True`."""
 
-    def __init__(self) -> None:
+    def __init__(self, presence_batch: bool = False) -> None:
         self.conn_id = str(uuid.uuid4())
+        self.presence_batch = presence_batch
         self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     def send_text(self, frame: str) -> None:
@@ -138,11 +141,23 @@ async def redis_nodes(redis_url: str) -> AsyncIterator[RedisNodes]:
         await nodes.close()
 
 
+@pytest.fixture
+async def memory() -> AsyncIterator[MemoryPresence]:
+    """A one-node presence with its flush loop running."""
+    presence = MemoryPresence("node-m", Metrics())
+    tasks = [asyncio.create_task(run(), name=name) for name, run in presence.background()]
+    try:
+        yield presence
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @pytest.fixture(params=["memory", "redis"])
-async def pair(request: pytest.FixtureRequest, redis_nodes: RedisNodes) -> tuple[Presence, Presence]:
+async def pair(request: pytest.FixtureRequest, redis_nodes: RedisNodes, memory: MemoryPresence) -> tuple[Presence, Presence]:
     """Two nodes' presence: the same MemoryPresence twice (one node), or two Redis nodes."""
     if request.param == "memory":
-        memory = MemoryPresence("node-m", Metrics())
         return memory, memory
     return await redis_nodes.start("node-1"), await redis_nodes.start("node-2")
 
@@ -264,6 +279,7 @@ async def test_disconnect_leaves_every_workspace_with_reason_disconnected(pair):
     assert sorted(f["workspace_id"] for f in left) == sorted([str(WS), str(other)])
     assert {f["reason"] for f in left} == {"disconnected"}
     await node1.leave(alice.conn_id, WS)
+    await node1.flush()  # another node's listing follows once the window is sent (docs/protocol.md#57)
     assert [str(m.conn_id) for m in (await node2.list_members(TENANT_A, WS)).members] == []
 
 
@@ -297,28 +313,77 @@ async def test_listing_is_cut_at_max_list_items(redis_nodes):
 # --- Redis: several nodes ------------------------------------------------------------------------
 
 
-async def test_a_node_relays_each_event_once_and_drops_its_own(redis_nodes):
+async def test_a_node_relays_each_window_once_and_drops_its_own(redis_nodes):
     node1 = await redis_nodes.start("node-1")
     node2 = await redis_nodes.start("node-2")
     alice, alice2, bob = Inbox(), Inbox(), Inbox()
     await node2.join(bob, TENANT_A, "bob", WS)
+    await node2.flush()
     await node1.join(alice, TENANT_A, "alice", WS)
     await node1.join(alice2, TENANT_A, "alice", WS)  # the same agent's other session, same node
     await node1.set_awareness(alice.conn_id, WS, None, {"n": 1})
-    await node2.set_awareness(bob.conn_id, WS, None, {"n": 2})  # a marker: what came before it arrived
+    await node1.flush()  # one window: the three changes cross over as one message
     assert [(f["type"], f["conn_id"]) for f in await bob.until("awareness.changed", state={"n": 1})] == [
         ("presence.joined", alice.conn_id), ("presence.joined", alice2.conn_id), ("awareness.changed", alice.conn_id),
     ]  # fmt: skip
-    # Bob joined node 2 first; his join may cross over to node 1 before alice joins or after (then
-    # alice, and maybe alice2, hear it late): both are right, and it is relayed once either way.
+    await node2.set_awareness(bob.conn_id, WS, None, {"n": 2})  # a marker: what came before it arrived
+    await node2.flush()
+    # Bob's join may cross over to node 1 before alice joins or after (then alice and alice2 hear
+    # it late): both are right, and it is relayed once either way. A session in a window hears
+    # the window's other events, those from before it joined included, never its own.
     bob_joined = ("presence.joined", bob.conn_id)
     heard = [(f["type"], f["conn_id"]) for f in await alice.until("awareness.changed", state={"n": 2})]
     late = bob_joined in heard
     assert [e for e in heard if e != bob_joined] == [("presence.joined", alice2.conn_id), ("awareness.changed", bob.conn_id)]
     heard = [(f["type"], f["conn_id"]) for f in await alice2.until("awareness.changed", state={"n": 2})]
-    assert [e for e in heard if e != bob_joined] == [("awareness.changed", alice.conn_id), ("awareness.changed", bob.conn_id)]
-    assert node2.metrics.presence_events.labels("relayed")._value.get() == 3
+    assert [e for e in heard if e != bob_joined] == [
+        ("presence.joined", alice.conn_id), ("awareness.changed", alice.conn_id), ("awareness.changed", bob.conn_id),
+    ]  # fmt: skip
+    assert node2.metrics.presence_events.labels("relayed")._value.get() == 1
     assert node1.metrics.presence_events.labels("relayed")._value.get() == 1 + late  # node 1 dropped its own
+
+
+async def test_a_burst_reaches_a_batch_session_as_one_frame_per_window(pair):
+    # docs/protocol.md#57 (delivery): each session once, with its latest state; the others as before
+    node1, node2 = pair
+    watcher = Inbox(presence_batch=True)
+    await node1.join(watcher, TENANT_A, "watcher", WS)
+    await node1.flush()
+    own = await watcher.next("presence.batch")  # a batch may hold the session's own member
+    assert [m["conn_id"] for m in own["members"]] == [watcher.conn_id] and own["left"] == []
+    crowd = [Inbox() for _ in range(50)]
+    for i, inbox in enumerate(crowd):
+        await node2.join(inbox, TENANT_A, f"agent-{i}", WS)
+        await node2.open_doc(inbox.conn_id, WS, DOC)
+    await node2.leave(crowd[0].conn_id, WS)
+    await node2.flush()
+    batch = await watcher.next("presence.batch")
+    members = {m["conn_id"]: m for m in batch["members"]}
+    assert set(members) == {inbox.conn_id for inbox in crowd[1:]}
+    assert all(m["doc_ids"] == [str(DOC)] and m["node_id"] == node2.node_id for m in members.values())
+    assert batch["left"] == [{"conn_id": crowd[0].conn_id, "agent_id": "agent-0", "reason": "left"}]
+    assert watcher.pending() == []  # one frame for the whole window
+    # A session without presence.batch hears the window's single events, none about itself.
+    await node2.set_awareness(crowd[1].conn_id, WS, None, {"marker": True})
+    await node2.flush()
+    heard = await crowd[2].until("awareness.changed", conn_id=crowd[1].conn_id)
+    joined = [f["conn_id"] for f in heard if f["type"] == "presence.joined" and f["conn_id"] != watcher.conn_id]
+    assert sorted(joined) == sorted(inbox.conn_id for inbox in crowd if inbox is not crowd[2])
+    assert not any(f.get("conn_id") == crowd[2].conn_id for f in heard) and crowd[2].own() == []
+
+
+async def test_a_single_event_from_a_node_that_does_not_batch_reaches_every_session(redis_nodes):
+    # A node of the previous version publishes `{"f": frame}`, one event per message.
+    node = await redis_nodes.start("node-1")
+    single, batched = Inbox(), Inbox(presence_batch=True)
+    await node.join(single, TENANT_A, "single", WS)
+    await node.join(batched, TENANT_A, "batched", WS)
+    await node.flush()
+    since = datetime.now(UTC)
+    frame = p.encode(p.PresenceJoined(workspace_id=WS, agent_id="old", conn_id=uuid.uuid4(), node_id="node-old", since=since))
+    await node.redis.publish(node.channel, json.dumps({"n": "node-old", "t": str(TENANT_A), "w": str(WS), "f": frame}))
+    for inbox in (single, batched):
+        assert (await inbox.next("presence.joined", agent_id="old"))["node_id"] == "node-old"
 
 
 async def test_a_vanished_nodes_sessions_expire_on_the_others(redis_nodes):
@@ -341,6 +406,7 @@ async def test_listing_skips_entries_whose_ttl_passed_before_any_sweep(redis_nod
     node2 = await redis_nodes.start("node-2", ttl_s=0.5, sweep_interval_s=3600)
     alice = Inbox()
     await node1.join(alice, TENANT_A, "alice", WS)
+    await node1.flush()
     assert [m.agent_id for m in (await node2.list_members(TENANT_A, WS)).members] == ["alice"]
     await redis_nodes.crash(node1)
     await eventually(lambda: _agents_are(node2, []))
@@ -393,7 +459,7 @@ async def test_unreachable_redis_degrades_presence_only():
         assert (await alice.next("presence.joined"))["conn_id"] == bob.conn_id
         assert (await alice.next("awareness.changed"))["state"] == {"n": 1}
         errors = {s.labels["op"]: s.value for s in node.metrics.presence_errors.collect()[0].samples if s.name.endswith("_total")}
-        assert errors["join"] == 2 and errors["awareness"] == 1 and errors["list"] == 1
+        assert errors["flush"] == 1 and errors["list"] == 1  # the three changes were one window
     finally:
         for task in tasks:
             task.cancel()
@@ -444,11 +510,14 @@ async def test_a_hung_redis_costs_one_timeout_then_calls_skip_it_until_a_heartbe
         await node2.join(bob, TENANT_A, "bob", WS)
         server.proc.send_signal(signal.SIGSTOP)  # answers nothing, closes nothing
         try:
-            await node1.join(alice, TENANT_A, "alice", WS)  # waits out presence_timeout_s once
+            await node1.join(alice, TENANT_A, "alice", WS)
+            await node1.flush()  # waits out presence_timeout_s once
             assert not node1.connected and node1.subscribed
-            await node1.set_awareness(alice.conn_id, WS, None, {"n": 1})  # skipped at once
+            await node1.set_awareness(alice.conn_id, WS, None, {"n": 1})
+            async with asyncio.timeout(0.2):
+                await node1.flush()  # skipped at once
             errors = {s.labels["op"]: s.value for s in node1.metrics.presence_errors.collect()[0].samples if s.name.endswith("_total")}
-            assert (errors["join"], errors["awareness"]) == (1, 1)  # (a heartbeat may have failed too)
+            assert errors["flush"] == 2  # (a heartbeat may have failed too)
         finally:
             server.proc.send_signal(signal.SIGCONT)
         await eventually(lambda: node1.connected, timeout_s=15)  # a heartbeat worked
