@@ -300,6 +300,20 @@ async def test_another_tenant_never_sees_this_tenants_presence(pair):
     assert mallory.pending() == []
 
 
+async def test_a_crowded_workspace_gets_a_longer_window():
+    # docs/protocol.md#57 (delivery): batch_ms x sessions / 100 beyond 100 sessions, at most 20 x
+    presence = MemoryPresence("node-m", Metrics(), batch_window_s=0.05)
+    quiet = uuid.uuid4()
+    for i in range(250):
+        await presence.join(Inbox(), TENANT_A, f"agent-{i}", WS)
+    await presence.join(Inbox(), TENANT_A, "solo", quiet)
+    assert presence.window_s(TENANT_A, WS) == pytest.approx(0.125)
+    assert presence.window_s(TENANT_A, quiet) == pytest.approx(0.05)
+    for i in range(2000):
+        await presence.join(Inbox(), TENANT_A, f"more-{i}", WS)
+    assert presence.window_s(TENANT_A, WS) == pytest.approx(1.0)
+
+
 async def test_listing_is_cut_at_max_list_items(redis_nodes):
     for presence in (MemoryPresence("node-m", Metrics(), max_list_items=2), await redis_nodes.start("node-r", max_list_items=2)):
         inboxes = [Inbox() for _ in range(3)]
