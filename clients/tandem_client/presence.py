@@ -168,8 +168,11 @@ class Presence:
             events = self._unbatch(frame)
         else:
             events = [frame]
+        own = self.workspace.client.hello.session_id if self.workspace.client.hello else None
         for single in events:
             self._apply(single)
+            if single.get("conn_id") == own and frame["type"] == "presence.batch":
+                continue  # a batch may hold this session's own member: the view keeps it, the stream does not
             event = PresenceEvent(single["type"], frame.get("workspace_id", ""), single.get("agent_id"), single.get("conn_id"), single)
             for stream in list(self._streams):
                 stream._put(event)
