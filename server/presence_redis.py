@@ -1,5 +1,5 @@
 """Presence shared by every node through Redis (docs/protocol.md#57): TTL entries, a pub/sub
-relay, a sweep of vanished nodes' sessions.
+relay of flushed windows, and (server/presence_sweep.py) a sweep of vanished nodes' sessions.
 
 `RedisPresence` is `MemoryPresence` (server/presence.py: this node's sessions and their local
 delivery) plus Redis. Redis failing degrades presence only: calls are bounded, counted and never
@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -21,53 +20,19 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
 from server import protocol as p
 from server.metrics import Metrics
-from server.presence import Background, Change, Entry, Listing, MemoryPresence
+from server.presence import Background, Batch, Entry, Listing, MemoryPresence
+from server.presence_sweep import SWEEP_LUA, Sweep
+from server.redis_calls import REDIS_ERRORS, close_quietly, keep_cancellation
 
 log = structlog.get_logger("tandem.presence")
-
-# What a failing Redis raises: connection refused or reset, timeouts, protocol errors.
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 RECONNECT_MAX_S = 2.0  # backoff cap of the relay's reconnect (tenacity, with jitter)
 
 
-@contextlib.contextmanager
-def keep_cancellation() -> Iterator[None]:
-    """Re-raise a cancellation requested during the block that did not end it.
-
-    On Python 3.11, `asyncio.wait_for` (which redis-py uses to send commands) can return its
-    result and drop a cancellation that arrived as the call completed (CPython gh-86296, fixed in
-    3.12). A periodic loop would then run forever and a shutdown would hang. Exceptions leaving
-    the block pass unchanged; only a normal exit is checked.
-    """
-    task = asyncio.current_task()
-    before = task.cancelling() if task is not None else 0
-    yield
-    if task is not None and task.cancelling() > before:
-        raise asyncio.CancelledError
-
-# Removes, atomically per workspace, the entries whose alive key has expired; returns them.
-# KEYS[1] is the members hash, KEYS[i + 1] the alive key of ARGV[i].
-_SWEEP_LUA = """
-local removed = {}
-for i, conn in ipairs(ARGV) do
-  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
-    local member = redis.call('HGET', KEYS[1], conn)
-    if member then
-      redis.call('HDEL', KEYS[1], conn)
-      table.insert(removed, member)
-    end
-  end
-end
-return removed
-"""
-
-
-class RedisPresence(MemoryPresence):
+class RedisPresence(Sweep, MemoryPresence):
     """Presence shared by every node through Redis. Keys (all under `prefix`):
 
     - `{tenant}:{ws}:members`: hash, conn_id -> the member object (JSON);
@@ -75,7 +40,11 @@ class RedisPresence(MemoryPresence):
       heartbeat (every ttl/3) refreshes it: a listing skips members without one;
     - `index`: set of `{tenant}:{ws}` that may hold entries (what the sweep walks);
     - `sweep`: a lock, so one node per interval sweeps;
-    - channel `events`: `{"n": node_id, "t": tenant, "w": ws, "f": frame}`; a node drops its own.
+    - channel `events`: one message per flushed window of a workspace, `{"n": node_id, "t":
+      tenant, "w": ws, "b": [presence.batch frames], "e": [event frames]}`; a node drops its own.
+
+    A window's writes and its message go in one transaction at the flush, so a member is in
+    Redis before any node announces it; a listing takes this node's own members from memory.
 
     While Redis is unreachable, calls skip it (counted) and work on this node's sessions only.
     When the relay subscribes again, the node writes all its live sessions back, announces them,
@@ -87,8 +56,9 @@ class RedisPresence(MemoryPresence):
     def __init__(
         self, url: str, node_id: str, metrics: Metrics, *, ttl_s: float = 15.0, sweep_interval_s: float | None = None,
         timeout_s: float = 1.0, max_list_items: int = 1000, prefix: str = "tandem:presence",
+        batch_window_s: float = 0.05,
     ) -> None:
-        super().__init__(node_id, metrics, max_list_items)
+        super().__init__(node_id, metrics, max_list_items, batch_window_s)
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.heartbeat_s = ttl_s / 3
         self.sweep_s = sweep_interval_s if sweep_interval_s is not None else ttl_s / 3
@@ -101,7 +71,7 @@ class RedisPresence(MemoryPresence):
         # lost subscription surfaces and is redone (with the re-registration) by `_listen`.
         self.redis = Redis.from_url(url, retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1), **common)
         self._relay_redis = Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
-        self._sweep_script = self.redis.register_script(_SWEEP_LUA)
+        self._sweep_script = self.redis.register_script(SWEEP_LUA)
         self.subscribed = False  # the relay listens: other nodes' events reach this node
         self.healthy = True  # the last call to Redis worked (a failure waits for a heartbeat)
         self.dirty: set[tuple[str, uuid.UUID]] = set()  # entries whose last write failed
@@ -112,20 +82,24 @@ class RedisPresence(MemoryPresence):
     def _ws_key(self, tenant_id: uuid.UUID, workspace_id: uuid.UUID) -> str:
         return f"{self.prefix}:{tenant_id}:{workspace_id}"
 
-    def _envelope(self, tenant_id: uuid.UUID, workspace_id: uuid.UUID, frame: str) -> str:
-        return json.dumps({"n": self.node_id, "t": str(tenant_id), "w": str(workspace_id), "f": frame}, separators=(",", ":"))
+    def _envelope(self, batch: Batch) -> str:
+        body = {"n": self.node_id, "t": str(batch.tenant_id), "w": str(batch.workspace_id), "b": batch.frames,
+                "e": [frame for _, frame in batch.events]}  # fmt: skip
+        return json.dumps(body, separators=(",", ":"))
 
-    def _write(self, pipe: Any, change: Change, frames: list[str]) -> None:
-        ws = self._ws_key(change.tenant_id, change.workspace_id)
-        if change.member is None:
-            pipe.hdel(f"{ws}:members", change.conn_id)
-            pipe.delete(f"{ws}:alive:{change.conn_id}")
-        else:
-            pipe.hset(f"{ws}:members", change.conn_id, change.member.model_dump_json())
-            pipe.set(f"{ws}:alive:{change.conn_id}", self.node_id, px=self.ttl_ms)
-            pipe.sadd(self.index_key, f"{change.tenant_id}:{change.workspace_id}")
-        for frame in frames:
-            pipe.publish(self.channel, self._envelope(change.tenant_id, change.workspace_id, frame))
+    def _write(self, pipe: Any, batch: Batch) -> None:
+        ws = self._ws_key(batch.tenant_id, batch.workspace_id)
+        present = {c: m.model_dump_json() for c, m in batch.latest.items() if isinstance(m, p.PresenceMember)}
+        gone = [c for c, m in batch.latest.items() if not isinstance(m, p.PresenceMember)]
+        if present:
+            pipe.hset(f"{ws}:members", mapping=present)
+            for conn_id in present:
+                pipe.set(f"{ws}:alive:{conn_id}", self.node_id, px=self.ttl_ms)
+            pipe.sadd(self.index_key, f"{batch.tenant_id}:{batch.workspace_id}")
+        if gone:
+            pipe.hdel(f"{ws}:members", *gone)
+            pipe.delete(*(f"{ws}:alive:{c}" for c in gone))
+        pipe.publish(self.channel, self._envelope(batch))
 
     @property
     def connected(self) -> bool:
@@ -144,9 +118,10 @@ class RedisPresence(MemoryPresence):
             log.warning("presence.redis_failed", op=op, error=f"{type(exc).__name__}: {exc}")
             self._set_state(healthy=False)
 
-    async def _relay(self, op: str, changes: list[Change]) -> None:
-        """Write and publish `changes` in one transaction, bounded by `timeout_s`; never raises."""
-        self.dirty.update((c.conn_id, c.workspace_id) for c in changes if c.member is not None)
+    async def _relay(self, op: str, batches: list[Batch]) -> None:
+        """Write and publish flushed windows in one transaction, bounded by `timeout_s`; never raises."""
+        keys = [(c, b.workspace_id) for b in batches for c in b.latest]
+        self.dirty.update((c, b.workspace_id) for b in batches for c, m in b.latest.items() if isinstance(m, p.PresenceMember))
         if not self.connected:
             self._failed(op, None)  # skipped: the re-registration after reconnecting covers it
             return
@@ -154,14 +129,14 @@ class RedisPresence(MemoryPresence):
             with keep_cancellation():
                 async with asyncio.timeout(self.timeout_s):
                     async with self.redis.pipeline(transaction=True) as pipe:
-                        for change in changes:
-                            self._write(pipe, change, [change.frame])
+                        for batch in batches:
+                            self._write(pipe, batch)
                         await pipe.execute()
         except REDIS_ERRORS as exc:
             self._failed(op, exc)  # the entries stay dirty: the next heartbeat writes them again
             return
-        self.dirty.difference_update((c.conn_id, c.workspace_id) for c in changes)
-        self.metrics.presence_events.labels("published").inc(len(changes))
+        self.dirty.difference_update(keys)
+        self.metrics.presence_events.labels("published").inc(len(batches))
 
     async def _rewrite(self, entries: list[Entry]) -> None:
         """Write `entries` again and announce them (they were lost or a write of theirs failed).
@@ -171,16 +146,16 @@ class RedisPresence(MemoryPresence):
         if not live:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for e in live:
-                change = Change(e.tenant_id, e.workspace_id, e.subscriber.conn_id, e.member, "")
-                self._write(pipe, change, self.local.announce(e))
+            for batch in self.local.snapshot(live):
+                self._write(pipe, batch)
             await pipe.execute()
         self.dirty.difference_update((e.subscriber.conn_id, e.workspace_id) for e in live)
 
     # --- reads ------------------------------------------------------------------------------
 
     async def list_members(self, tenant_id: uuid.UUID, workspace_id: uuid.UUID) -> Listing:
-        """Live members from Redis, oldest first; this node's own (`partial`) when Redis fails."""
+        """Live members, oldest first: other nodes' from Redis, this node's from memory (so a change
+        not flushed yet is listed already); only this node's (`partial`) when Redis fails."""
         if self.connected:
             try:
                 with keep_cancellation():
@@ -204,11 +179,15 @@ class RedisPresence(MemoryPresence):
                 if node is None:
                     continue  # expired: the sweep removes it
                 try:
-                    found[conn_id] = p.PresenceMember.model_validate_json(batch[conn_id])
+                    member = p.PresenceMember.model_validate_json(batch[conn_id])
                 except ValidationError:
                     log.warning("presence.bad_entry", tenant_id=str(tenant_id), workspace_id=str(workspace_id))
+                    continue
+                if member.node_id != self.node_id:
+                    found[conn_id] = member
             if cursor == 0 or len(found) > self.max_list_items:
                 break
+        found.update((str(m.conn_id), m) for m in self.local.members(tenant_id, workspace_id))
         members = sorted(found.values(), key=lambda m: (m.since, str(m.conn_id)))
         return Listing(members[: self.max_list_items], len(members) > self.max_list_items)
 
@@ -227,7 +206,10 @@ class RedisPresence(MemoryPresence):
     # --- background: relay, heartbeat, sweep ----------------------------------------------------
 
     def background(self) -> Background:
-        return [("presence.relay", self._listen), ("presence.heartbeat", self._heartbeat), ("presence.sweep", self._sweep)]
+        return [
+            *super().background(), ("presence.relay", self._listen), ("presence.heartbeat", self._heartbeat),
+            ("presence.sweep", self._sweep),
+        ]  # fmt: skip
 
     async def _subscribe(self) -> PubSub:
         async for attempt in AsyncRetrying(
@@ -241,7 +223,7 @@ class RedisPresence(MemoryPresence):
                         async with asyncio.timeout(self.timeout_s):
                             await pubsub.subscribe(self.channel)
                 except BaseException:
-                    await _close_quietly(pubsub, self.timeout_s)
+                    await close_quietly(pubsub, self.timeout_s)
                     raise
                 return pubsub
         raise AssertionError("unreachable")  # AsyncRetrying retries forever
@@ -268,7 +250,7 @@ class RedisPresence(MemoryPresence):
                 self._failed("relay", exc)
             finally:
                 self._set_state(subscribed=False)
-                await _close_quietly(pubsub, self.timeout_s)
+                await close_quietly(pubsub, self.timeout_s)
 
     def _on_message(self, data: str) -> None:
         try:
@@ -276,13 +258,17 @@ class RedisPresence(MemoryPresence):
             if envelope["n"] == self.node_id:
                 return
             tenant_id, workspace_id = uuid.UUID(envelope["t"]), uuid.UUID(envelope["w"])
-            frame = envelope["f"]
-            if not isinstance(frame, str):
+            if "f" in envelope:  # one event, from a node that does not batch: everyone gets it
+                frames = events = [envelope["f"]]
+            else:
+                frames, events = envelope["b"], envelope["e"]
+            if not all(isinstance(f, str) for f in (*frames, *events)):
                 raise TypeError("frame")
         except (ValueError, KeyError, TypeError):
             log.warning("presence.bad_payload", payload=str(data)[:200])
             return
-        if self.local.deliver(tenant_id, workspace_id, frame):
+        # Another node's events are never about this node's sessions: no one is left out.
+        if self.local.deliver_batch(tenant_id, workspace_id, frames, [("", f) for f in events]):
             self.metrics.presence_events.labels("relayed").inc()
 
     def _stale(self) -> None:
@@ -319,67 +305,13 @@ class RedisPresence(MemoryPresence):
         redo = [e for e, ok in zip(entries, refreshed) if not ok or (e.subscriber.conn_id, e.workspace_id) in self.dirty]
         await self._rewrite(redo)
 
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(self.sweep_s)  # the period, not a wait for a condition
-            if self.connected:
-                try:
-                    with keep_cancellation():
-                        await self.sweep_once()
-                except REDIS_ERRORS as exc:
-                    self._failed("sweep", exc)
-
-    async def sweep_once(self, force: bool = False) -> int:
-        """Remove entries whose alive key expired and announce them (`presence.left`, reason
-        `expired`). One node sweeps per interval (a lock); each entry is removed and announced
-        once, by whichever sweep deletes it. Each Redis call is bounded by the socket timeout."""
-        lock = await self.redis.set(f"{self.prefix}:sweep", self.node_id, nx=True, px=max(1, int(self.sweep_s * 1000)))
-        if not lock and not force:
-            return 0
-        removed = 0
-        async for item in self.redis.sscan_iter(self.index_key, count=100):
-            tenant_s, _, ws_s = item.partition(":")
-            try:
-                tenant_id, workspace_id = uuid.UUID(tenant_s), uuid.UUID(ws_s)
-            except ValueError:
-                await self.redis.srem(self.index_key, item)
-                continue
-            ws = self._ws_key(tenant_id, workspace_id)
-            conns = await self.redis.hkeys(f"{ws}:members")
-            if not conns:  # a join puts it back; a live entry's heartbeat re-adds it too
-                await self.redis.srem(self.index_key, item)
-                continue
-            gone = await self._sweep_script(keys=[f"{ws}:members", *(f"{ws}:alive:{c}" for c in conns)], args=conns)
-            for raw in gone:
-                removed += await self._expired(tenant_id, workspace_id, raw)
-        return removed
-
-    async def _expired(self, tenant_id: uuid.UUID, workspace_id: uuid.UUID, raw: str) -> int:
-        try:
-            m = p.PresenceMember.model_validate_json(raw)
-        except ValidationError:
-            return 0
-        frame = p.encode(p.PresenceLeft(workspace_id=workspace_id, agent_id=m.agent_id, conn_id=m.conn_id, reason="expired"))
-        self.metrics.presence_expired.inc()
-        log.info("presence.expired", tenant_id=str(tenant_id), workspace_id=str(workspace_id), conn_id=str(m.conn_id), node=m.node_id)
-        self.local.deliver(tenant_id, workspace_id, frame)
-        await self.redis.publish(self.channel, self._envelope(tenant_id, workspace_id, frame))
-        return 1
-
     async def close(self) -> None:
         """Remove what is left of this node's entries (best effort), then close the clients."""
-        if self.connected:
-            changes = [c for conn_id in list(self.local.by_conn) for c in self.local.disconnect(conn_id)]
-            if changes:
-                await self._relay("disconnect", changes)
+        for conn_id in list(self.local.by_conn):
+            self.local.disconnect(conn_id)
+        await self.flush()
         self._set_state(subscribed=False)
         for client in (self.redis, self._relay_redis):
             with contextlib.suppress(*REDIS_ERRORS):
                 async with asyncio.timeout(self.timeout_s):
                     await client.aclose()
-
-
-async def _close_quietly(pubsub: PubSub, timeout_s: float) -> None:
-    with contextlib.suppress(*REDIS_ERRORS):
-        async with asyncio.timeout(timeout_s):  # not wait_for: see keep_cancellation
-            await pubsub.aclose()

@@ -50,6 +50,7 @@ class Hello(Request):
     protocol: Annotated[int, Field(ge=1, le=2**31 - 1)]
     client: Name | None = None
     batch: StrictBool = False  # the client reads frames holding a JSON array of messages (docs/protocol.md#3)
+    presence_batch: StrictBool = False  # presence reaches the client as `presence.batch` (docs/protocol.md#57)
 
 
 class Ping(Request):
@@ -223,6 +224,7 @@ class HelloOk(Out):
     re: RequestId | None
     protocol: int
     batch: bool = False
+    presence_batch: bool = False
 
 
 class Pong(Out):
@@ -395,13 +397,32 @@ class PresenceStale(Out):
     workspace_id: UUID
 
 
+class PresenceGone(Out):
+    """A member that left, in a `presence.batch`."""
+
+    conn_id: UUID
+    agent_id: str
+    reason: LeftReason
+
+
+class PresenceBatch(Out):
+    """A workspace's presence changes of one short window, each session at most once with its
+    latest state: `members` joined or changed (whole member objects), `left` are gone."""
+
+    type: Literal["presence.batch"] = "presence.batch"
+    workspace_id: UUID
+    members: list[PresenceMember]
+    left: list[PresenceGone]
+
+
 SERVER_MESSAGES: dict[str, type[BaseModel]] = {
     cls.model_fields["type"].default: cls
     for cls in (
         ServerHello, HelloOk, Pong, WorkspaceCreateOk, WorkspaceListOk, WorkspaceJoinOk,
         WorkspaceLeaveOk, DocCreateOk, DocListOk, DocOpenOk, DocCloseOk, DocUpdateOk,
         DocResyncOk, DocOp, SessionClosing, PresenceListOk, AwarenessSetOk, PresenceJoined,
-        PresenceLeft, PresenceChanged, AwarenessChanged, PresenceStale, *coordination.SERVER_MESSAGES,
+        PresenceLeft, PresenceChanged, AwarenessChanged, PresenceStale, PresenceBatch,
+        *coordination.SERVER_MESSAGES,
     )
 }  # fmt: skip
 
@@ -637,6 +658,7 @@ class Session:
         self.docs: dict[UUID, UUID] = {}  # open doc_id -> its workspace_id
         self.frames_received = 0
         self.batch = False  # the client's hello asked for batched frames, both ways (docs/protocol.md#3)
+        self.presence_batch = False  # ... and for presence as `presence.batch` (docs/protocol.md#57)
         self.invalid_updates = 0
         self._bucket = TokenBucket(limits.max_messages_per_s, limits.max_message_burst)
 
@@ -708,6 +730,7 @@ class Session:
                 return ProtocolError(ErrorCode.UNSUPPORTED_VERSION, msg.id, {"supported": list(SUPPORTED_VERSIONS)})
             self.protocol = msg.protocol
             self.batch = msg.batch
+            self.presence_batch = msg.presence_batch
         elif rule is Rule.JOIN_SLOT:
             ws_id = msg.workspace_id  # type: ignore[union-attr]
             if ws_id not in self.workspaces and len(self.workspaces) >= self.limits.max_joined_workspaces:

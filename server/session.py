@@ -47,6 +47,11 @@ class AgentConnection(Connection[str], CoordinationHandlers):
     def send_text(self, frame: str) -> None:
         self.queue(frame)
 
+    @property
+    def presence_batch(self) -> bool:
+        """Presence reaches this session as `presence.batch` frames (its hello asked for them)."""
+        return self.session.presence_batch
+
     def reply(self, message: Any) -> None:
         self.queue(p.encode(message))
 
@@ -133,7 +138,7 @@ class AgentConnection(Connection[str], CoordinationHandlers):
     # --- handlers (docs/protocol.md section 5) ------------------------------------------------
 
     async def on_hello(self, msg: p.Hello) -> None:
-        self.reply(p.HelloOk(re=msg.id, protocol=self.session.protocol, batch=msg.batch))
+        self.reply(p.HelloOk(re=msg.id, protocol=self.session.protocol, batch=msg.batch, presence_batch=msg.presence_batch))
 
     async def on_ping(self, msg: p.Ping) -> None:
         self.reply(p.Pong(re=msg.id))

@@ -113,6 +113,7 @@ class Settings(BaseSettings):
     presence_sweep_interval_s: float | None = None  # expired-entry sweep; None: presence_ttl_s / 3
     presence_timeout_s: float = 1.0  # bound on each Redis call; presence degrades, documents don't
     max_awareness_bytes: int = 8192  # one awareness state, as compact JSON
+    presence_batch_ms: float = 50.0  # presence changes are gathered this long (more in a crowd), then sent as one batch
     # Coordination (docs/protocol.md section 12).
     lock_release_grace_s: float = 5.0  # a disconnected holder's locks are released after this
     max_state_bytes: int = 262_144  # workspace state, as compact JSON

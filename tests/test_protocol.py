@@ -508,6 +508,19 @@ def batching() -> p.Session:
     return session
 
 
+def test_hello_asks_for_presence_batches_with_a_strict_boolean():
+    # docs/protocol.md#57 (delivery): opt-in, off by default; "true" is not a boolean
+    session = p.Session(p.Limits())
+    session.accept(hello())
+    assert session.presence_batch is False
+    msg = session.receive(frame(type="hello", id=0, protocol=1, presence_batch=True), now=0.0)
+    assert isinstance(msg, p.Hello) and session.presence_batch is True and session.batch is False
+    other = p.Session(p.Limits())
+    other.accept(hello())
+    err = other.receive(frame(type="hello", id=0, protocol=1, presence_batch="true"), now=0.0)
+    assert isinstance(err, p.ProtocolError) and err.code is ErrorCode.INVALID_MESSAGE and other.presence_batch is False
+
+
 def test_a_batched_frame_is_each_of_its_messages_in_order():
     # docs/protocol.md#3 (batched frames, client to server)
     session = batching()
@@ -623,7 +636,7 @@ def test_message_table_matches_the_models():
 def test_replies_carry_re_and_events_do_not():
     # docs/protocol.md#3-framing-and-encoding (requests, replies, events)
     events = {"hello", "doc.op", "session.closing", "presence.joined", "presence.left", "presence.changed",
-              "awareness.changed", "presence.stale", "lock.acquired", "lock.renewed", "lock.released",
+              "awareness.changed", "presence.stale", "presence.batch", "lock.acquired", "lock.renewed", "lock.released",
               "state.changed", "task.changed", "member.changed"}  # fmt: skip
     for type_, model in p.SERVER_MESSAGES.items():
         assert ("re" in model.model_fields) is (type_ not in events), type_

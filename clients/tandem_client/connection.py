@@ -247,7 +247,8 @@ class Connection:
             if first is None or first["type"] != "hello":
                 raise self._refusal(ws, first)
             hello = wire.Hello.from_wire(first)
-            fields = {"protocol": wire.PROTOCOL_VERSION, "client": self.options.client_name, "batch": True}
+            # Batched frames (section 3) and presence as one `presence.batch` per window (section 5.7).
+            fields = {"protocol": wire.PROTOCOL_VERSION, "client": self.options.client_name, "batch": True, "presence_batch": True}
             await ws.send(wire.encode(wire.request("hello", 0, fields)))
             replies = wire.decode_all(await ws.recv())
             reply = next((f for f in replies if f["type"] in ("hello.ok", "error")), replies[0] if replies else None)

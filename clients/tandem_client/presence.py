@@ -3,9 +3,11 @@ node, with which documents open, and the small JSON state each session publishes
 
 `Presence` keeps a view keyed by `conn_id`: `presence.list` after every join (and after a
 reconnect or a `presence.stale`), with the events received since the request was sent applied
-on top of the reply (events may overtake it). Events are idempotent and best effort. Awareness
-set with `Workspace.set_awareness` is published again after a reconnect, since it dies with the
-session.
+on top of the reply (events may overtake it). The client asks for `presence.batch` (one frame
+per server window with each changed member's latest state); the event stream turns each batch
+back into per-member events, coalesced per window. Events are idempotent and best effort.
+Awareness set with `Workspace.set_awareness` is published again after a reconnect, since it
+dies with the session.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tandem_client")
 
-EVENT_TYPES = ("presence.joined", "presence.left", "presence.changed", "awareness.changed", "presence.stale")
+EVENT_TYPES = ("presence.joined", "presence.left", "presence.changed", "awareness.changed", "presence.stale", "presence.batch")
 
 
 @dataclass(frozen=True)
@@ -161,15 +163,52 @@ class Presence:
             collected.append(frame)
         if frame["type"] == "presence.stale":
             self._schedule_refresh()
+            events = [frame]
+        elif frame["type"] == "presence.batch":
+            events = self._unbatch(frame)
         else:
-            self._apply(frame)
-        event = PresenceEvent(frame["type"], frame.get("workspace_id", ""), frame.get("agent_id"), frame.get("conn_id"), frame)
-        for stream in list(self._streams):
-            stream._put(event)
+            events = [frame]
+        own = self.workspace.client.hello.session_id if self.workspace.client.hello else None
+        for single in events:
+            self._apply(single)
+            if single.get("conn_id") == own and frame["type"] == "presence.batch":
+                continue  # a batch may hold this session's own member: the view keeps it, the stream does not
+            event = PresenceEvent(single["type"], frame.get("workspace_id", ""), single.get("agent_id"), single.get("conn_id"), single)
+            for stream in list(self._streams):
+                stream._put(event)
         self.workspace.client._conn.changed.notify()
+
+    def _unbatch(self, frame: wire.Frame) -> list[wire.Frame]:
+        """A `presence.batch` as the single events that take the current view to it: a member
+        not known yet `presence.joined` (with its whole state), a known one `presence.changed`
+        and/or `awareness.changed` for what differs, a member gone `presence.left`."""
+        ws = frame.get("workspace_id")
+        events: list[wire.Frame] = []
+        for obj in frame.get("members") or ():
+            known = self.members.get(obj["conn_id"])
+            new = PresenceMember.from_wire(obj)
+            if known is None:
+                events.append({**obj, "type": "presence.joined", "workspace_id": ws})
+                continue
+            if known.doc_ids != new.doc_ids:
+                events.append({"type": "presence.changed", "workspace_id": ws, "agent_id": new.agent_id, "conn_id": new.conn_id,
+                               "doc_ids": list(new.doc_ids)})  # fmt: skip
+            if (known.awareness, known.awareness_doc_id) != (new.awareness, new.awareness_doc_id):
+                events.append({"type": "awareness.changed", "workspace_id": ws, "agent_id": new.agent_id, "conn_id": new.conn_id,
+                               "doc_id": new.awareness_doc_id, "state": new.awareness})  # fmt: skip
+        for obj in frame.get("left") or ():
+            if obj["conn_id"] in self.members:
+                events.append({**obj, "type": "presence.left", "workspace_id": ws})
+        return events
 
     def _apply(self, frame: wire.Frame) -> None:
         kind, conn_id = frame["type"], frame.get("conn_id")
+        if kind == "presence.batch":  # overtook a presence.list reply: applied on top of it
+            for obj in frame.get("members") or ():
+                self.members[obj["conn_id"]] = PresenceMember.from_wire(obj)
+            for obj in frame.get("left") or ():
+                self.members.pop(obj["conn_id"], None)
+            return
         if conn_id is None:
             return
         known = self.members.get(conn_id)

@@ -134,10 +134,12 @@ async def test_a_join_on_node_1_is_seen_on_node_3(cluster):
         assert found[session_id(ann)]["node_id"] == ann.hello["node_id"] != cat.hello["node_id"]
         assert found[session_id(ann)]["since"] == joined["since"]
         assert (found[session_id(ann)]["doc_ids"], found[session_id(ann)]["awareness"]) == ([], None)
-        # Ann gets no event about herself: Cat's marker is the first thing she hears.
+        # Ann gets no event about herself: up to Cat's marker she hears only of Cat (whose join,
+        # sent at the end of its window, may reach her node after she joined).
         await cat.request("awareness.set", workspace_id=ws_id, state={"marker": 1})
         heard = await until(ann, is_type("awareness.changed"))
-        assert [f["type"] for f in heard] == ["awareness.changed"] and heard[0]["conn_id"] == session_id(cat)
+        assert {f["conn_id"] for f in heard} == {session_id(cat)}
+        assert [f["type"] for f in heard] in (["awareness.changed"], ["presence.joined", "awareness.changed"])
     metrics = cluster.nodes[2].get("/metrics").text
     assert "tandem_redis_up 1.0" in metrics and 'tandem_presence_events_total{direction="relayed"}' in metrics
 
