@@ -22,10 +22,12 @@ from crdt.clock import (
     VectorClock,
     decode_state_vector,
     delete_set_clock,
+    encode_state_vector,
 )
 from crdt.capture import EMPTY_DELETE_SET, EMPTY_STATE_VECTOR, Capture
 from crdt.ids import Ids, MalformedUpdate, check_header, check_ids, misfit
 from crdt.operations import OpType, Origin, classify
+from crdt.overlap import straddle_misfit
 
 CONTENT = "content"
 """Name of the shared Y.Text root; y-websocket editors and agents must use the same name."""
@@ -317,8 +319,9 @@ class Document:
 
     def _check_ids(self, update: bytes) -> Ids:
         """Refuse what yrs would read otherwise than Yjs, or hold otherwise than its own replay
-        (`crdt.ids`): clocks above 2**31, structs that skip clocks of their client, and structs
-        the document holds in part when the part ends inside a character. Returns what it
+        (`crdt.ids`): clocks above 2**31, structs that skip clocks of their client, structs
+        the document holds in part when the part ends inside a character, and items that go on
+        past the clocks it holds while saying of them otherwise (`crdt.overlap`). Returns what it
         read. Only `apply` checks this; `apply_many` replays updates that
         passed it."""
         try:
@@ -327,7 +330,9 @@ class Document:
             raise CorruptUpdate(str(exc)) from exc
         if ids.runs or ids.cuts:
             clocks = self._reader.clocks if self._capture.in_sync else decode_state_vector(self.state_vector())
-            reason = misfit(ids, clocks, self._mid_character)
+            reason = misfit(ids, clocks, self._mid_character) or straddle_misfit(
+                update, ids, clocks, lambda client, clock: self.diff(encode_state_vector({**clocks, client: clock}))
+            )
             if reason is not None:
                 raise CorruptUpdate(reason)
         return ids

@@ -1,0 +1,130 @@
+"""Updates that restate clocks a document already holds, and where they may not.
+
+yrs (and Yjs) skip the ids of an update that the document holds. When one item of the update
+straddles the document's clock for its client (it starts below it and ends past it), the
+integrated remainder takes the held item at the clock just below as its left origin, and keeps
+the right origin the update gave it. An honest update says of that held id what the document
+holds, so the pair is consistent. An update that re-uses a client's clocks with other structs
+(a forged or colliding client id) may pair a held left origin with a right origin that lies to
+its left: then where the remainder lands depends on how the document's items happen to be
+split or merged, which differs between applying updates one by one (the room) and replaying
+them in one transaction (the log's replay), and between clients. `straddle_misfit` refuses
+such an update; the held id is read from the document's own encoding of it (a diff), so the
+check costs a diff, and only for an update with an item straddling the document's clock.
+
+Items entirely below the document's clock are skipped the same way on every path, so a whole
+duplicate (a resend) is not read back. Pure: standard library and `crdt.ids`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+from crdt.ids import Ids, MalformedUpdate, _count, _read_id, _skip_bytes, _skip_content, _uint
+
+
+class Item(NamedTuple):
+    """What an update says of one id `(client, clock)`: the item holding it starts at `start`
+    and ends at `end` (exclusive); `origin` is the id's left origin (the previous id of the
+    item inside it), `right` the item's right origin, `parent` its parent when the id carries
+    it (an item's first id without origins: `("root", name)` or `("item", id)`), `unit` its
+    UTF-16 code unit when the item is a string (None for other content, deleted or GC)."""
+
+    start: int
+    end: int
+    origin: tuple[int, int] | None
+    right: tuple[int, int] | None
+    parent: tuple[str, object] | None
+    unit: str | None
+
+    def placement(self) -> tuple[object, ...]:
+        """What decides where the id sits: everything but the item's extent."""
+        return self.origin, self.right, self.parent, self.unit
+
+
+def item_at(update: bytes, client: int, clock: int) -> Item | None:
+    """The item of `update` holding id `(client, clock)`, or None (not in it, or in a GC or
+    skip struct, which hold no placement). Reads the v1 layout as `crdt.ids.check_ids` does;
+    raises `MalformedUpdate` on bytes that do not follow it."""
+    data = update
+    groups, pos = _count(data, 0)
+    for _ in range(groups):
+        structs, pos = _count(data, pos)
+        group_client, pos = _uint(data, pos)
+        start, pos = _uint(data, pos)
+        for _ in range(structs):
+            if pos >= len(data):
+                raise MalformedUpdate("truncated update")
+            info = data[pos]
+            pos += 1
+            ref = info & 0x1F
+            origin = right = parent = None
+            raw = None
+            if ref in (0, 10):  # GC, skip: a length
+                length, pos = _uint(data, pos)
+            else:
+                if info & 0x80:
+                    origin, pos = _read_id(data, pos)
+                if info & 0x40:
+                    right, pos = _read_id(data, pos)
+                if not info & 0xC0:
+                    parent_info, pos = _uint(data, pos)
+                    if parent_info == 1:
+                        n, pos = _skip_bytes(data, pos)
+                        parent = ("root", data[pos - n : pos].decode("utf-8", "replace"))
+                    else:
+                        parent_id, pos = _read_id(data, pos)
+                        parent = ("item", parent_id)
+                    if info & 0x20:
+                        at = pos
+                        pos = _skip_bytes(data, pos)[1]
+                        parent = (parent[0], (parent[1], data[at:pos]))
+                if ref == 4:
+                    n, pos = _skip_bytes(data, pos)
+                    raw = data[pos - n : pos].decode("utf-8", "replace").encode("utf-16-le")
+                    length = len(raw) // 2
+                else:
+                    length, pos = _skip_content(data, pos, ref)
+            if group_client == client and start <= clock < start + length:
+                if ref in (0, 10):
+                    return None
+                offset = clock - start
+                if offset:
+                    origin, parent = (client, clock - 1), None
+                unit = raw[2 * offset : 2 * offset + 2].decode("utf-16-le", "replace") if raw is not None else None
+                return Item(start, start + length, origin, right, parent, unit)
+            start += length
+    return None
+
+
+def straddle_misfit(
+    update: bytes, ids: Ids, clocks: Mapping[int, int], held: Callable[[int, int], bytes]
+) -> str | None:
+    """Why the document at `clocks` (its state vector) cannot take `update` as its replay
+    would, or None: an item of the update straddles the document's clock `have` for its client
+    and says of id `have - 1` other than the document does (left origin, right origin, parent,
+    or a different character where both hold text). `held(client, clock)` is the document's
+    encoding of its items of `client` from `clock` on (a diff)."""
+    for run in ids.runs:
+        have = clocks.get(run.client, 0)
+        if not run.start < have < run.end:
+            continue
+        said = item_at(update, run.client, have - 1)
+        if said is None or said.end <= have:
+            continue  # the remainder starts an item of its own: it names its own origins
+        holds = item_at(held(run.client, have - 1), run.client, have - 1)
+        if holds is None or _differs(said, holds):
+            return (
+                f"structs of client {run.client} restate clock {have - 1}, which the document "
+                "holds, otherwise than it holds it"
+            )
+    return None
+
+
+def _differs(said: Item, holds: Item) -> bool:
+    if (said.origin, said.right) != (holds.origin, holds.right):
+        return True
+    if said.parent is not None and holds.parent is not None and said.parent != holds.parent:
+        return True
+    return said.unit is not None and holds.unit is not None and said.unit != holds.unit
