@@ -243,3 +243,23 @@ def test_a_wrapped_clock_is_refused_and_the_room_stays_the_log() -> None:
         harness.send(update)
         harness.check()
     assert len(harness.log) == 4 and harness.panics == 0
+
+
+def test_a_forged_client_id_is_refused_and_the_room_stays_the_log() -> None:
+    """The smallest fork the id-rewriting mutation found: 101 writes "aa", another client's
+    "aa\\n" arrives as 101's (clocks 0..2), then 101 inserts "aa" at 1 from clocks 2..3 with a
+    right origin left of the room's clock 2. Taken, the room read 'aaa\\n', its replay 'aa\\na'."""
+    harness = Harness()
+    harness.send(harness.edit(Edit(0, "insert", 0, "aa")) or b"")
+    harness.send(rewrite_first_group(harness.edit(Edit(1, "insert", 0, "aa\n")) or b"", client=101))
+    harness.check()
+    before = harness.room.document.encode_state()
+    try:
+        harness.room.validate("fuzz", harness.edit(Edit(0, "insert", 1, "aa")) or b"")
+    except CorruptUpdate as exc:
+        assert "restate clock 2" in str(exc)
+    else:
+        raise AssertionError("the update placed by a forged item was not refused")
+    assert harness.room.document.encode_state() == before
+    harness.check()
+    assert len(harness.log) == 2 and harness.panics == 0
