@@ -25,9 +25,9 @@ from crdt.clock import (
     encode_state_vector,
 )
 from crdt.capture import EMPTY_DELETE_SET, EMPTY_STATE_VECTOR, Capture
-from crdt.ids import Ids, MalformedUpdate, check_header, check_ids, misfit
+from crdt.ids import Ids, MalformedUpdate, Run, check_header, check_ids, misfit
 from crdt.operations import OpType, Origin, classify
-from crdt.overlap import straddle_misfit
+from crdt.overlap import straddle_misfit, waiting_misfit
 
 CONTENT = "content"
 """Name of the shared Y.Text root; y-websocket editors and agents must use the same name."""
@@ -169,6 +169,8 @@ class Document:
         self._mid_character: set[tuple[int, int]] = set()
         # Ids of structs and deletions it was given that wait for others (`pending`).
         self._waiting: list[tuple[int, int]] = []
+        # ... and their runs of structs, with the update holding each (`crdt.overlap`).
+        self._waiting_runs: list[tuple[Run, bytes]] = []
 
     @classmethod
     def from_state(cls, state: bytes, **kwargs: Any) -> Document:
@@ -250,6 +252,7 @@ class Document:
         pending = bool(waiting)
         if waiting:
             self._waiting += waiting
+            self._waiting_runs += [(run, update) for run in ids.runs if run.end > clocks.get(run.client, 0)]
         delta = None if capture.delta is None else tuple(capture.delta)
         if with_delta and delta is None:
             delta = ()  # the text did not change
@@ -294,6 +297,7 @@ class Document:
                 else:
                     self._mid_character |= ids.mid_character
                     self._waiting += [(run.client, run.end) for run in ids.runs]
+                    self._waiting_runs += [(run, update) for run in ids.runs]
                     self._waiting += ids.deletes.items()
                 try:
                     self._apply_raw(update)
@@ -333,6 +337,9 @@ class Document:
             reason = misfit(ids, clocks, self._mid_character) or straddle_misfit(
                 update, ids, clocks, lambda client, clock: self.diff(encode_state_vector({**clocks, client: clock}))
             )
+            if reason is None and self._waiting_runs:
+                self._waiting_runs = [(run, u) for run, u in self._waiting_runs if run.end > clocks.get(run.client, 0)]
+                reason = waiting_misfit(update, ids, self._waiting_runs)
             if reason is not None:
                 raise CorruptUpdate(reason)
         return ids

@@ -12,16 +12,19 @@ them in one transaction (the log's replay), and between clients. `straddle_misfi
 such an update; the held id is read from the document's own encoding of it (a diff), so the
 check costs a diff, and only for an update with an item straddling the document's clock.
 
-Items entirely below the document's clock are skipped the same way on every path, so a whole
-duplicate (a resend) is not read back. Pure: standard library and `crdt.ids`.
+The same holds between an update and one the document keeps pending (it waits for other
+structs): whichever of the two is integrated second straddles where the first ends, so
+`waiting_misfit` asks both to say the same of the id before each end that falls inside the
+other. Items entirely below the document's clock are skipped the same way on every path, so a
+whole duplicate (a resend) is not read back. Pure: standard library and `crdt.ids`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
-from crdt.ids import Ids, MalformedUpdate, _count, _read_id, _skip_bytes, _skip_content, _uint
+from crdt.ids import Ids, MalformedUpdate, Run, _count, _read_id, _skip_bytes, _skip_content, _uint
 
 
 class Item(NamedTuple):
@@ -29,18 +32,14 @@ class Item(NamedTuple):
     and ends at `end` (exclusive); `origin` is the id's left origin (the previous id of the
     item inside it), `right` the item's right origin, `parent` its parent when the id carries
     it (an item's first id without origins: `("root", name)` or `("item", id)`), `unit` its
-    UTF-16 code unit when the item is a string (None for other content, deleted or GC)."""
+    UTF-16 code unit (two bytes, little-endian) when the item is a string (None for other content, deleted or GC)."""
 
     start: int
     end: int
     origin: tuple[int, int] | None
     right: tuple[int, int] | None
     parent: tuple[str, object] | None
-    unit: str | None
-
-    def placement(self) -> tuple[object, ...]:
-        """What decides where the id sits: everything but the item's extent."""
-        return self.origin, self.right, self.parent, self.unit
+    unit: bytes | None
 
 
 def item_at(update: bytes, client: int, clock: int) -> Item | None:
@@ -92,7 +91,7 @@ def item_at(update: bytes, client: int, clock: int) -> Item | None:
                 offset = clock - start
                 if offset:
                     origin, parent = (client, clock - 1), None
-                unit = raw[2 * offset : 2 * offset + 2].decode("utf-16-le", "replace") if raw is not None else None
+                unit = raw[2 * offset : 2 * offset + 2] if raw is not None else None
                 return Item(start, start + length, origin, right, parent, unit)
             start += length
     return None
@@ -119,6 +118,27 @@ def straddle_misfit(
                 f"structs of client {run.client} restate clock {have - 1}, which the document "
                 "holds, otherwise than it holds it"
             )
+    return None
+
+
+def waiting_misfit(update: bytes, ids: Ids, waiting: Iterable[tuple[Run, bytes]]) -> str | None:
+    """Why `update` and a run the document keeps pending (`waiting`: the run and its update)
+    would be placed by whichever comes second otherwise than the log's replay, or None: one ends
+    at clock `b` inside the other's clocks and they say different things of id `b - 1`."""
+    for run in ids.runs:
+        for other, other_update in waiting:
+            if other.client != run.client or other.end <= run.start or run.end <= other.start:
+                continue
+            for boundary, inside in ((run.end, other), (other.end, run)):
+                if not inside.start < boundary < inside.end:
+                    continue
+                said = item_at(update, run.client, boundary - 1)
+                waits = item_at(other_update, run.client, boundary - 1)
+                if said is not None and waits is not None and _differs(said, waits):
+                    return (
+                        f"structs of client {run.client} say of clock {boundary - 1} otherwise "
+                        "than an update the document keeps pending"
+                    )
     return None
 
 

@@ -121,7 +121,23 @@ def test_item_at_reads_an_id_inside_an_item_with_its_derived_origin() -> None:
     update = writer.doc.get_update(b"\x00")
     start = item_at(update, 9, 0)
     inside = item_at(update, 9, 3)
-    assert start is not None and start.origin is None and start.parent == ("root", CONTENT) and start.unit == "a"
-    assert inside is not None and inside.origin == (9, 2) and inside.parent is None and inside.unit == "b"
+    assert start is not None and start.origin is None and start.parent == ("root", CONTENT) and start.unit == "a".encode("utf-16-le")
+    assert inside is not None and inside.origin == (9, 2) and inside.parent is None and inside.unit == "b".encode("utf-16-le")
     assert (inside.start, inside.end) == (0, 4)
     assert item_at(update, 9, 4) is None and item_at(update, 8, 0) is None
+
+
+def test_a_forged_update_cannot_cut_into_one_the_room_keeps_pending() -> None:
+    """202's "a😀" after its "a" waits (the "a" never arrived); "a😀" of another client arrives
+    as 202's clocks 0..2, ending inside the waiting item where it says another character: the
+    waiting item would then be placed from the middle of its emoji. Taken, the room and its
+    replay held different clocks."""
+    room, writer, other = Room(), Client(102), Client(55)
+    writer.insert(0, "a")  # never sent
+    assert room.send(writer.insert(1, "a😀"))  # stored, pending
+    assert room.document.pending()
+    with pytest.raises(CorruptUpdate, match="keeps pending"):
+        room.send(as_client(other.insert(0, "a😀"), 102))
+    assert room.send(writer.doc.get_update(b"\x00"))  # the writer's own state: taken
+    assert room.document.text() == str(writer.text) and not room.document.pending()
+    room.assert_is_its_log()
