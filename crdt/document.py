@@ -315,7 +315,12 @@ class Document:
         if self._waiting:
             clocks = decode_state_vector(self.state_vector())
             self._waiting = [(client, end) for client, end in self._waiting if end > clocks.get(client, 0)]
+            self._prune_waiting_runs(clocks)
         return bool(self._waiting)
+
+    def _prune_waiting_runs(self, clocks: Mapping[int, int]) -> None:
+        """Drop the waiting runs the document now holds (and their updates' bytes)."""
+        self._waiting_runs = [(run, u) for run, u in self._waiting_runs if run.end > clocks.get(run.client, 0)]
 
     def _check_size(self, update: bytes) -> None:
         if self.max_update_bytes is not None and len(update) > self.max_update_bytes:
@@ -338,7 +343,7 @@ class Document:
                 update, ids, clocks, lambda client, clock: self.diff(encode_state_vector({**clocks, client: clock}))
             )
             if reason is None and self._waiting_runs:
-                self._waiting_runs = [(run, u) for run, u in self._waiting_runs if run.end > clocks.get(run.client, 0)]
+                self._prune_waiting_runs(clocks)
                 reason = waiting_misfit(update, ids, self._waiting_runs)
             if reason is not None:
                 raise CorruptUpdate(reason)
