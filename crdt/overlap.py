@@ -12,16 +12,17 @@ them in one transaction (the log's replay), and between clients. `straddle_misfi
 such an update; the held id is read from the document's own encoding of it (a diff), so the
 check costs a diff, and only for an update with an item straddling the document's clock.
 
-The same holds between an update and one the document keeps pending (it waits for other
-structs): whichever of the two is integrated second straddles where the first ends, so
-`waiting_misfit` asks both to say the same of the id before each end that falls inside the
-other. Items entirely below the document's clock are skipped the same way on every path, so a
-whole duplicate (a resend) is not read back. Pure: standard library and `crdt.ids`.
+Between an update and one the document keeps pending (it waits for other structs) it is
+stricter: yrs merges the two when it next applies one, and which version of a shared id
+survives depends on how the applies are grouped, so `waiting_misfit` asks both to say the same
+of every id they share. Items entirely below the document's clock are skipped the same way on
+every path, so a whole duplicate (a resend) is not read back. Pure: standard library and
+`crdt.ids`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 from crdt.ids import Ids, MalformedUpdate, Run, _count, _read_id, _skip_bytes, _skip_content, _uint
@@ -32,7 +33,8 @@ class Item(NamedTuple):
     and ends at `end` (exclusive); `origin` is the id's left origin (the previous id of the
     item inside it), `right` the item's right origin, `parent` its parent when the id carries
     it (an item's first id without origins: `("root", name)` or `("item", id)`), `unit` its
-    UTF-16 code unit (two bytes, little-endian) when the item is a string (None for other content, deleted or GC)."""
+    UTF-16 code unit (two bytes, little-endian) when the item is a string (None for other
+    content, or deleted)."""
 
     start: int
     end: int
@@ -42,10 +44,11 @@ class Item(NamedTuple):
     unit: bytes | None
 
 
-def item_at(update: bytes, client: int, clock: int) -> Item | None:
-    """The item of `update` holding id `(client, clock)`, or None (not in it, or in a GC or
-    skip struct, which hold no placement). Reads the v1 layout as `crdt.ids.check_ids` does;
-    raises `MalformedUpdate` on bytes that do not follow it."""
+def _items(update: bytes, client: int) -> Iterator[tuple[Item, bytes | None]]:
+    """The items of `client` in `update`, each as said of its first id, with its string content
+    as UTF-16-LE bytes (None if it is not a string); GC and skip structs hold no placement and
+    are left out. Reads the v1 layout as `crdt.ids.check_ids` does; raises `MalformedUpdate`
+    on bytes that do not follow it."""
     data = update
     groups, pos = _count(data, 0)
     for _ in range(groups):
@@ -58,8 +61,7 @@ def item_at(update: bytes, client: int, clock: int) -> Item | None:
             info = data[pos]
             pos += 1
             ref = info & 0x1F
-            origin = right = parent = None
-            raw = None
+            origin = right = parent = raw = None
             if ref in (0, 10):  # GC, skip: a length
                 length, pos = _uint(data, pos)
             else:
@@ -75,7 +77,7 @@ def item_at(update: bytes, client: int, clock: int) -> Item | None:
                     else:
                         parent_id, pos = _read_id(data, pos)
                         parent = ("item", parent_id)
-                    if info & 0x20:
+                    if info & 0x20:  # its key in a map parent
                         at = pos
                         pos = _skip_bytes(data, pos)[1]
                         parent = (parent[0], (parent[1], data[at:pos]))
@@ -85,16 +87,36 @@ def item_at(update: bytes, client: int, clock: int) -> Item | None:
                     length = len(raw) // 2
                 else:
                     length, pos = _skip_content(data, pos, ref)
-            if group_client == client and start <= clock < start + length:
-                if ref in (0, 10):
-                    return None
-                offset = clock - start
-                if offset:
-                    origin, parent = (client, clock - 1), None
-                unit = raw[2 * offset : 2 * offset + 2] if raw is not None else None
-                return Item(start, start + length, origin, right, parent, unit)
+            if group_client == client and ref not in (0, 10):
+                yield Item(start, start + length, origin, right, parent, None), raw
             start += length
+
+
+def _said(item: Item, raw: bytes | None, client: int, clock: int) -> Item:
+    """`item` (of `client`) as said of its id at `clock`: inside it, the left origin is the
+    id before and the parent goes without saying."""
+    offset = clock - item.start
+    unit = raw[2 * offset : 2 * offset + 2] if raw is not None else None
+    if offset:
+        return item._replace(origin=(client, clock - 1), parent=None, unit=unit)
+    return item._replace(unit=unit)
+
+
+def item_at(update: bytes, client: int, clock: int) -> Item | None:
+    """What `update` says of id `(client, clock)`, or None if no item of it holds that id."""
+    for item, raw in _items(update, client):
+        if item.start <= clock < item.end:
+            return _said(item, raw, client, clock)
     return None
+
+
+def items_between(update: bytes, client: int, low: int, high: int) -> dict[int, Item]:
+    """What `update` says of each id of `client` from `low` to `high` (exclusive) it holds."""
+    said: dict[int, Item] = {}
+    for item, raw in _items(update, client):
+        for clock in range(max(low, item.start), min(high, item.end)):
+            said[clock] = _said(item, raw, client, clock)
+    return said
 
 
 def straddle_misfit(
@@ -123,21 +145,22 @@ def straddle_misfit(
 
 def waiting_misfit(update: bytes, ids: Ids, waiting: Iterable[tuple[Run, bytes]]) -> str | None:
     """Why `update` and a run the document keeps pending (`waiting`: the run and its update)
-    would be placed by whichever comes second otherwise than the log's replay, or None: one ends
-    at clock `b` inside the other's clocks and they say different things of id `b - 1`."""
+    cannot both be taken as the log's replay takes them, or None: they share ids of a client
+    and say different things of one of them. yrs merges a pending update with the next one
+    it applies, and which of two versions of an id survives, and where the later of the two
+    resumes, then depends on the order and grouping of the applies."""
     for run in ids.runs:
         for other, other_update in waiting:
-            if other.client != run.client or other.end <= run.start or run.end <= other.start:
+            low, high = max(run.start, other.start), min(run.end, other.end)
+            if other.client != run.client or low >= high:
                 continue
-            for boundary, inside in ((run.end, other), (other.end, run)):
-                if not inside.start < boundary < inside.end:
-                    continue
-                said = item_at(update, run.client, boundary - 1)
-                waits = item_at(other_update, run.client, boundary - 1)
-                if said is not None and waits is not None and _differs(said, waits):
+            said = items_between(update, run.client, low, high)
+            waits = items_between(other_update, run.client, low, high)
+            for clock in said.keys() & waits.keys():
+                if _differs(said[clock], waits[clock]):
                     return (
-                        f"structs of client {run.client} say of clock {boundary - 1} otherwise "
-                        "than an update the document keeps pending"
+                        f"structs of client {run.client} say of clock {clock} otherwise than an "
+                        "update the document keeps pending"
                     )
     return None
 

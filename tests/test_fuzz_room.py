@@ -21,6 +21,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Text, merge_updates, write_var_uint
@@ -282,3 +283,33 @@ def test_a_forged_client_id_is_refused_and_the_room_stays_the_log() -> None:
     assert harness.room.document.encode_state() == before
     harness.check()
     assert len(harness.log) == 2 and harness.panics == 0
+
+
+# Sequences the long run found with the id-rewriting mutation, where another client's update
+# under a client id meets an update of that id the room keeps pending.
+FOUND = {
+    "forged item ends inside a pending one": [
+        (Edit(1, "insert", 0, "a"), Mutation("truncate", 0)),
+        (Edit(1, "insert", 1, "a😀"), Mutation("none")),
+        (Edit(0, "insert", 0, "a😀"), Mutation("client", 0, 202)),
+        (Edit(1, "insert", 0, "a"), Mutation("none")),
+    ],
+    "forged item covers a pending one": [
+        (Edit(0, "insert", 0, "a"), Mutation("byte", 0, 0)),
+        (Edit(2, "insert", 0, "a"), Mutation("none")),
+        (Edit(0, "format", 0, "a"), Mutation("client", 0, 202)),
+        (Edit(0, "insert", 1, "a"), Mutation("none")),
+        (Edit(1, "insert", 0, "😀aa"), Mutation("client", 0, 101)),
+        (Edit(0, "delete", 1, "a"), Mutation("none")),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(FOUND))
+def test_a_sequence_the_long_run_found_keeps_the_room_its_log(name: str) -> None:
+    harness = Harness()
+    for edit, mutation in FOUND[name]:
+        update = harness.edit(edit)
+        if update is not None:
+            harness.send(harness.mutate(update, mutation))
+            harness.check()
