@@ -141,3 +141,14 @@ def test_a_forged_update_cannot_cut_into_one_the_room_keeps_pending() -> None:
     assert room.send(writer.doc.get_update(b"\x00"))  # the writer's own state: taken
     assert room.document.text() == str(writer.text) and not room.document.pending()
     room.assert_is_its_log()
+
+
+def test_an_item_spanning_a_billion_clocks_is_compared_by_item() -> None:
+    """Deleted content names clocks without bytes for them: 2**30 of 102's clocks over its
+    pending "b" are compared item by item (clock by clock, this filled memory)."""
+    room, writer = Room(), Client(102)
+    writer.insert(0, "a")  # never sent
+    room.send(writer.insert(1, "b"))  # pending
+    deleted = b"\x01\x01" + write_var_uint(102) + b"\x00\x01\x01\x07content" + write_var_uint(2**30) + b"\x00"
+    room.send(deleted)
+    room.assert_is_its_log()
