@@ -183,6 +183,8 @@ def _first_difference(
 
 
 def _differs(said: Item, holds: Item) -> bool:
+    """Whether two accounts of one id disagree; a parent or character one of them does not
+    carry (inside an item; deleted content) counts as agreeing."""
     if (said.origin, said.right) != (holds.origin, holds.right):
         return True
     if said.parent is not None and holds.parent is not None and said.parent != holds.parent:
