@@ -43,8 +43,8 @@ class UpdateTooLarge(ValueError):
 
 
 class DocumentPanicked(CorruptUpdate):
-    """yrs panicked while applying the update. The document may hold part of it: rebuild it
-    from the log before using it again. Whether the update is at fault is unknown (a document
+    """yrs panicked, or gave up midway, applying the update. The document may hold part of
+    it: rebuild it from the log before using it again. Whether the update is at fault is unknown (a document
     that already diverged from the log panics on honest updates too)."""
 
 
@@ -422,8 +422,11 @@ class Document:
 
 def _raise_corrupt(exc: BaseException) -> None:
     """Raise `CorruptUpdate` from what yrs raised for bytes that are not an update: ValueError,
-    or a Rust panic. Returns for anything else (the caller re-raises it)."""
+    a Rust panic or a RuntimeError (both `DocumentPanicked`). Returns for anything else (the
+    caller re-raises it)."""
     if isinstance(exc, ValueError):
         raise CorruptUpdate(str(exc) or "invalid update") from exc
     if _is_panic(exc):
         raise DocumentPanicked(f"yrs panicked: {exc}") from exc
+    if isinstance(exc, RuntimeError):  # yrs gave up midway (e.g. a parent that is no type)
+        raise DocumentPanicked(f"yrs failed midway: {exc}") from exc

@@ -307,6 +307,10 @@ FOUND = {
         (Edit(1, "insert", 0, "aaaa"), Mutation("none")),
         (Edit(1, "insert", 192, "aa"), Mutation("merge", 0)),
     ],
+    "an item whose parent is a character": [
+        *[(Edit(0, "insert", 0, "a"), Mutation("none"))] * 5,
+        (Edit(0, "format", 0, "a"), Mutation("insert", 208, 35)),
+    ],
 }
 OPEN = {"merged forged item with its right origin left of its origin"}  # see test_crdt_overlap
 
