@@ -307,6 +307,12 @@ FOUND = {
         (Edit(1, "insert", 0, "aaaa"), Mutation("none")),
         (Edit(1, "insert", 192, "aa"), Mutation("merge", 0)),
     ],
+    "forged pending item surfaces around a hole once another client's item arrives": [
+        (Edit(0, "insert", 0, "a"), Mutation("truncate", 0)),
+        (Edit(0, "insert", 0, "\n"), Mutation("client", 0, 202)),
+        (Edit(1, "insert", 0, "a"), Mutation("client", 0, 101)),
+        (Edit(2, "insert", 0, "aa"), Mutation("client", 0, 202)),
+    ],
     "an item whose parent is a character": [
         *[(Edit(0, "insert", 0, "a"), Mutation("none"))] * 5,
         (Edit(0, "format", 0, "a"), Mutation("insert", 208, 35)),
