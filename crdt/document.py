@@ -22,10 +22,12 @@ from crdt.clock import (
     VectorClock,
     decode_state_vector,
     delete_set_clock,
+    encode_state_vector,
 )
 from crdt.capture import EMPTY_DELETE_SET, EMPTY_STATE_VECTOR, Capture
-from crdt.ids import Ids, MalformedUpdate, check_header, check_ids, misfit
+from crdt.ids import Ids, MalformedUpdate, Run, check_header, check_ids, misfit
 from crdt.operations import OpType, Origin, classify
+from crdt.overlap import straddle_misfit, waiting_misfit
 
 CONTENT = "content"
 """Name of the shared Y.Text root; y-websocket editors and agents must use the same name."""
@@ -41,8 +43,8 @@ class UpdateTooLarge(ValueError):
 
 
 class DocumentPanicked(CorruptUpdate):
-    """yrs panicked while applying the update. The document may hold part of it: rebuild it
-    from the log before using it again. Whether the update is at fault is unknown (a document
+    """yrs panicked, or gave up midway, applying the update. The document may hold part of
+    it: rebuild it from the log before using it again. Whether the update is at fault is unknown (a document
     that already diverged from the log panics on honest updates too)."""
 
 
@@ -167,6 +169,8 @@ class Document:
         self._mid_character: set[tuple[int, int]] = set()
         # Ids of structs and deletions it was given that wait for others (`pending`).
         self._waiting: list[tuple[int, int]] = []
+        # ... and their runs of structs, with the update holding each (`crdt.overlap`).
+        self._waiting_runs: list[tuple[Run, bytes]] = []
 
     @classmethod
     def from_state(cls, state: bytes, **kwargs: Any) -> Document:
@@ -248,6 +252,7 @@ class Document:
         pending = bool(waiting)
         if waiting:
             self._waiting += waiting
+            self._waiting_runs += [(run, update) for run in ids.runs if run.end > clocks.get(run.client, 0)]
         delta = None if capture.delta is None else tuple(capture.delta)
         if with_delta and delta is None:
             delta = ()  # the text did not change
@@ -292,6 +297,7 @@ class Document:
                 else:
                     self._mid_character |= ids.mid_character
                     self._waiting += [(run.client, run.end) for run in ids.runs]
+                    self._waiting_runs += [(run, update) for run in ids.runs]
                     self._waiting += ids.deletes.items()
                 try:
                     self._apply_raw(update)
@@ -309,7 +315,12 @@ class Document:
         if self._waiting:
             clocks = decode_state_vector(self.state_vector())
             self._waiting = [(client, end) for client, end in self._waiting if end > clocks.get(client, 0)]
+            self._prune_waiting_runs(clocks)
         return bool(self._waiting)
+
+    def _prune_waiting_runs(self, clocks: Mapping[int, int]) -> None:
+        """Drop the waiting runs the document now holds (and their updates' bytes)."""
+        self._waiting_runs = [(run, u) for run, u in self._waiting_runs if run.end > clocks.get(run.client, 0)]
 
     def _check_size(self, update: bytes) -> None:
         if self.max_update_bytes is not None and len(update) > self.max_update_bytes:
@@ -317,8 +328,9 @@ class Document:
 
     def _check_ids(self, update: bytes) -> Ids:
         """Refuse what yrs would read otherwise than Yjs, or hold otherwise than its own replay
-        (`crdt.ids`): clocks above 2**31, structs that skip clocks of their client, and structs
-        the document holds in part when the part ends inside a character. Returns what it
+        (`crdt.ids`): clocks above 2**31, structs that skip clocks of their client, structs
+        the document holds in part when the part ends inside a character, and items that go on
+        past the clocks it holds while saying of them otherwise (`crdt.overlap`). Returns what it
         read. Only `apply` checks this; `apply_many` replays updates that
         passed it."""
         try:
@@ -327,7 +339,12 @@ class Document:
             raise CorruptUpdate(str(exc)) from exc
         if ids.runs or ids.cuts:
             clocks = self._reader.clocks if self._capture.in_sync else decode_state_vector(self.state_vector())
-            reason = misfit(ids, clocks, self._mid_character)
+            reason = misfit(ids, clocks, self._mid_character) or straddle_misfit(
+                update, ids, clocks, lambda client, clock: self.diff(encode_state_vector({**clocks, client: clock}))
+            )
+            if reason is None and self._waiting_runs:
+                self._prune_waiting_runs(clocks)
+                reason = waiting_misfit(update, ids, self._waiting_runs)
             if reason is not None:
                 raise CorruptUpdate(reason)
         return ids
@@ -405,8 +422,11 @@ class Document:
 
 def _raise_corrupt(exc: BaseException) -> None:
     """Raise `CorruptUpdate` from what yrs raised for bytes that are not an update: ValueError,
-    or a Rust panic. Returns for anything else (the caller re-raises it)."""
+    a Rust panic or a RuntimeError (both `DocumentPanicked`). Returns for anything else (the
+    caller re-raises it)."""
     if isinstance(exc, ValueError):
         raise CorruptUpdate(str(exc) or "invalid update") from exc
     if _is_panic(exc):
         raise DocumentPanicked(f"yrs panicked: {exc}") from exc
+    if isinstance(exc, RuntimeError):  # yrs gave up midway (e.g. a parent that is no type)
+        raise DocumentPanicked(f"yrs failed midway: {exc}") from exc

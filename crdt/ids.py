@@ -299,9 +299,11 @@ def misfit(ids: Ids, clocks: Mapping[int, int], mid_character: Set[tuple[int, in
 
     - A run starting past the clock the document holds for its client waits, in Yjs, until the
       clocks between arrive. yrs keeps it pending only while an item its first struct names is
-      missing; otherwise it integrates it around the hole, and the document no longer encodes
-      to what it holds (a snapshot or a replay of the log reads back other text). The runs of
-      the update that continue the document count as held.
+      missing; once they are all there (other clients' items may arrive first) it integrates it
+      around the hole, and the document no longer encodes to what it holds (a snapshot or a
+      replay of the log reads back other text). So such a run is taken only if its first
+      struct names its own client's previous clock, which cannot arrive before the hole is
+      filled. The runs of the update that continue the document count as held.
     - A run that the document holds in part is split where the document's part ends; between
       the two UTF-16 halves of a character yrs does not split the same way when it applies
       updates one by one as when it replays them together. The same holds for an origin,
@@ -319,6 +321,6 @@ def misfit(ids: Ids, clocks: Mapping[int, int], mid_character: Set[tuple[int, in
             held[run.client] = run.end
     for run in ids.runs:
         have = held.get(run.client, 0)
-        if run.start > have and all(clock < held.get(client, 0) for client, clock in run.needs):
+        if run.start > have and (run.client, run.start - 1) not in run.needs:
             return f"structs of client {run.client} start at clock {run.start}, past its {have} known here"
     return None
