@@ -135,6 +135,24 @@ async def never_reading_peer(url: str) -> asyncio.StreamWriter:
     return writer
 
 
+async def team_document(url: str) -> tuple[wsclient.Agent, str]:
+    """Agent alice, joined to a new team workspace with one document; that document's /yjs URL
+    up to its token."""
+    alice = await wsclient.Agent(url, wsclient.token(TENANT_A, "alice")).connect()
+    ws = (await alice.request("workspace.create", name="w", visibility="team"))["workspace"]["workspace_id"]
+    await alice.request("workspace.join", workspace_id=ws)
+    doc = (await alice.request("doc.create", workspace_id=ws, title="d"))["document"]["doc_id"]
+    return alice, url.removesuffix("/ws") + f"/yjs/{ws}/{doc}?token="
+
+
+async def connection_of(node: Node, agent_id: str) -> weakref.ref[Connection[Any]]:
+    """A weak reference to the agent's connection once the node has it."""
+    async with asyncio.timeout(DEADLINE_S):
+        while not any(c.principal.agent_id == agent_id for c in node.connections):
+            await asyncio.sleep(0.02)
+    return weakref.ref(next(c for c in node.connections if c.principal.agent_id == agent_id))
+
+
 async def test_a_slow_consumer_is_freed_at_its_end_without_the_garbage_collector(
     postgres: Postgres, db: TestDatabase, tmp_path: Path
 ) -> None:
@@ -144,19 +162,12 @@ async def test_a_slow_consumer_is_freed_at_its_end_without_the_garbage_collector
     of cycles (the node collects rarely, server/app.py `tune_gc`)."""
     settings = {"max_awareness_bytes": 1 << 20, "max_messages_per_s": 1e6, "max_message_burst": 1_000_000}
     async with serving(postgres, db, tmp_path, **settings) as (url, node):
-        alice = await wsclient.Agent(url, wsclient.token(TENANT_A, "alice")).connect()
-        ws = (await alice.request("workspace.create", name="w", visibility="team"))["workspace"]["workspace_id"]
-        await alice.request("workspace.join", workspace_id=ws)
-        doc = (await alice.request("doc.create", workspace_id=ws, title="d"))["document"]["doc_id"]
-        yjs = url.removesuffix("/ws") + f"/yjs/{ws}/{doc}?token="
+        alice, yjs = await team_document(url)
         peer = await never_reading_peer(yjs + wsclient.token(TENANT_A, "slow"))
         writer = await websockets.connect(yjs + wsclient.token(TENANT_A, "writer"), max_size=None)
         gc.disable()
         try:
-            async with asyncio.timeout(DEADLINE_S):
-                while not any(c.principal.agent_id == "slow" for c in node.connections):
-                    await asyncio.sleep(0.02)
-            slow = weakref.ref(next(c for c in node.connections if c.principal.agent_id == "slow"))
+            slow = await connection_of(node, "slow")
             blob = "x" * 900_000
             deadline = time.monotonic() + DEADLINE_S
             for clock in range(1, 200):  # bounded: 16 MiB is reached after about 18
@@ -195,19 +206,12 @@ async def test_a_peer_that_never_reads_nor_answers_pings_is_let_go(
     }  # fmt: skip
     pings = {"ws_ping_interval": 0.5, "ws_ping_timeout": 0.5}
     async with serving(postgres, db, tmp_path, pings, **settings) as (url, node):
-        alice = await wsclient.Agent(url, wsclient.token(TENANT_A, "alice")).connect()
-        ws = (await alice.request("workspace.create", name="w", visibility="team"))["workspace"]["workspace_id"]
-        await alice.request("workspace.join", workspace_id=ws)
-        doc = (await alice.request("doc.create", workspace_id=ws, title="d"))["document"]["doc_id"]
-        yjs = url.removesuffix("/ws") + f"/yjs/{ws}/{doc}?token="
+        alice, yjs = await team_document(url)
         peer = await never_reading_peer(yjs + wsclient.token(TENANT_A, "slow"))
         writer = await websockets.connect(yjs + wsclient.token(TENANT_A, "writer"), max_size=None)
         gc.disable()
         try:
-            async with asyncio.timeout(DEADLINE_S):
-                while not any(c.principal.agent_id == "slow" for c in node.connections):
-                    await asyncio.sleep(0.02)
-            slow = weakref.ref(next(c for c in node.connections if c.principal.agent_id == "slow"))
+            slow = await connection_of(node, "slow")
             blob = "x" * 900_000
             for clock in range(1, 21):  # 18 MB: more than the sockets' buffers take, under the bounds
                 await writer.send(awareness_message(1, clock, {"blob": blob}))
