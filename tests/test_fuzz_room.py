@@ -302,11 +302,6 @@ FOUND = {
         (Edit(1, "insert", 0, "😀aa"), Mutation("client", 0, 101)),
         (Edit(0, "delete", 1, "a"), Mutation("none")),
     ],
-    "merged forged item with its right origin left of its origin": [
-        (Edit(0, "insert", 0, "😀a😀"), Mutation("client", 0, 202)),
-        (Edit(1, "insert", 0, "aaaa"), Mutation("none")),
-        (Edit(1, "insert", 192, "aa"), Mutation("merge", 0)),
-    ],
     "forged pending item surfaces around a hole once another client's item arrives": [
         (Edit(0, "insert", 0, "a"), Mutation("truncate", 0)),
         (Edit(0, "insert", 0, "\n"), Mutation("client", 0, 202)),
@@ -318,13 +313,9 @@ FOUND = {
         (Edit(0, "format", 0, "a"), Mutation("insert", 208, 35)),
     ],
 }
-OPEN = {"merged forged item with its right origin left of its origin"}  # see test_crdt_overlap
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(name, marks=pytest.mark.xfail(strict=True)) if name in OPEN else name for name in FOUND],
-)
+@pytest.mark.parametrize("name", list(FOUND))
 def test_a_sequence_the_long_run_found_keeps_the_room_its_log(name: str) -> None:
     harness = Harness()
     for edit, mutation in FOUND[name]:
