@@ -24,7 +24,8 @@ import structlog
 from server import locks, state, store, tasks
 from server.errors import TandemError
 from server.events import Event, Events
-from server.rooms import LockView, RoomRegistry
+from server.room import LockView
+from server.rooms import RoomRegistry
 from server.settings import Settings
 
 log = structlog.get_logger("tandem.coordination")

@@ -25,7 +25,7 @@ from server.auth import Principal
 from server.errors import ErrorCode, TandemError
 from server.mailbox import Mailbox
 from server.protocol import TokenBucket
-from server.rooms import Room
+from server.room import Room
 from server.update_bounds import UpdateBounds, against_room, judge
 from server.validation_wire import Verdict
 

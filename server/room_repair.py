@@ -24,7 +24,7 @@ from server import store
 from server.dbfaults import is_unavailable
 
 if TYPE_CHECKING:
-    from server.rooms import Room
+    from server.room import Room
 
 log = structlog.get_logger("tandem.rooms")
 

@@ -14,12 +14,13 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from server import protocol as p, store, workspaces
+from server import protocol as p
+from server import store, workspaces
 from server.connection import Connection
-from server.pipeline import ITEM_OVERHEAD_BYTES, Update
 from server.errors import ErrorCode, TandemError
 from server.node import Node
-from server.rooms import Room
+from server.pipeline import ITEM_OVERHEAD_BYTES, Update
+from server.room import Room
 from server.session_coordination import CoordinationHandlers
 
 SERVER_VERSION = "0.1.0"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from crdt.clock import decode_state_vector
 from crdt.document import Document
 from server.errors import ErrorCode
-from server.rooms import Room
+from server.room import Room
 from server.settings import Settings
 from server.validation import TOO_COSTLY, Validator
 from server.validation_wire import Measured, Verdict

@@ -39,7 +39,7 @@ from server.connection import Connection
 from server.errors import ErrorCode, TandemError
 from server.node import Node
 from server.pipeline import ITEM_OVERHEAD_BYTES, Inbound, Update
-from server.rooms import Room
+from server.room import Room
 from server.yws_awareness import AwarenessRelay, AwarenessRelays
 from server.yws_rights import LiveRights
 from server.yws_wire import (

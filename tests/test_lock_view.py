@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from crdt.document import Document
 from server.errors import ErrorCode
-from server.rooms import LockView, Room
+from server.room import LockView, Room
 
 
 def room() -> Room:
