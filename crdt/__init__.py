@@ -4,7 +4,7 @@ Imports only pycrdt and the standard library (no asyncio, Starlette, asyncpg or 
 """
 
 from crdt.clock import CorruptStateVector, Ordering, VectorClock, decode_state_vector, encode_state_vector
-from crdt.document import CONTENT, Applied, CorruptUpdate, Document, DocumentPanicked, UpdateTooLarge
+from crdt.document import CONTENT, Applied, CorruptUpdate, Document, DocumentPanicked, ItemOutOfOrder, OriginsMissing, UpdateTooLarge
 from crdt.ids import MAX_CLOCK
 from crdt.operations import Operation, OpType, Origin, Snapshot, classify
 from crdt.replay import ReplayError, Span, Verification, blame, rebuild, verify
@@ -17,6 +17,8 @@ __all__ = [
     "CorruptUpdate",
     "Document",
     "DocumentPanicked",
+    "ItemOutOfOrder",
+    "OriginsMissing",
     "OpType",
     "Operation",
     "Ordering",

@@ -2,7 +2,7 @@
 
 Owns applying updates (validation by application), state vectors, diffs and full-state
 encoding. Every Tandem content type (text, markdown, code, json, yaml) is stored as that text.
-Pure: imports only pycrdt, `crdt.clock`, `crdt.operations` and the standard library; no
+Pure: imports only pycrdt, the other `crdt` modules and the standard library; no
 asyncio, no I/O. Not thread-safe: one thread at a time per `Document` (pycrdt allows the
 thread to change between calls, so the server may run `apply` in a worker thread).
 """
@@ -10,12 +10,12 @@ thread to change between calls, so the server may run `apply` in a worker thread
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from pycrdt import Doc, Text
 
+from crdt.applied import Applied, _applied
+from crdt.capture import EMPTY_DELETE_SET, EMPTY_STATE_VECTOR, Capture
 from crdt.clock import (
     CorruptStateVector,
     StateVectorReader,
@@ -24,9 +24,9 @@ from crdt.clock import (
     delete_set_clock,
     encode_state_vector,
 )
-from crdt.capture import EMPTY_DELETE_SET, EMPTY_STATE_VECTOR, Capture
-from crdt.ids import Ids, MalformedUpdate, Run, check_header, check_ids, misfit
-from crdt.operations import OpType, Origin, classify
+from crdt.ids import Between, Ids, MalformedUpdate, Run, check_header, check_ids, misfit
+from crdt.operations import Origin, classify
+from crdt.order import Placed, check_after, check_before, note_placed
 from crdt.overlap import straddle_misfit, waiting_misfit
 
 CONTENT = "content"
@@ -47,78 +47,26 @@ class DocumentPanicked(CorruptUpdate):
     it: rebuild it from the log before using it again. Whether the update is at fault is unknown (a document
     that already diverged from the log panics on honest updates too)."""
 
+    update_at_fault = False
+
+
+class OriginsMissing(CorruptUpdate):
+    """The update places an item between two ids and the document lacks one of them, so their
+    order cannot be checked (`crdt.order`). The document is unchanged; one that catches up with
+    the log may take it."""
+
+
+class ItemOutOfOrder(DocumentPanicked):
+    """Applied, the update placed an item outside the two ids it names (`crdt.order`): the
+    document holds it, so rebuild it from the log, and refuse the update (it is at fault)."""
+
+    update_at_fault = True
+
 
 def _is_panic(exc: BaseException) -> bool:
     # pyo3 turns a Rust panic into pyo3_runtime.PanicException, a BaseException subclass that
     # cannot be imported by name. A panic inside yrs must not kill the caller's thread.
     return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
-
-
-@dataclass(frozen=True)
-class Applied:
-    """What `Document.apply` did with one update.
-
-    - `update`: the bytes as received (what the log stores).
-    - `changed`: False for an update the document already had (a duplicate); such an update
-      need not be stored or broadcast.
-    - `pending`: part of the update waits for structs the document has not seen (yrs keeps it
-      and integrates it once they arrive). The text does not show it yet; it still belongs in
-      the log, because replaying the log reproduces the same wait. A deletion of items the
-      document has not seen is pending too.
-    - `op_type`: see `crdt.operations.classify`.
-    - `state_vector`: the document's state vector after the update; `clocks` is it decoded,
-      `{client_id: clock}` (shared with the document: do not mutate), `clock` the same as a
-      `VectorClock` (built on first access), `clock_json()` the same as `clock.to_json()`.
-    - `op_clock`: the operation's own clock, what the server stores as
-      `document_operations.vector_clock` (docs/schema.md; `clock_text()` is its JSON text): the
-      end clock of every client whose structs it integrated (a pending struct that surfaces with
-      it included), joined with the least clock covering the items it deleted. Its size follows
-      the update, not the document: usually one entry. Built on first access from `op_clocks`,
-      the same as a dict.
-    - `delta`: the change to the text as a Quill-style delta (offsets in UTF-8 bytes), or None
-      when it was not computed (see `Document.apply`); `()` when computed and nothing changed.
-    """
-
-    update: bytes
-    origin: Origin
-    changed: bool
-    pending: bool
-    op_type: OpType
-    state_vector: bytes
-    clocks: Mapping[int, int] = field(hash=False)  # dicts: hash the other fields, as before
-    op_clocks: Mapping[int, int] = field(hash=False)
-    delta: tuple[dict[str, Any], ...] | None
-    # `clock_json(clocks)`, kept up to date by the document's reader (shared: never mutate).
-    _clock_json: Mapping[str, int] = field(repr=False, compare=False)
-
-    @cached_property
-    def clock(self) -> VectorClock:
-        return VectorClock(self.clocks)
-
-    @cached_property
-    def op_clock(self) -> VectorClock:
-        return VectorClock(self.op_clocks)
-
-    def clock_json(self) -> dict[str, int]:
-        """`clock.to_json()` (key order aside) without decoding or sorting anything: the JSON
-        object of the state vector after the update. A new dict on every call."""
-        return dict(self._clock_json)
-
-    def clock_text(self) -> str:
-        """`op_clock.to_json()` as compact JSON text (key order aside): what the server hands
-        PostgreSQL for the log's jsonb column (a string array is cheaper for asyncpg to encode
-        than an array of dicts). Joined by hand: the keys are decimal client ids and the values
-        integers, so nothing needs escaping, and json.dumps would cost three times as much."""
-        return "{" + ",".join([f'"{client}":{clock}' for client, clock in self.op_clocks.items() if clock]) + "}"
-
-
-def _applied(**fields: Any) -> Applied:
-    """An `Applied` built without its generated `__init__`, which sets each field of a frozen
-    dataclass through `object.__setattr__`: 2.6 us per update here against 1.2 this way. The
-    same instance (equality, hash and repr included); every field must be given."""
-    applied = object.__new__(Applied)
-    applied.__dict__.update(fields)
-    return applied
 
 
 class Document:
@@ -127,8 +75,10 @@ class Document:
     Memory: pycrdt keeps every struct ever inserted (deleted text is tombstoned, its content
     garbage-collected) plus one state-vector entry per client id ever seen, so memory grows with
     the history, not just with the visible text (100,000 small edits: ~82 KB of text, 1.3 MB
-    encoded state). CPU: applying a remote update does not walk the text (yrs places structs by
-    their origin ids); `apply` adds observer and clock bookkeeping (bench/bench_apply.py on a
+    encoded state). CPU: yrs places structs by their origin ids without walking the text, but
+    `apply` reads the position of both origins of an item placed between two ids
+    (`crdt.order`: a walk from each to the text's start, unless the item continues one found
+    in order); it adds observer and clock bookkeeping (bench/bench_apply.py on a
     shared 2-core machine: about 25-35 us per small update with 5 clients and 40-60 us with
     100, versus 5-8 us for a bare pycrdt apply); `state_vector` is linear in the number of
     clients; `encode_state` and `diff` are linear in the document.
@@ -143,7 +93,10 @@ class Document:
     2**31 before yrs sees them (one past 2**32 - 1 wraps, and yrs then applies an update while
     reporting no change, and panics on later honest ones), and structs that skip clocks of their
     own client (Yjs would hold them pending; yrs may integrate them around a hole that its
-    encoding does not reproduce). It costs about 1 us per struct.
+    encoding does not reproduce). It costs about 1 us per struct. An item placed between two ids
+    that are out of order is refused (`crdt.order`), before it is applied when their order
+    shows, or after (`ItemOutOfOrder`: rebuild the document from the log) when only the item
+    itself can show it.
     A Rust panic inside yrs becomes `DocumentPanicked`; after one the document state is unknown
     and the caller should rebuild it from the log.
     """
@@ -171,6 +124,8 @@ class Document:
         self._waiting: list[tuple[int, int]] = []
         # ... and their runs of structs, with the update holding each (`crdt.overlap`).
         self._waiting_runs: list[tuple[Run, bytes]] = []
+        # Items found in order, which the next ones may continue (`crdt.order.Placed`).
+        self._placed: Placed = {}
 
     @classmethod
     def from_state(cls, state: bytes, **kwargs: Any) -> Document:
@@ -210,6 +165,8 @@ class Document:
         if not update:
             raise CorruptUpdate("empty update")
         ids = self._check_ids(update)
+        # Updates from the log (another node's, in seq order) were checked where they were taken.
+        unplaced, fresh = self._check_order(ids) if ids.between and origin is not Origin.FANOUT else ((), ())
         capture = self._capture
         length_before = self._length
         capture.start(with_delta, length_before)
@@ -242,6 +199,13 @@ class Document:
             structs_added = deleted = False
             advanced = {}
         capture.in_sync = True
+        if unplaced:
+            with self._doc.transaction() as txn:
+                reason = check_after(txn, unplaced, reader.clocks)
+            if reason is not None:
+                raise ItemOutOfOrder(reason)
+        if fresh:
+            note_placed(fresh, self._placed)
         # Structs of `update` that the document still lacks after applying it are pending (its
         # runs cannot leave a hole: `_check_ids`), and so are deletions of items it lacks: yrs
         # keeps both and applies them once what they need arrives. Read from the update's ids,
@@ -348,6 +312,20 @@ class Document:
             if reason is not None:
                 raise CorruptUpdate(reason)
         return ids
+
+    def _check_order(self, ids: Ids) -> tuple[list[Between], list[Between]]:
+        """Refuse an item placed between two ids that are out of order (`crdt.order`); returns
+        the items that can only be checked once applied, and the items the document lacks."""
+        clocks = self._reader.clocks if self._capture.in_sync else decode_state_vector(self.state_vector())
+        fresh = [b for b in ids.between if b.clock >= clocks.get(b.client, 0)]
+        in_update: dict[int, list[tuple[int, int]]] = {}
+        for run in ids.runs:
+            in_update.setdefault(run.client, []).append((run.start, run.end))
+        with self._doc.transaction() as txn:
+            refusal, later = check_before(txn, ids, clocks, in_update, self._placed)
+        if refusal is not None:
+            raise (OriginsMissing if refusal.missing else CorruptUpdate)(refusal.reason)
+        return later, fresh
 
     def _apply_native(self, update: bytes) -> None:
         """`_apply_raw` in a transaction of its own on pycrdt's native document: pycrdt's

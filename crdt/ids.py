@@ -13,6 +13,7 @@ as `CorruptUpdate`. Pure: standard library only.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Set
 from typing import NamedTuple
 
@@ -188,17 +189,33 @@ def _skip_content(data: bytes, pos: int, ref: int) -> tuple[int, int]:
     raise MalformedUpdate(f"unknown content type {ref}")
 
 
+class Between(NamedTuple):
+    """An item placed between two others: its first id `(client, clock)`, its length in clock
+    ticks, its `origin` (the id it goes right after) and `right` origin (the id it goes right
+    before), and whether it shows in the text once applied (`visible`: countable content, not
+    deleted by the update that carries it). `crdt.order` checks that `origin` comes before
+    `right` in the document."""
+
+    client: int
+    clock: int
+    length: int
+    origin: tuple[int, int]
+    right: tuple[int, int]
+    visible: bool
+
+
 class Ids(NamedTuple):
     """What `check_ids` read: the update's runs of structs, in order (a skip struct ends one);
     for each client it deletes from, the end of its last deleted range; the ids that fall
-    between the two UTF-16 halves of a character of its strings (`(client, clock)`); and the
-    ids where applying it cuts structs in two (before an item's right origin, after its origin,
-    at both ends of a deleted range)."""
+    between the two UTF-16 halves of a character of its strings (`(client, clock)`); the ids
+    where applying it cuts structs in two (before an item's right origin, after its origin,
+    at both ends of a deleted range); and its items with both origins (`Between`)."""
 
     runs: list[Run]
     deletes: dict[int, int]
     mid_character: set[tuple[int, int]]
     cuts: list[tuple[int, int]]
+    between: list[Between]
 
 
 def check_ids(update: bytes) -> Ids:
@@ -216,6 +233,8 @@ def check_ids(update: bytes) -> Ids:
     runs: list[Run] = []
     mid_character: set[tuple[int, int]] = set()
     cuts: list[tuple[int, int]] = []
+    between: list[Between] = []
+    placed: dict[int, list[tuple[int, int]]] = {}  # per client of `between`: ranges it deletes
     groups, pos = _count(data, 0)
     for _ in range(groups):
         structs, pos = _count(data, pos)
@@ -239,6 +258,7 @@ def check_ids(update: bytes) -> Ids:
                 needs = []
             else:
                 first = clock == start
+                origin = right = None
                 if info & 0x80:  # origin: the item goes right after it
                     origin, pos = _read_id(data, pos)
                     cuts.append((origin[0], origin[1] + 1))
@@ -267,12 +287,16 @@ def check_ids(update: bytes) -> Ids:
                         length = len(data[pos - length : pos].decode("utf-8", "replace"))
                 else:
                     length, pos = _skip_content(data, pos, ref)
+                if right is not None and origin is not None:
+                    between.append(Between(client, clock, length, origin, right, ref not in (1, 6)))
             clock += length
         if client > MAX_CLIENT_ID or clock > MAX_CLOCK:  # the group's end: its largest clock
             raise _out_of_range(client, clock)
         if clock > start:
             runs.append(Run(client, start, clock, tuple(needs)))
     deletes: dict[int, int] = {}
+    for item in between:
+        placed.setdefault(item.client, [])
     clients, pos = _count(data, pos)
     for _ in range(clients):  # the delete set: per client, (clock, length) ranges
         client, pos = _uint(data, pos)
@@ -287,9 +311,31 @@ def check_ids(update: bytes) -> Ids:
             cuts.append((client, end))
             if end > deletes.get(client, 0):
                 deletes[client] = end
+            if client in placed:
+                placed[client].append((clock, end))
     if pos != size:
         raise MalformedUpdate("trailing bytes after the delete set")
-    return Ids(runs, deletes, mid_character, cuts)
+    if any(placed.values()):
+        merged = {client: _merged(ranges) for client, ranges in placed.items()}
+        between = [b._replace(visible=False) if b.visible and _deleted(merged[b.client], b) else b for b in between]
+    return Ids(runs, deletes, mid_character, cuts, between)
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges `(start, end)` sorted, the overlapping ones joined."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _deleted(merged: list[tuple[int, int]], item: Between) -> bool:
+    """Whether one of the `_merged` ranges overlaps the item's clocks."""
+    at = bisect.bisect_left(merged, (item.clock + item.length,)) - 1
+    return at >= 0 and merged[at][1] > item.clock
 
 
 def misfit(ids: Ids, clocks: Mapping[int, int], mid_character: Set[tuple[int, int]] = frozenset()) -> str | None:

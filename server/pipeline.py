@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from crdt.document import CorruptUpdate, DocumentPanicked
+from crdt.document import CorruptUpdate, DocumentPanicked, OriginsMissing
 from server.auth import Principal
 from server.errors import ErrorCode, TandemError
 from server.mailbox import Mailbox
@@ -226,7 +226,13 @@ class UpdatePipeline:
         try:
             op = room.validate(self.principal.agent_id, item.update, origin=self.conn_id, request_id=item.re, fence=item.fence)
         except CorruptUpdate as exc:
-            if isinstance(exc, DocumentPanicked) and not retried:
+            if isinstance(exc, OriginsMissing) and not retried:
+                # It names an item this node's room has not read from the log yet (written on
+                # another node a moment ago): read up to the log's head and try once more.
+                await self.node.rooms.catch_up(room)
+                await self._apply(item, verdict, retried=True)
+                return
+            if isinstance(exc, DocumentPanicked) and not exc.update_at_fault and not retried:
                 # yrs panicked: the room may have diverged from the log before this update came
                 # (it is being rebuilt: `Room.validate`), so the update is tried once more on
                 # the rebuilt room before it counts against the writer as invalid.

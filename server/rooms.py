@@ -100,6 +100,10 @@ class RoomRegistry(RoomRepair):
         self._catching_up[room.doc_id] = task
         task.add_done_callback(lambda _t: self._catching_up.pop(room.doc_id, None))
 
+    async def catch_up(self, room: Room) -> None:
+        """Apply whatever the log holds past the room's head now (not waiting for a hint)."""
+        await self._catch_up(room, force=True)
+
     async def _catch_up(self, room: Room, force: bool, page: int = 1000, max_pages: int = 1000) -> None:
         try:
             for _ in range(max_pages):

@@ -32,6 +32,7 @@ from crdt.ids import MAX_CLOCK
 from crdt.operations import Operation
 from crdt.replay import rebuild
 from server.room import Room
+from tests.test_crdt_order import placed
 
 EXAMPLES = int(os.environ.get("TANDEM_FUZZ_EXAMPLES", "40"))
 # The CI run walks the same examples every time; a longer run (TANDEM_FUZZ_EXAMPLES) new ones.
@@ -56,6 +57,28 @@ def _var_uint(data: bytes, pos: int) -> tuple[int, int]:
             return value, pos
         shift += 7
     raise ValueError("truncated")
+
+
+def swap_origins(update: bytes, right_clock: int) -> bytes:
+    """The update with its first struct's right origin moved to clock `right_clock` of its
+    origin's client, when that struct has both origins: an item told to go after one id and
+    before another, which may lie left of it."""
+    try:
+        groups, pos = _var_uint(update, 0)
+        if groups == 0:
+            return update
+        _, pos = _var_uint(update, pos)  # struct count
+        _, pos = _var_uint(update, pos)  # client
+        _, pos = _var_uint(update, pos)  # clock
+        info = update[pos]
+        if info & 0xC0 != 0xC0:
+            return update
+        origin_client, after = _var_uint(update, pos + 1)
+        _, after = _var_uint(update, after)  # origin clock
+        _, right_end = _var_uint(update, _var_uint(update, after)[1])
+    except (ValueError, IndexError):
+        return update
+    return update[:after] + write_var_uint(origin_client) + write_var_uint(right_clock) + update[right_end:]
 
 
 def rewrite_first_group(update: bytes, client: int | None = None, clock: int | None = None) -> bytes:
@@ -85,7 +108,7 @@ class Edit:
 
 @dataclass
 class Mutation:
-    kind: str  # none, byte, insert, truncate, clock, client, replay, merge
+    kind: str  # none, byte, insert, truncate, clock, client, swap, replay, merge
     index: int = 0
     value: int = 0
 
@@ -104,6 +127,7 @@ MUTATIONS = st.one_of(
     st.builds(Mutation, kind=st.just("truncate"), index=st.integers(0, 400)),
     st.builds(Mutation, kind=st.just("clock"), value=CLOCKS),
     st.builds(Mutation, kind=st.just("client"), value=st.sampled_from([*CLIENT_IDS, 0, 2**53 - 1, 2**53, 2**64])),
+    st.builds(Mutation, kind=st.just("swap"), value=st.integers(0, 40)),
     st.builds(Mutation, kind=st.sampled_from(["replay", "merge"]), index=st.integers(0, 400)),
 )
 STEPS = st.lists(st.tuples(EDITS, MUTATIONS), min_size=1, max_size=30)
@@ -187,6 +211,8 @@ class Harness:
             return rewrite_first_group(update, clock=mutation.value)
         if mutation.kind == "client":
             return rewrite_first_group(update, client=mutation.value)
+        if mutation.kind == "swap":
+            return swap_origins(update, mutation.value)
         if mutation.kind == "replay" and self.sent:
             return self.sent[mutation.index % len(self.sent)]
         if mutation.kind == "merge" and self.sent:
@@ -285,6 +311,27 @@ def test_a_forged_client_id_is_refused_and_the_room_stays_the_log() -> None:
     assert len(harness.log) == 2 and harness.panics == 0
 
 
+@pytest.mark.parametrize("deleted_first", [False, True], ids=["shown", "between-deleted"])
+def test_an_item_placed_after_its_right_origin_is_refused_and_the_room_stays_the_log(deleted_first: bool) -> None:
+    """The fork no forged id needs: after 101's "abc", an item of client 55 that goes after `c`
+    and before `b`. Taken, the room read 'aYXbc' once 101 inserted "Y" at 1, its replay
+    'aYbcX'. Refused before it is applied while `b` or `c` shows; once applied (the room is
+    rebuilt from the log) when both are deleted."""
+    harness = Harness()
+    harness.send(harness.edit(Edit(0, "insert", 0, "abc")) or b"")
+    if deleted_first:
+        harness.send(harness.edit(Edit(0, "delete", 1, "")) or b"")  # deletes "bc"
+        assert harness.room.document.text() == "a"
+    stored = len(harness.log)
+    harness.send(placed(55, (101, 2), (101, 1)))
+    assert len(harness.log) == stored and harness.panics == (1 if deleted_first else 0)
+    harness.check()
+    for position in range(3):
+        harness.send(harness.edit(Edit(0, "insert", position, "Y")) or b"")
+        harness.check()
+    assert len(harness.log) == stored + 3
+
+
 # Sequences the long run found with the id-rewriting mutation, where another client's update
 # under a client id meets an update of that id the room keeps pending.
 FOUND = {
@@ -311,6 +358,12 @@ FOUND = {
     "an item whose parent is a character": [
         *[(Edit(0, "insert", 0, "a"), Mutation("none"))] * 5,
         (Edit(0, "format", 0, "a"), Mutation("insert", 208, 35)),
+    ],
+    "an item after a character and before the same one": [
+        (Edit(0, "insert", 0, "😀aa"), Mutation("none")),
+        (Edit(0, "insert", 2, "a"), Mutation("none")),
+        (Edit(0, "insert", 0, "a"), Mutation("none")),
+        (Edit(0, "insert", 87, "\n"), Mutation("swap", 0, 2)),
     ],
 }
 

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from pycrdt import Doc, Text, write_var_uint
 
-from crdt.document import Document, DocumentPanicked
+from crdt.document import Document, DocumentPanicked, OriginsMissing
 from server import database, store
 from server.committer import Committer
 from server.rooms import RoomRegistry
@@ -140,3 +140,38 @@ async def test_no_snapshot_is_taken_while_an_update_waits_for_another(pool: asyn
     async with store.tenant_transaction(pool, TENANT_A) as conn:
         row = await store.latest_snapshot(conn, doc_id)
     assert Document.from_state(row["state"]).text() == "hello world!"
+
+
+async def test_an_item_between_ids_a_lagging_room_lacks_is_taken_once_it_reads_the_log(
+    pool: asyncpg.Pool, rooms: RoomRegistry
+) -> None:
+    """Another node stored "abc"; this node's room has not read it yet (no hint came) when an
+    editor who has it inserts between `b` and `c`. The room cannot check the order of ids it
+    lacks: it refuses (`OriginsMissing`), reads the log up to its head, and takes it (what the
+    pipeline does once, before counting the update as invalid)."""
+    doc_id = await make_document(pool)
+    lagging = await rooms.get(TENANT_A, doc_id)
+    committer = Committer(pool, shards=1)
+    other_node = RoomRegistry(pool, committer, Settings())
+    committer.on_committed = other_node.on_committed
+    committer.start()
+    try:
+        room = await other_node.get(TENANT_A, doc_id)
+        first, first_updates = writer(31)
+        first += "abc"
+        op = room.validate("alice", first_updates[-1])
+        assert op is not None
+        assert await asyncio.wait_for(await other_node.submit(room, op), DEADLINE_S) == 1
+    finally:
+        await other_node.stop()
+        await committer.stop(5.0)
+    second, second_updates = writer(32)
+    second.doc.apply_update(first_updates[-1])
+    second.insert(2, "X")
+    with pytest.raises(OriginsMissing, match="lacks one of them"):
+        lagging.validate("bob", second_updates[-1])
+    assert lagging.document.text() == ""
+    await rooms.catch_up(lagging)
+    op = lagging.validate("bob", second_updates[-1])
+    assert op is not None and lagging.document.text() == "abXc"
+    assert await asyncio.wait_for(await rooms.submit(lagging, op), DEADLINE_S) == 2

@@ -17,6 +17,7 @@ from pycrdt import Doc, Text, merge_updates, write_var_uint
 
 from tests import wsclient
 from tests.conftest import TENANT_A
+from tests.test_crdt_order import placed
 from tests.e2e.conftest import Tandem, admin_fetch, replayed_text, shared_doc
 from tests.e2e.editors import Editors, base_url, tok
 
@@ -104,3 +105,39 @@ async def test_stored_clocks_stay_as_small_as_their_operation_after_a_many_clien
         assert all(list(clock) == [mine] for clock in clocks[1:]), clocks[1:]
         assert max(len(r["clock"]) for r in rows[1:]) < 40
         del crowd
+
+
+async def test_an_item_placed_after_its_right_origin_is_refused_and_everyone_reads_the_log(
+    server: Tandem, editors: Editors
+) -> None:
+    """An item told to go after bob's `c` and before his `b` (crdt/order.py): refused while
+    they show, and once both are deleted (then found once applied, and the room rebuilt from the
+    log); the honest edits after it are taken, and everyone reads the log's text."""
+    mallory_id, bob_id, carol_id = names()
+    async with server.agent(TENANT_A, mallory_id) as mallory, server.agent(TENANT_A, bob_id) as bob:
+        ws_id, doc_id = await shared_doc(bob, mallory)
+        watching, writing = await mallory.open(doc_id), await bob.open(doc_id)
+        await writing.edit(lambda t: t.insert(0, "abcd"))
+        bob_client = writing.doc.client_id
+        inverted = wsclient.b64(placed(mallory_client := 4242, (bob_client, 2), (bob_client, 1)))
+        error = await mallory.error("doc.update", doc_id=doc_id, update=inverted)
+        assert error["code"] == "invalid_update" and "which comes first" in error["details"]["reason"], error
+
+        await writing.edit(lambda t: t.__delitem__(slice(1, 3)))  # "ad": b and c deleted
+        error = await mallory.error("doc.update", doc_id=doc_id, update=inverted)
+        assert error["code"] == "invalid_update" and "which comes first" in error["details"]["reason"], error
+        deleted = wsclient.b64(placed(mallory_client + 1, (bob_client, 2), (bob_client, 1), text=None, deleted=1))
+        error = await mallory.error("doc.update", doc_id=doc_id, update=deleted)
+        assert error["code"] == "invalid_update" and "cannot be checked" in error["details"]["reason"], error
+
+        for i in range(3):
+            await writing.edit(lambda t, i=i: t.insert(1, str(i)))
+        expected = "a210d"
+        assert str(writing.text) == expected
+        async with server.agent(TENANT_A, carol_id) as carol:
+            await carol.request("workspace.join", workspace_id=ws_id)
+            assert str((await carol.open(doc_id)).text) == expected
+        assert await replayed_text(server.db, doc_id) == expected
+        await watching.wait_for(lambda d: str(d.text) == expected, timeout_s=10)
+        editor = await editors.start(base_url(server), ws_id, doc_id, tok("editor"))
+        await editor.wait_for(lambda c: c.text == expected)
