@@ -200,8 +200,7 @@ class Document:
             advanced = {}
         capture.in_sync = True
         if unplaced:
-            with self._doc.transaction() as txn:
-                reason = check_after(txn, unplaced, reader.clocks)
+            reason = check_after(self._doc, unplaced, reader.clocks)
             if reason is not None:
                 raise ItemOutOfOrder(reason)
         if fresh:
@@ -318,11 +317,7 @@ class Document:
         the items that can only be checked once applied, and the items the document lacks."""
         clocks = self._reader.clocks if self._capture.in_sync else decode_state_vector(self.state_vector())
         fresh = [b for b in ids.between if b.clock >= clocks.get(b.client, 0)]
-        in_update: dict[int, list[tuple[int, int]]] = {}
-        for run in ids.runs:
-            in_update.setdefault(run.client, []).append((run.start, run.end))
-        with self._doc.transaction() as txn:
-            refusal, later = check_before(txn, ids, clocks, in_update, self._placed)
+        refusal, later = check_before(self._doc, ids, clocks, self._placed)
         if refusal is not None:
             raise (OriginsMissing if refusal.missing else CorruptUpdate)(refusal.reason)
         return later, fresh

@@ -22,10 +22,11 @@ Pure: pycrdt and `crdt.ids`.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from pycrdt import StickyIndex, Transaction, write_var_uint
+from pycrdt import Doc, StickyIndex, Transaction
 
 from crdt.ids import Between, Ids
 
@@ -37,11 +38,22 @@ def _held(id_: tuple[int, int], clocks: Mapping[int, int]) -> bool:
     return id_[1] < clocks.get(id_[0], 0)
 
 
+def _varint(n: int) -> bytes:
+    """lib0's unsigned varint (pycrdt's `write_var_uint`, without its cost for small numbers)."""
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append(0x80 | (n & 0x7F))
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def _index(txn: Transaction, id_: tuple[int, int], assoc: bytes) -> int:
     """Visible characters before `id_` (after it with `_AFTER`, when it shows). `id_` must be
     held: yrs panics on an id it lacks."""
-    encoded = b"\x00" + write_var_uint(id_[0]) + write_var_uint(id_[1]) + assoc
-    return StickyIndex.decode(encoded).get_index(txn)
+    return StickyIndex.decode(b"\x00" + _varint(id_[0]) + _varint(id_[1]) + assoc).get_index(txn)
 
 
 def _describe(item: Between) -> str:
@@ -68,11 +80,11 @@ def _last(item: Between) -> tuple[int, int]:
     return (item.client, item.clock + item.length - 1)
 
 
-def _follows(item: Between, placed: Placed) -> bool:
+def _follows(item: Between, placed: Placed, this_update: Placed) -> bool:
     """Whether the item's origin is the last id of an item found in order before the same right
     origin: then origin < right already (typing on: each character goes after the one before
     and before the same right origin; a run of typing split by a deletion, as Yjs encodes it)."""
-    return placed.get(item.origin) == item.right
+    return (this_update.get(item.origin) or placed.get(item.origin)) == item.right
 
 
 def note_placed(items: list[Between], placed: Placed) -> None:
@@ -102,28 +114,28 @@ def _order(txn: Transaction, item: Between, shown_between: bool = False) -> str:
     return "ordered" if _index(txn, item.right, _AFTER) > before_right else "tie"
 
 
-def check_before(
-    txn: Transaction, ids: Ids, clocks: Mapping[int, int], in_update: Mapping[int, list[tuple[int, int]]], placed: Placed
-) -> tuple[Refusal | None, list[Between]]:
-    """Before applying: why the update places an item out of order in a document at `clocks`
-    (its state vector), or None, and the items to check once applied (`check_after`).
-    `in_update`: per client, the `(start, end)` clocks the update's own structs hold; `placed`:
+def check_before(doc: Doc, ids: Ids, clocks: Mapping[int, int], placed: Placed) -> tuple[Refusal | None, list[Between]]:
+    """Before applying: why the update places an item out of order in `doc` at `clocks` (its
+    state vector), or None, and the items to check once applied (`check_after`). `placed`:
     items found in order before (`note_placed` adds this update's once it is taken)."""
     later: list[Between] = []
-    placed = dict(placed)
+    this_update: Placed = {}
+    own: dict[int, list[tuple[int, int]]] | None = None  # the update's own clocks, once needed
     for item in ids.between:
         if _held((item.client, item.clock), clocks):
             continue  # held already: yrs skips it (a resend)
-        follows = _follows(item, placed)
-        placed[_last(item)] = item.right  # found in order below, or the update is refused
+        follows = _follows(item, placed, this_update)
+        this_update[_last(item)] = item.right  # found in order below, or the update is refused
         if follows:
             continue
         if not _held(item.origin, clocks) or not _held(item.right, clocks):
-            if not all(_held(id_, clocks) or _within(id_, in_update) for id_ in (item.origin, item.right)):
+            own = own if own is not None else _own_clocks(ids)
+            if not all(_held(id_, clocks) or _within(id_, own) for id_ in (item.origin, item.right)):
                 return Refusal(f"{_describe(item)}, and the document lacks one of them", missing=True), []
             later.append(item)  # named in this update: checked once applied
             continue
-        order = _order(txn, item)
+        with doc.transaction() as txn:
+            order = _order(txn, item)
         if order == "inverted":
             return Refusal(f"{_describe(item)}, which comes first"), []
         if order == "tie":
@@ -133,12 +145,13 @@ def check_before(
     return None, later
 
 
-def check_after(txn: Transaction, later: list[Between], clocks: Mapping[int, int]) -> str | None:
+def check_after(doc: Doc, later: list[Between], clocks: Mapping[int, int]) -> str | None:
     """Once applied, at `clocks`: why one of `later` (from `check_before`) is out of order."""
     for item in later:
         if not _held((item.client, item.clock), clocks):
             return f"{_describe(item)}, and could not be placed"
-        order = _order(txn, item, shown_between=item.visible)
+        with doc.transaction() as txn:
+            order = _order(txn, item, shown_between=item.visible)
         if order == "inverted":
             return f"{_describe(item)}, which comes first"
         if order == "tie":
@@ -146,5 +159,18 @@ def check_after(txn: Transaction, later: list[Between], clocks: Mapping[int, int
     return None
 
 
-def _within(id_: tuple[int, int], in_update: Mapping[int, list[tuple[int, int]]]) -> bool:
-    return any(start <= id_[1] < end for start, end in in_update.get(id_[0], ()))
+def _own_clocks(ids: Ids) -> dict[int, list[tuple[int, int]]]:
+    """Per client, the `(start, end)` clocks of the update's runs, sorted."""
+    own: dict[int, list[tuple[int, int]]] = {}
+    for run in ids.runs:
+        own.setdefault(run.client, []).append((run.start, run.end))
+    for runs in own.values():
+        runs.sort()
+    return own
+
+
+def _within(id_: tuple[int, int], own: Mapping[int, list[tuple[int, int]]]) -> bool:
+    """Whether the update's own structs (`_own_clocks`) hold `id_`."""
+    runs = own.get(id_[0], ())
+    at = bisect.bisect_right(runs, (id_[1], float("inf"))) - 1
+    return at >= 0 and runs[at][0] <= id_[1] < runs[at][1]
