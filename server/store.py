@@ -21,24 +21,32 @@ import asyncpg
 
 from server.errors import ErrorCode
 
-_NAME = re.compile(r"^-- name: (\w+)\n(?:--[^\n]*\n)*", re.MULTILINE)
+_NAME = re.compile(r"^-- (name|projection): (\w+)\n(?:--[^\n]*\n)*", re.MULTILINE)
+_USE = re.compile(r"\{(\w+)\}")
 
 
 def _load_queries() -> dict[str, str]:
-    """Every named statement of every `server/sql/*.sql` file (one file per concern)."""
+    """Every named statement of every `server/sql/*.sql` file (one file per concern), with the
+    projections it names (`{task}`: server/sql/projections.sql) expanded."""
     queries: dict[str, str] = {}
+    projections: dict[str, str] = {}
     for path in sorted(resources.files("server.sql").iterdir(), key=lambda f: f.name):
         if not path.name.endswith(".sql"):
             continue
         text = path.read_text()
         starts = list(_NAME.finditer(text))
         for i, match in enumerate(starts):
-            name = match.group(1)
-            if name in queries:
-                raise RuntimeError(f"query {name} is defined twice (server/sql/{path.name})")
+            kind, name = match.groups()
+            found = queries if kind == "name" else projections
+            if name in found:
+                raise RuntimeError(f"{kind} {name} is defined twice (server/sql/{path.name})")
             end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
-            queries[name] = text[match.end() : end].strip()
-    return queries
+            found[name] = text[match.end() : end].strip()
+
+    def expand(use: re.Match[str]) -> str:
+        return projections.get(use.group(1), use.group(0))  # other braces: SQL's own ('{}')
+
+    return {name: _USE.sub(expand, sql) for name, sql in queries.items()}
 
 
 Q = _load_queries()

@@ -17,8 +17,7 @@ SELECT (SELECT coalesce(role, 'member')::text FROM workspace_members
 INSERT INTO workspace_members (workspace_id, agent_id, tenant_id, role, permissions)
 VALUES ($1, $2, current_tenant_id(), $3::text::member_role,
         coalesce(to_jsonb($4::text[]), '["read", "write"]'::jsonb))
-RETURNING agent_id, coalesce(role, 'member')::text AS role, joined_at,
-          ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions;
+RETURNING {member};
 
 -- name: member_update
 -- Give member $2 of workspace $1 role $3 and permissions $4 (each null: unchanged).
@@ -26,24 +25,20 @@ UPDATE workspace_members
 SET role = coalesce($3::text::member_role, role),
     permissions = coalesce(to_jsonb($4::text[]), permissions)
 WHERE workspace_id = $1 AND agent_id = $2
-RETURNING agent_id, coalesce(role, 'member')::text AS role, joined_at,
-          ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions;
+RETURNING {member};
 
 -- name: member_delete
 -- Remove member $2 from workspace $1, returning the membership it had.
 DELETE FROM workspace_members
 WHERE workspace_id = $1 AND agent_id = $2
-RETURNING agent_id, coalesce(role, 'member')::text AS role, joined_at,
-          ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions;
+RETURNING {member};
 
 -- name: member_list
 -- Members of live workspace $1 in joining order, at most $2.
-SELECT m.agent_id, coalesce(m.role, 'member')::text AS role, m.joined_at,
-       ARRAY(SELECT jsonb_array_elements_text(m.permissions)) AS permissions
-FROM workspace_members m
-JOIN workspaces w ON w.id = m.workspace_id
-WHERE m.workspace_id = $1 AND w.deleted_at IS NULL
-ORDER BY m.joined_at, m.agent_id
+SELECT {member}
+FROM workspace_members
+WHERE workspace_id = $1 AND EXISTS (SELECT 1 FROM workspaces w WHERE w.id = $1 AND w.deleted_at IS NULL)
+ORDER BY joined_at, agent_id
 LIMIT $2;
 
 -- name: member_workspace_exists

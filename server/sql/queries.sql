@@ -37,16 +37,12 @@ WITH w AS (
     INSERT INTO workspace_members (workspace_id, agent_id, tenant_id, role)
     SELECT id, owner_id, tenant_id, 'owner' FROM w
 )
-SELECT id AS workspace_id, name, coalesce(type, 'general') AS workspace_type,
-       coalesce(visibility, 'private')::text AS visibility, coalesce(max_members, 100) AS max_members,
-       owner_id, created_at, coalesce(state_version, 1) AS state_version
+SELECT {workspace}
 FROM w;
 
 -- name: ws_list_workspaces
 -- Live workspaces agent $1 is a member of, plus the tenant's team and public ones; at most $2.
-SELECT w.id AS workspace_id, w.name, coalesce(w.type, 'general') AS workspace_type,
-       coalesce(w.visibility, 'private')::text AS visibility, coalesce(w.max_members, 100) AS max_members,
-       w.owner_id, w.created_at, coalesce(w.state_version, 1) AS state_version
+SELECT {workspace}
 FROM workspaces w
 WHERE w.deleted_at IS NULL
   AND (w.visibility IN ('team', 'public')
@@ -56,9 +52,7 @@ LIMIT $2;
 
 -- name: ws_lock_workspace
 -- Live workspace $1 under a row lock that serialises membership changes (not FK checks) until commit.
-SELECT w.id AS workspace_id, w.name, coalesce(w.type, 'general') AS workspace_type,
-       coalesce(w.visibility, 'private')::text AS visibility, coalesce(w.max_members, 100) AS max_members,
-       w.owner_id, w.created_at, coalesce(w.state_version, 1) AS state_version
+SELECT {workspace}
 FROM workspaces w
 WHERE w.id = $1 AND w.deleted_at IS NULL
 FOR NO KEY UPDATE;
@@ -69,16 +63,13 @@ FOR NO KEY UPDATE;
 -- locked: a rejoin changes no membership, so rejoins need not queue behind each other (after a
 -- node restart its agents all rejoin at once). No row: not a member, or no such live workspace.
 WITH w AS (
-    SELECT w.id AS workspace_id, w.name, coalesce(w.type, 'general') AS workspace_type,
-           coalesce(w.visibility, 'private')::text AS visibility, coalesce(w.max_members, 100) AS max_members,
-           w.owner_id, w.created_at, coalesce(w.state_version, 1) AS state_version
+    SELECT {workspace}
     FROM workspaces w
     WHERE w.id = $1 AND w.deleted_at IS NULL
 ), m AS (
     UPDATE workspace_members SET last_seen_at = CURRENT_TIMESTAMP
     WHERE workspace_id = (SELECT workspace_id FROM w) AND agent_id = $2
-    RETURNING agent_id, coalesce(role, 'member')::text AS role, joined_at,
-              ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions
+    RETURNING {member}
 ), activity AS (
     UPDATE workspaces SET last_activity_at = CURRENT_TIMESTAMP
     WHERE id = $1 AND EXISTS (SELECT 1 FROM m)
@@ -99,8 +90,7 @@ WITH activity AS (
 )
 UPDATE workspace_members SET last_seen_at = CURRENT_TIMESTAMP
 WHERE workspace_id = $1 AND agent_id = $2
-RETURNING agent_id, coalesce(role, 'member')::text AS role, joined_at,
-          ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions;
+RETURNING {member};
 
 -- name: ws_join_member
 -- Agent $2 joins workspace $1 as a plain member (an existing row only gets last_seen_at); bumps activity.
@@ -110,29 +100,25 @@ WITH activity AS (
 INSERT INTO workspace_members (workspace_id, agent_id, tenant_id, role)
 VALUES ($1, $2, current_tenant_id(), 'member')
 ON CONFLICT (workspace_id, agent_id) DO UPDATE SET last_seen_at = CURRENT_TIMESTAMP
-RETURNING agent_id, coalesce(role, 'member')::text AS role, joined_at,
-          ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions;
+RETURNING {member};
 
 -- name: ws_upsert_member
 -- Make agent $2 a member of workspace $1 with role $3 (an existing member gets the new role).
 INSERT INTO workspace_members (workspace_id, agent_id, tenant_id, role)
 VALUES ($1, $2, current_tenant_id(), $3)
 ON CONFLICT (workspace_id, agent_id) DO UPDATE SET role = EXCLUDED.role
-RETURNING agent_id, coalesce(role, 'member')::text AS role, joined_at,
-          ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions;
+RETURNING {member};
 
 -- name: ws_get_membership
 -- Membership of agent $2 in live workspace $1, with its permissions.
-SELECT m.agent_id, coalesce(m.role, 'member')::text AS role, m.joined_at,
-       ARRAY(SELECT jsonb_array_elements_text(m.permissions)) AS permissions
-FROM workspace_members m
-JOIN workspaces w ON w.id = m.workspace_id
-WHERE m.workspace_id = $1 AND m.agent_id = $2 AND w.deleted_at IS NULL;
+SELECT {member}
+FROM workspace_members
+WHERE workspace_id = $1 AND agent_id = $2
+  AND EXISTS (SELECT 1 FROM workspaces w WHERE w.id = $1 AND w.deleted_at IS NULL);
 
 -- name: ws_list_members
 -- Members of workspace $1 in joining order, at most $2.
-SELECT agent_id, coalesce(role, 'member')::text AS role, joined_at,
-       ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions
+SELECT {member}
 FROM workspace_members
 WHERE workspace_id = $1
 ORDER BY joined_at, agent_id
@@ -142,26 +128,23 @@ LIMIT $2;
 -- Insert an empty document ($1 workspace, $2 title, $3 content_type, $4 language, $5 created_by).
 INSERT INTO shared_documents (workspace_id, tenant_id, title, content_type, language, created_by)
 VALUES ($1, current_tenant_id(), $2, $3, $4, $5)
-RETURNING id AS doc_id, workspace_id, title, coalesce(content_type, 'text') AS content_type, language,
-          created_by, created_at, head_seq;
+RETURNING {document};
 
 -- name: ws_list_documents
 -- Live documents of live workspace $1 in creation order, at most $2.
-SELECT d.id AS doc_id, d.workspace_id, d.title, coalesce(d.content_type, 'text') AS content_type, d.language,
-       d.created_by, d.created_at, d.head_seq
-FROM shared_documents d
-JOIN workspaces w ON w.id = d.workspace_id
-WHERE d.workspace_id = $1 AND d.deleted_at IS NULL AND w.deleted_at IS NULL
-ORDER BY d.created_at, d.id
+SELECT {document}
+FROM shared_documents
+WHERE workspace_id = $1 AND deleted_at IS NULL
+  AND EXISTS (SELECT 1 FROM workspaces w WHERE w.id = $1 AND w.deleted_at IS NULL)
+ORDER BY created_at, id
 LIMIT $2;
 
 -- name: ws_get_document
 -- Live document $1 of a live workspace (none without a workspace).
-SELECT d.id AS doc_id, d.workspace_id, d.title, coalesce(d.content_type, 'text') AS content_type, d.language,
-       d.created_by, d.created_at, d.head_seq
+SELECT {document}
 FROM shared_documents d
-JOIN workspaces w ON w.id = d.workspace_id
-WHERE d.id = $1 AND d.deleted_at IS NULL AND w.deleted_at IS NULL;
+WHERE id = $1 AND deleted_at IS NULL
+  AND EXISTS (SELECT 1 FROM workspaces w WHERE w.id = d.workspace_id AND w.deleted_at IS NULL);
 
 -- Rooms: loading, snapshots and readable content (server/rooms.py)
 

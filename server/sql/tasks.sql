@@ -16,31 +16,16 @@ SELECT current_tenant_id(), $1, $2, $3, $4, $5::task_priority, $6, $7::text,
        $8, $9::text::jsonb, $10, $11
 WHERE EXISTS (SELECT 1 FROM workspaces w WHERE w.id = $1 AND w.deleted_at IS NULL)
   AND ($8::uuid IS NULL OR EXISTS (SELECT 1 FROM tasks p WHERE p.id = $8 AND p.workspace_id = $1))
-RETURNING id AS task_id, workspace_id, title, type AS task_type, description, status::text AS status,
-          coalesce(priority, 'normal')::text AS priority, created_by, assigned_to, parent_task_id,
-          parameters::text AS parameters, result::text AS result, error,
-          coalesce(max_retries, 3) AS max_retries, coalesce(retry_count, 0) AS retry_count,
-          coalesce(timeout_seconds, 3600) AS timeout_s,
-          created_at, assigned_at, started_at, completed_at, updated_at;
+RETURNING {task};
 
 -- name: task_get
 -- Live task $1 of the current tenant.
-SELECT id AS task_id, workspace_id, title, type AS task_type, description, status::text AS status,
-       coalesce(priority, 'normal')::text AS priority, created_by, assigned_to, parent_task_id,
-       parameters::text AS parameters, result::text AS result, error,
-       coalesce(max_retries, 3) AS max_retries, coalesce(retry_count, 0) AS retry_count,
-       coalesce(timeout_seconds, 3600) AS timeout_s,
-       created_at, assigned_at, started_at, completed_at, updated_at
+SELECT {task}
 FROM tasks WHERE id = $1;
 
 -- name: task_lock
 -- Live task $1 under a row lock held until commit: transitions of one task run one at a time.
-SELECT id AS task_id, workspace_id, title, type AS task_type, description, status::text AS status,
-       coalesce(priority, 'normal')::text AS priority, created_by, assigned_to, parent_task_id,
-       parameters::text AS parameters, result::text AS result, error,
-       coalesce(max_retries, 3) AS max_retries, coalesce(retry_count, 0) AS retry_count,
-       coalesce(timeout_seconds, 3600) AS timeout_s,
-       created_at, assigned_at, started_at, completed_at, updated_at
+SELECT {task}
 FROM tasks WHERE id = $1
 FOR UPDATE;
 
@@ -57,21 +42,11 @@ SET status = $2::task_status,
     started_at = CASE $8::text WHEN 'now' THEN CURRENT_TIMESTAMP WHEN 'keep' THEN started_at END,
     completed_at = CASE $9::text WHEN 'now' THEN CURRENT_TIMESTAMP WHEN 'keep' THEN completed_at END
 WHERE id = $1
-RETURNING id AS task_id, workspace_id, title, type AS task_type, description, status::text AS status,
-          coalesce(priority, 'normal')::text AS priority, created_by, assigned_to, parent_task_id,
-          parameters::text AS parameters, result::text AS result, error,
-          coalesce(max_retries, 3) AS max_retries, coalesce(retry_count, 0) AS retry_count,
-          coalesce(timeout_seconds, 3600) AS timeout_s,
-          created_at, assigned_at, started_at, completed_at, updated_at;
+RETURNING {task};
 
 -- name: task_list
 -- Tasks of workspace $1 filtered by assignee $2, creator $3, statuses $4, priorities $5, parent $6 (null: any); critical first, then oldest; at most $7.
-SELECT id AS task_id, workspace_id, title, type AS task_type, description, status::text AS status,
-       coalesce(priority, 'normal')::text AS priority, created_by, assigned_to, parent_task_id,
-       parameters::text AS parameters, result::text AS result, error,
-       coalesce(max_retries, 3) AS max_retries, coalesce(retry_count, 0) AS retry_count,
-       coalesce(timeout_seconds, 3600) AS timeout_s,
-       created_at, assigned_at, started_at, completed_at, updated_at
+SELECT {task}
 FROM tasks
 WHERE workspace_id = $1
   AND ($2::text IS NULL OR assigned_to = $2::text)

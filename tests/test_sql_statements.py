@@ -1,0 +1,45 @@
+"""The named statements of `server/sql/*.sql`: each projection is written once and used, and
+every statement, projections expanded, is valid SQL against the migrated schema as the
+application role (a typo in a rarely run statement fails here, not in production)."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import asyncpg
+
+from server import store
+from tests.conftest import TestDatabase
+
+PROJECTIONS = ("member", "task", "workspace", "document")
+
+
+def _sql_text() -> str:
+    files = resources.files("server.sql").iterdir()
+    return "\n".join(f.read_text() for f in files if f.name.endswith(".sql"))
+
+
+def test_each_projection_is_defined_once_and_used_by_name() -> None:
+    text = _sql_text()
+    for name in PROJECTIONS:
+        assert len(re.findall(rf"^-- projection: {name}$", text, re.MULTILINE)) == 1, name
+        assert f"{{{name}}}" in text, f"projection {name} is used by no statement"
+    expanded = "\n".join(store.Q.values())
+    assert not re.search(r"\{(%s)\}" % "|".join(PROJECTIONS), expanded)
+    task_columns = "coalesce(timeout_seconds, 3600) AS timeout_s"
+    assert text.count(task_columns) == 1 and expanded.count(task_columns) >= 5
+
+
+async def test_every_statement_prepares_as_the_application_role(db: TestDatabase) -> None:
+    conn = await asyncpg.connect(db.app_url)
+    try:
+        failures = {}
+        for name, sql in store.Q.items():
+            try:
+                await conn.prepare(sql)
+            except asyncpg.PostgresError as exc:
+                failures[name] = repr(exc)
+        assert failures == {}
+    finally:
+        await conn.close()
