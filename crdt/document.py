@@ -112,9 +112,10 @@ class Document:
         self._capture = Capture()
         # Raw (_pycrdt) subscriptions: pycrdt's wrapped events eagerly convert target, path and
         # transaction, and compute the delta, for every event; we read only what we need.
+        # `Doc._doc` (the native document) is private: tests/test_pycrdt_contract.py holds it.
         self._subscriptions = (
             self._doc._doc.observe(self._capture.on_transaction),
-            self._text._integrated.observe(self._capture.on_text),
+            self._text.integrated.observe(self._capture.on_text),
         )
         self._length = 0  # text length in UTF-8 bytes; the text changes only through apply*
         # Ids between the two UTF-16 halves of the characters past U+FFFF it was given (as

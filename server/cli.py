@@ -1,9 +1,10 @@
 """The `tandem` command: one typer sub-app per command group.
 
 `tandem serve` runs the server; `tandem migrate up | down [N] | down --all | status` manages the
-schema; `tandem token issue`, `workspace create`, `member add` and `document create` are the
-operator commands (bodies in server/admin.py); `tandem replay`, `history` and `blame` read a
-document's log (bodies in server/replay.py). Each command reads the settings once (environment
+schema and `tandem schema dump` writes it out (server/schema_dump.py); `tandem token issue`,
+`workspace create`, `member add` and `document create` are the operator commands (bodies in
+server/admin.py); `tandem replay`, `history` and `blame` read a document's log (bodies in
+server/replay.py). Each command reads the settings once (environment
 plus its flags) and passes them down. Bad arguments are usage errors (exit 2); expected failures
 print one line on stderr and exit 1; only bugs print a traceback.
 A new group is a `typer.Typer()` added with `app.add_typer(...)` below.
@@ -27,7 +28,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from crdt.clock import VectorClock
-from server import admin, logs, migrate, protocol, workspaces
+from server import admin, logs, migrate, protocol, schema_dump, workspaces
 from server import app as server_app
 from server import replay as replay_tool
 from server.settings import Settings, load_settings
@@ -167,6 +168,31 @@ def migrate_status(data_dir: DataDir = None) -> None:
     width = max((len(s.name) for s in statuses), default=0)
     for s in statuses:
         typer.echo(f"{s.version}  {s.name:<{width}}  {s.state}")
+
+
+schema_app = typer.Typer(help="The schema the migrations produce (migrations/schema.sql).", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+
+
+@schema_app.command("dump")
+def schema_dump_command(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write, - for stdout (default: migrations/schema.sql).")
+    ] = None,
+) -> None:
+    """Apply every migration on a scratch PostgreSQL (the wheel's), write its normalised schema."""
+    settings = settings_from()
+    with expected_failures():
+        try:
+            schema = asyncio.run(schema_dump.dump_schema(settings))
+        except schema_dump.SchemaDumpError as exc:
+            fail(str(exc))
+    if output == Path("-"):
+        typer.echo(schema, nl=False)
+        return
+    target = output or settings.migrations_dir / schema_dump.SCHEMA_FILE
+    target.write_text(schema)
+    typer.echo(f"wrote {target}")
 
 
 # --- operator commands: token, workspace, member, document -----------------------------------

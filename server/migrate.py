@@ -19,6 +19,8 @@ import asyncpg
 
 LOCK_KEY = 7_406_332_118  # pg_advisory_lock key: "tandem migrations"
 _FILE = re.compile(r"^(\d+)_([a-z0-9_]+)\.sql$")
+# The schema all migrations produce, beside them for review (server/schema_dump.py): not one.
+SCHEMA_FILE = "schema.sql"
 _UP = re.compile(r"^--\s*migrate:up(?P<opts>[^\n]*)$", re.MULTILINE)
 _DOWN = re.compile(r"^--\s*migrate:down(?P<opts>[^\n]*)$", re.MULTILINE)
 
@@ -63,7 +65,8 @@ class Status:
 
 
 def load(directory: Path) -> list[Migration]:
-    migrations = [Migration.parse(p) for p in sorted(Path(directory).glob("*.sql"))]
+    paths = sorted(p for p in Path(directory).glob("*.sql") if p.name != SCHEMA_FILE)
+    migrations = [Migration.parse(p) for p in paths]
     versions = [m.version for m in migrations]
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a version")

@@ -49,7 +49,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 def files(directory: Path | None = None) -> list[tuple[str, str]]:
     """(version, name) of each migration file, in order."""
     directory = directory or load_settings().migrations_dir
-    return [tuple(p.stem.split("_", 1)) for p in sorted(directory.glob("*.sql"))]  # type: ignore[misc]
+    return [tuple(p.stem.split("_", 1)) for p in sorted(directory.glob("[0-9]*.sql"))]  # type: ignore[misc]
 
 
 def states(status_output: str) -> dict[str, tuple[str, str]]:

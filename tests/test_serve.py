@@ -42,7 +42,7 @@ def quickstart_serve_command() -> str:
 
 
 def migration_versions() -> list[str]:
-    return sorted(p.name.split("_", 1)[0] for p in load_settings().migrations_dir.glob("*.sql"))
+    return sorted(p.name.split("_", 1)[0] for p in load_settings().migrations_dir.glob("[0-9]*.sql"))
 
 
 def stop_cleanly(server: ServerProcess) -> None:

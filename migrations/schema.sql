@@ -1,0 +1,1158 @@
+-- The schema all migrations produce, dumped from PostgreSQL 18 by `tandem schema dump`. Do not edit.
+
+CREATE TYPE public.delegation_type AS ENUM (
+    'manual',
+    'automatic',
+    'failover',
+    'load_balance'
+);
+
+CREATE TYPE public.member_role AS ENUM (
+    'owner',
+    'admin',
+    'member',
+    'viewer'
+);
+
+CREATE TYPE public.task_priority AS ENUM (
+    'low',
+    'normal',
+    'high',
+    'critical'
+);
+
+CREATE TYPE public.task_status AS ENUM (
+    'pending',
+    'assigned',
+    'accepted',
+    'rejected',
+    'in_progress',
+    'completed',
+    'failed',
+    'cancelled',
+    'timeout'
+);
+
+CREATE TYPE public.workflow_status AS ENUM (
+    'pending',
+    'running',
+    'paused',
+    'completed',
+    'failed',
+    'cancelled',
+    'timeout'
+);
+
+CREATE TYPE public.workflow_type AS ENUM (
+    'sequential',
+    'parallel',
+    'conditional',
+    'collaborative'
+);
+
+CREATE TYPE public.workspace_visibility AS ENUM (
+    'private',
+    'team',
+    'public'
+);
+
+CREATE FUNCTION public.audit_trigger_function() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+DECLARE
+    key_column text := COALESCE(TG_ARGV[0], 'id');
+    old_row jsonb;
+    new_row jsonb;
+    fields text[];
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        old_row := pg_catalog.to_jsonb(OLD);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        new_row := pg_catalog.to_jsonb(NEW);
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        SELECT pg_catalog.array_agg(n.key ORDER BY n.key) INTO fields
+          FROM pg_catalog.jsonb_each(new_row) AS n
+         WHERE n.value IS DISTINCT FROM old_row -> n.key;
+    END IF;
+    FOR i IN 1 .. TG_NARGS - 1 LOOP
+        old_row := old_row - TG_ARGV[i];
+        new_row := new_row - TG_ARGV[i];
+    END LOOP;
+
+    INSERT INTO public.audit_log (
+        tenant_id, table_name, record_id, action, old_data, new_data, changed_fields,
+        changed_by, ip_address, user_agent
+    ) VALUES (
+        (COALESCE(new_row, old_row) ->> 'tenant_id')::uuid,
+        TG_TABLE_NAME,
+        (COALESCE(new_row, old_row) ->> key_column)::uuid,
+        TG_OP,
+        old_row,
+        new_row,
+        fields,
+        COALESCE(NULLIF(pg_catalog.current_setting('app.user_id', true), ''), 'system'),
+        NULLIF(pg_catalog.current_setting('app.client_ip', true), '')::inet,
+        NULLIF(pg_catalog.current_setting('app.user_agent', true), '')
+    );
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION public.current_tenant_id() RETURNS uuid
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE
+        WHEN pg_catalog.current_setting('app.current_tenant', true) OPERATOR(pg_catalog.=) ''
+        THEN NULL
+        ELSE pg_catalog.current_setting('app.current_tenant', true)::pg_catalog.uuid
+    END
+$$;
+
+COMMENT ON FUNCTION public.current_tenant_id() IS 'Tenant of the current transaction (app.current_tenant), NULL when unset';
+
+CREATE FUNCTION public.jsonb_merge_recursive(target jsonb, source jsonb) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+BEGIN
+    RETURN CASE
+        WHEN jsonb_typeof(target) = 'object' AND jsonb_typeof(source) = 'object'
+        THEN (
+            SELECT COALESCE(jsonb_object_agg(
+                COALESCE(t.key, s.key),
+                CASE
+                    WHEN t.value IS NULL THEN s.value
+                    WHEN s.value IS NULL THEN t.value
+                    WHEN jsonb_typeof(t.value) = 'object' AND jsonb_typeof(s.value) = 'object'
+                    THEN public.jsonb_merge_recursive(t.value, s.value)
+                    ELSE s.value
+                END
+            ), '{}'::jsonb)
+            FROM jsonb_each(target) t
+            FULL OUTER JOIN jsonb_each(source) s ON t.key = s.key
+        )
+        ELSE source
+    END;
+END;
+$$;
+
+CREATE FUNCTION public.lock_allows_write(locked boolean, holder text, expires_at timestamp with time zone, lock_fence bigint, writer text, fence bigint) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE
+        WHEN fence IS NOT NULL
+        THEN coalesce(locked AND expires_at > pg_catalog.now() AND holder = writer AND lock_fence = fence, false)
+        ELSE NOT coalesce(locked AND expires_at > pg_catalog.now(), false) OR holder = writer
+    END
+$$;
+
+CREATE FUNCTION public.soft_delete_task(task_id uuid) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+BEGIN
+    UPDATE public.tasks t
+       SET deleted_at = CURRENT_TIMESTAMP
+     WHERE t.id = soft_delete_task.task_id
+       AND t.tenant_id = public.current_tenant_id()
+       AND t.deleted_at IS NULL;
+    RETURN FOUND;
+END;
+$$;
+
+CREATE FUNCTION public.sweep_task_timeouts(max_rows integer) RETURNS TABLE(task_id uuid, tenant_id uuid, workspace_id uuid)
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+    WITH due AS MATERIALIZED (
+        SELECT d.id FROM public.tasks d
+         WHERE d.tenant_id = public.current_tenant_id()
+           AND d.status = 'in_progress' AND d.deleted_at IS NULL
+           AND d.started_at + d.timeout_seconds * interval '1 second' < CURRENT_TIMESTAMP
+         ORDER BY d.started_at
+         LIMIT max_rows
+         FOR UPDATE SKIP LOCKED)
+    UPDATE public.tasks t
+       SET status = 'timeout',
+           completed_at = CURRENT_TIMESTAMP,
+           error = 'timed out after ' || t.timeout_seconds || ' s'
+      FROM due
+     WHERE t.id = due.id AND t.status = 'in_progress'
+    RETURNING t.id, t.tenant_id, t.workspace_id
+$$;
+
+CREATE FUNCTION public.tandem_append_batch(p_tenants uuid[], p_docs uuid[], p_agents text[], p_fences bigint[], p_types text[], p_clocks jsonb[], p_updates bytea[], p_node text) RETURNS TABLE(seq bigint, refused text, holder text)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+DECLARE
+    cur_tenant uuid;
+    -- Per operation, aligned with the arguments: NULL where another tenant's pass decides.
+    t_seqs bigint[];
+    t_refused text[];
+    t_holders text[];
+    t_docs uuid[];     -- the documents with operations kept, and their new heads
+    t_heads bigint[];
+    seqs bigint[];
+    refusals text[];
+    holders text[];
+    hints integer;
+BEGIN
+    FOR cur_tenant IN SELECT DISTINCT x FROM unnest(p_tenants) AS x ORDER BY x LOOP
+        PERFORM set_config('app.current_tenant', cur_tenant::text, true);
+
+        WITH ops AS (
+            SELECT o.i, o.doc, o.agent, o.fence, o.tenant = cur_tenant AS mine
+              FROM unnest(p_tenants, p_docs, p_agents, p_fences) WITH ORDINALITY AS o(tenant, doc, agent, fence, i)
+        ), locked AS MATERIALIZED (
+            SELECT d.id, d.head_seq, d.is_locked, d.locked_by, d.lock_expires_at, d.lock_fence
+              FROM public.shared_documents d
+             WHERE d.id = ANY (ARRAY(SELECT DISTINCT ops.doc FROM ops WHERE ops.mine))
+             ORDER BY d.id
+               FOR UPDATE OF d
+        ), judged AS (
+            SELECT o.i, o.doc, o.fence, o.mine, d.id IS NOT NULL AS found, d.head_seq,
+                   o.mine AND d.id IS NOT NULL AND coalesce(public.lock_allows_write(
+                       d.is_locked, d.locked_by, d.lock_expires_at, d.lock_fence, o.agent, o.fence), false) AS ok,
+                   CASE WHEN d.is_locked AND d.lock_expires_at > now() THEN d.locked_by END AS live_holder
+              FROM ops o LEFT JOIN locked d ON o.mine AND d.id = o.doc
+        ), decided AS (
+            SELECT j.i, j.doc,
+                   CASE WHEN j.ok THEN j.head_seq + count(*) FILTER (WHERE j.ok) OVER (PARTITION BY j.doc ORDER BY j.i) END AS new_seq,
+                   CASE WHEN NOT j.mine OR j.ok THEN NULL
+                        WHEN NOT j.found THEN 'not_found'
+                        WHEN j.fence IS NULL THEN 'locked'
+                        ELSE 'stale_fence' END AS why,
+                   CASE WHEN j.mine AND j.found AND NOT j.ok THEN j.live_holder END AS who
+              FROM judged j
+        ), heads AS (
+            SELECT dd.doc, max(dd.new_seq) AS head FROM decided dd WHERE dd.new_seq IS NOT NULL GROUP BY dd.doc
+        )
+        SELECT array_agg(dd.new_seq ORDER BY dd.i), array_agg(dd.why ORDER BY dd.i), array_agg(dd.who ORDER BY dd.i),
+               (SELECT array_agg(h.doc) FROM heads h), (SELECT array_agg(h.head) FROM heads h)
+          INTO t_seqs, t_refused, t_holders, t_docs, t_heads
+          FROM decided dd;
+
+        IF t_docs IS NOT NULL THEN
+            WITH kept AS MATERIALIZED (
+                SELECT k.doc, k.agent, k.op_type, k.clock, k.upd, k.s,
+                       sum(octet_length(k.upd)) OVER (PARTITION BY k.doc ORDER BY k.s) AS running_bytes
+                  FROM unnest(p_docs, p_agents, p_types, p_clocks, p_updates, t_seqs) AS k(doc, agent, op_type, clock, upd, s)
+                 WHERE k.s IS NOT NULL
+            ), bumped AS (
+                -- By index on the (few, locked) documents, whatever the planner thinks of a join.
+                UPDATE public.shared_documents d SET head_seq = t_heads[array_position(t_docs, d.id)]
+                 WHERE d.id = ANY (t_docs)
+            ), inserted AS (
+                INSERT INTO public.document_operations
+                    (tenant_id, document_id, sequence_number, agent_id, operation_type, vector_clock, "update")
+                SELECT cur_tenant, kept.doc, kept.s, kept.agent, kept.op_type, kept.clock, kept.upd FROM kept
+            ), per_doc AS (
+                -- Small operations ride along ("o": [agent, base64 update, type] for the seqs up to
+                -- "s"), so followers need not read them back; the payload stays under NOTIFY's 8,000
+                -- bytes, or the hint goes without them. Only the first 4,000 bytes are encoded.
+                SELECT kept.doc, max(kept.s) AS head,
+                       CASE WHEN sum(octet_length(kept.upd)) <= 4000 THEN
+                           json_agg(json_build_array(kept.agent, translate(encode(kept.upd, 'base64'), E'\n', ''), kept.op_type)
+                                    ORDER BY kept.s) FILTER (WHERE kept.running_bytes <= 4000)
+                       END AS carried
+                  FROM kept
+                 WHERE p_node IS NOT NULL
+                 GROUP BY kept.doc
+            ), hint AS (
+                SELECT json_build_object('k', 'ops', 'd', p.doc, 's', p.head, 'n', p_node,
+                           't', round(extract(epoch FROM clock_timestamp())::numeric, 6)) AS bare,
+                       p.carried
+                  FROM per_doc p
+            )
+            SELECT count(pg_notify('tandem', CASE
+                       WHEN h.carried IS NOT NULL AND octet_length((h.bare::jsonb || jsonb_build_object('o', h.carried))::text) <= 7900
+                       THEN (h.bare::jsonb || jsonb_build_object('o', h.carried))::text
+                       ELSE h.bare::text END))
+              INTO hints
+              FROM hint h;
+        END IF;
+
+        IF seqs IS NULL THEN
+            seqs := t_seqs; refusals := t_refused; holders := t_holders;
+        ELSE
+            SELECT array_agg(coalesce(m.s, m.ts) ORDER BY m.i), array_agg(coalesce(m.r, m.tr) ORDER BY m.i),
+                   array_agg(coalesce(m.h, m.th) ORDER BY m.i)
+              INTO seqs, refusals, holders
+              FROM unnest(seqs, refusals, holders, t_seqs, t_refused, t_holders) WITH ORDINALITY AS m(s, r, h, ts, tr, th, i);
+        END IF;
+    END LOOP;
+
+    RETURN QUERY SELECT r.s, r.why, r.who FROM unnest(seqs, refusals, holders) WITH ORDINALITY AS r(s, why, who, i) ORDER BY r.i;
+END;
+$$;
+
+CREATE FUNCTION public.tandem_ensure_audit_partition(for_month date) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $_$
+DECLARE
+    lower_bound timestamptz := (date_trunc('month', for_month::timestamp) AT TIME ZONE 'UTC');
+    upper_bound timestamptz := ((date_trunc('month', for_month::timestamp) + interval '1 month') AT TIME ZONE 'UTC');
+    partition_name text := 'audit_log_' || to_char(date_trunc('month', for_month::timestamp), 'YYYY_MM');
+BEGIN
+    -- "tandem audit partitions"; the xact lock is released at the caller's commit.
+    PERFORM pg_catalog.pg_advisory_xact_lock(7406332120);
+    -- A catalog query, not to_regclass: it runs on a snapshot taken after the lock, so it sees
+    -- a partition that a concurrent caller committed while we waited.
+    IF EXISTS (
+        SELECT 1
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relname = partition_name
+    ) THEN
+        RETURN false;
+    END IF;
+    -- Parent first, then DEFAULT, the order inserts take them; nothing can slip into DEFAULT
+    -- between the move and the attach.
+    LOCK TABLE public.audit_log IN SHARE UPDATE EXCLUSIVE MODE;
+    LOCK TABLE public.audit_log_default IN ACCESS EXCLUSIVE MODE;
+    EXECUTE format(
+        'CREATE TABLE public.%I (LIKE public.audit_log INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+        partition_name
+    );
+    EXECUTE format(
+        'WITH moved AS ('
+        '    DELETE FROM public.audit_log_default'
+        '     WHERE changed_at >= $1 AND changed_at < $2'
+        '    RETURNING id, tenant_id, table_name, record_id, action, old_data, new_data,'
+        '              changed_fields, changed_by, ip_address, user_agent, changed_at'
+        ') '
+        'INSERT INTO public.%I (id, tenant_id, table_name, record_id, action, old_data, new_data,'
+        '                       changed_fields, changed_by, ip_address, user_agent, changed_at) '
+        'SELECT * FROM moved',
+        partition_name
+    ) USING lower_bound, upper_bound;
+    EXECUTE format(
+        'ALTER TABLE public.audit_log ATTACH PARTITION public.%I FOR VALUES FROM (%L) TO (%L)',
+        partition_name, lower_bound, upper_bound
+    );
+    RETURN true;
+END;
+$_$;
+
+CREATE FUNCTION public.tandem_maintain_partitions() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+DECLARE
+    this_month date := (date_trunc('month', pg_catalog.now() AT TIME ZONE 'UTC'))::date;
+    created integer := 0;
+BEGIN
+    FOR ahead IN 0..1 LOOP
+        IF public.tandem_ensure_audit_partition((this_month + make_interval(months => ahead))::date) THEN
+            created := created + 1;
+        END IF;
+    END LOOP;
+    RETURN created;
+END;
+$$;
+
+COMMENT ON FUNCTION public.tandem_maintain_partitions() IS 'Creates this and next month''s audit_log partitions; idempotent, safe to call concurrently';
+
+CREATE FUNCTION public.tandem_uuidv7() RETURNS uuid
+    LANGUAGE sql PARALLEL SAFE
+    SET search_path TO 'pg_catalog'
+    AS $$
+    -- A v4 uuid with its first 6 bytes replaced by the time and its version nibble 4 -> 7.
+    SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+               PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+               FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
+$$;
+
+CREATE FUNCTION public.tenants_with_overdue_tasks(max_tenants integer) RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+    SELECT DISTINCT d.tenant_id FROM public.tasks d
+     WHERE d.status = 'in_progress' AND d.deleted_at IS NULL
+       AND d.started_at + d.timeout_seconds * interval '1 second' < CURRENT_TIMESTAMP
+     LIMIT max_tenants
+$$;
+
+CREATE FUNCTION public.update_updated_at_column() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+BEGIN
+    NEW.updated_at = CURRENT_TIMESTAMP;
+    RETURN NEW;
+END;
+$$;
+
+CREATE FUNCTION public.validate_jsonb_keys(data jsonb, required_keys text[]) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pg_catalog'
+    AS $$
+    SELECT data ?& required_keys
+$$;
+
+CREATE TABLE public.audit_log (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    tenant_id uuid NOT NULL,
+    table_name character varying(50) NOT NULL,
+    record_id uuid NOT NULL,
+    action character varying(20) NOT NULL,
+    old_data jsonb,
+    new_data jsonb,
+    changed_fields text[],
+    changed_by character varying(255) NOT NULL,
+    ip_address inet,
+    user_agent text,
+    changed_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    CONSTRAINT audit_log_action_check CHECK (((action)::text = ANY ((ARRAY['INSERT'::character varying, 'UPDATE'::character varying, 'DELETE'::character varying, 'SELECT'::character varying])::text[])))
+)
+PARTITION BY RANGE (changed_at);
+
+ALTER TABLE ONLY public.audit_log FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.audit_log IS 'Audit trail written by audit_trigger_function, partitioned by month';
+
+CREATE TABLE public.audit_log_default (
+    id uuid DEFAULT gen_random_uuid() CONSTRAINT audit_log_id_not_null NOT NULL,
+    tenant_id uuid CONSTRAINT audit_log_tenant_id_not_null NOT NULL,
+    table_name character varying(50) CONSTRAINT audit_log_table_name_not_null NOT NULL,
+    record_id uuid CONSTRAINT audit_log_record_id_not_null NOT NULL,
+    action character varying(20) CONSTRAINT audit_log_action_not_null NOT NULL,
+    old_data jsonb,
+    new_data jsonb,
+    changed_fields text[],
+    changed_by character varying(255) CONSTRAINT audit_log_changed_by_not_null NOT NULL,
+    ip_address inet,
+    user_agent text,
+    changed_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP CONSTRAINT audit_log_changed_at_not_null NOT NULL,
+    CONSTRAINT audit_log_action_check CHECK (((action)::text = ANY ((ARRAY['INSERT'::character varying, 'UPDATE'::character varying, 'DELETE'::character varying, 'SELECT'::character varying])::text[])))
+);
+
+CREATE TABLE public.conflict_resolutions (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    tenant_id uuid NOT NULL,
+    resource_type character varying(50) NOT NULL,
+    resource_id uuid NOT NULL,
+    conflict_type character varying(50) NOT NULL,
+    description text,
+    resolution_strategy character varying(50),
+    details jsonb DEFAULT '{}'::jsonb NOT NULL,
+    resolved_by character varying(255),
+    resolved_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    CONSTRAINT valid_details CHECK ((jsonb_typeof(details) = 'object'::text))
+);
+
+ALTER TABLE ONLY public.conflict_resolutions FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.conflict_resolutions IS 'Conflicts met and how they were resolved';
+
+CREATE TABLE public.document_operations (
+    id uuid DEFAULT public.tandem_uuidv7() NOT NULL,
+    document_id uuid NOT NULL,
+    tenant_id uuid NOT NULL,
+    agent_id character varying(255) NOT NULL,
+    operation_type character varying(50) NOT NULL,
+    operation_data jsonb DEFAULT '{}'::jsonb NOT NULL,
+    update bytea NOT NULL,
+    vector_clock jsonb DEFAULT '{}'::jsonb NOT NULL,
+    sequence_number bigint NOT NULL,
+    "timestamp" timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    parent_operation_id uuid,
+    is_applied boolean DEFAULT false,
+    CONSTRAINT document_operations_operation_type_check CHECK (((operation_type)::text = ANY ((ARRAY['insert'::character varying, 'delete'::character varying, 'update'::character varying, 'move'::character varying, 'format'::character varying])::text[]))),
+    CONSTRAINT sequence_number_positive CHECK ((sequence_number > 0)),
+    CONSTRAINT valid_operation_data CHECK ((jsonb_typeof(operation_data) = 'object'::text)),
+    CONSTRAINT valid_vector_clock CHECK ((jsonb_typeof(vector_clock) = 'object'::text))
+)
+WITH (autovacuum_vacuum_scale_factor='0.1', autovacuum_analyze_scale_factor='0.05');
+
+ALTER TABLE ONLY public.document_operations FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.document_operations IS 'Append-only CRDT updates of each document, numbered per document';
+
+COMMENT ON COLUMN public.document_operations.update IS 'Raw CRDT update (binary)';
+
+COMMENT ON COLUMN public.document_operations.sequence_number IS 'Per-document operation number, taken from shared_documents.head_seq in the same transaction';
+
+CREATE TABLE public.document_snapshots (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    tenant_id uuid NOT NULL,
+    document_id uuid NOT NULL,
+    sequence_number bigint NOT NULL,
+    state bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    CONSTRAINT snapshot_sequence_not_negative CHECK ((sequence_number >= 0))
+);
+
+ALTER TABLE ONLY public.document_snapshots FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.document_snapshots IS 'Encoded CRDT state of a document up to an operation sequence number';
+
+COMMENT ON COLUMN public.document_snapshots.sequence_number IS 'Last operation sequence number included in the state';
+
+COMMENT ON COLUMN public.document_snapshots.state IS 'Encoded CRDT state (binary)';
+
+CREATE SEQUENCE public.lock_fence_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+CREATE TABLE public.schema_migrations (
+    version text NOT NULL,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE public.shared_documents (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workspace_id uuid,
+    tenant_id uuid NOT NULL,
+    title character varying(255) NOT NULL,
+    content text,
+    content_type character varying(50) DEFAULT 'text'::character varying,
+    language character varying(50),
+    version integer DEFAULT 1,
+    head_seq bigint DEFAULT 0 NOT NULL,
+    is_locked boolean DEFAULT false,
+    locked_by character varying(255),
+    locked_at timestamp with time zone,
+    lock_expires_at timestamp with time zone,
+    created_by character varying(255) NOT NULL,
+    updated_by character varying(255),
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    updated_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    deleted_at timestamp with time zone,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    lock_fence bigint,
+    CONSTRAINT doc_title_not_empty CHECK ((btrim((title)::text, '
+'::text) <> ''::text)),
+    CONSTRAINT doc_version_positive CHECK ((version > 0)),
+    CONSTRAINT head_seq_not_negative CHECK ((head_seq >= 0)),
+    CONSTRAINT lock_consistency CHECK ((((is_locked = false) AND (locked_by IS NULL) AND (locked_at IS NULL) AND (lock_expires_at IS NULL)) OR ((is_locked = true) AND (locked_by IS NOT NULL) AND (locked_at IS NOT NULL) AND (lock_expires_at IS NOT NULL)))),
+    CONSTRAINT shared_documents_content_type_check CHECK (((content_type)::text = ANY ((ARRAY['text'::character varying, 'markdown'::character varying, 'json'::character varying, 'yaml'::character varying, 'code'::character varying])::text[]))),
+    CONSTRAINT valid_metadata CHECK ((jsonb_typeof(metadata) = 'object'::text))
+);
+
+ALTER TABLE ONLY public.shared_documents FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.shared_documents IS 'Collaborative documents with CRDT support';
+
+COMMENT ON COLUMN public.shared_documents.head_seq IS 'Sequence number of the document''s last operation; writers increment it under the row lock';
+
+COMMENT ON COLUMN public.shared_documents.lock_fence IS 'Fencing token of the current (or last) lock; writes presenting another one are refused';
+
+CREATE TABLE public.task_delegations (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    tenant_id uuid NOT NULL,
+    task_id uuid NOT NULL,
+    from_agent_id character varying(255) NOT NULL,
+    to_agent_id character varying(255) NOT NULL,
+    reason text,
+    delegation_type public.delegation_type DEFAULT 'manual'::public.delegation_type,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    delegated_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    CONSTRAINT metadata_is_object CHECK ((jsonb_typeof(metadata) = 'object'::text))
+);
+
+ALTER TABLE ONLY public.task_delegations FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.task_delegations IS 'Delegation history and chain of responsibility of each task';
+
+CREATE TABLE public.tasks (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    tenant_id uuid NOT NULL,
+    type character varying(100) NOT NULL,
+    status public.task_status DEFAULT 'pending'::public.task_status NOT NULL,
+    priority public.task_priority DEFAULT 'normal'::public.task_priority,
+    created_by character varying(255) NOT NULL,
+    assigned_to character varying(255),
+    parent_task_id uuid,
+    title character varying(500) NOT NULL,
+    description text,
+    parameters jsonb DEFAULT '{}'::jsonb NOT NULL,
+    result jsonb,
+    error text,
+    max_retries integer DEFAULT 3,
+    retry_count integer DEFAULT 0,
+    timeout_seconds integer DEFAULT 3600,
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    assigned_at timestamp with time zone,
+    started_at timestamp with time zone,
+    completed_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    deleted_at timestamp with time zone,
+    workspace_id uuid,
+    CONSTRAINT parameters_is_object CHECK ((jsonb_typeof(parameters) = 'object'::text)),
+    CONSTRAINT result_is_object CHECK (((result IS NULL) OR (jsonb_typeof(result) = 'object'::text))),
+    CONSTRAINT retry_count_valid CHECK (((retry_count >= 0) AND (retry_count <= max_retries))),
+    CONSTRAINT title_not_empty CHECK ((btrim((title)::text, '
+'::text) <> ''::text)),
+    CONSTRAINT valid_max_retries CHECK (((max_retries >= 0) AND (max_retries <= 10))),
+    CONSTRAINT valid_timeout CHECK ((timeout_seconds > 0))
+)
+WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.05', autovacuum_analyze_scale_factor='0.02', autovacuum_vacuum_cost_delay='10', autovacuum_vacuum_cost_limit='1000');
+
+ALTER TABLE ONLY public.tasks FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.tasks IS 'Core task management table supporting delegation and distributed execution';
+
+CREATE TABLE public.workflow_executions (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workflow_id uuid NOT NULL,
+    tenant_id uuid NOT NULL,
+    status public.workflow_status DEFAULT 'pending'::public.workflow_status NOT NULL,
+    current_step_index integer DEFAULT 0,
+    current_step_id character varying(255),
+    triggered_by character varying(255) NOT NULL,
+    input jsonb DEFAULT '{}'::jsonb NOT NULL,
+    context jsonb DEFAULT '{}'::jsonb NOT NULL,
+    step_results jsonb DEFAULT '{}'::jsonb NOT NULL,
+    output jsonb,
+    error text,
+    started_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    completed_at timestamp with time zone,
+    execution_metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    CONSTRAINT valid_context CHECK ((jsonb_typeof(context) = 'object'::text)),
+    CONSTRAINT valid_input CHECK ((jsonb_typeof(input) = 'object'::text)),
+    CONSTRAINT valid_step_results CHECK ((jsonb_typeof(step_results) = 'object'::text))
+)
+WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.05', autovacuum_analyze_scale_factor='0.02');
+
+ALTER TABLE ONLY public.workflow_executions FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.workflow_executions IS 'Individual workflow runs and their state';
+
+CREATE TABLE public.workflows (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    tenant_id uuid NOT NULL,
+    name character varying(255) NOT NULL,
+    type public.workflow_type DEFAULT 'sequential'::public.workflow_type NOT NULL,
+    version integer DEFAULT 1,
+    created_by character varying(255) NOT NULL,
+    agents jsonb DEFAULT '{}'::jsonb NOT NULL,
+    steps jsonb DEFAULT '[]'::jsonb NOT NULL,
+    config jsonb DEFAULT '{}'::jsonb NOT NULL,
+    description text,
+    tags text[] DEFAULT '{}'::text[],
+    is_active boolean DEFAULT true,
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    updated_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    deleted_at timestamp with time zone,
+    CONSTRAINT name_not_empty CHECK ((btrim((name)::text, '
+'::text) <> ''::text)),
+    CONSTRAINT valid_agents_jsonb CHECK ((jsonb_typeof(agents) = 'object'::text)),
+    CONSTRAINT valid_config_jsonb CHECK ((jsonb_typeof(config) = 'object'::text)),
+    CONSTRAINT valid_steps_jsonb CHECK ((jsonb_typeof(steps) = 'array'::text)),
+    CONSTRAINT version_positive CHECK ((version > 0))
+);
+
+ALTER TABLE ONLY public.workflows FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.workflows IS 'Workflow definitions for multi-agent orchestration';
+
+CREATE VIEW public.v_active_workflows WITH (security_invoker='true') AS
+ SELECT w.id,
+    w.tenant_id,
+    w.name,
+    w.type,
+    count(DISTINCT we.id) FILTER (WHERE (we.status = ANY (ARRAY['pending'::public.workflow_status, 'running'::public.workflow_status]))) AS active_executions,
+    count(DISTINCT we.id) FILTER (WHERE (we.status = 'completed'::public.workflow_status)) AS completed_executions,
+    count(DISTINCT we.id) FILTER (WHERE (we.status = 'failed'::public.workflow_status)) AS failed_executions,
+    max(we.started_at) AS last_execution_started
+   FROM (public.workflows w
+     LEFT JOIN public.workflow_executions we ON (((w.id = we.workflow_id) AND (w.tenant_id = we.tenant_id))))
+  WHERE ((w.is_active = true) AND (w.deleted_at IS NULL))
+  GROUP BY w.id, w.tenant_id, w.name, w.type;
+
+CREATE VIEW public.v_agent_workload WITH (security_invoker='true') AS
+ SELECT tenant_id,
+    assigned_to AS agent_id,
+    count(*) FILTER (WHERE (status = ANY (ARRAY['assigned'::public.task_status, 'accepted'::public.task_status]))) AS pending_tasks,
+    count(*) FILTER (WHERE (status = 'in_progress'::public.task_status)) AS active_tasks,
+    count(*) FILTER (WHERE ((status = 'completed'::public.task_status) AND (completed_at > (CURRENT_TIMESTAMP - '24:00:00'::interval)))) AS completed_24h,
+    avg(EXTRACT(epoch FROM (completed_at - started_at))) FILTER (WHERE (status = 'completed'::public.task_status)) AS avg_task_duration_seconds
+   FROM public.tasks
+  WHERE ((deleted_at IS NULL) AND (assigned_to IS NOT NULL))
+  GROUP BY tenant_id, assigned_to;
+
+CREATE VIEW public.v_task_statistics WITH (security_invoker='true') AS
+ SELECT tenant_id,
+    status,
+    priority,
+    count(*) AS count,
+    avg(EXTRACT(epoch FROM (completed_at - created_at))) AS avg_duration_seconds,
+    percentile_cont((0.5)::double precision) WITHIN GROUP (ORDER BY ((EXTRACT(epoch FROM (completed_at - created_at)))::double precision)) AS median_duration_seconds,
+    percentile_cont((0.95)::double precision) WITHIN GROUP (ORDER BY ((EXTRACT(epoch FROM (completed_at - created_at)))::double precision)) AS p95_duration_seconds
+   FROM public.tasks
+  WHERE (deleted_at IS NULL)
+  GROUP BY tenant_id, status, priority;
+
+CREATE TABLE public.workspace_members (
+    workspace_id uuid NOT NULL,
+    agent_id character varying(255) NOT NULL,
+    tenant_id uuid NOT NULL,
+    role public.member_role DEFAULT 'member'::public.member_role,
+    permissions jsonb DEFAULT '["read", "write"]'::jsonb NOT NULL,
+    joined_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    last_seen_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    member_state jsonb DEFAULT '{}'::jsonb NOT NULL,
+    CONSTRAINT valid_member_state CHECK ((jsonb_typeof(member_state) = 'object'::text)),
+    CONSTRAINT valid_permissions CHECK ((jsonb_typeof(permissions) = 'array'::text))
+);
+
+ALTER TABLE ONLY public.workspace_members FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.workspace_members IS 'Workspace membership, roles and per-member state';
+
+CREATE TABLE public.workspaces (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    tenant_id uuid NOT NULL,
+    name character varying(255) NOT NULL,
+    type character varying(50) DEFAULT 'general'::character varying,
+    owner_id character varying(255) NOT NULL,
+    visibility public.workspace_visibility DEFAULT 'private'::public.workspace_visibility,
+    state jsonb DEFAULT '{}'::jsonb NOT NULL,
+    state_version integer DEFAULT 1,
+    last_activity_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    config jsonb DEFAULT '{}'::jsonb NOT NULL,
+    max_members integer DEFAULT 100,
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    updated_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
+    deleted_at timestamp with time zone,
+    CONSTRAINT valid_config CHECK ((jsonb_typeof(config) = 'object'::text)),
+    CONSTRAINT valid_max_members CHECK (((max_members > 0) AND (max_members <= 1000))),
+    CONSTRAINT valid_state CHECK ((jsonb_typeof(state) = 'object'::text)),
+    CONSTRAINT workspace_name_not_empty CHECK ((btrim((name)::text, '
+'::text) <> ''::text))
+);
+
+ALTER TABLE ONLY public.workspaces FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.workspaces IS 'Shared collaboration spaces for agent coordination';
+
+CREATE VIEW public.v_workspace_activity WITH (security_invoker='true') AS
+ SELECT w.id,
+    w.tenant_id,
+    w.name,
+    w.type,
+    count(DISTINCT wm.agent_id) AS member_count,
+    count(DISTINCT wm.agent_id) FILTER (WHERE (wm.last_seen_at > (CURRENT_TIMESTAMP - '00:15:00'::interval))) AS active_members,
+    w.state_version,
+    w.last_activity_at,
+    count(DISTINCT d.id) AS document_count
+   FROM ((public.workspaces w
+     LEFT JOIN public.workspace_members wm ON (((w.id = wm.workspace_id) AND (w.tenant_id = wm.tenant_id))))
+     LEFT JOIN public.shared_documents d ON (((w.id = d.workspace_id) AND (w.tenant_id = d.tenant_id) AND (d.deleted_at IS NULL))))
+  WHERE (w.deleted_at IS NULL)
+  GROUP BY w.id, w.tenant_id, w.name, w.type, w.state_version, w.last_activity_at;
+
+CREATE TABLE public.workspace_locks (
+    workspace_id uuid NOT NULL,
+    name character varying(100) NOT NULL,
+    tenant_id uuid NOT NULL,
+    locked_by character varying(255) NOT NULL,
+    fence bigint NOT NULL,
+    locked_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    lock_expires_at timestamp with time zone NOT NULL,
+    CONSTRAINT lock_expires_after_taken CHECK ((lock_expires_at > locked_at)),
+    CONSTRAINT lock_name_not_empty CHECK ((btrim((name)::text, '
+'::text) <> ''::text))
+);
+
+ALTER TABLE ONLY public.workspace_locks FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.workspace_locks IS 'Leased named locks of a workspace, with fencing tokens';
+
+ALTER TABLE ONLY public.audit_log ATTACH PARTITION public.audit_log_default DEFAULT;
+
+ALTER TABLE ONLY public.audit_log
+    ADD CONSTRAINT audit_log_pkey PRIMARY KEY (id, changed_at);
+
+ALTER TABLE ONLY public.audit_log_default
+    ADD CONSTRAINT audit_log_default_pkey PRIMARY KEY (id, changed_at);
+
+ALTER TABLE ONLY public.conflict_resolutions
+    ADD CONSTRAINT conflict_resolutions_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.document_operations
+    ADD CONSTRAINT document_operations_document_id_sequence_number_key UNIQUE (document_id, sequence_number);
+
+ALTER TABLE ONLY public.document_operations
+    ADD CONSTRAINT document_operations_id_tenant_id_key UNIQUE (id, tenant_id);
+
+ALTER TABLE ONLY public.document_operations
+    ADD CONSTRAINT document_operations_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.document_snapshots
+    ADD CONSTRAINT document_snapshots_document_id_sequence_number_key UNIQUE (document_id, sequence_number);
+
+ALTER TABLE ONLY public.document_snapshots
+    ADD CONSTRAINT document_snapshots_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+ALTER TABLE ONLY public.shared_documents
+    ADD CONSTRAINT shared_documents_id_tenant_id_key UNIQUE (id, tenant_id);
+
+ALTER TABLE ONLY public.shared_documents
+    ADD CONSTRAINT shared_documents_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.task_delegations
+    ADD CONSTRAINT task_delegations_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.tasks
+    ADD CONSTRAINT tasks_id_tenant_id_key UNIQUE (id, tenant_id);
+
+ALTER TABLE ONLY public.tasks
+    ADD CONSTRAINT tasks_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.workflow_executions
+    ADD CONSTRAINT workflow_executions_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.workflows
+    ADD CONSTRAINT workflows_id_tenant_id_key UNIQUE (id, tenant_id);
+
+ALTER TABLE ONLY public.workflows
+    ADD CONSTRAINT workflows_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.workspace_locks
+    ADD CONSTRAINT workspace_locks_pkey PRIMARY KEY (workspace_id, name);
+
+ALTER TABLE ONLY public.workspace_members
+    ADD CONSTRAINT workspace_members_pkey PRIMARY KEY (workspace_id, agent_id);
+
+ALTER TABLE ONLY public.workspaces
+    ADD CONSTRAINT workspaces_id_tenant_id_key UNIQUE (id, tenant_id);
+
+ALTER TABLE ONLY public.workspaces
+    ADD CONSTRAINT workspaces_pkey PRIMARY KEY (id);
+
+CREATE INDEX idx_audit_log_changed_at ON ONLY public.audit_log USING btree (changed_at DESC);
+
+CREATE INDEX audit_log_default_changed_at_idx ON public.audit_log_default USING btree (changed_at DESC);
+
+CREATE INDEX idx_audit_log_changed_by ON ONLY public.audit_log USING btree (changed_by);
+
+CREATE INDEX audit_log_default_changed_by_idx ON public.audit_log_default USING btree (changed_by);
+
+CREATE INDEX idx_audit_log_record ON ONLY public.audit_log USING btree (record_id);
+
+CREATE INDEX audit_log_default_record_id_idx ON public.audit_log_default USING btree (record_id);
+
+CREATE INDEX idx_audit_log_tenant_table ON ONLY public.audit_log USING btree (tenant_id, table_name);
+
+CREATE INDEX audit_log_default_tenant_id_table_name_idx ON public.audit_log_default USING btree (tenant_id, table_name);
+
+CREATE INDEX idx_conflicts_created_at ON public.conflict_resolutions USING btree (created_at DESC);
+
+CREATE INDEX idx_conflicts_resource ON public.conflict_resolutions USING btree (resource_type, resource_id);
+
+CREATE INDEX idx_conflicts_tenant_id ON public.conflict_resolutions USING btree (tenant_id);
+
+CREATE INDEX idx_delegations_delegated_at ON public.task_delegations USING btree (delegated_at DESC);
+
+CREATE INDEX idx_delegations_from_agent ON public.task_delegations USING btree (from_agent_id);
+
+CREATE INDEX idx_delegations_task_id ON public.task_delegations USING btree (task_id);
+
+CREATE INDEX idx_delegations_tenant_id ON public.task_delegations USING btree (tenant_id);
+
+CREATE INDEX idx_delegations_to_agent ON public.task_delegations USING btree (to_agent_id);
+
+CREATE INDEX idx_documents_created_by ON public.shared_documents USING btree (created_by);
+
+CREATE INDEX idx_documents_tenant_id ON public.shared_documents USING btree (tenant_id);
+
+CREATE INDEX idx_documents_updated_at ON public.shared_documents USING btree (updated_at DESC) WHERE (deleted_at IS NULL);
+
+CREATE INDEX idx_documents_workspace_id ON public.shared_documents USING btree (workspace_id) WHERE (deleted_at IS NULL);
+
+CREATE INDEX idx_executions_started_at ON public.workflow_executions USING btree (started_at DESC);
+
+CREATE INDEX idx_executions_status ON public.workflow_executions USING btree (status) WHERE (status <> ALL (ARRAY['completed'::public.workflow_status, 'failed'::public.workflow_status, 'cancelled'::public.workflow_status]));
+
+CREATE INDEX idx_executions_tenant_id ON public.workflow_executions USING btree (tenant_id);
+
+CREATE INDEX idx_executions_triggered_by ON public.workflow_executions USING btree (triggered_by);
+
+CREATE INDEX idx_executions_workflow_id ON public.workflow_executions USING btree (workflow_id);
+
+CREATE INDEX idx_operations_parent_id ON public.document_operations USING btree (parent_operation_id) WHERE (parent_operation_id IS NOT NULL);
+
+CREATE INDEX idx_operations_tenant_id ON public.document_operations USING btree (tenant_id);
+
+CREATE INDEX idx_operations_timestamp ON public.document_operations USING btree (document_id, "timestamp");
+
+CREATE INDEX idx_snapshots_tenant_id ON public.document_snapshots USING btree (tenant_id);
+
+CREATE INDEX idx_tasks_assigned_to ON public.tasks USING btree (assigned_to) WHERE ((assigned_to IS NOT NULL) AND (deleted_at IS NULL));
+
+CREATE INDEX idx_tasks_created_at ON public.tasks USING btree (created_at DESC);
+
+CREATE INDEX idx_tasks_created_by ON public.tasks USING btree (created_by) WHERE (deleted_at IS NULL);
+
+CREATE INDEX idx_tasks_in_progress ON public.tasks USING btree (started_at) WHERE ((status = 'in_progress'::public.task_status) AND (deleted_at IS NULL));
+
+CREATE INDEX idx_tasks_list_covering ON public.tasks USING btree (tenant_id, assigned_to, status) INCLUDE (title, priority, created_at) WHERE (deleted_at IS NULL);
+
+CREATE INDEX idx_tasks_parent_id ON public.tasks USING btree (parent_task_id) WHERE (parent_task_id IS NOT NULL);
+
+CREATE INDEX idx_tasks_status ON public.tasks USING btree (status) WHERE ((status <> ALL (ARRAY['completed'::public.task_status, 'failed'::public.task_status, 'cancelled'::public.task_status])) AND (deleted_at IS NULL));
+
+CREATE INDEX idx_tasks_tenant_id ON public.tasks USING btree (tenant_id);
+
+CREATE INDEX idx_tasks_tenant_status_priority ON public.tasks USING btree (tenant_id, status, priority) WHERE ((status = ANY (ARRAY['pending'::public.task_status, 'assigned'::public.task_status])) AND (deleted_at IS NULL));
+
+CREATE INDEX idx_tasks_workspace_status_priority ON public.tasks USING btree (workspace_id, status, priority) WHERE (deleted_at IS NULL);
+
+CREATE INDEX idx_workflows_name ON public.workflows USING btree (name) WHERE (deleted_at IS NULL);
+
+CREATE INDEX idx_workflows_tags ON public.workflows USING gin (tags);
+
+CREATE INDEX idx_workflows_tenant_active_type ON public.workflows USING btree (tenant_id, is_active, type) WHERE ((is_active = true) AND (deleted_at IS NULL));
+
+CREATE INDEX idx_workflows_tenant_id ON public.workflows USING btree (tenant_id);
+
+CREATE INDEX idx_workflows_type ON public.workflows USING btree (type);
+
+CREATE INDEX idx_workspace_locks_holder ON public.workspace_locks USING btree (locked_by);
+
+CREATE INDEX idx_workspace_locks_tenant_id ON public.workspace_locks USING btree (tenant_id);
+
+CREATE INDEX idx_workspace_members_agent_id ON public.workspace_members USING btree (agent_id);
+
+CREATE INDEX idx_workspace_members_last_seen ON public.workspace_members USING btree (last_seen_at DESC);
+
+CREATE INDEX idx_workspace_members_role ON public.workspace_members USING btree (role);
+
+CREATE INDEX idx_workspace_members_tenant_id ON public.workspace_members USING btree (tenant_id);
+
+CREATE INDEX idx_workspaces_last_activity ON public.workspaces USING btree (last_activity_at DESC) WHERE (deleted_at IS NULL);
+
+CREATE INDEX idx_workspaces_owner_id ON public.workspaces USING btree (owner_id);
+
+CREATE INDEX idx_workspaces_tenant_id ON public.workspaces USING btree (tenant_id);
+
+CREATE INDEX idx_workspaces_type ON public.workspaces USING btree (type) WHERE (deleted_at IS NULL);
+
+ALTER INDEX public.idx_audit_log_changed_at ATTACH PARTITION public.audit_log_default_changed_at_idx;
+
+ALTER INDEX public.idx_audit_log_changed_by ATTACH PARTITION public.audit_log_default_changed_by_idx;
+
+ALTER INDEX public.audit_log_pkey ATTACH PARTITION public.audit_log_default_pkey;
+
+ALTER INDEX public.idx_audit_log_record ATTACH PARTITION public.audit_log_default_record_id_idx;
+
+ALTER INDEX public.idx_audit_log_tenant_table ATTACH PARTITION public.audit_log_default_tenant_id_table_name_idx;
+
+CREATE STATISTICS public.tasks_status_priority ON status, priority FROM public.tasks;
+
+CREATE STATISTICS public.workflows_tenant_type ON tenant_id, type FROM public.workflows;
+
+CREATE TRIGGER audit_documents AFTER INSERT OR DELETE ON public.shared_documents FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id', 'content');
+
+CREATE TRIGGER audit_documents_update AFTER UPDATE ON public.shared_documents FOR EACH ROW WHEN ((((((((((((((((old.id IS DISTINCT FROM new.id) OR (old.workspace_id IS DISTINCT FROM new.workspace_id)) OR (old.tenant_id IS DISTINCT FROM new.tenant_id)) OR ((old.title)::text IS DISTINCT FROM (new.title)::text)) OR ((old.content_type)::text IS DISTINCT FROM (new.content_type)::text)) OR ((old.language)::text IS DISTINCT FROM (new.language)::text)) OR (old.is_locked IS DISTINCT FROM new.is_locked)) OR ((old.locked_by)::text IS DISTINCT FROM (new.locked_by)::text)) OR (old.locked_at IS DISTINCT FROM new.locked_at)) OR (old.lock_expires_at IS DISTINCT FROM new.lock_expires_at)) OR (old.lock_fence IS DISTINCT FROM new.lock_fence)) OR ((old.created_by)::text IS DISTINCT FROM (new.created_by)::text)) OR (old.created_at IS DISTINCT FROM new.created_at)) OR (old.deleted_at IS DISTINCT FROM new.deleted_at)) OR (old.metadata IS DISTINCT FROM new.metadata))) EXECUTE FUNCTION public.audit_trigger_function('id', 'content');
+
+CREATE TRIGGER audit_task_delegations AFTER INSERT OR DELETE OR UPDATE ON public.task_delegations FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id');
+
+CREATE TRIGGER audit_tasks AFTER INSERT OR DELETE OR UPDATE ON public.tasks FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id');
+
+CREATE TRIGGER audit_workflows AFTER INSERT OR DELETE OR UPDATE ON public.workflows FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id');
+
+CREATE TRIGGER audit_workspace_locks AFTER INSERT OR DELETE OR UPDATE ON public.workspace_locks FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('workspace_id');
+
+CREATE TRIGGER audit_workspace_members AFTER INSERT OR DELETE ON public.workspace_members FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('workspace_id');
+
+CREATE TRIGGER audit_workspace_members_update AFTER UPDATE ON public.workspace_members FOR EACH ROW WHEN ((((((((old.workspace_id IS DISTINCT FROM new.workspace_id) OR ((old.agent_id)::text IS DISTINCT FROM (new.agent_id)::text)) OR (old.tenant_id IS DISTINCT FROM new.tenant_id)) OR (old.role IS DISTINCT FROM new.role)) OR (old.permissions IS DISTINCT FROM new.permissions)) OR (old.joined_at IS DISTINCT FROM new.joined_at)) OR (old.member_state IS DISTINCT FROM new.member_state))) EXECUTE FUNCTION public.audit_trigger_function('workspace_id');
+
+CREATE TRIGGER audit_workspaces AFTER INSERT OR DELETE ON public.workspaces FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id');
+
+CREATE TRIGGER audit_workspaces_update AFTER UPDATE ON public.workspaces FOR EACH ROW WHEN (((((((((((((old.id IS DISTINCT FROM new.id) OR (old.tenant_id IS DISTINCT FROM new.tenant_id)) OR ((old.name)::text IS DISTINCT FROM (new.name)::text)) OR ((old.type)::text IS DISTINCT FROM (new.type)::text)) OR ((old.owner_id)::text IS DISTINCT FROM (new.owner_id)::text)) OR (old.visibility IS DISTINCT FROM new.visibility)) OR (old.state IS DISTINCT FROM new.state)) OR (old.state_version IS DISTINCT FROM new.state_version)) OR (old.config IS DISTINCT FROM new.config)) OR (old.max_members IS DISTINCT FROM new.max_members)) OR (old.created_at IS DISTINCT FROM new.created_at)) OR (old.deleted_at IS DISTINCT FROM new.deleted_at))) EXECUTE FUNCTION public.audit_trigger_function('id');
+
+CREATE TRIGGER update_documents_updated_at BEFORE UPDATE ON public.shared_documents FOR EACH ROW WHEN ((NOT (old.head_seq IS DISTINCT FROM new.head_seq))) EXECUTE FUNCTION public.update_updated_at_column();
+
+CREATE TRIGGER update_tasks_updated_at BEFORE UPDATE ON public.tasks FOR EACH ROW EXECUTE FUNCTION public.update_updated_at_column();
+
+CREATE TRIGGER update_workflows_updated_at BEFORE UPDATE ON public.workflows FOR EACH ROW EXECUTE FUNCTION public.update_updated_at_column();
+
+CREATE TRIGGER update_workspaces_updated_at BEFORE UPDATE ON public.workspaces FOR EACH ROW EXECUTE FUNCTION public.update_updated_at_column();
+
+ALTER TABLE ONLY public.document_operations
+    ADD CONSTRAINT document_operations_document_id_fkey FOREIGN KEY (document_id, tenant_id) REFERENCES public.shared_documents(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.document_operations
+    ADD CONSTRAINT document_operations_parent_operation_id_fkey FOREIGN KEY (parent_operation_id, tenant_id) REFERENCES public.document_operations(id, tenant_id);
+
+ALTER TABLE ONLY public.document_snapshots
+    ADD CONSTRAINT document_snapshots_document_id_fkey FOREIGN KEY (document_id, tenant_id) REFERENCES public.shared_documents(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.shared_documents
+    ADD CONSTRAINT shared_documents_workspace_id_fkey FOREIGN KEY (workspace_id, tenant_id) REFERENCES public.workspaces(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.task_delegations
+    ADD CONSTRAINT task_delegations_task_id_fkey FOREIGN KEY (task_id, tenant_id) REFERENCES public.tasks(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.tasks
+    ADD CONSTRAINT tasks_parent_task_id_fkey FOREIGN KEY (parent_task_id, tenant_id) REFERENCES public.tasks(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.tasks
+    ADD CONSTRAINT tasks_workspace_id_fkey FOREIGN KEY (workspace_id, tenant_id) REFERENCES public.workspaces(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.workflow_executions
+    ADD CONSTRAINT workflow_executions_workflow_id_fkey FOREIGN KEY (workflow_id, tenant_id) REFERENCES public.workflows(id, tenant_id);
+
+ALTER TABLE ONLY public.workspace_locks
+    ADD CONSTRAINT workspace_locks_workspace_id_fkey FOREIGN KEY (workspace_id, tenant_id) REFERENCES public.workspaces(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.workspace_members
+    ADD CONSTRAINT workspace_members_workspace_id_fkey FOREIGN KEY (workspace_id, tenant_id) REFERENCES public.workspaces(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE public.audit_log ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY audit_owner_insert ON public.audit_log FOR INSERT TO tandem_owner WITH CHECK (true);
+
+CREATE POLICY audit_tenant_isolation ON public.audit_log FOR SELECT USING ((tenant_id = public.current_tenant_id()));
+
+ALTER TABLE public.conflict_resolutions ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY conflicts_tenant_isolation ON public.conflict_resolutions USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+CREATE POLICY delegations_tenant_isolation ON public.task_delegations USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+ALTER TABLE public.document_operations ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.document_snapshots ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY documents_tenant_isolation ON public.shared_documents USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+CREATE POLICY executions_tenant_isolation ON public.workflow_executions USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+CREATE POLICY members_tenant_isolation ON public.workspace_members USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+CREATE POLICY operations_tenant_isolation ON public.document_operations USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+ALTER TABLE public.shared_documents ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY snapshots_tenant_isolation ON public.document_snapshots USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+ALTER TABLE public.task_delegations ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.tasks ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY tasks_soft_delete ON public.tasks AS RESTRICTIVE FOR SELECT TO tandem_app USING ((deleted_at IS NULL));
+
+CREATE POLICY tasks_tenant_isolation ON public.tasks USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+CREATE POLICY tasks_timeout_sweep_select ON public.tasks FOR SELECT TO tandem_owner USING (((status = ANY (ARRAY['in_progress'::public.task_status, 'timeout'::public.task_status])) AND (deleted_at IS NULL)));
+
+ALTER TABLE public.workflow_executions ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.workflows ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY workflows_tenant_isolation ON public.workflows USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+ALTER TABLE public.workspace_locks ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY workspace_locks_tenant_isolation ON public.workspace_locks USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+ALTER TABLE public.workspace_members ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.workspaces ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY workspaces_tenant_isolation ON public.workspaces USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+GRANT ALL ON SCHEMA public TO tandem_owner;
+GRANT USAGE ON SCHEMA public TO tandem_app;
+
+GRANT ALL ON TYPE public.delegation_type TO tandem_app;
+
+GRANT ALL ON TYPE public.member_role TO tandem_app;
+
+GRANT ALL ON TYPE public.task_priority TO tandem_app;
+
+GRANT ALL ON TYPE public.task_status TO tandem_app;
+
+GRANT ALL ON TYPE public.workflow_status TO tandem_app;
+
+GRANT ALL ON TYPE public.workflow_type TO tandem_app;
+
+GRANT ALL ON TYPE public.workspace_visibility TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.audit_trigger_function() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.current_tenant_id() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.current_tenant_id() TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.jsonb_merge_recursive(target jsonb, source jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.jsonb_merge_recursive(target jsonb, source jsonb) TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.lock_allows_write(locked boolean, holder text, expires_at timestamp with time zone, lock_fence bigint, writer text, fence bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.lock_allows_write(locked boolean, holder text, expires_at timestamp with time zone, lock_fence bigint, writer text, fence bigint) TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.soft_delete_task(task_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.soft_delete_task(task_id uuid) TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.sweep_task_timeouts(max_rows integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.sweep_task_timeouts(max_rows integer) TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.tandem_append_batch(p_tenants uuid[], p_docs uuid[], p_agents text[], p_fences bigint[], p_types text[], p_clocks jsonb[], p_updates bytea[], p_node text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.tandem_append_batch(p_tenants uuid[], p_docs uuid[], p_agents text[], p_fences bigint[], p_types text[], p_clocks jsonb[], p_updates bytea[], p_node text) TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.tandem_ensure_audit_partition(for_month date) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.tandem_maintain_partitions() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.tandem_maintain_partitions() TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.tandem_uuidv7() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.tandem_uuidv7() TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.tenants_with_overdue_tasks(max_tenants integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.tenants_with_overdue_tasks(max_tenants integer) TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.update_updated_at_column() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.validate_jsonb_keys(data jsonb, required_keys text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.validate_jsonb_keys(data jsonb, required_keys text[]) TO tandem_app;
+
+GRANT SELECT ON TABLE public.audit_log TO tandem_app;
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.conflict_resolutions TO tandem_app;
+
+GRANT SELECT,INSERT ON TABLE public.document_operations TO tandem_app;
+
+GRANT SELECT,INSERT,DELETE ON TABLE public.document_snapshots TO tandem_app;
+
+GRANT USAGE ON SEQUENCE public.lock_fence_seq TO tandem_app;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.shared_documents TO tandem_app;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.task_delegations TO tandem_app;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.tasks TO tandem_app;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.workflow_executions TO tandem_app;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.workflows TO tandem_app;
+
+GRANT SELECT ON TABLE public.v_active_workflows TO tandem_app;
+
+GRANT SELECT ON TABLE public.v_agent_workload TO tandem_app;
+
+GRANT SELECT ON TABLE public.v_task_statistics TO tandem_app;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.workspace_members TO tandem_app;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.workspaces TO tandem_app;
+
+GRANT SELECT ON TABLE public.v_workspace_activity TO tandem_app;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.workspace_locks TO tandem_app;
