@@ -9,6 +9,7 @@ exit promptly (0, or 141 as a process killed by SIGPIPE), with no traceback and 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 from pycrdt import Doc, Text
 
 from crdt.document import CONTENT, Document
-from server import database, store, workspaces
+from server import admin, database, store, workspaces
 from tests.conftest import TENANT_A
 from tests.serverproc import REPO, TANDEM, server_env
 
@@ -39,7 +40,8 @@ LINE = "{:05d} " + "x" * 72 + "\n"  # one line of text per operation: 80 charact
 
 @pytest.fixture
 def env(db: TestDatabase) -> dict[str, str]:
-    return server_env(DATABASE_URL=db.admin_url)
+    # Buffered stdout, as in an operator's shell (PYTHONUNBUFFERED changes how writes fail).
+    return server_env(DATABASE_URL=db.admin_url, PYTHONUNBUFFERED=None)
 
 
 @pytest.fixture
@@ -110,6 +112,7 @@ async def test_document_commands_stop_quietly_on_a_closed_pipe(pool: asyncpg.Poo
     assert assert_quiet_stop(["history", doc, "--tenant", A], env).split() == [b"seq", b"time", b"type", b"bytes", b"agent"]
     assert b'"seq": 1' in assert_quiet_stop(["history", doc, "--tenant", A, "--json"], env)
     assert assert_quiet_stop(["replay", doc, "--tenant", A], env) == LINE.format(0).encode()
+    assert_quiet_stop(["replay", doc, "--tenant", A, "--format", "update"], env)  # binary, with newlines in the text
     assert assert_quiet_stop(["blame", doc, "--tenant", A], env).rstrip().endswith(LINE.format(0).rstrip().encode())
     assert b'"agent_id": "olga"' in assert_quiet_stop(["blame", doc, "--tenant", A, "--json"], env)
     assert assert_quiet_stop(["replay", doc, "--tenant", A, "--verify"], env).startswith(f"document {doc}".encode())
@@ -146,3 +149,14 @@ async def test_operator_commands_stop_quietly_on_a_closed_pipe(pool: asyncpg.Poo
     uuid.UUID(assert_quiet_stop(["workspace", "create", "--tenant", A, "--owner", "olga", "Other"], env).decode().strip())
     assert assert_quiet_stop(["member", "add", "--tenant", A, ws, "bob", "--role", "viewer"], env) == b"bob viewer\n"
     uuid.UUID(assert_quiet_stop(["document", "create", "--tenant", A, ws, "Notes"], env).decode().strip())
+
+
+async def test_closing_the_commands_pool_does_not_wait_for_a_held_connection(db: TestDatabase) -> None:
+    # What `tandem history` did when printing failed: a connection still held, the pool closing.
+    pool = await database.create_pool(db.app_url, min_size=1, max_size=1,
+                                      connect_timeout_s=admin.CONNECT_TIMEOUT_S, command_timeout_s=admin.COMMAND_TIMEOUT_S)
+    held = await pool.acquire()
+    await asyncio.wait_for(database.close_pool(pool, 0.5), 10)  # pool.close() alone waits for `held`
+    assert pool.is_closing()
+    with pytest.raises(asyncpg.InterfaceError, match="released back to the pool"):
+        await held.fetchval("SELECT 1")  # terminated with the pool
