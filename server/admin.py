@@ -27,6 +27,12 @@ from server.settings import Settings
 ACTOR = "tandem-cli"
 MAX_AGENT_ID_CHARS = 255  # workspace_members.agent_id and the token's `sub` (server/auth.py)
 TTL_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# The commands' pool: a connection is made within CONNECT_TIMEOUT_S and a query without its own
+# timeout answers within COMMAND_TIMEOUT_S, or the command fails instead of waiting; closing
+# waits CLOSE_TIMEOUT_S for connections still in use, then terminates them.
+CONNECT_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 60.0
+CLOSE_TIMEOUT_S = 5.0
 _TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 
 
@@ -111,11 +117,14 @@ async def app_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """
     async with database_server(settings) as (admin_url, _embedded):
         await database.prepare(settings, admin_url)
-        pool = await database.create_pool(database.app_url(settings, admin_url), min_size=1, max_size=1)
+        pool = await database.create_pool(
+            database.app_url(settings, admin_url), min_size=1, max_size=1,
+            connect_timeout_s=CONNECT_TIMEOUT_S, command_timeout_s=COMMAND_TIMEOUT_S,
+        )
         try:
             yield pool
         finally:
-            await pool.close()
+            await database.close_pool(pool, CLOSE_TIMEOUT_S)
 
 
 async def create_workspace(

@@ -8,6 +8,7 @@ security applies to everything it does.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -51,10 +52,30 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(url: str, min_size: int = 1, max_size: int = 10, application_name: str | None = None) -> asyncpg.Pool:
+async def create_pool(
+    url: str,
+    min_size: int = 1,
+    max_size: int = 10,
+    application_name: str | None = None,
+    *,
+    connect_timeout_s: float = 60.0,
+    command_timeout_s: float | None = None,
+) -> asyncpg.Pool:
     """The application role's pool; `application_name` (e.g. "tandem node-1") names its
-    connections in pg_stat_activity, so an operator sees which node holds which."""
+    connections in pg_stat_activity, so an operator sees which node holds which.
+    `connect_timeout_s` bounds opening a connection, `command_timeout_s` (None: unbounded)
+    each query that passes no timeout of its own."""
     settings = {"application_name": application_name} if application_name else None
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=settings
+        url, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=settings,
+        timeout=connect_timeout_s, command_timeout=command_timeout_s,
     )
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_s: float) -> None:
+    """Close `pool`, waiting at most `timeout_s` for its connections to be released; past that
+    they are terminated (a connection something still holds would otherwise be waited for forever)."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        pool.terminate()
