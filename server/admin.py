@@ -18,7 +18,7 @@ from datetime import datetime
 import asyncpg
 
 from server import auth, database, protocol, store, workspaces
-from server.app import database_server
+from server.dbserver import database_server
 from server.errors import ErrorCode, TandemError
 from server.settings import Settings
 

@@ -29,46 +29,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import auth, connection, database, fanout, health, presence, session, transport, yws
 from server.committer import Committer
 from server.coordination import Coordination
-from server.embedded import EmbeddedPostgres
+from server.dbserver import EXPECTED_ERRORS, StartupError, database_server, explain
 from server.logs import bind_ids, get_logger
 from server.metrics import HttpMetrics, Metrics
-from server.migrate import MigrationError
 from server.node import Node
-from server.pgcluster import ClusterError
 from server.rooms import RoomRegistry
 from server.supervisor import Supervised, Supervisor, TaskFactory
 from server.validation import Validator
 from server.settings import Settings
 
-# Failures a user can cause and fix (a busy data folder, an edited migration, an unreachable or
-# refusing database): reported as one line, never as a traceback.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    ClusterError,
-    MigrationError,
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
-
 log = get_logger("tandem.app")
-
-
-class StartupError(RuntimeError):
-    """The server could not start for an expected reason; the message is one line."""
-
-
-def explain(exc: BaseException) -> str:
-    """One line describing an expected failure."""
-    if isinstance(exc, (ClusterError, MigrationError)):
-        text = str(exc)
-    elif isinstance(exc, TimeoutError):
-        text = f"timed out: {exc}" if str(exc) else "timed out"
-    elif isinstance(exc, asyncpg.PostgresError):
-        text = f"database refused: {type(exc).__name__}: {exc}"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())
 
 
 @dataclass
@@ -99,29 +69,6 @@ def with_node_id(settings: Settings) -> Settings:
     if settings.node_id:
         return settings
     return settings.model_copy(update={"node_id": f"node-{secrets.token_hex(4)}"})
-
-
-@contextlib.asynccontextmanager
-async def database_server(settings: Settings) -> AsyncIterator[tuple[str, bool]]:
-    """Yield `(admin_url, embedded)`: `DATABASE_URL` as is, else the embedded PostgreSQL.
-
-    The embedded cluster runs in `<data_dir>/pgdata` while the block runs and is stopped after.
-    Raises `ClusterError` when it cannot start or another server holds the data folder.
-    """
-    if settings.database_url:
-        yield settings.database_url, False
-        return
-    async with EmbeddedPostgres(settings.data_dir) as pg:
-        log.info(
-            "db.embedded",
-            data_dir=str(pg.data_dir),
-            message=f"PostgreSQL is embedded; its data is in {pg.data_dir / 'pgdata'} "
-            "(set DATABASE_URL to use your own server)",
-        )
-        try:
-            yield pg.admin_url, True
-        finally:
-            log.info("db.embedded.stopping", data_dir=str(pg.data_dir))
 
 
 async def _schema_version(admin_url: str) -> str | None:

@@ -24,7 +24,6 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from server import admin, cli_docs, migrate, protocol, schema_dump, workspaces
-from server import app as server_app
 from server.cli_shared import (
     DataDir,
     TandemGroup,
@@ -65,6 +64,8 @@ def serve(
     """Run the server until SIGTERM or Ctrl-C (without DATABASE_URL it embeds PostgreSQL)."""
     settings = settings_from(host=host, port=port, data_dir=data_dir)
     with expected_failures():
+        from server import app as server_app  # the web stack, for this command only
+
         server_app.run(settings)
 
 

@@ -25,8 +25,7 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from server import admin, logs
-from server import app as server_app
+from server import admin, dbserver, logs
 from server.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -94,10 +93,10 @@ def expected_failures() -> Iterator[None]:
     """Turn expected failures into one line on stderr and exit code 1."""
     try:
         yield
-    except server_app.StartupError as exc:
+    except dbserver.StartupError as exc:
         fail(str(exc))
-    except server_app.EXPECTED_ERRORS as exc:
-        fail(server_app.explain(exc))
+    except dbserver.EXPECTED_ERRORS as exc:
+        fail(dbserver.explain(exc))
 
 
 def settings_from(**overrides: object) -> Settings:
@@ -115,7 +114,7 @@ def with_admin_connection(settings: Settings, action: Callable[[asyncpg.Connecti
     """Run `action` on an admin connection; the embedded PostgreSQL runs only meanwhile."""
 
     async def body() -> T:
-        async with server_app.database_server(settings) as (admin_url, _embedded):
+        async with dbserver.database_server(settings) as (admin_url, _embedded):
             conn = await asyncpg.connect(admin_url, timeout=CONNECT_TIMEOUT_S)
             try:
                 return await action(conn)

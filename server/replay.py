@@ -15,7 +15,7 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -366,13 +366,10 @@ def describe_clock_difference(replayed: VectorClock, expected: VectorClock, name
 # --- internals -------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def _reading(pool: asyncpg.Pool, tenant_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
-    """`store.tenant_transaction`, read-only and repeatable-read: one view of the head, the
-    snapshots and every page of the log, however long the replay takes."""
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        await conn.execute(store.Q["set_context"], str(tenant_id), ACTOR, None)
-        yield conn
+def _reading(pool: asyncpg.Pool, tenant_id: uuid.UUID) -> AbstractAsyncContextManager[asyncpg.Connection]:
+    """One view of the head, the snapshots and every page of the log, however long the replay
+    takes."""
+    return store.tenant_transaction(pool, tenant_id, ACTOR, snapshot=True)
 
 
 async def _document(conn: asyncpg.Connection, tenant_id: uuid.UUID, doc_id: uuid.UUID) -> DocumentRow:

@@ -87,10 +87,14 @@ class LoggedOperation:
 
 @asynccontextmanager
 async def tenant_transaction(
-    pool: asyncpg.Pool, tenant_id: uuid.UUID, agent_id: str | None = None, client_ip: str | None = None
+    pool: asyncpg.Pool, tenant_id: uuid.UUID, agent_id: str | None = None, client_ip: str | None = None,
+    *, snapshot: bool = False,
 ) -> AsyncIterator[asyncpg.Connection]:
-    """A transaction scoped to one tenant (RLS), with the actor recorded for the audit trail."""
-    async with pool.acquire() as conn, conn.transaction():
+    """A transaction scoped to one tenant (RLS), with the actor recorded for the audit trail:
+    the one way the server reaches tenant data. `snapshot`: read-only and repeatable-read, one
+    view of the database however many statements read it (a replay paging through the log)."""
+    options = {"isolation": "repeatable_read", "readonly": True} if snapshot else {}
+    async with pool.acquire() as conn, conn.transaction(**options):
         await conn.execute(Q["set_context"], str(tenant_id), agent_id, client_ip)
         yield conn
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,3 +180,11 @@ def test_unreachable_database_url_is_one_line_error() -> None:
     env = server_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/tandem")
     error = one_line_error(tandem("migrate", "status", env=env))
     assert "Connect call failed" in error or "refused" in error.lower(), error
+
+
+def test_the_operator_commands_do_not_load_the_web_stack() -> None:
+    """`tandem token issue` and the other admin commands need the database, not Starlette,
+    uvicorn or the rooms: only `tandem serve` imports the app."""
+    code = "import sys, server.cli; print(sorted(m for m in ('starlette', 'uvicorn', 'server.app', 'server.rooms') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
