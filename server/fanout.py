@@ -33,8 +33,6 @@ from server.rooms import RoomRegistry
 
 log = structlog.get_logger("tandem.fanout")
 
-CHANNEL = hints.CHANNEL
-
 
 class Fanout:
     """Owns the LISTEN connection and the periodic check. `run()` until cancelled."""
@@ -83,7 +81,7 @@ class Fanout:
             conn = await self._connect()
             try:
                 conn.add_termination_listener(lambda _c: lost.set())
-                await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(hints.CHANNEL, self._on_notify)
                 self.connected = True
                 self.metrics.listen_up.set(1)
                 log.info("fanout.listening", reconnects=self.reconnects)
