@@ -3,18 +3,19 @@
 A change and its event commit together: `notify` runs `pg_notify` in the writer's transaction,
 so other nodes hear of it only if it commits, in commit order; after the commit the writer
 calls `deliver` for this node's sessions. Other nodes receive the NOTIFY through the fan-out's
-LISTEN connection (server/fanout.py, `"k": "ev"`) and call `on_remote`.
+LISTEN connection (server/fanout.py; the payload's format is server/hints.py's) and call
+`on_remote`.
 
 An event reaches the sessions that joined its workspace and, for task events, every session
-of the agents it names (creator, assignee) wherever they are. NOTIFY payloads are limited to
-8,000 bytes: an event too large to carry (a big state or task result) travels as a reference
-and the receiving node reads the current value back (`refetch`). Imports no Starlette.
+of the agents it names (creator, assignee) wherever they are. NOTIFY payloads are limited
+(`hints.MAX_NOTIFY_BYTES`): an event too large to carry (a big state or task result) travels as
+a reference and the receiving node reads the current value back (`refetch`). Imports no
+Starlette.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -24,12 +25,11 @@ from typing import Any, Protocol
 import asyncpg
 import structlog
 
+from server import hints
 from server import protocol as p
 from server.store import Q
 
 log = structlog.get_logger("tandem.events")
-
-MAX_NOTIFY_BYTES = 7900  # PostgreSQL's limit is 8,000 bytes, with room for the envelope
 
 
 class Listener(Protocol):
@@ -87,16 +87,9 @@ class Events:
     # --- sending ---------------------------------------------------------------------------------
 
     def payload(self, event: Event) -> str:
-        body = {
-            "k": "ev", "n": self.node_id, "t": str(event.tenant_id), "w": str(event.workspace_id),
-            "a": sorted(event.agents), "e": event.message,
-        }  # fmt: skip
-        text = json.dumps(body, separators=(",", ":"), default=str)
-        if len(text.encode()) <= MAX_NOTIFY_BYTES or event.ref is None:
-            return text
-        body["e"] = {k: v for k, v in event.message.items() if k != event.ref[2]}
-        body["r"] = list(event.ref)
-        return json.dumps(body, separators=(",", ":"), default=str)
+        return hints.encode_event(
+            self.node_id, event.tenant_id, event.workspace_id, event.agents, event.message, event.ref
+        )
 
     async def notify(self, conn: asyncpg.Connection, event: Event) -> None:
         """In the writer's transaction: other nodes hear of the event only if it commits."""
@@ -120,28 +113,26 @@ class Events:
         self.delivered += len(targets)
         return len(targets)
 
-    def on_remote(self, payload: dict[str, Any]) -> None:
+    def on_remote(self, hint: hints.EventHint) -> None:
         """Another node's event (the fan-out decoded its NOTIFY and skipped our own). Delivered
         at once, in NOTIFY order; one sent as a reference is read back first (it may then
         overtake an earlier one: events carry versions, fences and statuses to order them)."""
-        tenant_id, workspace_id = uuid.UUID(payload["t"]), uuid.UUID(payload["w"])
-        agents = frozenset(payload.get("a", ()))
-        if "r" not in payload:
-            self.deliver(Event(tenant_id, workspace_id, payload["e"], agents))
+        if hint.ref is None:
+            self.deliver(Event(hint.tenant_id, hint.workspace_id, hint.message, hint.agents))
             return
-        task = asyncio.create_task(self._refetched(tenant_id, workspace_id, payload, agents))
+        task = asyncio.create_task(self._refetched(hint, hint.ref))
         self._refetching.add(task)
         task.add_done_callback(self._refetching.discard)
 
-    async def _refetched(self, tenant_id: uuid.UUID, workspace_id: uuid.UUID, payload: dict[str, Any], agents: frozenset[str]) -> None:
-        kind, ref_id, _field = payload["r"]
+    async def _refetched(self, hint: hints.EventHint, ref: tuple[str, str, str]) -> None:
+        kind, ref_id, _field = ref
         try:
-            fetched = None if self.refetch is None else await self.refetch(tenant_id, workspace_id, kind, ref_id)
+            fetched = None if self.refetch is None else await self.refetch(hint.tenant_id, hint.workspace_id, kind, ref_id)
         except Exception:
             log.exception("events.refetch_failed", kind=kind)
             return
         if fetched is not None:  # None: gone meanwhile (a deleted task), nothing left to tell
-            self.deliver(Event(tenant_id, workspace_id, {**payload["e"], **fetched}, agents))
+            self.deliver(Event(hint.tenant_id, hint.workspace_id, {**hint.message, **fetched}, hint.agents))
 
 
 def _discard(index: dict[Any, dict[str, Listener]], key: Any, conn_id: str) -> None:

@@ -1,24 +1,22 @@
 """Fan-out across nodes: NOTIFY hints out of the writer's transaction, LISTEN on a dedicated
 connection, and catch-up from the log.
 
-The committer's batch call (`tandem_append_batch`, migration 0019) issues `pg_notify` inside the
-transaction that appends the operations, so a hint is delivered only if the commit happens, in
-commit order. The payload is small (`{"k": "ops", "d": doc_id, "s": last_seq, "n": node_id, "t":
-the sender's clock at commit, which measures the lag}`); small operations ride along (`"o"`), so a
-follower that is up to date applies them without reading the log, but nothing relies on it (payloads
-are limited to 8,000 bytes). A node ignores its own hints; for another node's, the room reads
-what it lacks from `document_operations` (`seq > head_seq`) and delivers it in order. NOTIFY is
-only a hint, the log is the truth: at start, after every reconnect of the LISTEN connection
-(with backoff), and every `fanout_check_interval_s`, each open room compares its head with the
-document's `head_seq` and catches up. Workspace events (locks, state, tasks, members) share the
-channel as `"k": "ev"` (server/events.py).
+The committer's batch call (`tandem_append_batch`, its hint built by `tandem_ops_hint`, migration
+0022) issues `pg_notify` inside the transaction that appends the operations, so a hint is
+delivered only if the commit happens, in commit order. The payload (server/hints.py owns its
+format) names the document, its last seq, the sending node and its clock at commit, which
+measures the lag; small operations ride along, so a follower that is up to date applies them
+without reading the log, but nothing relies on it. A node ignores its own hints; for another
+node's, the room reads what it lacks from `document_operations` (`seq > head_seq`) and delivers
+it in order. NOTIFY is only a hint, the log is the truth: at start, after every reconnect of the
+LISTEN connection (with backoff), and every `fanout_check_interval_s`, each open room compares
+its head with the document's `head_seq` and catches up. Workspace events (locks, state, tasks,
+members) share the channel (server/events.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import time
 import uuid
 from collections import defaultdict
@@ -28,14 +26,12 @@ import asyncpg
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from server import store
+from server import hints, store
 from server.events import Events
 from server.metrics import Metrics
 from server.rooms import RoomRegistry
 
 log = structlog.get_logger("tandem.fanout")
-
-CHANNEL = "tandem"
 
 
 class Fanout:
@@ -58,29 +54,23 @@ class Fanout:
     # --- hints -------------------------------------------------------------------------------
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        # This node's own hints (every one it sends comes back) are dropped before parsing: a
-        # quoted key followed by the quoted id cannot occur inside an escaped JSON string.
-        if f'"n": "{self.node_id}"' in payload or f'"n" : "{self.node_id}"' in payload:
-            return
         try:
-            hint = json.loads(payload)
-            if hint.get("n") == self.node_id:
-                return
-            self.metrics.notifications.labels(hint.get("k", "?")).inc()
-            if isinstance(hint.get("t"), int | float):
-                self.metrics.fanout_lag.observe(max(0.0, time.time() - hint["t"]))
-            if hint.get("k") == "ops":
-                last = int(hint["s"])
-                carried = hint.get("o") or []
-                first = last - len(carried) + 1
+            hint = hints.decode(payload, self.node_id)
+            if isinstance(hint, hints.OpsHint):
+                self.metrics.notifications.labels(hints.KIND_OPS).inc()
+                if hint.at is not None:
+                    self.metrics.fanout_lag.observe(max(0.0, time.time() - hint.at))
+                first = hint.seq - len(hint.carried) + 1
                 rows = [
-                    store.LoggedOperation(first + i, agent, op_type, base64.b64decode(update))
-                    for i, (agent, update, op_type) in enumerate(carried)
+                    store.LoggedOperation(first + i, op.agent_id, op.op_type, op.update)
+                    for i, op in enumerate(hint.carried)
                 ]  # fmt: skip
-                self.rooms.on_remote(uuid.UUID(hint["d"]), last, rows)
-            elif hint.get("k") == "ev" and self.events is not None:
-                self.events.on_remote(hint)
-        except (ValueError, KeyError, TypeError):
+                self.rooms.on_remote(hint.doc_id, hint.seq, rows)
+            elif isinstance(hint, hints.EventHint):
+                self.metrics.notifications.labels(hints.KIND_EVENT).inc()
+                if self.events is not None:
+                    self.events.on_remote(hint)
+        except (ValueError, KeyError, TypeError):  # hints.BadHint among them
             log.warning("fanout.bad_payload", payload=payload[:200])
 
     # --- the LISTEN connection ------------------------------------------------------------------
@@ -91,7 +81,7 @@ class Fanout:
             conn = await self._connect()
             try:
                 conn.add_termination_listener(lambda _c: lost.set())
-                await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(hints.CHANNEL, self._on_notify)
                 self.connected = True
                 self.metrics.listen_up.set(1)
                 log.info("fanout.listening", reconnects=self.reconnects)
