@@ -238,8 +238,7 @@ BEGIN
 
         IF t_docs IS NOT NULL THEN
             WITH kept AS MATERIALIZED (
-                SELECT k.doc, k.agent, k.op_type, k.clock, k.upd, k.s,
-                       sum(octet_length(k.upd)) OVER (PARTITION BY k.doc ORDER BY k.s) AS running_bytes
+                SELECT k.doc, k.agent, k.op_type, k.clock, k.upd, k.s
                   FROM unnest(p_docs, p_agents, p_types, p_clocks, p_updates, t_seqs) AS k(doc, agent, op_type, clock, upd, s)
                  WHERE k.s IS NOT NULL
             ), bumped AS (
@@ -251,29 +250,15 @@ BEGIN
                     (tenant_id, document_id, sequence_number, agent_id, operation_type, vector_clock, "update")
                 SELECT cur_tenant, kept.doc, kept.s, kept.agent, kept.op_type, kept.clock, kept.upd FROM kept
             ), per_doc AS (
-                -- Small operations ride along ("o": [agent, base64 update, type] for the seqs up to
-                -- "s"), so followers need not read them back; the payload stays under NOTIFY's 8,000
-                -- bytes, or the hint goes without them. Only the first 4,000 bytes are encoded.
-                SELECT kept.doc, max(kept.s) AS head,
-                       CASE WHEN sum(octet_length(kept.upd)) <= 4000 THEN
-                           json_agg(json_build_array(kept.agent, translate(encode(kept.upd, 'base64'), E'\n', ''), kept.op_type)
-                                    ORDER BY kept.s) FILTER (WHERE kept.running_bytes <= 4000)
-                       END AS carried
+                SELECT kept.doc, max(kept.s) AS head, array_agg(kept.agent ORDER BY kept.s) AS agents,
+                       array_agg(kept.upd ORDER BY kept.s) AS upds, array_agg(kept.op_type ORDER BY kept.s) AS types
                   FROM kept
                  WHERE p_node IS NOT NULL
                  GROUP BY kept.doc
-            ), hint AS (
-                SELECT json_build_object('k', 'ops', 'd', p.doc, 's', p.head, 'n', p_node,
-                           't', round(extract(epoch FROM clock_timestamp())::numeric, 6)) AS bare,
-                       p.carried
-                  FROM per_doc p
             )
-            SELECT count(pg_notify('tandem', CASE
-                       WHEN h.carried IS NOT NULL AND octet_length((h.bare::jsonb || jsonb_build_object('o', h.carried))::text) <= 7900
-                       THEN (h.bare::jsonb || jsonb_build_object('o', h.carried))::text
-                       ELSE h.bare::text END))
+            SELECT count(pg_notify('tandem', public.tandem_ops_hint(p.doc, p.head, p_node, p.agents, p.upds, p.types)))
               INTO hints
-              FROM hint h;
+              FROM per_doc p;
         END IF;
 
         IF seqs IS NULL THEN
@@ -357,6 +342,24 @@ END;
 $$;
 
 COMMENT ON FUNCTION public.tandem_maintain_partitions() IS 'Creates this and next month''s audit_log partitions; idempotent, safe to call concurrently';
+
+CREATE FUNCTION public.tandem_ops_hint(p_doc uuid, p_seq bigint, p_node text, p_agents text[], p_updates bytea[], p_types text[]) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    bare json := json_build_object('k', 'ops', 'd', p_doc, 's', p_seq, 'n', p_node,
+                                   't', round(extract(epoch FROM clock_timestamp())::numeric, 6));
+    with_ops text;
+BEGIN
+    IF NOT coalesce((SELECT sum(octet_length(u)) FROM unnest(p_updates) AS u) <= 4000, false) THEN
+        RETURN bare::text;
+    END IF;
+    with_ops := (bare::jsonb || jsonb_build_object('o', (
+        SELECT jsonb_agg(jsonb_build_array(o.agent, translate(encode(o.upd, 'base64'), E'\n', ''), o.op_type) ORDER BY o.i)
+          FROM unnest(p_agents, p_updates, p_types) WITH ORDINALITY AS o(agent, upd, op_type, i))))::text;
+    RETURN CASE WHEN octet_length(with_ops) <= 7900 THEN with_ops ELSE bare::text END;
+END;
+$$;
 
 CREATE FUNCTION public.tandem_uuidv7() RETURNS uuid
     LANGUAGE sql PARALLEL SAFE
@@ -1111,6 +1114,9 @@ REVOKE ALL ON FUNCTION public.tandem_ensure_audit_partition(for_month date) FROM
 
 REVOKE ALL ON FUNCTION public.tandem_maintain_partitions() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.tandem_maintain_partitions() TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.tandem_ops_hint(p_doc uuid, p_seq bigint, p_node text, p_agents text[], p_updates bytea[], p_types text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.tandem_ops_hint(p_doc uuid, p_seq bigint, p_node text, p_agents text[], p_updates bytea[], p_types text[]) TO tandem_app;
 
 REVOKE ALL ON FUNCTION public.tandem_uuidv7() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.tandem_uuidv7() TO tandem_app;
