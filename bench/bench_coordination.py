@@ -1,4 +1,4 @@
-"""Coordination benchmark: lock round trips under contention, workspace-state updates (issue 6).
+"""Coordination benchmark: lock round trips under contention, workspace-state updates.
 
 Starts its own PostgreSQL (fsync on) and one `tandem serve` node, then, through the protocol
 (docs/protocol.md section 12), with one connection per agent and one request in flight each:

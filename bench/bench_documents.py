@@ -798,11 +798,11 @@ def main() -> None:
                         help="extra environment for the node (repeatable), e.g. TANDEM_COMMIT_SHARDS=4")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server log)")
     parser.add_argument("--no-settle", action="store_true",
-                        help="no CHECKPOINT and VACUUM between scenarios (figures before session 4 had none)")
+                        help="no CHECKPOINT and VACUUM between scenarios (as the benchmark once ran)")
     parser.add_argument("--no-batch", action="store_true",
                         help="clients do not ask for batched frames (one message per frame both ways, protocol section 3)")
     parser.add_argument("--single-sends", action="store_true",
-                        help="writers send one update per frame (the server still batches; as before session 6)")
+                        help="writers send one update per frame (the server still batches)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                         help="profile the node with py-spy during each load scenario (collapsed stacks in DIR)")
     args = parser.parse_args()

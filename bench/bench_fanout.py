@@ -1,4 +1,4 @@
-"""Fan-out benchmark: cross-node propagation latency and the notifications/s ceiling (issue 5).
+"""Fan-out benchmark: cross-node propagation latency and the notifications/s ceiling.
 
 Starts one PostgreSQL (fsync on) and three `tandem serve` nodes on it. For each paced rate (100,
 1,000, 5,000 updates/s) writers on node 1 send over `--docs` documents while reader connections that
@@ -67,7 +67,7 @@ from bench.common import (
 from server.auth import issue_token
 
 NODES = 3
-TARGET_RATE_PER_S = 1000.0  # issue 5: cross-node p99 <= single-node p99 + 5 ms at this rate
+TARGET_RATE_PER_S = 1000.0  # target: cross-node p99 <= single-node p99 + 5 ms at this rate
 TARGET_EXTRA_MS = 5.0
 SUSTAINED = 0.95  # achieved / target below this: the rate was not sustained
 MAX_DOCS_PER_CONN = 100  # the server's default max_open_docs

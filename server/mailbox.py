@@ -2,7 +2,7 @@
 and for its update pipeline.
 
 Every connection has two of them, and idle connections have a memory target of their own
-(issue 4: under 50 KiB each). An empty `asyncio.Queue` takes about 3 KiB (four deques of 64
+(under 50 KiB each). An empty `asyncio.Queue` takes about 3 KiB (four deques of 64
 slots: its items, getters, putters and its `join()` event); a mailbox holds a list and, while
 its consumer waits, one future. Its consumer also sees everything queued at once, which is what
 both consumers want: the sender joins queued frames into one batched frame, the pipeline sends

@@ -1,4 +1,4 @@
-"""Member management: who may add, change and remove the members of a workspace (issue 6.5).
+"""Member management: who may add, change and remove the members of a workspace (docs/protocol.md section 12.5).
 
 The rules, checked by `check_change` (pure) in this order:
 

@@ -1,4 +1,4 @@
-"""Workspace state: one JSON object per workspace with an optimistic `state_version` (issue 6.3).
+"""Workspace state: one JSON object per workspace with an optimistic `state_version` (docs/protocol.md section 12.3).
 
 `get_state` reads it; `update_state` changes it in one of three modes, checked against the
 version the client last saw:

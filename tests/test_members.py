@@ -1,7 +1,7 @@
 """Member management (server/members.py) against real PostgreSQL.
 
 Every call runs as the application role inside `store.tenant_transaction` (RLS and the audit
-trigger apply as in the server). The rules are issue 6 part 5, as listed in members.py.
+trigger apply as in the server). The rules are docs/protocol.md section 12.5, as listed in members.py.
 """
 
 from __future__ import annotations

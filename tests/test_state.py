@@ -1,7 +1,7 @@
 """Workspace state with an optimistic state_version (server/state.py) against real PostgreSQL.
 
 Every call runs as the application role inside `store.tenant_transaction`, so RLS and the
-audit trigger apply as in the server. The rules are issue 6 part 3.
+audit trigger apply as in the server. The rules are docs/protocol.md section 12.3.
 """
 
 from __future__ import annotations

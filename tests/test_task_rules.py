@@ -1,6 +1,6 @@
 """The task state machine (server/task_rules.py), pure: every (status, action) pair and every actor.
 
-The expected tables below are written out again from the issue's text (issue 6, part 4), not
+The expected tables below are written out again from docs/protocol.md section 12.4, not
 derived from the module, so a slip in either shows up as a failing pair.
 """
 

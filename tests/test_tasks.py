@@ -2,7 +2,7 @@
 
 Every call but the sweep's listing of tenants runs inside `store.tenant_transaction`, so RLS
 applies as in the server; the superuser connection (`admin`) only moves clocks and statuses
-behind the app's back and reads the audit trail. The rules are issue 6 part 4 (docs/protocol.md section 12.4).
+behind the app's back and reads the audit trail. The rules are docs/protocol.md section 12.4.
 """
 
 from __future__ import annotations
