@@ -20,7 +20,8 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import asyncpg
 import structlog
@@ -29,16 +30,29 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 from server import hints, store
 from server.events import Events
 from server.metrics import Metrics
-from server.rooms import RoomRegistry
 
 log = structlog.get_logger("tandem.fanout")
+
+
+class Followers(Protocol):
+    """The documents this node holds open (its room registry), as the fan-out sees them."""
+
+    pool: asyncpg.Pool
+
+    def open_documents(self) -> Iterable[tuple[uuid.UUID, uuid.UUID]]:
+        """`(tenant_id, doc_id)` of every open document."""
+        ...
+
+    def on_remote(self, doc_id: uuid.UUID, last_seq: int, rows: Sequence[store.LoggedOperation] = ()) -> None:
+        """Another node committed document `doc_id` up to `last_seq` (`rows`: what the hint carried)."""
+        ...
 
 
 class Fanout:
     """Owns the LISTEN connection and the periodic check. `run()` until cancelled."""
 
     def __init__(
-        self, app_url: str, node_id: str, rooms: RoomRegistry, metrics: Metrics,
+        self, app_url: str, node_id: str, rooms: Followers, metrics: Metrics,
         check_interval_s: float = 5.0, probe_interval_s: float = 5.0,
     ) -> None:
         self.app_url = app_url
@@ -129,8 +143,8 @@ class Fanout:
     async def check_all(self) -> None:
         """Compare every open room's head with the log's; rooms behind catch up."""
         by_tenant: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
-        for room in list(self.rooms.rooms.values()):
-            by_tenant[room.tenant_id].append(room.doc_id)
+        for tenant_id, doc_id in self.rooms.open_documents():
+            by_tenant[tenant_id].append(doc_id)
         for tenant_id, doc_ids in by_tenant.items():
             try:
                 async with store.tenant_transaction(self.rooms.pool, tenant_id) as conn:

@@ -120,6 +120,10 @@ class RoomRegistry(RoomRepair):
         except Exception:
             log.exception("room.catch_up_failed", doc_id=str(room.doc_id))
 
+    def open_documents(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """`(tenant_id, doc_id)` of every open room."""
+        return [(room.tenant_id, room.doc_id) for room in self.rooms.values()]
+
     def on_remote(self, doc_id: uuid.UUID, last_seq: int, rows: Sequence[store.LoggedOperation] = ()) -> None:
         """A hint from another node: document `doc_id` has operations up to `last_seq` (some of
         which the hint may carry)."""
