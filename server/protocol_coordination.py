@@ -7,6 +7,7 @@ objects they carry (lock, task, delegation, member) are built by the data layer'
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -23,10 +24,23 @@ Fence = Annotated[int, Field(ge=1, le=MAX_SAFE_INTEGER)]
 Text = Annotated[str, StringConstraints(max_length=10_000)]
 TaskTitle = Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_not_blank)]
 TaskType = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_not_blank)]
-Priority = Literal["low", "normal", "high", "critical"]
+Priority = Literal["low", "normal", "high", "critical"]  # enum task_priority, lowest first
 TaskStatus = Literal["pending", "assigned", "accepted", "rejected", "in_progress", "completed", "failed", "cancelled", "timeout"]
 DelegationType = Literal["manual", "automatic", "failover", "load_balance"]
 Permission = Literal["read", "write", "admin"]
+
+
+def _finite_json(value: dict[str, Any]) -> dict[str, Any]:
+    """A JSON object the database's jsonb can hold: no NaN or infinity (JSON has neither, but
+    Python's parser reads them)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise PydanticCustomError("json_object", "Must be a JSON object of finite numbers") from None
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_finite_json)]
 ManagedRole = Literal["admin", "member", "viewer"]  # `owner` is never given (docs/protocol.md#125)
 DEFAULT_TTL_MS = 30_000
 MAX_LOCK_WAIT_MS = 60_000
@@ -109,7 +123,7 @@ class TaskCreate(Request):
     task_type: TaskType = "general"
     description: Text | None = None
     priority: Priority = "normal"
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: JsonObject = Field(default_factory=dict)
     parent_task_id: UUID | None = None
     timeout_s: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 3600
     max_retries: Annotated[int, Field(ge=0, le=10)] = 3
@@ -141,7 +155,7 @@ class TaskStart(_TaskRequest):
 
 class TaskComplete(_TaskRequest):
     type: Literal["task.complete"] = "task.complete"
-    result: dict[str, Any] = Field(default_factory=dict)
+    result: JsonObject = Field(default_factory=dict)
 
 
 class TaskFail(_TaskRequest):
@@ -182,6 +196,8 @@ class TaskStats(Request):
     id: ReqId | None = None
     workspace_id: UUID
 
+
+TaskAction = TaskAssign | TaskAccept | TaskReject | TaskStart | TaskComplete | TaskFail | TaskCancel | TaskDelegate
 
 TASK_ACTIONS: dict[str, type[_TaskRequest]] = {
     cls.model_fields["type"].default.removeprefix("task."): cls

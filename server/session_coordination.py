@@ -172,12 +172,7 @@ class CoordinationHandlers(_Base):
         self._writer(msg.workspace_id)
         agent = self.principal.agent_id
         async with self._tx() as conn:
-            task = await tasks.create_task(
-                conn, agent, self.roles.get(msg.workspace_id, "member"), workspace_id=msg.workspace_id, title=msg.title,
-                task_type=msg.task_type, description=msg.description, priority=msg.priority,
-                parameters=msg.parameters, parent_task_id=msg.parent_task_id, timeout_s=msg.timeout_s,
-                max_retries=msg.max_retries, assign_to=msg.assign_to,
-            )
+            task = await tasks.create_task(conn, agent, self.roles.get(msg.workspace_id, "member"), msg)
             event = task_event(self.principal.tenant_id, task, "create", agent)
             await self.node.coordination.publish(conn, event)
         self.reply(pc.TASK_REPLIES["create"](re=msg.id, task=task.to_wire()))
@@ -187,15 +182,10 @@ class CoordinationHandlers(_Base):
         assert self.principal is not None
         action = msg.type.removeprefix("task.")
         agent = self.principal.agent_id
-        fields = {
-            "to_agent_id": getattr(msg, "agent_id", None), "result": getattr(msg, "result", None),
-            "error": getattr(msg, "error", None), "reason": getattr(msg, "reason", None),
-            "delegation_type": getattr(msg, "delegation_type", "manual"),
-        }  # fmt: skip
         async with self._tx() as conn:
             workspace_id = (await tasks.get_task(conn, msg.task_id)).workspace_id
             self._joined_writer(workspace_id)
-            change = await tasks.transition(conn, agent, self.roles.get(workspace_id, "member"), msg.task_id, action, **fields)
+            change = await tasks.transition(conn, agent, self.roles.get(workspace_id, "member"), msg)
             previous = {change.previous.assigned_to} - {None, change.task.assigned_to}
             event = task_event(self.principal.tenant_id, change.task, action, agent, change.delegation, frozenset(previous))
             await self.node.coordination.publish(conn, event)
@@ -220,10 +210,7 @@ class CoordinationHandlers(_Base):
 
     async def on_task_list(self, msg: pc.TaskList) -> None:
         async with self._tx() as conn:
-            found, truncated = await tasks.list_tasks(
-                conn, workspace_id=msg.workspace_id, assigned_to=msg.assigned_to, created_by=msg.created_by,
-                statuses=msg.status, priorities=msg.priority, parent_task_id=msg.parent_task_id, limit=msg.limit,
-            )
+            found, truncated = await tasks.list_tasks(conn, msg)
         self.reply(pc.TaskListOk(re=msg.id, workspace_id=msg.workspace_id, tasks=[t.to_wire() for t in found], truncated=truncated))
 
     async def on_task_stats(self, msg: pc.TaskStats) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -20,17 +20,14 @@ from typing import Any
 
 import asyncpg
 
+from server import protocol_coordination as pc
 from server import task_rules
 from server.errors import ErrorCode, TandemError
 from server.store import Q
 from server.task_rules import Action, Actor, Status
 from server.workspaces import WRITE_ROLES, rfc3339
 
-PRIORITIES = ("low", "normal", "high", "critical")  # enum task_priority, lowest first
-DELEGATION_TYPES = ("manual", "automatic", "failover", "load_balance")  # enum delegation_type
 MANAGER_ROLES = frozenset({"owner", "admin"})
-MAX_TITLE_CHARS = 500  # tasks.title varchar(500), migration 0002
-MAX_TASK_TYPE_CHARS = 100  # tasks.type varchar(100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,40 +98,20 @@ class TaskChange:
 # --- create ----------------------------------------------------------------------------------
 
 
-async def create_task(
-    conn: asyncpg.Connection,
-    agent_id: str,
-    role: str | None,
-    *,
-    workspace_id: uuid.UUID,
-    title: str,
-    task_type: str = "general",
-    description: str | None = None,
-    priority: str = "normal",
-    parameters: Mapping[str, Any] | None = None,
-    parent_task_id: uuid.UUID | None = None,
-    timeout_s: int = 3600,
-    max_retries: int = 3,
-    assign_to: str | None = None,
-) -> Task:
-    """Create a task created by `agent_id`, whose workspace role is `role` (None: not a member).
+async def create_task(conn: asyncpg.Connection, agent_id: str, role: str | None, request: pc.TaskCreate) -> Task:
+    """Create the task `request` describes (validated at the protocol boundary), created by
+    `agent_id`, whose workspace role is `role` (None: not a member).
 
     `assign_to` set: the task starts `assigned` to that agent, else `pending`. Not a member:
     `not_member`; a viewer: `forbidden`; an unknown, deleted or other tenant's workspace, or a
-    parent that is not a live task of the same workspace: `not_found`; a value the schema refuses
-    (blank or long title, timeout_s < 1, max_retries outside 0..10, parameters not a JSON
-    object, unknown priority): `invalid_message` naming the field.
+    parent that is not a live task of the same workspace: `not_found`.
     """
     _require_writer(role)
-    params = {} if parameters is None else parameters
-    _check_choice("priority", priority, PRIORITIES)
-    _check_length("title", title, MAX_TITLE_CHARS)
-    _check_length("task_type", task_type, MAX_TASK_TYPE_CHARS)
-    params_text = _json_object("parameters", params)
     with _input_errors():
         row = await conn.fetchrow(
-            Q["task_create"], workspace_id, title, task_type, description, priority, agent_id,
-            assign_to, parent_task_id, params_text, timeout_s, max_retries,
+            Q["task_create"], request.workspace_id, request.title, request.task_type, request.description,
+            request.priority, agent_id, request.assign_to, request.parent_task_id, json.dumps(request.parameters),
+            request.timeout_s, request.max_retries,
         )  # fmt: skip
     if row is None:
         raise TandemError(ErrorCode.NOT_FOUND)
@@ -158,38 +135,22 @@ _STAMPS: dict[Status, tuple[str, str, str]] = {
 }
 
 
-async def transition(
-    conn: asyncpg.Connection,
-    agent_id: str,
-    role: str | None,
-    task_id: uuid.UUID,
-    action: str,
-    *,
-    to_agent_id: str | None = None,
-    result: Mapping[str, Any] | None = None,
-    error: str | None = None,
-    reason: str | None = None,
-    delegation_type: str = "manual",
-) -> TaskChange:
-    """Apply `action` to a task for `agent_id`, whose role in the task's workspace is `role`.
+async def transition(conn: asyncpg.Connection, agent_id: str, role: str | None, request: pc.TaskAction) -> TaskChange:
+    """Apply the action `request` names (`task.assign`, ... validated at the protocol boundary)
+    to its task for `agent_id`, whose role in the task's workspace is `role`.
 
     The task row is locked (`FOR UPDATE`) until the caller commits, so concurrent actions on one
     task apply one after the other, each to the status the previous one left. The acting agent
     is the task's creator and/or assignee, a manager (role owner or admin), and for `assign` to
     itself a self-claim; `task_rules.check` decides (`invalid_transition`). Unknown, deleted and
-    other tenants' ids: the bare `not_found`. assign and delegate need `to_agent_id`; complete
-    takes an optional `result` (a JSON object); fail records `error`, and while retries remain
-    sends the task back to `pending`, unassigned, with `retry_count` + 1. delegate also records
-    a `task_delegations` row from the current assignee (the actor when there is none). Bad
-    arguments: `invalid_message` naming the field. The caller checks writing rights first.
+    other tenants' ids: the bare `not_found`. complete stores `result`; fail records `error`,
+    and while retries remain sends the task back to `pending`, unassigned, with `retry_count` +
+    1. delegate also records a `task_delegations` row from the current assignee (the actor when
+    there is none). The caller checks writing rights first.
     """
-    _check_choice("action", action, tuple(Action))
-    if action in (Action.ASSIGN, Action.DELEGATE) and not to_agent_id:
-        raise TandemError(ErrorCode.INVALID_MESSAGE, details=_field_error("to_agent_id", f"required to {action}"))
-    if action == Action.DELEGATE:
-        _check_choice("delegation_type", delegation_type, DELEGATION_TYPES)
-    result_text = _json_object("result", result) if action == Action.COMPLETE and result is not None else None
-
+    task_id, action = request.task_id, Action(request.type.removeprefix("task."))
+    to_agent_id: str | None = getattr(request, "agent_id", None)
+    result_text = json.dumps(request.result) if isinstance(request, pc.TaskComplete) else None
     row = await conn.fetchrow(Q["task_lock"], task_id)
     if row is None:
         raise TandemError(ErrorCode.NOT_FOUND)
@@ -203,8 +164,8 @@ async def transition(
         assignee = to_agent_id
     elif status is Status.PENDING:  # a retry: any worker may take it again
         assignee, retry_count = None, retry_count + 1
-    if action == Action.FAIL:
-        error_text = error
+    if isinstance(request, pc.TaskFail):
+        error_text = request.error
     with _input_errors():
         row = await conn.fetchrow(
             Q["task_apply_transition"], task_id, status, assignee, retry_count, result_text, error_text,
@@ -215,8 +176,11 @@ async def transition(
     delegation = None
     if action == Action.DELEGATE:
         source = previous.assigned_to or agent_id
+        assert isinstance(request, pc.TaskDelegate)
         delegation = _delegation(
-            await conn.fetchrow(Q["task_insert_delegation"], task_id, source, to_agent_id, delegation_type, reason)
+            await conn.fetchrow(
+                Q["task_insert_delegation"], task_id, source, to_agent_id, request.delegation_type, request.reason
+            )
         )
     notify = frozenset(a for a in (task.created_by, task.assigned_to, previous.assigned_to) if a)
     return TaskChange(task, previous, str(action), delegation, notify)
@@ -246,28 +210,14 @@ async def get_task(conn: asyncpg.Connection, task_id: uuid.UUID) -> Task:
     return _task(row)
 
 
-async def list_tasks(
-    conn: asyncpg.Connection,
-    *,
-    workspace_id: uuid.UUID,
-    assigned_to: str | None = None,
-    created_by: str | None = None,
-    statuses: Sequence[str] | None = None,
-    priorities: Sequence[str] | None = None,
-    parent_task_id: uuid.UUID | None = None,
-    limit: int,
-) -> tuple[list[Task], bool]:
-    """Live tasks of a workspace matching every filter given (None: any), critical first, then
-    oldest first; at most `limit`, the flag is true when there were more. Unknown status or
-    priority names: `invalid_message`. The caller checks the agent has joined the workspace."""
-    for status in statuses or ():
-        _check_choice("statuses", status, tuple(Status))
-    for priority in priorities or ():
-        _check_choice("priorities", priority, PRIORITIES)
+async def list_tasks(conn: asyncpg.Connection, request: pc.TaskList, limit: int | None = None) -> tuple[list[Task], bool]:
+    """Live tasks of a workspace matching every filter of `request` (None: any), critical first,
+    then oldest first; at most `limit` (default: the request's), the flag is true when there
+    were more. The caller checks the agent has joined the workspace."""
+    limit = request.limit if limit is None else limit
     rows = await conn.fetch(
-        Q["task_list"], workspace_id, assigned_to, created_by,
-        None if statuses is None else list(statuses), None if priorities is None else list(priorities),
-        parent_task_id, _plus_one(limit),
+        Q["task_list"], request.workspace_id, request.assigned_to, request.created_by, request.status,
+        request.priority, request.parent_task_id, _plus_one(limit),
     )  # fmt: skip
     return [_task(r) for r in rows[:limit]], len(rows) > limit
 
@@ -361,34 +311,6 @@ def _plus_one(limit: int) -> int:
     return _checked_limit(limit) + 1  # one more row than we return tells whether the list was cut
 
 
-def _field_error(field: str, message: str) -> dict[str, Any]:
-    return {"errors": [{"field": field, "type": "value_error", "message": message}]}
-
-
-def _check_choice(field: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise TandemError(
-            ErrorCode.INVALID_MESSAGE, details=_field_error(field, f"must be one of {', '.join(choices)}")
-        )
-
-
-def _check_length(field: str, value: object, max_chars: int) -> None:
-    if not isinstance(value, str) or len(value) > max_chars:
-        raise TandemError(
-            ErrorCode.INVALID_MESSAGE, details=_field_error(field, f"must be text of at most {max_chars} characters")
-        )
-
-
-def _json_object(field: str, value: object) -> str:
-    """`value` as JSON text, or `invalid_message` when it is not a JSON object."""
-    try:
-        if not isinstance(value, Mapping):
-            raise TypeError(field)
-        return json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TandemError(ErrorCode.INVALID_MESSAGE, details=_field_error(field, "must be a JSON object")) from exc
-
-
 def _wire(record: Task | Delegation) -> dict[str, Any]:
     """A record's fields in declaration order, JSON-ready: uuids as str, times in RFC 3339."""
     wire = {}
@@ -417,28 +339,14 @@ def _delegation(row: Mapping[str, Any]) -> Delegation:
     return Delegation(**dict(row))
 
 
-# Which request field a named constraint of migration 0002 guards.
-_CONSTRAINT_FIELDS = {
-    "title_not_empty": ("title", "must not be blank"),
-    "valid_max_retries": ("max_retries", "must be between 0 and 10"),
-    "retry_count_valid": ("max_retries", "must be between 0 and 10"),  # checked first for a negative one
-    "valid_timeout": ("timeout_s", "must be at least 1"),
-    "parameters_is_object": ("parameters", "must be a JSON object"),
-    "result_is_object": ("result", "must be a JSON object"),
-}
-
-
 @contextmanager
 def _input_errors() -> Iterator[None]:
-    """Turn the schema refusing a client's value into a typed error; the SQL text never leaves."""
+    """Turn the database refusing a value into a typed error; the SQL text never leaves."""
     try:
         yield
     except asyncpg.ForeignKeyViolationError as exc:
         # The workspace or parent went away between our check and the insert.
         raise TandemError(ErrorCode.NOT_FOUND) from exc
     except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError, asyncpg.DataError) as exc:
-        known = _CONSTRAINT_FIELDS.get(getattr(exc, "constraint_name", None) or "")
-        details = _field_error(*known) if known else None
-        raise TandemError(ErrorCode.INVALID_MESSAGE, details=details) from exc
-    except ValueError as exc:  # asyncpg could not encode an argument (an int beyond int32)
+        # The request models hold every rule the schema checks; this is the schema's last word.
         raise TandemError(ErrorCode.INVALID_MESSAGE) from exc

@@ -12,7 +12,7 @@ from collections import Counter
 from server import store, tasks
 from server.errors import ErrorCode
 from tests.conftest import TENANT_A, TENANT_B
-from tests.test_tasks import Env, act, audit_count, create, env, get, refused, started, tx, walk  # noqa: F401  (env: the fixture)
+from tests.test_tasks import Env, act, audit_count, create, env, get, refused, request, started, tx, walk  # noqa: F401  (env: the fixture)
 
 
 Swept = list[tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]]
@@ -108,7 +108,7 @@ async def test_the_sweep_marks_only_the_current_tenants_tasks(env) -> None:
 async def test_many_sweepers_share_many_overdue_tasks_without_doubles(env) -> None:
     async with tx(env.pool, "olivia") as conn:
         ids = [
-            (await tasks.create_task(conn, "olivia", "owner", workspace_id=env.ws_a, title=f"t{i}", timeout_s=1)).task_id
+            (await tasks.create_task(conn, "olivia", "owner", request("task.create", workspace_id=env.ws_a, title=f"t{i}", timeout_s=1))).task_id
             for i in range(20)
         ]
     await env.admin.execute(

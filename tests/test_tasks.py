@@ -8,6 +8,7 @@ behind the app's back and reads the audit trail. The rules are docs/protocol.md 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from server import store, tasks
+from server import protocol, store, tasks
+from server import protocol_coordination as pc
 from server import workspaces as ws
 from server.database import create_pool
 from server.errors import ErrorCode, TandemError
@@ -61,18 +63,34 @@ def tx(pool: asyncpg.Pool, agent: str, tenant: uuid.UUID = TENANT_A):
     return store.tenant_transaction(pool, tenant, agent, CLIENT_IP)
 
 
+def request(kind: str, **fields: Any) -> Any:
+    """`fields` read off the wire as the server reads them (server/protocol.py, where task input
+    is validated): the message, or the typed error the session would send."""
+    message = protocol.parse(json.dumps({"type": kind, **fields}, default=str), 1 << 20)
+    if isinstance(message, protocol.ProtocolError):
+        raise TandemError(message.code, details=message.details)
+    return message
+
+
 async def create(env: Env, agent: str = "olivia", tenant: uuid.UUID = TENANT_A, **kwargs: Any) -> tasks.Task:
     kwargs.setdefault("workspace_id", env.ws_a if tenant == TENANT_A else env.ws_b)
     kwargs.setdefault("title", "Review the plan")
     async with tx(env.pool, agent, tenant) as conn:
-        return await tasks.create_task(conn, agent, ROLES.get(agent), **kwargs)
+        return await tasks.create_task(conn, agent, ROLES.get(agent), request("task.create", **kwargs))
 
 
 async def act(
     env: Env, agent: str, task_id: uuid.UUID, action: str, tenant: uuid.UUID = TENANT_A, **kwargs: Any
 ) -> tasks.TaskChange:
+    """`action` with those of `kwargs` its message takes (`to_agent_id` is its `agent_id`)."""
+    if "to_agent_id" in kwargs:
+        kwargs["agent_id"] = kwargs.pop("to_agent_id")
+    model = pc.TASK_ACTIONS.get(action)
+    if model is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k in model.model_fields}
+    message = request(f"task.{action}", task_id=task_id, **kwargs)
     async with tx(env.pool, agent, tenant) as conn:
-        return await tasks.transition(conn, agent, ROLES.get(agent), task_id, action, **kwargs)
+        return await tasks.transition(conn, agent, ROLES.get(agent), message)
 
 
 async def get(env: Env, task_id: uuid.UUID, tenant: uuid.UUID = TENANT_A) -> tasks.Task:
@@ -161,7 +179,8 @@ async def test_create_refuses_values_the_schema_refuses_naming_the_field(env, kw
 
 
 async def test_create_refuses_an_int_beyond_the_column(env) -> None:
-    await refused(create(env, timeout_s=2**40), ErrorCode.INVALID_MESSAGE)
+    error = await refused(create(env, timeout_s=2**40), ErrorCode.INVALID_MESSAGE)
+    assert field_of(error) == "timeout_s"
 
 
 async def test_create_needs_a_live_workspace_of_this_tenant_and_a_parent_of_it(env) -> None:
@@ -198,10 +217,10 @@ async def test_create_needs_a_writing_member(env) -> None:
 
 async def test_every_status_action_pair_in_the_database_follows_the_table(env) -> None:
     """olivia is creator, assignee and owner of each task, so only the table decides."""
-    pairs = [(s, a) for s in Status for a in Action]
+    pairs = [(s, a) for s in Status for a in Action if a is not Action.TIMEOUT]  # the sweep's alone
     async with tx(env.pool, "olivia") as conn:
         ids = [
-            (await tasks.create_task(conn, "olivia", "owner", workspace_id=env.ws_a, title=f"{s} {a}")).task_id
+            (await tasks.create_task(conn, "olivia", "owner", request("task.create", workspace_id=env.ws_a, title=f"{s} {a}"))).task_id
             for s, a in pairs
         ]
     await env.admin.execute(
@@ -211,8 +230,6 @@ async def test_every_status_action_pair_in_the_database_follows_the_table(env) -
     )  # fmt: skip
     for (status, action), task_id in zip(pairs, ids, strict=True):
         target = TRANSITIONS.get((status, action))
-        if action is Action.TIMEOUT:
-            target = None  # the sweep's alone: no agent can time a task out
         before, audits = await get(env, task_id), await audit_count(env, task_id)
         call = act(env, "olivia", task_id, action, to_agent_id="bob", error="boom", result={"ok": True})
         if target is None:
@@ -276,13 +293,15 @@ async def test_complete_refuses_a_result_that_is_not_an_object(env) -> None:
 async def test_bad_arguments_are_invalid_messages_naming_the_field(env) -> None:
     task = await create(env)
     for kwargs, action, field in (
-        ({}, "assign", "to_agent_id"),
-        ({}, "delegate", "to_agent_id"),
+        ({}, "assign", "agent_id"),
+        ({}, "delegate", "agent_id"),
         ({"to_agent_id": "bob", "delegation_type": "sideways"}, "delegate", "delegation_type"),
-        ({}, "explode", "action"),
+        ({"error": ""}, "fail", "error"),
     ):
         error = await refused(act(env, "olivia", task.task_id, action, **kwargs), ErrorCode.INVALID_MESSAGE)
         assert field_of(error) == field
+    for action in ("explode", "timeout"):  # no agent times a task out: the sweep does
+        await refused(act(env, "olivia", task.task_id, action), ErrorCode.UNKNOWN_TYPE)
 
 
 # --- who may act -------------------------------------------------------------------------------
@@ -298,7 +317,7 @@ async def test_only_the_assignee_accepts_starts_completes_and_fails(env) -> None
     await act(env, "alice", task.task_id, "start")
     for agent in ("bob", "olivia"):
         await refused(act(env, agent, task.task_id, "complete", result={}), ErrorCode.INVALID_TRANSITION)
-        await refused(act(env, agent, task.task_id, "fail"), ErrorCode.INVALID_TRANSITION)
+        await refused(act(env, agent, task.task_id, "fail", error="no"), ErrorCode.INVALID_TRANSITION)
     assert (await get(env, task.task_id)).status == "in_progress"
 
 
@@ -416,9 +435,9 @@ async def test_another_tenants_task_is_not_found_everywhere(env) -> None:
     async with tx(env.pool, "beth", TENANT_B) as conn:
         await refused(tasks.get_task(conn, task.task_id), ErrorCode.NOT_FOUND)
         await refused(tasks.delegations(conn, task.task_id, LIMIT), ErrorCode.NOT_FOUND)
-        assert await tasks.list_tasks(conn, workspace_id=env.ws_a, limit=LIMIT) == ([], False)
-    for action in Action:
-        await refused(act(env, "beth", task.task_id, action, TENANT_B, to_agent_id="beth"), ErrorCode.NOT_FOUND)
+        assert await tasks.list_tasks(conn, request("task.list", workspace_id=env.ws_a, limit=LIMIT)) == ([], False)
+    for action in pc.TASK_ACTIONS:
+        await refused(act(env, "beth", task.task_id, action, TENANT_B, to_agent_id="beth", error="x"), ErrorCode.NOT_FOUND)
     assert await get(env, task.task_id) == before
 
 
@@ -446,9 +465,13 @@ async def test_list_filters_and_orders_critical_first(env) -> None:
     await walk(env, high.task_id, ("alice", "accept", {}))
     await create(env, "beth", TENANT_B, title="theirs", assign_to="alice")
 
+    def listing(statuses: Any = None, priorities: Any = None, **filters: Any) -> Any:
+        named = {"status": statuses, "priority": priorities}
+        return request("task.list", workspace_id=env.ws_a, **filters, **{k: v for k, v in named.items() if v is not None})
+
     async def titles(**filters: Any) -> list[str]:
         async with tx(env.pool, "alice") as conn:
-            found, truncated = await tasks.list_tasks(conn, workspace_id=env.ws_a, limit=LIMIT, **filters)
+            found, truncated = await tasks.list_tasks(conn, listing(limit=LIMIT, **filters))
         assert not truncated
         return [t.title for t in found]
 
@@ -462,13 +485,12 @@ async def test_list_filters_and_orders_critical_first(env) -> None:
     assert await titles(statuses=[]) == []
 
     async with tx(env.pool, "alice") as conn:
-        first, truncated = await tasks.list_tasks(conn, workspace_id=env.ws_a, limit=2)
+        first, truncated = await tasks.list_tasks(conn, listing(limit=2))
         assert [t.title for t in first] == ["crit", "high"] and truncated
-        for filters in ({"statuses": ["done"]}, {"priorities": ["urgent"]}):
-            error = await refused(
-                tasks.list_tasks(conn, workspace_id=env.ws_a, limit=LIMIT, **filters), ErrorCode.INVALID_MESSAGE
-            )
-            assert field_of(error) == next(iter(filters))
+    for filters, field in (({"statuses": ["done"]}, "status.0"), ({"priorities": ["urgent"]}, "priority.0")):
+        with pytest.raises(TandemError) as refusal:
+            listing(**filters)
+        assert refusal.value.code is ErrorCode.INVALID_MESSAGE and field_of(refusal.value) == field
 
 
 async def test_workload_and_statistics_are_per_tenant_plain_numbers(env) -> None:
