@@ -23,8 +23,10 @@ from typing import Any, Protocol
 
 import asyncpg
 import structlog
+from pydantic import ValidationError
 
 from server import protocol as p
+from server import protocol_coordination as pc
 from server.store import Q
 
 log = structlog.get_logger("tandem.events")
@@ -37,14 +39,14 @@ class Listener(Protocol):
 
     conn_id: str
 
-    def on_event(self, message: dict[str, Any], frame: str) -> None: ...
+    def on_event(self, message: pc.WorkspaceEvent, frame: str) -> None: ...
 
 
 @dataclass(frozen=True)
 class Event:
     tenant_id: uuid.UUID
     workspace_id: uuid.UUID
-    message: dict[str, Any]  # the wire message, JSON-ready (docs/protocol.md#126)
+    message: pc.WorkspaceEvent  # the wire message (docs/protocol.md#126); the frame is its encoding
     agents: frozenset[str] = field(default_factory=frozenset)  # reached even if not joined
     # (kind, id, field): when the message is too large for NOTIFY, `field` is left out and other
     # nodes read the current value back by kind ("state", "task") and id.
@@ -87,14 +89,15 @@ class Events:
     # --- sending ---------------------------------------------------------------------------------
 
     def payload(self, event: Event) -> str:
+        message = event.message.model_dump(mode="json")
         body = {
             "k": "ev", "n": self.node_id, "t": str(event.tenant_id), "w": str(event.workspace_id),
-            "a": sorted(event.agents), "e": event.message,
+            "a": sorted(event.agents), "e": message,
         }  # fmt: skip
         text = json.dumps(body, separators=(",", ":"), default=str)
         if len(text.encode()) <= MAX_NOTIFY_BYTES or event.ref is None:
             return text
-        body["e"] = {k: v for k, v in event.message.items() if k != event.ref[2]}
+        body["e"] = {k: v for k, v in message.items() if k != event.ref[2]}
         body["r"] = list(event.ref)
         return json.dumps(body, separators=(",", ":"), default=str)
 
@@ -108,7 +111,7 @@ class Events:
             try:
                 observer(event)
             except Exception:
-                log.exception("events.observer_failed", type=event.message.get("type"))
+                log.exception("events.observer_failed", type=event.message.type)
         targets: dict[str, Listener] = dict(self._by_workspace.get((event.tenant_id, event.workspace_id), {}))
         for agent_id in event.agents:
             targets.update(self._by_agent.get((event.tenant_id, agent_id), {}))
@@ -123,11 +126,14 @@ class Events:
     def on_remote(self, payload: dict[str, Any]) -> None:
         """Another node's event (the fan-out decoded its NOTIFY and skipped our own). Delivered
         at once, in NOTIFY order; one sent as a reference is read back first (it may then
-        overtake an earlier one: events carry versions, fences and statuses to order them)."""
+        overtake an earlier one: events carry versions, fences and statuses to order them).
+        The message is read back into its model, so what is sent is that model's encoding."""
         tenant_id, workspace_id = uuid.UUID(payload["t"]), uuid.UUID(payload["w"])
         agents = frozenset(payload.get("a", ()))
         if "r" not in payload:
-            self.deliver(Event(tenant_id, workspace_id, payload["e"], agents))
+            message = _message(payload["e"])
+            if message is not None:
+                self.deliver(Event(tenant_id, workspace_id, message, agents))
             return
         task = asyncio.create_task(self._refetched(tenant_id, workspace_id, payload, agents))
         self._refetching.add(task)
@@ -140,8 +146,20 @@ class Events:
         except Exception:
             log.exception("events.refetch_failed", kind=kind)
             return
-        if fetched is not None:  # None: gone meanwhile (a deleted task), nothing left to tell
-            self.deliver(Event(tenant_id, workspace_id, {**payload["e"], **fetched}, agents))
+        if fetched is None:  # gone meanwhile (a deleted task), nothing left to tell
+            return
+        message = _message({**payload["e"], **fetched})
+        if message is not None:
+            self.deliver(Event(tenant_id, workspace_id, message, agents))
+
+
+def _message(data: Any) -> pc.WorkspaceEvent | None:
+    """Another node's event message as its model; None (logged) when it is not one."""
+    try:
+        return pc.EVENTS.validate_python(data)
+    except ValidationError as exc:
+        log.error("events.invalid_message", errors=exc.errors(include_url=False, include_input=False))
+        return None
 
 
 def _discard(index: dict[Any, dict[str, Listener]], key: Any, conn_id: str) -> None:
