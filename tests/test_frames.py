@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,7 @@ from server.errors import ErrorCode, ErrorMessage, TandemError
 from server.events import MAX_NOTIFY_BYTES, Event, Events
 from server.room import Room, Subscription, encode_doc_op, encode_update_ok
 from server.store import NewOperation
+from tests.serverproc import REPO
 
 MODELS: dict[str, Any] = {**p.SERVER_MESSAGES, "error": ErrorMessage}
 TENANT = uuid.uuid4()
@@ -34,6 +36,18 @@ def assert_model_frame(frame: str) -> Any:
     model = MODELS[json.loads(frame)["type"]].model_validate_json(frame)
     assert p.encode(model) == frame
     return model
+
+
+def test_no_frame_is_a_hand_built_dict() -> None:
+    # Only the models (and the encoders derived from them) spell a message type as a frame's `type`.
+    literal = re.compile(r"""["']type["']\s*:\s*["']([a-z_.]+)["']|\btype\s*=\s*["']([a-z_.]+)["']""")
+    built = {}
+    for path in (REPO / "server").rglob("*.py"):
+        for match in literal.finditer(path.read_text()):
+            type_ = match.group(1) or match.group(2)
+            if type_ in MODELS:
+                built.setdefault(str(path.relative_to(REPO)), []).append(type_)
+    assert built == {}
 
 
 # --- the room: doc.op and doc.update.ok, once per commit ---------------------------------------
