@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 # Close codes (docs/protocol.md#8-error-codes). 4xxx mirrors an HTTP status where one fits.
 CLOSE_UNAUTHORIZED = 4401
@@ -116,7 +116,14 @@ class ErrorMessage(BaseModel):
     re: RequestId | None
     code: ErrorCode
     message: str
-    details: dict[str, Any] | None = Field(default=None, exclude_if=lambda value: value is None)
+    details: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _details_only_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("details") is None:
+            data.pop("details", None)
+        return data
 
 
 def error_frame(

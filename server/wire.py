@@ -109,9 +109,12 @@ def frame_encoder(model: type[Out]) -> Callable[..., str]:
     field but `type`, in the model's order (checked: a missing or misplaced field raises).
     """
     fields = model.model_fields
+    renamed = [name for name, f in fields.items() if f.alias or f.serialization_alias or f.exclude]
+    if renamed or model.__pydantic_decorators__.model_serializers:  # the TypedDict would not apply them
+        raise TypeError(f"{model.__name__} has renamed or excluded fields or its own serializer; encode the model itself")
     type_: str = fields["type"].default
     names = tuple(name for name in fields if name != "type")
-    shape = TypedDict(  # type: ignore[operator]
+    shape = TypedDict(  # type: ignore[misc]  # built from the model's fields
         f"{model.__name__}Frame",
         {name: Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation for name, f in fields.items()},
     )

@@ -24,6 +24,7 @@ from server.errors import ErrorCode, ErrorMessage, TandemError
 from server.events import MAX_NOTIFY_BYTES, Event, Events
 from server.room import Room, Subscription, encode_doc_op, encode_update_ok
 from server.store import NewOperation
+from server.wire import frame_encoder
 from tests.serverproc import REPO
 
 MODELS: dict[str, Any] = {**p.SERVER_MESSAGES, "error": ErrorMessage}
@@ -71,6 +72,8 @@ def test_hot_path_encoders_refuse_a_missing_extra_or_misplaced_field() -> None:
         encode_update_ok(re=1, doc_id=doc_id, seq=1, fence=2)
     with pytest.raises(TypeError):
         encode_doc_op(seq=1, doc_id=doc_id, agent_id="a", update=b"\x00")
+    with pytest.raises(TypeError):  # its serializer leaves `details` out when None: only the model does that
+        frame_encoder(ErrorMessage)  # type: ignore[arg-type]
 
 
 class Recorder:
