@@ -22,6 +22,7 @@ import asyncpg
 import structlog
 
 from server import locks, state, store, tasks
+from server import protocol_coordination as pc
 from server.errors import TandemError
 from server.events import Event, Events
 from server.room import LockView
@@ -129,12 +130,11 @@ class Coordination:
 
     def _observe_locks(self, event: Event) -> None:
         message = event.message
-        kind = message.get("type", "")
-        if not kind.startswith("lock."):
+        if not isinstance(message, pc.LockAcquired | pc.LockRenewed | pc.LockReleased):
             return
-        lock = message["lock"]
+        lock = message.lock
         view = None
-        if kind != "lock.released":
+        if not isinstance(message, pc.LockReleased):
             view = LockView(lock["holder"], lock["fence"], datetime.fromisoformat(lock["expires_at"]))
         key = (event.tenant_id, event.workspace_id, lock["doc_id"], lock["name"])
         self.known_locks.observe(key, view, lock["fence"])
@@ -222,13 +222,17 @@ class Coordination:
         return swept
 
 
-# --- the events (docs/protocol.md#126) ------------------------------------------------------------
+# --- the events (docs/protocol.md#126), each built by its model --------------------------------------
+
+_LOCK_EVENTS: dict[str, type[pc.LockAcquired | pc.LockRenewed | pc.LockReleased]] = {
+    cls.model_fields["type"].default: cls for cls in (pc.LockAcquired, pc.LockRenewed, pc.LockReleased)
+}
 
 
 def lock_event(tenant_id: uuid.UUID, type_: str, lock: locks.Lock, reason: str | None = None) -> Event:
-    message: dict[str, Any] = {"type": type_, "lock": lock.to_wire()}
-    if reason is not None:
-        message["reason"] = reason
+    """`lock.acquired`, `lock.renewed`, or `lock.released` with its `reason`."""
+    extra = {} if reason is None else {"reason": reason}
+    message = _LOCK_EVENTS[type_](lock=lock.to_wire(), **extra)
     return Event(tenant_id, lock.resource.workspace_id, message)
 
 
@@ -236,20 +240,19 @@ def task_event(
     tenant_id: uuid.UUID, task: Any, action: str, agent_id: str, delegation: Any = None, also: frozenset[str] = frozenset()
 ) -> Event:
     """To the task's workspace, its creator and its assignee (and `also`: a previous assignee)."""
-    message = {"type": "task.changed", "task": task.to_wire(), "action": action, "agent_id": agent_id,
-               "delegation": None if delegation is None else delegation.to_wire()}  # fmt: skip
+    message = pc.TaskChanged(
+        task=task.to_wire(), action=action, agent_id=agent_id, delegation=None if delegation is None else delegation.to_wire()
+    )
     agents = frozenset({task.created_by} | ({task.assigned_to} if task.assigned_to else set())) | also
     return Event(tenant_id, task.workspace_id, message, agents, ref=("task", str(task.task_id), "task"))
 
 
 def state_event(tenant_id: uuid.UUID, workspace_id: uuid.UUID, version: int, value: dict[str, Any], agent_id: str) -> Event:
-    message = {"type": "state.changed", "workspace_id": str(workspace_id), "version": version, "state": value,
-               "agent_id": agent_id}  # fmt: skip
+    message = pc.StateChanged(workspace_id=workspace_id, version=version, state=value, agent_id=agent_id)
     return Event(tenant_id, workspace_id, message, ref=("state", str(workspace_id), "state"))
 
 
 def member_event(tenant_id: uuid.UUID, workspace_id: uuid.UUID, member: dict[str, Any], change: str, agent_id: str) -> Event:
     """To the workspace, and to the member itself (a removed member has left it)."""
-    message = {"type": "member.changed", "workspace_id": str(workspace_id), "member": member, "change": change,
-               "agent_id": agent_id}  # fmt: skip
+    message = pc.MemberChanged(workspace_id=workspace_id, member=member, change=change, agent_id=agent_id)  # type: ignore[arg-type]
     return Event(tenant_id, workspace_id, message, frozenset({member["agent_id"]}))

@@ -8,7 +8,9 @@ the session turns it into an `error` frame. Codes are never renamed or reused; a
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 # Close codes (docs/protocol.md#8-error-codes). 4xxx mirrors an HTTP status where one fits.
 CLOSE_UNAUTHORIZED = 4401
@@ -103,20 +105,35 @@ _TABLE: dict[ErrorCode, tuple[str, int | None]] = {
 RequestId = str | int
 
 
+class ErrorMessage(BaseModel):
+    """The `error` message (docs/protocol.md#56-errors): `re` is always present (null when
+    unknown), `details` only when there are any. Configured as the other server messages
+    (server/wire.py `Out`), which this module cannot import."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["error"] = "error"
+    re: RequestId | None
+    code: ErrorCode
+    message: str
+    details: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _details_only_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("details") is None:
+            data.pop("details", None)
+        return data
+
+
 def error_frame(
     code: ErrorCode,
     re: RequestId | None = None,
     message: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The `error` message as a JSON-ready dict (docs/protocol.md#56-errors).
-
-    `details` is omitted when None; `re` is always present (null when unknown).
-    """
-    frame: dict[str, Any] = {"type": "error", "re": re, "code": code.value, "message": message or code.message}
-    if details is not None:
-        frame["details"] = details
-    return frame
+    """The `error` message as a JSON-ready dict, made by its model `ErrorMessage`."""
+    return ErrorMessage(re=re, code=code, message=message or code.message, details=details).model_dump(mode="json")
 
 
 class TandemError(Exception):

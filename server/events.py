@@ -24,9 +24,11 @@ from typing import Any, Protocol
 
 import asyncpg
 import structlog
+from pydantic import ValidationError
 
 from server import hints
 from server import protocol as p
+from server import protocol_coordination as pc
 from server.store import Q
 
 log = structlog.get_logger("tandem.events")
@@ -37,14 +39,14 @@ class Listener(Protocol):
 
     conn_id: str
 
-    def on_event(self, message: dict[str, Any], frame: str) -> None: ...
+    def on_event(self, message: pc.WorkspaceEvent, frame: str) -> None: ...
 
 
 @dataclass(frozen=True)
 class Event:
     tenant_id: uuid.UUID
     workspace_id: uuid.UUID
-    message: dict[str, Any]  # the wire message, JSON-ready (docs/protocol.md#126)
+    message: pc.WorkspaceEvent  # the wire message (docs/protocol.md#126); the frame is its encoding
     agents: frozenset[str] = field(default_factory=frozenset)  # reached even if not joined
     # (kind, id, field): when the message is too large for NOTIFY, `field` is left out and other
     # nodes read the current value back by kind ("state", "task") and id.
@@ -88,8 +90,9 @@ class Events:
 
     def payload(self, event: Event) -> str:
         return hints.encode_event(
-            self.node_id, event.tenant_id, event.workspace_id, event.agents, event.message, event.ref
-        )
+            self.node_id, event.tenant_id, event.workspace_id, event.agents, event.message.model_dump(mode="json"),
+            event.ref,
+        )  # fmt: skip
 
     async def notify(self, conn: asyncpg.Connection, event: Event) -> None:
         """In the writer's transaction: other nodes hear of the event only if it commits."""
@@ -101,7 +104,7 @@ class Events:
             try:
                 observer(event)
             except Exception:
-                log.exception("events.observer_failed", type=event.message.get("type"))
+                log.exception("events.observer_failed", type=event.message.type)
         targets: dict[str, Listener] = dict(self._by_workspace.get((event.tenant_id, event.workspace_id), {}))
         for agent_id in event.agents:
             targets.update(self._by_agent.get((event.tenant_id, agent_id), {}))
@@ -116,9 +119,12 @@ class Events:
     def on_remote(self, hint: hints.EventHint) -> None:
         """Another node's event (the fan-out decoded its NOTIFY and skipped our own). Delivered
         at once, in NOTIFY order; one sent as a reference is read back first (it may then
-        overtake an earlier one: events carry versions, fences and statuses to order them)."""
+        overtake an earlier one: events carry versions, fences and statuses to order them).
+        The message is read back into its model, so what is sent is that model's encoding."""
         if hint.ref is None:
-            self.deliver(Event(hint.tenant_id, hint.workspace_id, hint.message, hint.agents))
+            message = _message(hint.message)
+            if message is not None:
+                self.deliver(Event(hint.tenant_id, hint.workspace_id, message, hint.agents))
             return
         task = asyncio.create_task(self._refetched(hint, hint.ref))
         self._refetching.add(task)
@@ -131,8 +137,20 @@ class Events:
         except Exception:
             log.exception("events.refetch_failed", kind=kind)
             return
-        if fetched is not None:  # None: gone meanwhile (a deleted task), nothing left to tell
-            self.deliver(Event(hint.tenant_id, hint.workspace_id, {**hint.message, **fetched}, hint.agents))
+        if fetched is None:  # gone meanwhile (a deleted task), nothing left to tell
+            return
+        message = _message({**hint.message, **fetched})
+        if message is not None:
+            self.deliver(Event(hint.tenant_id, hint.workspace_id, message, hint.agents))
+
+
+def _message(data: Any) -> pc.WorkspaceEvent | None:
+    """Another node's event message as its model; None (logged) when it is not one."""
+    try:
+        return pc.EVENTS.validate_python(data)
+    except ValidationError as exc:
+        log.error("events.invalid_message", errors=exc.errors(include_url=False, include_input=False))
+        return None
 
 
 def _discard(index: dict[Any, dict[str, Listener]], key: Any, conn_id: str) -> None:

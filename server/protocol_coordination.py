@@ -11,7 +11,7 @@ import json
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, Field, StringConstraints, create_model, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, TypeAdapter, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
 from server.errors import RequestId
@@ -385,6 +385,11 @@ class MemberChanged(Out):
     change: Literal["added", "removed", "updated"]
     agent_id: str
 
+
+# The workspace events (docs/protocol.md#126): what server/events.py carries between nodes and
+# sends to sessions, read back into its model from another node's NOTIFY.
+WorkspaceEvent = LockAcquired | LockRenewed | LockReleased | StateChanged | TaskChanged | MemberChanged
+EVENTS: TypeAdapter[WorkspaceEvent] = TypeAdapter(Annotated[WorkspaceEvent, Field(discriminator="type")])
 
 SERVER_MESSAGES = (
     LockAcquireOk, LockRenewOk, LockReleaseOk, LockListOk, LockAcquired, LockRenewed, LockReleased,

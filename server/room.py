@@ -9,7 +9,6 @@ committed: the `doc.open` reply waits for the operations already applied to be c
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -24,9 +23,14 @@ from crdt.operations import Origin
 from server import store
 from server.committer import Committed
 from server.errors import ErrorCode
-from server.protocol import encode
+from server.protocol import DocOp, DocUpdateOk
+from server.wire import frame_encoder
 
 log = structlog.get_logger("tandem.rooms")
+
+# The frames a commit produces, each encoded once per commit by its model's serializer.
+encode_doc_op = frame_encoder(DocOp)
+encode_update_ok = frame_encoder(DocUpdateOk)
 
 
 class Subscriber(Protocol):
@@ -307,7 +311,7 @@ class Room:
 
     def _deliver(self, seq: int, op: store.NewOperation) -> None:
         self.head_seq = seq
-        doc_id = str(self.doc_id)
+        doc_id = self.doc_id
         # Encoded once for every JSON subscriber; the sender gets its ack in the same ordered
         # stream instead (docs/protocol.md#62). Update subscribers (y-websocket) get the op.
         frame: str | None = None
@@ -316,11 +320,8 @@ class Room:
             if sub.sink is not None:
                 sub.deliver(seq, (op.agent_id, op.update, own))
             elif own:
-                sub.deliver(seq, encode({"type": "doc.update.ok", "re": op.request_id, "doc_id": doc_id, "seq": seq}))
+                sub.deliver(seq, encode_update_ok(re=op.request_id, doc_id=doc_id, seq=seq))
             else:
                 if frame is None:
-                    frame = encode({
-                        "type": "doc.op", "doc_id": doc_id, "seq": seq, "agent_id": op.agent_id,
-                        "update": base64.b64encode(op.update).decode(),
-                    })
+                    frame = encode_doc_op(doc_id=doc_id, seq=seq, agent_id=op.agent_id, update=op.update)
                 sub.deliver(seq, frame)

@@ -256,16 +256,16 @@ class CoordinationHandlers(_Base):
 
     # --- events (server/events.py) ---------------------------------------------------------------
 
-    def on_event(self, message: dict[str, Any], frame: str) -> None:
+    def on_event(self, message: pc.WorkspaceEvent, frame: str) -> None:
         """A workspace event for this session; a change of its own membership applies at once."""
         assert self.principal is not None
-        if message["type"] == "member.changed" and message["member"]["agent_id"] == self.principal.agent_id:
-            workspace_id = uuid.UUID(message["workspace_id"])
+        if isinstance(message, pc.MemberChanged) and message.member["agent_id"] == self.principal.agent_id:
+            workspace_id = message.workspace_id
             if workspace_id in self.session.workspaces:
-                if message["change"] == "removed":
+                if message.change == "removed":
                     self._removed_from(workspace_id)
                 else:
-                    member = message["member"]
+                    member = message.member
                     self.roles[workspace_id] = member["role"]
                     self.can_write[workspace_id] = workspaces.wire_can_write(member)
         self.send_text(frame)

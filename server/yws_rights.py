@@ -9,9 +9,9 @@ stops hearing the document and closes with `not_member`. Mixed into `yws.YjsConn
 
 from __future__ import annotations
 
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from server import protocol_coordination as pc
 from server import workspaces
 from server.errors import ErrorCode
 
@@ -28,7 +28,7 @@ class LiveRights(_Base):
     connection is open (events heard in between are applied then, after the read, so a change
     that committed after it is not lost), `unfollow_membership` at the end."""
 
-    _held_changes: list[dict[str, Any]] | None
+    _held_changes: list[pc.MemberChanged] | None
 
     def follow_membership(self) -> None:
         assert self.principal is not None
@@ -44,30 +44,30 @@ class LiveRights(_Base):
         assert self.principal is not None
         self.node.coordination.events.disconnect(self.conn_id, self.principal.tenant_id, self.principal.agent_id, [])
 
-    def on_event(self, message: dict[str, Any], frame: str) -> None:
+    def on_event(self, message: pc.WorkspaceEvent, frame: str) -> None:
         """An event naming this agent (the Listener of server/events.py); only changes of its
         membership concern an editor."""
         assert self.principal is not None
-        if message["type"] != "member.changed" or message["member"]["agent_id"] != self.principal.agent_id:
+        if not isinstance(message, pc.MemberChanged) or message.member["agent_id"] != self.principal.agent_id:
             return
         if self._held_changes is not None:
             self._held_changes.append(message)
         else:
             self._membership_changed(message)
 
-    def _membership_changed(self, message: dict[str, Any]) -> None:
+    def _membership_changed(self, message: pc.MemberChanged) -> None:
         room = self.room
-        if room is None or uuid.UUID(message["workspace_id"]) != room.workspace_id:
+        if room is None or message.workspace_id != room.workspace_id:
             return
         could_write = self.can_write
-        if message["change"] == "removed":
+        if message.change == "removed":
             self.can_write = False  # what was read and not yet applied is refused too
             self.end(ErrorCode.NOT_MEMBER, "removed from the workspace")
             self.leave_document()
         else:
-            self.can_write = workspaces.wire_can_write(message["member"])
+            self.can_write = workspaces.wire_can_write(message.member)
             if self.can_write and not could_write:
                 # As at connect: the editor sends what the server lacks, including what it kept
                 # locally while it could not write (its later updates build on it).
                 self.ask_for_missing()
-        self.log.info("yws.membership_changed", change=message["change"], can_write=self.can_write)
+        self.log.info("yws.membership_changed", change=message.change, can_write=self.can_write)
