@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 
 from crdt.document import Document
-from server import locks, tasks
+from server import hints, locks, tasks
 from server import protocol as p
 from server.committer import Committed
 from server.coordination import lock_event, member_event, state_event, task_event
 from server.errors import ErrorCode, ErrorMessage, TandemError
-from server.events import MAX_NOTIFY_BYTES, Event, Events
+from server.events import Event, Events
+from server.hints import MAX_NOTIFY_BYTES
 from server.room import Room, Subscription, encode_doc_op, encode_update_ok
 from server.store import NewOperation
 from server.wire import frame_encoder
@@ -145,7 +146,7 @@ def test_events_are_their_models_here_and_on_another_node() -> None:
     for event in sample_events(workspace_id):
         assert type(event.message) is MODELS[event.message.type]  # built by its model
         here.deliver(event)
-        there.on_remote(json.loads(here.payload(event)))  # what the fan-out decodes from NOTIFY
+        there.on_remote(hints.decode(here.payload(event), "node-2"))  # what the fan-out decodes from NOTIFY
     assert len(local.got) == len(remote.got) == 7
     for (message, frame), (remote_message, remote_frame) in zip(local.got, remote.got, strict=True):
         assert assert_model_frame(frame) == message == remote_message
@@ -166,7 +167,7 @@ async def test_an_event_read_back_after_notify_is_its_model_in_its_order() -> No
 
     there, remote = Events("node-2", refetch=refetch), Listener("s")
     there.join(remote, TENANT, workspace_id)
-    there.on_remote(payload)
+    there.on_remote(hints.decode(here.payload(event), "node-2"))
     async with asyncio.timeout(5):
         while not remote.got:
             await asyncio.sleep(0.01)
@@ -180,9 +181,9 @@ def test_a_remote_event_that_is_not_its_model_is_dropped() -> None:
     there, remote = joined("node-2", workspace_id)
     good = json.loads(Events("node-1").payload(sample_events(workspace_id)[0]))
     for bad in ({"type": "lock.acquired"}, {"type": "lock.stolen", "lock": {}}, {**good["e"], "extra": 1}):
-        there.on_remote({**good, "e": bad})
+        there.on_remote(hints.decode(json.dumps({**good, "e": bad}), "node-2"))
     assert remote.got == []
-    there.on_remote(good)
+    there.on_remote(hints.decode(json.dumps(good), "node-2"))
     assert len(remote.got) == 1
 
 
