@@ -55,7 +55,7 @@ from bench.common import (  # noqa: E402
     tree_pids,
     workdir,
 )
-from server.auth import issue_token  # noqa: E402
+from server.core.auth import issue_token  # noqa: E402
 
 LOCK_TTL_MS = 5000
 JITTER_S = (0.001, 0.005)  # the pause after `locked` before trying again

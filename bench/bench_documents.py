@@ -62,8 +62,8 @@ from bench.common import (  # noqa: E402
 )
 from bench.bench_apply import bare, generate, median_us_per_update  # noqa: E402
 from crdt.document import CONTENT  # noqa: E402
-from server.auth import issue_token  # noqa: E402
-from server.protocol import MAX_BATCH_MESSAGES  # noqa: E402
+from server.core.auth import issue_token  # noqa: E402
+from server.wire.protocol import MAX_BATCH_MESSAGES  # noqa: E402
 
 # The server's per-connection rate limit (100/s by default) would throttle a load generator:
 # the benchmark raises it, and says so in its output.

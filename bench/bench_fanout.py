@@ -64,7 +64,7 @@ from bench.common import (
     tree_pids,
     workdir,
 )
-from server.auth import issue_token
+from server.core.auth import issue_token
 
 NODES = 3
 TARGET_RATE_PER_S = 1000.0  # target: cross-node p99 <= single-node p99 + 5 ms at this rate

@@ -29,8 +29,8 @@ from bench.common import (  # noqa: E402
     Agent, Postgres, ServerNode, cleanup_dir, cpu_seconds, jwt_secret, machine, messages, raise_fd_limit, start_nodes,
     summarize, tree_pids, workdir,
 )  # fmt: skip
-from server.auth import issue_token  # noqa: E402
-from server.pgcluster import free_port  # noqa: E402
+from server.core.auth import issue_token  # noqa: E402
+from server.db.pgcluster import free_port  # noqa: E402
 
 CONNECT_CONCURRENCY = 64  # handshakes in flight while the sessions connect (before the storm)
 STORM_TIMEOUT_S = 300.0  # bound on the storm itself

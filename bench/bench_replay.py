@@ -3,7 +3,7 @@
 Generates a log of small edits by several simulated agents (seeded), then times
 `crdt.replay.rebuild` from scratch, from a mid-log snapshot, from a snapshot near the end,
 and op-by-op `Document.apply` (the live path). Then (unless --no-db) the same log goes into a
-throwaway PostgreSQL and `server.replay` (what `tandem replay` runs: pages of rows read as the
+throwaway PostgreSQL and `server.tools.replay` (what `tandem replay` runs: pages of rows read as the
 application role, fed to `rebuild`) replays it with and without a snapshot, and verifies it.
 Prints figures; asserts nothing. Bounded: --ops caps the log, and each phase stops early after
 --time-limit-s.
@@ -34,9 +34,10 @@ from crdt.replay import rebuild, verify
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.common` when run as a script
 
 from bench.common import Postgres, cleanup_dir, workdir  # noqa: E402
-from server import database, store, workspaces  # noqa: E402
-from server import replay as replay_tool  # noqa: E402
-from server.settings import Settings  # noqa: E402
+from server.db import database, store
+from server.workspaces import directory as workspaces  # noqa: E402
+from server.tools import replay as replay_tool  # noqa: E402
+from server.core.settings import Settings  # noqa: E402
 
 DOC_ID = "bench-doc"
 INSERT_BATCH_OPS = 1000
@@ -158,7 +159,7 @@ async def timed_async(label: str, count: int, fn: Callable[[], Awaitable[object]
 
 
 async def through_postgres(ops: list[Operation], final_text: str) -> None:
-    """`tandem replay`'s path: the log in PostgreSQL, read in pages by `server.replay`."""
+    """`tandem replay`'s path: the log in PostgreSQL, read in pages by `server.tools.replay`."""
     work = workdir("tandem-bench-replay-")
     pg = Postgres(work, fsync=False).start()
     try:

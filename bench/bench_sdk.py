@@ -37,7 +37,7 @@ import tandem_client  # noqa: E402
 from pycrdt import Doc, Text  # noqa: E402
 
 from bench.common import Agent, Postgres, cleanup_dir, jwt_secret, machine, start_nodes, summarize, workdir  # noqa: E402
-from server.auth import issue_token  # noqa: E402
+from server.core.auth import issue_token  # noqa: E402
 
 SERVER_ENV = {"TANDEM_MAX_MESSAGES_PER_S": "100000", "TANDEM_MAX_MESSAGE_BURST": "100000"}
 WAIT_S = 30.0  # one operation's deadline

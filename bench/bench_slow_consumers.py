@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import Agent, Postgres, ServerNode, cleanup_dir, jwt_secret, machine, start_nodes, workdir  # noqa: E402
-from server.auth import issue_token  # noqa: E402
+from server.core.auth import issue_token  # noqa: E402
 
 MIB = 1 << 20
 SEND_QUEUE_LEN = 1024  # the default: the frames-only bound is reached after this many states

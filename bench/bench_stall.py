@@ -41,7 +41,7 @@ if str(Path(__file__).resolve().parent.parent) not in sys.path:
 
 from bench.common import Agent, Postgres, ReplyError, cleanup_dir, jwt_secret, machine, start_nodes, workdir  # noqa: E402
 from crdt.cost import apply_cpu_s  # noqa: E402
-from server import auth  # noqa: E402
+from server.core import auth  # noqa: E402
 
 SERVER_ENV = {"TANDEM_MAX_MESSAGES_PER_S": "1000000", "TANDEM_MAX_MESSAGE_BURST": "1000000", "TANDEM_LOG_LEVEL": "warning"}
 BOUNDS_OFF = {"TANDEM_MAX_UPDATE_CLIENTS": "1000000000", "TANDEM_UPDATE_ROOM_CHECK_BYTES": "1000000000"}

@@ -1,4 +1,4 @@
-"""Benchmark of the update-validation worker (server/validation.py) on its own.
+"""Benchmark of the update-validation worker (server/documents/checker.py) on its own.
 
 Starts a `Validator` and sends `--updates` small valid updates (a 3-character Y.Text insert each,
 generated before the clock starts) in calls of `--call-size` updates with `--in-flight` calls
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 def load_validation(path: str | None) -> ModuleType:
     if path is None:
         sys.path.insert(0, str(REPO))
-        return importlib.import_module("server.validation")
+        return importlib.import_module("server.documents.checker")
     # Imported by name from its folder, so a spawned worker can import it too.
     file = Path(path).resolve()
     sys.path.insert(0, str(file.parent))
@@ -87,7 +87,7 @@ async def one_run(
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--module", help="a validation module file to load instead of server/validation.py")
+    parser.add_argument("--module", help="a validation module file to load instead of server/documents/checker.py")
     parser.add_argument("--updates", type=int, default=20_000)
     parser.add_argument("--call-size", type=int, default=32)
     parser.add_argument("--in-flight", type=int, default=8)

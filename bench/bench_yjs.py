@@ -50,7 +50,7 @@ from bench.common import (  # noqa: E402
     tree_pids,
     workdir,
 )
-from server import auth  # noqa: E402
+from server.core import auth  # noqa: E402
 
 NODE_DIR = REPO / "tests" / "node"
 SERVER_ENV = {"TANDEM_MAX_MESSAGES_PER_S": "1000000", "TANDEM_MAX_MESSAGE_BURST": "1000000", "TANDEM_LOG_LEVEL": "warning"}

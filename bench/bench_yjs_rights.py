@@ -39,7 +39,7 @@ if str(Path(__file__).resolve().parent.parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Agent, Postgres, cleanup_dir, jwt_secret, machine, start_nodes, summarize, workdir  # noqa: E402
-from server import auth  # noqa: E402
+from server.core import auth  # noqa: E402
 
 SERVER_ENV = {"TANDEM_MAX_MESSAGES_PER_S": "1000000", "TANDEM_MAX_MESSAGE_BURST": "1000000", "TANDEM_LOG_LEVEL": "warning"}
 AUTH = 2  # y-protocols auth message (permission denied)

@@ -36,7 +36,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from server.pgcluster import Cluster, find_bin_dir, free_port
+from server.db.pgcluster import Cluster, find_bin_dir, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TANDEM = str(Path(sys.executable).with_name("tandem"))

@@ -1,5 +1,5 @@
 -- migrate:up
--- One call appends a whole group-commit batch (server/committer.py), instead of three statements
+-- One call appends a whole group-commit batch (server/documents/committer.py), instead of three statements
 -- per document: for each document, in the order given (the caller sorts by document id, so two
 -- writers lock rows in the same order), bind its tenant, reserve sequence numbers for the
 -- operations its lock allows (`lock_allows_write`), insert them, and
@@ -62,7 +62,7 @@ BEGIN
                   FROM generate_series(lo, hi) AS o(i)
                  WHERE allowed[o.i - lo + 1];
                 IF p_node IS NOT NULL THEN
-                    -- The fan-out hint (server/fanout.py), delivered only if this commits. Small
+                    -- The fan-out hint (server/cluster/fanout.py), delivered only if this commits. Small
                     -- operations ride along ("o": [agent, base64 update, type] for the seqs up to
                     -- "s"), so followers need not read them back; the payload stays under
                     -- NOTIFY's 8,000 bytes, or the hint goes without them.

@@ -21,7 +21,7 @@ CREATE TRIGGER update_documents_updated_at
 --       cannot deadlock), judge each operation against its document's lock (`lock_allows_write`)
 --       and number the allowed ones from the document's head_seq;
 --    b. set each document's new head_seq, insert the operations, and send one fan-out hint per
---       document (server/fanout.py), delivered only if this commits.
+--       document (server/cluster/fanout.py), delivered only if this commits.
 --    Operations of one document keep their order in the arrays; they need not be contiguous.
 --    Not SECURITY DEFINER: it runs as the app role, under the tenant policies of each tenant
 --    (set transaction-locally, as tenant_transaction does). Returns one row per operation, in
@@ -198,7 +198,7 @@ BEGIN
                   FROM generate_series(lo, hi) AS o(i)
                  WHERE allowed[o.i - lo + 1];
                 IF p_node IS NOT NULL THEN
-                    -- The fan-out hint (server/fanout.py), delivered only if this commits. Small
+                    -- The fan-out hint (server/cluster/fanout.py), delivered only if this commits. Small
                     -- operations ride along ("o": [agent, base64 update, type] for the seqs up to
                     -- "s"), so followers need not read them back; the payload stays under
                     -- NOTIFY's 8,000 bytes, or the hint goes without them.

@@ -1,6 +1,6 @@
 -- migrate:up
 -- The fan-out hint of document operations is built by one function, `tandem_ops_hint`, which
--- server/hints.py decodes (its tests call this function and decode what it returns). The format
+-- server/cluster/hints.py decodes (its tests call this function and decode what it returns). The format
 -- and its limits are unchanged: `{"k": "ops", "d": doc_id, "s": last seq, "n": node_id, "t":
 -- commit clock in seconds}`, plus `"o"` (the operations, each [agent, base64 update, type], in
 -- seq order) when their updates total at most 4,000 bytes and the whole payload stays within

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from server.cli import app
+from server.tools.cli import app
 
 
 def main() -> None:

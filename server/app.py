@@ -26,17 +26,25 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import auth, connection, database, fanout, health, presence, session, transport, yws
-from server.committer import Committer
-from server.coordination import Coordination
-from server.dbserver import EXPECTED_ERRORS, StartupError, database_server, explain
-from server.logs import bind_ids, get_logger
-from server.metrics import HttpMetrics, Metrics
-from server.node import Node
-from server.rooms import RoomRegistry
-from server.supervisor import Supervised, Supervisor, TaskFactory
-from server.validation import Validator
-from server.settings import Settings
+from server import health
+
+from server.cluster import fanout, presence
+
+from server.core import auth
+
+from server.db import database
+
+from server.transport import connection, session, websocket as transport, yws
+from server.documents.committer import Committer
+from server.workspaces.coordination import Coordination
+from server.db.dbserver import EXPECTED_ERRORS, StartupError, database_server, explain
+from server.core.logs import bind_ids, get_logger
+from server.core.metrics import HttpMetrics, Metrics
+from server.transport.node import Node
+from server.documents.rooms import RoomRegistry
+from server.core.supervisor import Supervised, Supervisor, TaskFactory
+from server.documents.checker import Validator
+from server.core.settings import Settings
 
 log = get_logger("tandem.app")
 
@@ -343,7 +351,7 @@ def run(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         lifespan="on",
-        log_config=None,  # our handler (server.logs) formats uvicorn's records too
+        log_config=None,  # our handler (server.core.logs) formats uvicorn's records too
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
         server_header=False,

@@ -18,8 +18,8 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server import metrics as metrics_module
-from server.logs import get_logger
+from server.core import metrics as metrics_module
+from server.core.logs import get_logger
 
 if TYPE_CHECKING:
     from server.app import AppState

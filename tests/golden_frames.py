@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from server import locks, tasks, workspaces
-from server import protocol as p
-from server import protocol_coordination as pc
-from server.errors import ErrorCode, ErrorMessage
-from server.room import encode_doc_op, encode_update_ok
-from server.session_coordination import member_wire
+from server.workspaces import locks, tasks, directory as workspaces
+from server.wire import protocol as p
+from server.wire import protocol_coordination as pc
+from server.core.errors import ErrorCode, ErrorMessage
+from server.documents.room import encode_doc_op, encode_update_ok
+from server.transport.session_coordination import member_wire
 
 PATH = Path(__file__).with_name("golden_frames.json")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from server.pgcluster import free_port
+from server.db.pgcluster import free_port
 
 
 def redis_binary() -> str:

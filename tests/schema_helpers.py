@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from server.pgcluster import SYSTEM_PG_BIN, find_bin_dir, wheel_bin_dir
+from server.db.pgcluster import SYSTEM_PG_BIN, find_bin_dir, wheel_bin_dir
 from tests.conftest import TENANT_A, TENANT_B  # noqa: F401 (re-exported for the schema tests)
 
 

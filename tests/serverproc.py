@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from server.pgcluster import free_port
+from server.db.pgcluster import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 # The console script installed next to the interpreter running the tests (.venv/bin/tandem).

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import pytest
 
-from server import auth
-from server.auth import Principal, issue_token, verify_token
-from server.errors import ErrorCode
+from server.core import auth
+from server.core.auth import Principal, issue_token, verify_token
+from server.core.errors import ErrorCode
 
 SECRET = "s" * 56 + "-test-secret"  # 64 bytes: long enough for HS512 too
 TENANT = uuid.UUID("00000000-0000-0000-0000-00000000000a")

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
-from server.pgcluster import free_port
-from server.settings import load_settings
+from server.db.pgcluster import free_port
+from server.core.settings import load_settings
 from tests.serverproc import REPO, TANDEM, postgres_pids, server_env
 
 if TYPE_CHECKING:
@@ -185,6 +185,6 @@ def test_unreachable_database_url_is_one_line_error() -> None:
 def test_the_operator_commands_do_not_load_the_web_stack() -> None:
     """`tandem token issue` and the other admin commands need the database, not Starlette,
     uvicorn or the rooms: only `tandem serve` imports the app."""
-    code = "import sys, server.cli; print(sorted(m for m in ('starlette', 'uvicorn', 'server.app', 'server.rooms') if m in sys.modules))"
+    code = "import sys, server.cli; print(sorted(m for m in ('starlette', 'uvicorn', 'server.app', 'server.documents.rooms') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]", result.stdout

@@ -20,9 +20,13 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
-from server import auth, database, store, workspaces
-from server.admin import ACTOR, parse_ttl
-from server.errors import ErrorCode
+from server.core import auth
+
+from server.db import database, store
+
+from server.workspaces import directory as workspaces
+from server.tools.admin import ACTOR, parse_ttl
+from server.core.errors import ErrorCode
 from tests.conftest import TENANT_A, TENANT_B
 from tests.serverproc import REPO, TANDEM, postgres_pids, server_env
 

@@ -24,7 +24,9 @@ import pytest
 from pycrdt import Doc, Text
 
 from crdt.document import CONTENT, Document
-from server import admin, database, store, workspaces
+from server.db import database, store
+from server.tools import admin
+from server.workspaces import directory as workspaces
 from tests.conftest import TENANT_A
 from tests.serverproc import REPO, TANDEM, server_env
 

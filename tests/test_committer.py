@@ -1,4 +1,4 @@
-"""How the committer reports each queued operation's outcome (server/committer.py: `Pending`).
+"""How the committer reports each queued operation's outcome (server/documents/committer.py: `Pending`).
 
 The batches themselves are tested against PostgreSQL in tests/test_store_sequence.py and end to
 end; this is the reporting contract the rooms rely on: exactly one call per operation."""
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import uuid
 
-from server import store
-from server.committer import Committer, Pending
-from server.errors import ErrorCode, TandemError
+from server.db import store
+from server.documents.committer import Committer, Pending
+from server.core.errors import ErrorCode, TandemError
 
 
 def pending(calls: list[tuple[int | None, BaseException | None]]) -> Pending:

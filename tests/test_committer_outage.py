@@ -1,4 +1,4 @@
-"""The committer against a database that goes away (server/committer.py, docs/operations.md "When
+"""The committer against a database that goes away (server/documents/committer.py, docs/operations.md "When
 the database is away"): real PostgreSQL, real pools, outages made by the test's admin connection.
 
 Outages are real and bounded: `pg_terminate_backend` of the application role's backends, and
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
-from server import store
-from server.committer import Committer
-from server.database import create_pool
-from server.errors import ErrorCode, TandemError
-from server.metrics import Metrics
+from server.db import store
+from server.documents.committer import Committer
+from server.db.database import create_pool
+from server.core.errors import ErrorCode, TandemError
+from server.core.metrics import Metrics
 from tests.conftest import TENANT_A
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""The shared connection lifecycle (server/connection.py), with the app served in process by
+"""The shared connection lifecycle (server/transport/connection.py), with the app served in process by
 uvicorn against this test's database so a fault can be put inside a node: a failure of one
 connection's update pipeline ends that connection with `internal_error` (1011, after the
 closing sequence), the node goes on serving the others, and nothing of the failed connection
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 import websockets
 
-from server import transport
+from server.transport import websocket as transport
 from server.app import create_app
-from server.connection import Connection
-from server.node import Node
-from server.pgcluster import free_port
+from server.transport.connection import Connection
+from server.transport.node import Node
+from server.db.pgcluster import free_port
 from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.test_yjs import awareness_message
@@ -199,7 +199,7 @@ async def test_a_peer_that_never_reads_nor_answers_pings_is_let_go(
 ) -> None:
     """uvicorn closes a connection whose peer misses a keepalive pong, gracefully: for a peer that
     never reads, that close never completes and the application never hears of it. The transport
-    is aborted `ABORT_AFTER_S` later (server/transport.py): the connection ends and is freed."""
+    is aborted `ABORT_AFTER_S` later (server/transport/websocket.py): the connection ends and is freed."""
     settings = {
         "max_awareness_bytes": 1 << 20, "max_send_queue_bytes": 1 << 30, "max_messages_per_s": 1e6,
         "max_message_burst": 1_000_000,

@@ -381,7 +381,7 @@ def test_a_dropped_document_is_freed() -> None:
 
 def test_what_is_pending_is_left_out_of_the_encoded_state_until_it_is_in() -> None:
     """yrs's encoding leaves pending structs out, so a snapshot is only right when `pending()`
-    is False (server/rooms.py stores none before)."""
+    is False (server/documents/rooms.py stores none before)."""
     client, other = Client(11), Client(12)
     client.text += "hello"
     client.text += " world"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-from server.embedded import EmbeddedPostgres
+from server.db.embedded import EmbeddedPostgres
 
 
 def mode(path: Path) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from server.pgcluster import Cluster, find_bin_dir, wheel_bin_dir
+from server.db.pgcluster import Cluster, find_bin_dir, wheel_bin_dir
 from tests.serverproc import REPO, TANDEM, Servers, postgres_pids, server_env, servers_for, stop_postgres
 from tests.test_serve import STOP_TIMEOUT_S, quickstart_serve_command, stop_cleanly
 
@@ -168,7 +168,7 @@ def test_a_deep_data_folder_survives_kill_9_and_a_restart(servers: Servers) -> N
 
 
 def test_the_fallback_socket_folder_is_the_same_in_every_process(tmp_path: Path) -> None:
-    code = "import sys; from server.pgcluster import Cluster; print(Cluster(sys.argv[1]).socket_dir)"
+    code = "import sys; from server.db.pgcluster import Cluster; print(Cluster(sys.argv[1]).socket_dir)"
     deep = str(tmp_path / ("d" * 100))
     runs = {
         subprocess.run([sys.executable, "-c", code, deep], cwd=REPO, capture_output=True, text=True, check=True).stdout

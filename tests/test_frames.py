@@ -16,16 +16,17 @@ from typing import Any
 import pytest
 
 from crdt.document import Document
-from server import hints, locks, tasks
-from server import protocol as p
-from server.committer import Committed
-from server.coordination import lock_event, member_event, state_event, task_event
-from server.errors import ErrorCode, ErrorMessage, TandemError
-from server.events import Event, Events
-from server.hints import MAX_NOTIFY_BYTES
-from server.room import Room, Subscription, encode_doc_op, encode_update_ok
-from server.store import NewOperation
-from server.wire import frame_encoder
+from server.cluster import hints
+from server.workspaces import locks, tasks
+from server.wire import protocol as p
+from server.documents.committer import Committed
+from server.workspaces.coordination import lock_event, member_event, state_event, task_event
+from server.core.errors import ErrorCode, ErrorMessage, TandemError
+from server.cluster.events import Event, Events
+from server.cluster.hints import MAX_NOTIFY_BYTES
+from server.documents.room import Room, Subscription, encode_doc_op, encode_update_ok
+from server.db.store import NewOperation
+from server.wire.fields import frame_encoder
 from tests.serverproc import REPO
 
 MODELS: dict[str, Any] = {**p.SERVER_MESSAGES, "error": ErrorMessage}

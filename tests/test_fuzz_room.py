@@ -3,7 +3,7 @@
 Hypothesis drives several pycrdt clients editing one text (inserts, deletes, formatting, syncing
 from the log now and then) and sends each update, often mutated (bytes changed, inserted or cut,
 the first struct group's clock or client id rewritten, old updates replayed, two merged), through
-`server.room.Room.validate`, the server's own path. An update it returns is appended to the log
+`server.documents.room.Room.validate`, the server's own path. An update it returns is appended to the log
 (as the committer would); a refused one is dropped; after a yrs panic the room is rebuilt from
 the log (as `RoomRegistry` does). After every update the room must equal the log's replay (text,
 state vector and encoded state), and every stored update must apply to a fresh client.
@@ -31,7 +31,7 @@ from crdt.document import CorruptUpdate, Document
 from crdt.ids import MAX_CLOCK
 from crdt.operations import Operation
 from crdt.replay import rebuild
-from server.room import Room
+from server.documents.room import Room
 from tests.test_crdt_order import placed
 
 EXAMPLES = int(os.environ.get("TANDEM_FUZZ_EXAMPLES", "40"))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from server import store
+from server.db import store
 from server.app import create_app
 from tests.conftest import TENANT_A
 from tests.test_committer_outage import make_document, row_locked

@@ -1,4 +1,4 @@
-"""The NOTIFY hint formats (server/hints.py): the SQL that builds "ops" hints (`tandem_ops_hint`,
+"""The NOTIFY hint formats (server/cluster/hints.py): the SQL that builds "ops" hints (`tandem_ops_hint`,
 migration 0022) is pinned against the Python decoder, cut-offs included; events round-trip."""
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ import uuid
 
 import asyncpg
 
-from server import hints, store
-from server.database import create_pool
+from server.cluster import hints
+
+from server.db import store
+from server.db.database import create_pool
 from tests.conftest import TENANT_A
 
 NODE = "node-1"

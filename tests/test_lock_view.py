@@ -1,4 +1,4 @@
-"""A room's view of its document's lock (server/rooms.py): built from lock events that may arrive
+"""A room's view of its document's lock (server/documents/rooms.py): built from lock events that may arrive
 out of order from several nodes, it refuses only what is certain; the write path decides the rest."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from crdt.document import Document
-from server.errors import ErrorCode
-from server.room import LockView, Room
+from server.core.errors import ErrorCode
+from server.documents.room import LockView, Room
 
 
 def room() -> Room:
@@ -59,11 +59,11 @@ def test_an_acquisition_arriving_after_its_own_release_is_ignored() -> None:
     assert r.lock is None
 
 
-# --- the node's known locks (server/coordination.py): fast `locked` replies without a transaction ----
+# --- the node's known locks (server/workspaces/coordination.py): fast `locked` replies without a transaction ----
 
 
 def test_known_locks_answer_only_for_another_agents_live_lock_and_follow_fences() -> None:
-    from server.coordination import KnownLocks
+    from server.workspaces.coordination import KnownLocks
 
     known = KnownLocks(forget_after_s=0)
     key = (uuid.uuid4(), uuid.uuid4(), None, "deploy")

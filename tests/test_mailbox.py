@@ -1,4 +1,4 @@
-"""server/mailbox.py: the per-connection queue of the sender and of the update pipeline."""
+"""server/transport/mailbox.py: the per-connection queue of the sender and of the update pipeline."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from server.mailbox import Mailbox
+from server.transport.mailbox import Mailbox
 
 
 async def test_the_consumer_sees_everything_queued_in_order_and_takes_what_it_wants() -> None:

@@ -1,4 +1,4 @@
-"""Member management (server/members.py) against real PostgreSQL.
+"""Member management (server/workspaces/members.py) against real PostgreSQL.
 
 Every call runs as the application role inside `store.tenant_transaction` (RLS and the audit
 trigger apply as in the server). The rules are docs/protocol.md section 12.5, as listed in members.py.
@@ -14,10 +14,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from server import members, state, store
-from server import workspaces as ws
-from server.database import create_pool
-from server.errors import ErrorCode, TandemError
+from server.db import store
+
+from server.workspaces import members, state
+from server.workspaces import directory as ws
+from server.db.database import create_pool
+from server.core.errors import ErrorCode, TandemError
 from tests.conftest import TENANT_A, TENANT_B
 
 

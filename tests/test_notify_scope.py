@@ -12,7 +12,7 @@ import uuid
 import asyncpg
 import pytest
 
-from server.database import app_url_from
+from server.db.database import app_url_from
 from tests.conftest import TENANT_A, TENANT_B, Postgres, TestDatabase
 
 PASSWORD = "outsider-password"

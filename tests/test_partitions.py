@@ -12,7 +12,7 @@ import datetime as dt
 import asyncpg
 import pytest
 
-from server import migrate
+from server.db import migrate
 from tests.schema_helpers import TENANT_A, tenant
 
 

@@ -1,6 +1,6 @@
-"""Presence backends (server/presence.py, server/presence_redis.py; docs/protocol.md#57), in
+"""Presence backends (server/cluster/presence.py, server/cluster/presence_redis.py; docs/protocol.md#57), in
 memory and against a real Redis, through what both offer; plus the pure awareness checks of
-server/protocol.py. Redis-only behaviour (relay, expiry, outages) is in test_presence_redis.py.
+server/wire/protocol.py. Redis-only behaviour (relay, expiry, outages) is in test_presence_redis.py.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import uuid
 
 import pytest
 
-from server import protocol as p
-from server.errors import ErrorCode
-from server.metrics import Metrics
-from server.presence import MemoryPresence
+from server.wire import protocol as p
+from server.core.errors import ErrorCode
+from server.core.metrics import Metrics
+from server.cluster.presence import MemoryPresence
 from tests.presence_nodes import DOC, TENANT_A, TENANT_B, WS, Inbox, memory, pair, redis_nodes  # noqa: F401 (fixtures)
 
 MAX = 1_048_576

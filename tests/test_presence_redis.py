@@ -1,5 +1,5 @@
-"""Presence across nodes through a real Redis (server/presence_redis.py,
-server/presence_sweep.py; docs/protocol.md#57): each window relayed once, vanished nodes'
+"""Presence across nodes through a real Redis (server/cluster/presence_redis.py,
+server/cluster/presence_sweep.py; docs/protocol.md#57): each window relayed once, vanished nodes'
 sessions expiring, and Redis going away, hanging and coming back.
 """
 
@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from server import protocol as p
-from server.metrics import Metrics
-from server.pgcluster import free_port
-from server.presence import Presence
-from server.presence_redis import RedisPresence, keep_cancellation
+from server.wire import protocol as p
+from server.core.metrics import Metrics
+from server.db.pgcluster import free_port
+from server.cluster.presence import Presence
+from server.cluster.presence_redis import RedisPresence, keep_cancellation
 from tests.presence_nodes import TENANT_A, WS, Inbox, RedisNodes, eventually, redis_nodes  # noqa: F401 (a fixture)
 from tests.redisproc import RedisProcess
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from server import protocol as p
-from server.errors import ErrorCode, TandemError, error_frame
-from server.settings import Settings
+from server.wire import protocol as p
+from server.core.errors import ErrorCode, TandemError, error_frame
+from server.core.settings import Settings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 MAX = 1_048_576
@@ -752,7 +752,7 @@ def test_server_hello_matches_the_documented_example():
 
 def test_task_transition_and_actor_tables_match_docs():
     # docs/protocol.md#124-tasks-and-delegations
-    from server import task_rules
+    from server.workspaces import task_rules
 
     text = section("12.4 Tasks and delegations")
     tables = re.split(r"\n(?=Who may take)", text)

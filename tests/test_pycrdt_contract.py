@@ -107,7 +107,7 @@ def test_a_yrs_panic_surfaces_as_pyo3_runtime_panic_exception() -> None:
     )  # fmt: skip
     with pytest.raises(BaseException) as raised:
         native_apply(doc, wrapping)
-    why = relied_on_by("crdt/document.py (_is_panic) and server/validation.py", "how a Rust panic surfaces")
+    why = relied_on_by("crdt/document.py (_is_panic) and server/documents/checker.py", "how a Rust panic surfaces")
     assert _is_panic(raised.value), f"{why}: got {type(raised.value).__module__}.{type(raised.value).__name__}"
     assert not isinstance(raised.value, Exception), why  # caught as BaseException on purpose
 
@@ -166,12 +166,12 @@ def test_text_integrated_observe_passes_raw_text_events() -> None:
     subscription.drop()  # held until here: a dropped subscription stops firing
 
 
-# server/validation.py: the native Doc built directly --------------------------------------------
+# server/documents/checker.py: the native Doc built directly --------------------------------------------
 
 
 def test_native_doc_builds_from_three_positional_defaults_and_applies_to_its_root_text() -> None:
     _, _, updates = editor(9, "abc")
-    why = relied_on_by("server/validation.py (check_updates)", "pycrdt._pycrdt.Doc(client_id, skip_gc, guid)")
+    why = relied_on_by("server/documents/checker.py (check_updates)", "pycrdt._pycrdt.Doc(client_id, skip_gc, guid)")
     doc = NativeDoc(None, None, None)
     txn = doc.create_transaction()
     try:
@@ -184,11 +184,11 @@ def test_native_doc_builds_from_three_positional_defaults_and_applies_to_its_roo
         txn.drop()
 
 
-# server/yws_wire.py: Decoder's position fields --------------------------------------------------
+# server/wire/y_protocols.py: Decoder's position fields --------------------------------------------------
 
 
 def test_decoder_exposes_its_stream_position_and_remaining_length() -> None:
-    why = relied_on_by("server/yws_wire.py (_Decoder.read_var_uint)", "Decoder.stream/i0/length")
+    why = relied_on_by("server/wire/y_protocols.py (_Decoder.read_var_uint)", "Decoder.stream/i0/length")
     frame = write_var_uint(300) + write_var_uint(2) + b"ab"
     decoder = Decoder(frame)
     assert (decoder.stream, decoder.i0, decoder.length) == (frame, 0, len(frame)), why
@@ -208,5 +208,5 @@ def test_decoder_read_message_goes_through_an_overridden_read_var_uint() -> None
             return super().read_var_uint()
 
     assert Counting(write_var_uint(1) + b"z").read_message() == b"z"
-    why = relied_on_by("server/yws_wire.py (_Decoder bounds lengths read by read_message)", "Decoder.read_message")
+    why = relied_on_by("server/wire/y_protocols.py (_Decoder bounds lengths read by read_message)", "Decoder.read_message")
     assert calls == [0], why

@@ -27,9 +27,11 @@ from pycrdt import Doc, Text
 from crdt.clock import VectorClock
 from crdt.document import CONTENT, Document
 from crdt.replay import Span
-from server import database, store, workspaces
-from server import replay as replay_tool
-from server.admin import AdminError
+from server.db import database, store
+from server.tools import replay as replay_tool
+from server.tools import replay_output
+from server.tools.admin import AdminError
+from server.workspaces import directory as workspaces
 from tests.conftest import TENANT_A, TENANT_B
 from tests.serverproc import REPO, TANDEM, server_env
 
@@ -187,7 +189,7 @@ async def pool(db: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
 
 
 async def test_replay_at_every_100th_seq_equals_what_a_client_saw(pool: asyncpg.Pool) -> None:
-    # The CLI's code path in-process (server.replay feeding crdt.replay), for every 100th seq.
+    # The CLI's code path in-process (server.tools.replay feeding crdt.replay), for every 100th seq.
     session = recorded_session()
     doc_id = await store_session(pool, session)
     for seq in range(0, session.head + 1, 100):
@@ -389,13 +391,13 @@ async def test_blame_attributes_every_span_to_its_agent(pool: asyncpg.Pool, env:
 
 def test_blame_lines_list_agents_per_line() -> None:
     spans = [Span("ab", "alice"), Span("c\n\nd", "bob"), Span("e\n", "alice"), Span("tail", None)]
-    assert replay_tool.blame_lines(spans) == [
+    assert replay_output.blame_lines(spans) == [
         "alice,bob   1  abc",
         "bob         2  ",
         "bob,alice   3  de",
         "(snapshot)  4  tail",
     ]
-    assert list(replay_tool.blame_json(spans))[2] == {"agent_id": "alice", "start": 6, "text": "e\n"}
+    assert list(replay_output.blame_json(spans))[2] == {"agent_id": "alice", "start": 6, "text": "e\n"}
 
 
 def test_yaml_documents_print_as_json_and_parse_errors_are_clear() -> None:
@@ -408,12 +410,12 @@ def test_yaml_documents_print_as_json_and_parse_errors_are_clear() -> None:
 
 
 def test_command_line_values() -> None:
-    assert replay_tool.parse_time("2024-05-01T10:00:00Z") == datetime(2024, 5, 1, 10, tzinfo=UTC)
-    assert replay_tool.parse_time("2024-05-01 10:00") == datetime(2024, 5, 1, 10, tzinfo=UTC)
-    assert replay_tool.parse_clock('{"7": 3}') == VectorClock({7: 3})
+    assert replay_output.parse_time("2024-05-01T10:00:00Z") == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    assert replay_output.parse_time("2024-05-01 10:00") == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    assert replay_output.parse_clock('{"7": 3}') == VectorClock({7: 3})
     for bad_time in ("yesterday", "2024-13-01"):
         with pytest.raises(ValueError, match="ISO 8601"):
-            replay_tool.parse_time(bad_time)
+            replay_output.parse_time(bad_time)
     for bad_clock in ("[1]", '{"7": "x"}', "{"):
         with pytest.raises(ValueError, match="JSON object"):
-            replay_tool.parse_clock(bad_clock)
+            replay_output.parse_clock(bad_clock)

@@ -1,5 +1,5 @@
 """A room whose yrs document panics is rebuilt from the log before it takes another update, and
-the update is then applied to the rebuilt room (server/rooms.py, server/pipeline.py).
+the update is then applied to the rebuilt room (server/documents/rooms.py, server/transport/pipeline.py).
 
 In process, against a real PostgreSQL: the registry, the group committer and a room, with the
 room's document forked from the log in memory (what an update yrs mis-applies leaves behind).
@@ -16,10 +16,10 @@ import pytest
 from pycrdt import Doc, Text, write_var_uint
 
 from crdt.document import Document, DocumentPanicked, OriginsMissing
-from server import database, store
-from server.committer import Committer
-from server.rooms import RoomRegistry
-from server.settings import Settings
+from server.db import database, store
+from server.documents.committer import Committer
+from server.documents.rooms import RoomRegistry
+from server.core.settings import Settings
 from tests.conftest import TENANT_A, TestDatabase
 
 DEADLINE_S = 30.0

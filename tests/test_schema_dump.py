@@ -1,4 +1,4 @@
-"""migrations/schema.sql is exactly what the migrations produce (server/schema_dump.py).
+"""migrations/schema.sql is exactly what the migrations produce (server/tools/schema_dump.py).
 
 The comparison runs `tandem schema dump` as a real process: a scratch PostgreSQL from the wheel,
 every migration applied, pg_dump, normalised. The other tests are pure.
@@ -10,8 +10,10 @@ import difflib
 import subprocess
 from pathlib import Path
 
-from server import migrate, schema_dump
-from server.settings import load_settings
+from server.db import migrate
+
+from server.tools import schema_dump
+from server.core.settings import load_settings
 from tests.serverproc import REPO, TANDEM, server_env
 
 COMMAND_TIMEOUT_S = 180.0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-from server import migrate
+from server.db import migrate
 from tests.schema_helpers import create_database, drop_database, schema_dump
 
 SEED_TENANT = uuid.UUID("00000000-0000-0000-0000-000000000001")

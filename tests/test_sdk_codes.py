@@ -1,12 +1,12 @@
 """The SDK keeps its own copy of the error code list (it must not import the server): it must
-equal server/errors.py ErrorCode, code for code, with the same messages and close codes, and
+equal server/core/errors.py ErrorCode, code for code, with the same messages and close codes, and
 give each code its exception class (docs/protocol.md section 8)."""
 
 from __future__ import annotations
 
 import sys
 
-from server.errors import ErrorCode
+from server.core.errors import ErrorCode
 from tests.serverproc import REPO
 
 if str(REPO / "clients") not in sys.path:  # the SDK is its own package; the suite uses its source

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
-from server.embedded import EmbeddedPostgres
-from server.settings import load_settings
+from server.db.embedded import EmbeddedPostgres
+from server.core.settings import load_settings
 from tests.serverproc import REPO, ServerProcess, Servers, postgres_pids, server_env, servers_for
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""The named statements of `server/sql/*.sql`: each projection is written once and used, and
+"""The named statements of `server/db/sql/*.sql`: each projection is written once and used, and
 every statement, projections expanded, is valid SQL against the migrated schema as the
 application role (a typo in a rarely run statement fails here, not in production)."""
 
@@ -9,14 +9,14 @@ from importlib import resources
 
 import asyncpg
 
-from server import store
+from server.db import store
 from tests.conftest import TestDatabase
 
 PROJECTIONS = ("member", "task", "workspace", "document")
 
 
 def _sql_text() -> str:
-    files = resources.files("server.sql").iterdir()
+    files = resources.files("server.db.sql").iterdir()
     return "\n".join(f.read_text() for f in files if f.name.endswith(".sql"))
 
 

@@ -1,4 +1,4 @@
-"""Workspace state with an optimistic state_version (server/state.py) against real PostgreSQL.
+"""Workspace state with an optimistic state_version (server/workspaces/state.py) against real PostgreSQL.
 
 Every call runs as the application role inside `store.tenant_transaction`, so RLS and the
 audit trigger apply as in the server. The rules are docs/protocol.md section 12.3.
@@ -15,10 +15,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from server import state, store
-from server import workspaces as ws
-from server.database import create_pool
-from server.errors import ErrorCode, TandemError
+from server.db import store
+
+from server.workspaces import state
+from server.workspaces import directory as ws
+from server.db.database import create_pool
+from server.core.errors import ErrorCode, TandemError
 from tests.conftest import TENANT_A, TENANT_B
 
 MAX_BYTES = 4096

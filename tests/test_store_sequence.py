@@ -14,8 +14,8 @@ from collections.abc import Awaitable
 
 import asyncpg
 
-from server import store
-from server.database import create_pool
+from server.db import store
+from server.db.database import create_pool
 from tests.conftest import TENANT_A, TENANT_B
 
 WRITERS = 8

@@ -1,12 +1,12 @@
-"""The node's task supervisor (server/supervisor.py): a task that raises is logged, counted and
+"""The node's task supervisor (server/core/supervisor.py): a task that raises is logged, counted and
 started again with a growing backoff; cancellation is the only way one ends for good."""
 
 from __future__ import annotations
 
 import asyncio
 
-from server.metrics import Metrics
-from server.supervisor import Supervisor
+from server.core.metrics import Metrics
+from server.core.supervisor import Supervisor
 
 DEADLINE_S = 10.0
 

@@ -1,4 +1,4 @@
-"""The task state machine (server/task_rules.py), pure: every (status, action) pair and every actor.
+"""The task state machine (server/workspaces/task_rules.py), pure: every (status, action) pair and every actor.
 
 The expected tables below are written out again from docs/protocol.md section 12.4, not
 derived from the module, so a slip in either shows up as a failing pair.
@@ -10,8 +10,8 @@ import itertools
 
 import pytest
 
-from server.errors import ErrorCode, TandemError
-from server.task_rules import ACTORS, TERMINAL, TRANSITIONS, Action, Actor, Status, check, next_status
+from server.core.errors import ErrorCode, TandemError
+from server.workspaces.task_rules import ACTORS, TERMINAL, TRANSITIONS, Action, Actor, Status, check, next_status
 
 EXPECTED: dict[str, dict[str, str]] = {
     "pending": {"assign": "assigned", "delegate": "assigned", "cancel": "cancelled"},

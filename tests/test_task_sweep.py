@@ -1,4 +1,4 @@
-"""The task timeout sweep (server/tasks.py `overdue_tenants`, `sweep_timeouts`; migration 0021)
+"""The task timeout sweep (server/workspaces/tasks.py `overdue_tenants`, `sweep_timeouts`; migration 0021)
 against real PostgreSQL, as the application role: each overdue task times out exactly once
 whatever the number of concurrent sweepers, and a sweep acts only on its own tenant.
 """
@@ -9,8 +9,10 @@ import asyncio
 import uuid
 from collections import Counter
 
-from server import store, tasks
-from server.errors import ErrorCode
+from server.db import store
+
+from server.workspaces import tasks
+from server.core.errors import ErrorCode
 from tests.conftest import TENANT_A, TENANT_B
 from tests.test_tasks import Env, act, audit_count, create, env, get, refused, request, started, tx, walk  # noqa: F401  (env: the fixture)
 

@@ -1,4 +1,4 @@
-"""Tasks and delegations (server/tasks.py) against real PostgreSQL, as the application role.
+"""Tasks and delegations (server/workspaces/tasks.py) against real PostgreSQL, as the application role.
 
 Every call but the sweep's listing of tenants runs inside `store.tenant_transaction`, so RLS
 applies as in the server; the superuser connection (`admin`) only moves clocks and statuses
@@ -18,12 +18,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from server import protocol, store, tasks
-from server import protocol_coordination as pc
-from server import workspaces as ws
-from server.database import create_pool
-from server.errors import ErrorCode, TandemError
-from server.task_rules import TRANSITIONS, Action, Status
+from server.db import store
+
+from server.wire import protocol
+
+from server.workspaces import tasks
+from server.wire import protocol_coordination as pc
+from server.workspaces import directory as ws
+from server.db.database import create_pool
+from server.core.errors import ErrorCode, TandemError
+from server.workspaces.task_rules import TRANSITIONS, Action, Status
 from tests.conftest import TENANT_A, TENANT_B
 
 # Tenant A's workspace: olivia owns it, adam administers it, vera only reads. beth owns tenant B's.
@@ -64,7 +68,7 @@ def tx(pool: asyncpg.Pool, agent: str, tenant: uuid.UUID = TENANT_A):
 
 
 def request(kind: str, **fields: Any) -> Any:
-    """`fields` read off the wire as the server reads them (server/protocol.py, where task input
+    """`fields` read off the wire as the server reads them (server/wire/protocol.py, where task input
     is validated): the message, or the typed error the session would send."""
     message = protocol.parse(json.dumps({"type": kind, **fields}, default=str), 1 << 20)
     if isinstance(message, protocol.ProtocolError):

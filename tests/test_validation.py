@@ -1,4 +1,4 @@
-"""Updates are decoded in a worker process first (server/validation.py): a costly or corrupt
+"""Updates are decoded in a worker process first (server/documents/checker.py): a costly or corrupt
 update is refused there, and the event loop never decodes client bytes it has not seen pass.
 
 Real worker processes throughout; every wait is bounded (`asyncio.timeout`)."""
@@ -17,11 +17,11 @@ import pytest
 from pycrdt import Doc, Text
 
 from crdt.document import CorruptUpdate, Document, OriginsMissing
-from server.errors import ErrorCode
-from server.settings import Settings
-from server.update_bounds import UpdateBounds, judge
-from server.validation import TOO_COSTLY, Validator, check_updates
-from server.validation_wire import Measured, Verdict, decode_reply, encode_reply, encode_request, read_request
+from server.core.errors import ErrorCode
+from server.core.settings import Settings
+from server.documents.update_bounds import UpdateBounds, judge
+from server.documents.checker import TOO_COSTLY, Validator, check_updates
+from server.documents.checker_wire import Measured, Verdict, decode_reply, encode_reply, encode_request, read_request
 from tests.costly_updates import deletion_only_update, deletions_ahead, many_clients_update, one_item_state
 
 GARBAGE = b"\xff\xff\xff\xff"  # not an update (see the first test)

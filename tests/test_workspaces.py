@@ -1,4 +1,4 @@
-"""Workspaces, memberships and documents (server/workspaces.py) against real PostgreSQL.
+"""Workspaces, memberships and documents (server/workspaces/directory.py) against real PostgreSQL.
 
 Every call runs as the application role inside `store.tenant_transaction`, so RLS applies as in
 the server. The rules checked are docs/protocol.md#54-workspaces and #55-documents.
@@ -14,10 +14,12 @@ from datetime import UTC, datetime, timedelta, timezone
 import asyncpg
 import pytest
 
-from server import protocol, store
-from server import workspaces as ws
-from server.database import create_pool
-from server.errors import ErrorCode, TandemError
+from server.db import store
+
+from server.wire import protocol
+from server.workspaces import directory as ws
+from server.db.database import create_pool
+from server.core.errors import ErrorCode, TandemError
 from tests.conftest import TENANT_A, TENANT_B
 
 LIMIT = 1000

@@ -21,7 +21,7 @@ from typing import Any
 import websockets
 from pycrdt import Doc, Text
 
-from server import auth
+from server.core import auth
 
 SECRET = "tandem-test-secret-0123456789abcdef0123456789"
 

@@ -1,6 +1,6 @@
 """Typed errors: one exception class per wire error code, generated from one code list.
 
-`ERROR_CODES` is a copy of the server's table (docs/protocol.md section 8, `server/errors.py`);
+`ERROR_CODES` is a copy of the server's table (docs/protocol.md section 8, `server/core/errors.py`);
 the SDK must not import the server, so tests/test_sdk_codes.py compares the two. Each code gets a
 class named in CamelCase (`doc_not_open` -> `DocNotOpen`), a subclass of `TandemError`, which
 carries `code`, `message`, `details` and `close_code`. Errors that are not wire codes

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from server import database, store, workspaces
+from server.db import database, store
+
+from server.workspaces import directory as workspaces
 from tests import wsclient
 from tests.conftest import TENANT_A, TENANT_B
 from tests.e2e.conftest import Tandem, operation_count, shared_doc

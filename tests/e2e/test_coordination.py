@@ -1,5 +1,5 @@
 """Coordination on one node end to end (docs/protocol.md section 12): tasks walked through
-their transition table over the wire (server/task_rules.py) with their events, the timeout sweep,
+their transition table over the wire (server/workspaces/task_rules.py) with their events, the timeout sweep,
 bad input with its documented codes, leased locks with fences (on the node's view and in the write
 path), a disconnected holder's locks, and member management applied to open sessions.
 

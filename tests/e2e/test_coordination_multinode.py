@@ -1,4 +1,4 @@
-"""Coordination across two nodes end to end (docs/protocol.md section 12, server/events.py): two
+"""Coordination across two nodes end to end (docs/protocol.md section 12, server/cluster/events.py): two
 `tandem serve` nodes on one database. Of 20 agents racing for a document's lock on both nodes
 exactly one wins each round, fences only grow, the lock and its fence guard the write path, and
 every agent sees every acquisition; 10 agents counting up through optimistic `state.update`
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test 
 
 Frame = dict[str, Any]
 
-NOTIFY_LIMIT_BYTES = 8000  # PostgreSQL's NOTIFY payload limit (server/events.py)
+NOTIFY_LIMIT_BYTES = 8000  # PostgreSQL's NOTIFY payload limit (server/cluster/events.py)
 
 
 @pytest.fixture

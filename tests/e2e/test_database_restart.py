@@ -18,7 +18,7 @@ import httpx
 import pytest
 import tandem_client
 
-from server.pgcluster import Cluster, find_bin_dir, free_port
+from server.db.pgcluster import Cluster, find_bin_dir, free_port
 from tests.conftest import TestDatabase
 from tests.e2e.conftest import Tandem, operation_rows, replayed_text
 from tests.e2e.editors import Editors, YClient, base_url, tok

@@ -163,7 +163,7 @@ async def test_cold_document_with_20000_operations_loads_from_a_snapshot(tandem:
 
 
 async def test_snapshots_taken_while_writing_are_exactly_the_log_up_to_their_seq(tandem: Tandem) -> None:
-    """A room written to without pause snapshots from memory (server/rooms.py `_capture`): each
+    """A room written to without pause snapshots from memory (server/documents/rooms.py `_capture`): each
     snapshot must hold operations 1..seq of the log and nothing more, or replaying from it
     (and the replay tool at an earlier seq) would be wrong."""
     tandem.start(TANDEM_SNAPSHOT_EVERY_OPS="20", TANDEM_SNAPSHOT_EVERY_S="0.5")

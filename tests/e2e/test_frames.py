@@ -2,8 +2,8 @@
 
 Two agents walk through documents, presence, locks, state, tasks, members and errors against a
 real `tandem serve`; every text frame either receives is kept as sent and must decode into the
-model of its `type` (server/protocol.py, server/protocol_coordination.py, the `error` message of
-server/errors.py) and encode back to the same bytes.
+model of its `type` (server/wire/protocol.py, server/wire/protocol_coordination.py, the `error` message of
+server/core/errors.py) and encode back to the same bytes.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 from pycrdt import Doc, Text
 from websockets.asyncio.client import ClientConnection
 
-from server import protocol as p
-from server.errors import ErrorMessage
+from server.wire import protocol as p
+from server.core.errors import ErrorMessage
 from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.conftest import Tandem, eventually

@@ -1,4 +1,4 @@
-"""Fan-out across nodes end to end (docs/protocol.md sections 6.1-6.3, server/fanout.py): clients
+"""Fan-out across nodes end to end (docs/protocol.md sections 6.1-6.3, server/cluster/fanout.py): clients
 on several `tandem serve` nodes sharing one PostgreSQL converge on the log's content and each
 receive one ordered stream per document, through a node killed with SIGKILL and through a lost
 LISTEN connection; an update sent on one node reaches a client of another."""

@@ -19,8 +19,8 @@ import jwt
 import pytest
 import websockets
 
-from server.settings import Settings
-from server.transport import HANDSHAKE_HEADROOM_BYTES
+from server.core.settings import Settings
+from server.transport.websocket import HANDSHAKE_HEADROOM_BYTES
 from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.conftest import Tandem, log_events, shared_doc

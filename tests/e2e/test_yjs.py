@@ -16,7 +16,7 @@ import asyncpg
 import websockets
 from pycrdt import Doc, Encoder, Text, create_awareness_message, create_update_message
 
-from server.yws_wire import sync_step1_message
+from server.wire.y_protocols import sync_step1_message
 from tests import wsclient
 from tests.conftest import TENANT_A, TENANT_B
 from tests.e2e.conftest import Tandem, eventually, operation_count, operation_rows, replayed_text, shared_doc

@@ -1,7 +1,7 @@
 """Rights on /yjs follow membership live (docs/protocol.md#112, #114): a member demoted to viewer
 is refused from the next update on, promoted back it writes again, and a removed member's
 connection closes with 4403 `not_member`; the change is made on the other node, so it reaches
-the editor's node through NOTIFY (server/events.py), and on the same node directly. Real nodes,
+the editor's node through NOTIFY (server/cluster/events.py), and on the same node directly. Real nodes,
 real PostgreSQL, real y-websocket editors (tests/node/yclient.mjs).
 """
 

@@ -1,0 +1,2 @@
+"""What every layer shares: settings, typed errors, logs, metrics, supervised tasks and tokens.
+Imports no other server package."""

@@ -1,0 +1,32 @@
+-- ============================================================================================
+-- Projections: the columns every statement returning one kind of row selects, written once and
+-- named as the Python record that reads them. A statement names one as {member}, {task},
+-- {workspace} or {document} (server/db/store.py expands it when it loads the statements); each
+-- reads the row's own table unqualified, so the statement's FROM (or RETURNING) holds that
+-- table alone, other tables only in subqueries.
+-- ============================================================================================
+
+-- projection: member
+-- A workspace membership (server/workspaces/directory.py `Member`); permissions as text[].
+agent_id, coalesce(role, 'member')::text AS role, joined_at,
+ARRAY(SELECT jsonb_array_elements_text(permissions)) AS permissions
+
+-- projection: task
+-- A task (server/workspaces/tasks.py `Task`); jsonb as text.
+id AS task_id, workspace_id, title, type AS task_type, description, status::text AS status,
+coalesce(priority, 'normal')::text AS priority, created_by, assigned_to, parent_task_id,
+parameters::text AS parameters, result::text AS result, error,
+coalesce(max_retries, 3) AS max_retries, coalesce(retry_count, 0) AS retry_count,
+coalesce(timeout_seconds, 3600) AS timeout_s,
+created_at, assigned_at, started_at, completed_at, updated_at
+
+-- projection: workspace
+-- A workspace (server/workspaces/directory.py `Workspace`).
+id AS workspace_id, name, coalesce(type, 'general') AS workspace_type,
+coalesce(visibility, 'private')::text AS visibility, coalesce(max_members, 100) AS max_members,
+owner_id, created_at, coalesce(state_version, 1) AS state_version
+
+-- projection: document
+-- A document (server/workspaces/directory.py `DocumentInfo`).
+id AS doc_id, workspace_id, title, coalesce(content_type, 'text') AS content_type, language,
+created_by, created_at, head_seq

@@ -1,0 +1,2 @@
+"""Workspaces and their coordination: the directory of workspaces, members and documents,
+roles, locks, workspace state, tasks, and the events they publish."""
