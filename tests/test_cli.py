@@ -185,6 +185,6 @@ def test_unreachable_database_url_is_one_line_error() -> None:
 def test_the_operator_commands_do_not_load_the_web_stack() -> None:
     """`tandem token issue` and the other admin commands need the database, not Starlette,
     uvicorn or the rooms: only `tandem serve` imports the app."""
-    code = "import sys, server.cli; print(sorted(m for m in ('starlette', 'uvicorn', 'server.app', 'server.documents.rooms') if m in sys.modules))"
+    code = "import sys, server.tools.cli; print(sorted(m for m in ('starlette', 'uvicorn', 'server.app', 'server.documents.rooms') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]", result.stdout
