@@ -40,7 +40,6 @@ if REPO not in sys.path:
 
 from bench.bench_documents import SERVER_ENV  # noqa: E402
 from bench.common import (  # noqa: E402
-    Agent,
     Postgres,
     ServerNode,
     cleanup_dir,
@@ -55,6 +54,7 @@ from bench.common import (  # noqa: E402
     tree_pids,
     workdir,
 )
+from bench.lean_client import Agent  # noqa: E402
 from server.core.auth import issue_token  # noqa: E402
 
 LOCK_TTL_MS = 5000

@@ -42,7 +42,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
-    Agent,
     Postgres,
     ServerNode,
     cleanup_dir,
@@ -52,7 +51,6 @@ from bench.common import (  # noqa: E402
     machine,
     machine_busy_seconds,
     median,
-    messages,
     raise_fd_limit,
     rss_bytes,
     start_nodes,
@@ -60,6 +58,7 @@ from bench.common import (  # noqa: E402
     tree_pids,
     workdir,
 )
+from bench.lean_client import Agent, messages  # noqa: E402
 from bench.bench_apply import bare, generate, median_us_per_update  # noqa: E402
 from crdt.document import CONTENT  # noqa: E402
 from server.core.auth import issue_token  # noqa: E402

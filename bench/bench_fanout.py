@@ -48,7 +48,6 @@ from bench.bench_documents import (
     Workers,
 )
 from bench.common import (
-    Agent,
     Postgres,
     ServerNode,
     cleanup_dir,
@@ -64,6 +63,7 @@ from bench.common import (
     tree_pids,
     workdir,
 )
+from bench.lean_client import Agent
 from server.core.auth import issue_token
 
 NODES = 3
