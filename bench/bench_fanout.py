@@ -37,16 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.bench_documents import (
-    DRAIN_TIMEOUT_S,
-    PHASE_TIMEOUT_S,
-    RATE_CAP_PER_S,
-    READER_TIMEOUT_S,
-    SERVER_ENV,
-    ConnSpec,
-    Job,
-    Workers,
-)
+from bench.bench_documents import SERVER_ENV
+from bench.doc_load import DRAIN_TIMEOUT_S, PHASE_TIMEOUT_S, RATE_CAP_PER_S, READER_TIMEOUT_S, ConnSpec, Job
+from bench.doc_workers import Workers
 from bench.common import (
     Postgres,
     ServerNode,
