@@ -26,9 +26,19 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
-    Agent, Postgres, ServerNode, cleanup_dir, cpu_seconds, jwt_secret, machine, messages, raise_fd_limit, start_nodes,
-    summarize, tree_pids, workdir,
-)  # fmt: skip
+    Postgres,
+    ServerNode,
+    cleanup_dir,
+    cpu_seconds,
+    jwt_secret,
+    machine,
+    raise_fd_limit,
+    start_nodes,
+    summarize,
+    tree_pids,
+    workdir,
+)
+from bench.lean_client import Agent, messages  # noqa: E402
 from server.core.auth import issue_token  # noqa: E402
 from server.db.pgcluster import free_port  # noqa: E402
 

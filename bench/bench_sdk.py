@@ -36,7 +36,8 @@ for path in (REPO, REPO / "clients"):
 import tandem_client  # noqa: E402
 from pycrdt import Doc, Text  # noqa: E402
 
-from bench.common import Agent, Postgres, cleanup_dir, jwt_secret, machine, start_nodes, summarize, workdir  # noqa: E402
+from bench.common import Postgres, cleanup_dir, jwt_secret, machine, start_nodes, summarize, workdir  # noqa: E402
+from bench.lean_client import Agent  # noqa: E402
 from server.core.auth import issue_token  # noqa: E402
 
 SERVER_ENV = {"TANDEM_MAX_MESSAGES_PER_S": "100000", "TANDEM_MAX_MESSAGE_BURST": "100000"}

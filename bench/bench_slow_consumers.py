@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import Agent, Postgres, ServerNode, cleanup_dir, jwt_secret, machine, start_nodes, workdir  # noqa: E402
+from bench.common import Postgres, ServerNode, cleanup_dir, jwt_secret, machine, start_nodes, workdir  # noqa: E402
+from bench.lean_client import Agent  # noqa: E402
 from server.core.auth import issue_token  # noqa: E402
 
 MIB = 1 << 20

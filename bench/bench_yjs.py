@@ -38,7 +38,6 @@ if str(Path(__file__).resolve().parent.parent) not in sys.path:
 
 from bench.common import (  # noqa: E402
     REPO,
-    Agent,
     Postgres,
     cleanup_dir,
     cpu_percent,
@@ -50,6 +49,7 @@ from bench.common import (  # noqa: E402
     tree_pids,
     workdir,
 )
+from bench.lean_client import Agent  # noqa: E402
 from server.core import auth  # noqa: E402
 
 NODE_DIR = REPO / "tests" / "node"

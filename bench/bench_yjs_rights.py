@@ -38,7 +38,8 @@ from pycrdt import Doc, Text, YMessageType, YSyncMessageType, create_update_mess
 if str(Path(__file__).resolve().parent.parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Agent, Postgres, cleanup_dir, jwt_secret, machine, start_nodes, summarize, workdir  # noqa: E402
+from bench.common import Postgres, cleanup_dir, jwt_secret, machine, start_nodes, summarize, workdir  # noqa: E402
+from bench.lean_client import Agent  # noqa: E402
 from server.core import auth  # noqa: E402
 
 SERVER_ENV = {"TANDEM_MAX_MESSAGES_PER_S": "1000000", "TANDEM_MAX_MESSAGE_BURST": "1000000", "TANDEM_LOG_LEVEL": "warning"}

@@ -128,7 +128,7 @@ async def test_notes11_app_role_has_exactly_the_privileges_it_needs(admin_conn) 
     ):
         grants.setdefault(r["table_name"], set()).add(r["privilege_type"])
     expected = {t: set(p) for t, p in APP_PRIVILEGES.items()} | {v: {"SELECT"} for v in VIEWS}
-    expected["workspace_locks"] = {"SELECT", "INSERT", "UPDATE", "DELETE"}  # 0017; isolation: tests/e2e/test_coordination.py
+    expected["workspace_locks"] = {"SELECT", "INSERT", "UPDATE", "DELETE"}  # 0017; isolation: tests/e2e/test_coordination_bad_input.py
     assert grants == expected
 
     executable = {

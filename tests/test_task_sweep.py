@@ -14,7 +14,7 @@ from server.db import store
 from server.workspaces import tasks
 from server.core.errors import ErrorCode
 from tests.conftest import TENANT_A, TENANT_B
-from tests.test_tasks import Env, act, audit_count, create, env, get, refused, request, started, tx, walk  # noqa: F401  (env: the fixture)
+from tests.task_helpers import Env, act, audit_count, create, env, get, refused, request, started, tx, walk  # noqa: F401  (env: the fixture)
 
 
 Swept = list[tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]]
