@@ -32,7 +32,7 @@ from server.cluster import fanout, presence
 
 from server.core import auth
 
-from server.db import database
+from server.db import database, migrate
 
 from server.transport import connection, session, websocket as transport, yws
 from server.documents.committer import Committer
@@ -82,8 +82,7 @@ def with_node_id(settings: Settings) -> Settings:
 async def _schema_version(admin_url: str) -> str | None:
     conn = await asyncpg.connect(admin_url)
     try:
-        version: str | None = await conn.fetchval("SELECT max(version) FROM schema_migrations")
-        return version
+        return await migrate.current_version(conn)
     finally:
         await conn.close()
 

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from server.core import metrics as metrics_module
 from server.core.logs import get_logger
+from server.db import store
 
 if TYPE_CHECKING:
     from server.app import AppState
@@ -34,7 +35,7 @@ async def probe_database(pool: asyncpg.Pool | None, timeout_s: float) -> bool:
     try:
         async with asyncio.timeout(timeout_s):
             async with pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
+                await store.ping(conn)
         return True
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("health.db_down", error=f"{type(exc).__name__}: {exc}")

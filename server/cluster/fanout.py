@@ -134,7 +134,7 @@ class Fanout:
                 return
             except TimeoutError:
                 pass
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), self.probe_interval_s)
+            await asyncio.wait_for(store.ping(conn), self.probe_interval_s)
             since_check += self.probe_interval_s
             if since_check >= self.check_interval_s:
                 since_check = 0.0

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
-from server.db import migrate
+from server.db import migrate, store
 from server.core.settings import Settings
 
 
@@ -44,7 +44,7 @@ async def prepare(settings: Settings, admin_url: str) -> list[migrate.Migration]
 
 async def maintain(conn: asyncpg.Connection) -> None:
     """Create this month's and next month's audit partitions (idempotent; safe on every node)."""
-    await conn.execute("SELECT tandem_maintain_partitions()")
+    await conn.execute(store.Q["maintain_partitions"])
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -215,6 +215,12 @@ async def down(conn: asyncpg.Connection, directory: Path, owner_role: str, steps
     return done
 
 
+async def current_version(conn: asyncpg.Connection) -> str | None:
+    """The newest migration applied (None: none)."""
+    version: str | None = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+    return version
+
+
 async def status(conn: asyncpg.Connection, directory: Path) -> list[Status]:
     migrations = load(directory)
     await _ensure_table(conn)

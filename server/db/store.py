@@ -113,7 +113,7 @@ async def append_operations(conn: asyncpg.Connection, doc_id: uuid.UUID, ops: Se
     """
     if not ops:
         return []
-    tenant = await conn.fetchval("SELECT current_tenant_id()")
+    tenant = await conn.fetchval(Q["current_tenant"])
     n = len(ops)
     rows = await conn.fetch(
         Q["append_batch"], [tenant] * n, [doc_id] * n, [op.agent_id for op in ops], [op.fence for op in ops],
@@ -182,3 +182,8 @@ def input_errors(fields: Mapping[str, tuple[str, str]] | None = None) -> Iterato
         known = (fields or {}).get(getattr(exc, "constraint_name", None) or "")
         details = {"errors": [{"field": known[0], "type": "value_error", "message": known[1]}]} if known else None
         raise TandemError(ErrorCode.INVALID_MESSAGE, details=details) from exc
+
+
+async def ping(conn: asyncpg.Connection, timeout_s: float | None = None) -> None:
+    """Raise unless the connection answers within `timeout_s`."""
+    await conn.fetchval(Q["ping"], timeout=timeout_s)

@@ -8,6 +8,22 @@ SELECT set_config('app.current_tenant', $1::text, true),
        set_config('app.user_id', coalesce($2::text, ''), true),
        set_config('app.client_ip', coalesce($3::text, ''), true);
 
+-- name: current_tenant
+-- The tenant this transaction is bound to (set_context).
+SELECT current_tenant_id();
+
+-- name: ping
+-- Whether the connection answers (health probes, the LISTEN connection's keepalive).
+SELECT 1;
+
+-- name: set_statement_timeout
+-- End any statement of this session past $1 milliseconds (PostgreSQL rolls it back).
+SELECT set_config('statement_timeout', $1::text, false);
+
+-- name: maintain_partitions
+-- Create this month's and next month's audit partitions (run as the owner role; idempotent).
+SELECT tandem_maintain_partitions();
+
 -- name: append_batch
 -- Append a group-commit batch: parallel arrays (tenant, doc, agent, fence, type, clock, update), one row per operation in order; $8: node id for hints.
 SELECT seq, refused, holder FROM tandem_append_batch($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[]::jsonb[], $7::bytea[], $8::text);
