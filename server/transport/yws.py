@@ -34,13 +34,12 @@ from starlette.websockets import WebSocket
 
 from crdt.clock import CorruptStateVector
 from crdt.document import CorruptUpdate
-from server.db import store
-from server.workspaces import directory as workspaces
-from server.transport.connection import Connection
 from server.core.errors import ErrorCode, TandemError
+from server.db import store
+from server.documents.room import Room
+from server.transport.connection import Connection
 from server.transport.node import Node
 from server.transport.pipeline import ITEM_OVERHEAD_BYTES, Inbound, Update
-from server.documents.room import Room
 from server.transport.yws_awareness import AwarenessRelay, AwarenessRelays
 from server.transport.yws_rights import LiveRights
 from server.wire.y_protocols import (
@@ -48,8 +47,8 @@ from server.wire.y_protocols import (
     EMPTY_UPDATE,
     AuthMessage,
     AwarenessUpdate,
+    FrameRefused,
     QueryAwareness,
-    Refused,
     SyncStep1,
     SyncUpdate,
     parse,
@@ -58,6 +57,7 @@ from server.wire.y_protocols import (
     sync_step2_message,
     update_message,
 )
+from server.workspaces import directory as workspaces
 
 log = structlog.get_logger("tandem.yws")
 
@@ -219,7 +219,7 @@ class YjsConnection(Connection[bytes], LiveRights):
     async def on_frame(self, frame: str | bytes) -> None:
         s = self.node.settings
         parsed = parse(frame, s.max_frame_bytes, s.max_awareness_bytes)
-        if isinstance(parsed, Refused):
+        if isinstance(parsed, FrameRefused):
             self.end(parsed.code, parsed.detail)
             return
         size = len(frame) + ITEM_OVERHEAD_BYTES
