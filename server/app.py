@@ -43,7 +43,7 @@ from server.core.metrics import HttpMetrics, Metrics
 from server.transport.node import Node
 from server.documents.rooms import RoomRegistry
 from server.core.supervisor import Supervised, Supervisor, TaskFactory
-from server.documents.checker import Validator
+from server.documents.checker import UpdateChecker
 from server.core.settings import Settings
 
 log = get_logger("tandem.app")
@@ -172,13 +172,13 @@ async def start_node(
     rooms = RoomRegistry(db.pool, committer, settings, metrics)
     committer.on_committed = rooms.on_committed
     committer.start(supervisor)
-    validator = None
+    checker = None
     if settings.validate_in_worker:
-        validator = Validator(
+        checker = UpdateChecker(
             settings.validation_workers, settings.validation_timeout_s, settings.validation_memory_bytes
         )
-        await validator.start()
-        stack.push_async_callback(validator.stop)
+        await checker.start()
+        stack.push_async_callback(checker.stop)
     # Closed in reverse: the janitor stops, the committer drains, then every room is stored.
     stack.push_async_callback(rooms.stop)
     stack.push_async_callback(bounded, "rooms.flush_all", rooms.flush_all, settings.shutdown_timeout_s)
@@ -202,7 +202,7 @@ async def start_node(
         log.info("auth.dev_token", tenant_id=str(DEV_TENANT), agent_id="dev", token=token,
                  message="development token for the embedded server (tenant 1, agent dev)")
     return Node(
-        settings, settings.node_id, db.pool, rooms, committer, secret, metrics, validator, listener, members, coordination,
+        settings, settings.node_id, db.pool, rooms, committer, secret, metrics, checker, listener, members, coordination,
         supervisor,
     )  # fmt: skip
 

@@ -53,9 +53,9 @@ Q = _load_queries()
 
 
 class NewOperation(NamedTuple):
-    """An operation validated by the document model, not yet sequenced. A named tuple, not a
-    frozen dataclass: one is built per update, in 0.75 us instead of 2.4 (frozen dataclasses
-    set each field through object.__setattr__)."""
+    """An operation a room's document applied (`Room.apply_update`), not yet sequenced. A named
+    tuple, not a frozen dataclass: one is built per update, in 0.75 us instead of 2.4 (frozen
+    dataclasses set each field through object.__setattr__)."""
 
     agent_id: str
     op_type: str

@@ -3,7 +3,7 @@
 Stock Yjs editors (`WebsocketProvider` of y-websocket) join the same documents as agents. The
 wire is the y-protocols one: binary frames holding a sync message (step 1, step 2, update), an
 awareness update, an awareness query or an auth message. Updates take the
-agents' durable path: checked in the validation worker, applied to the room's document,
+agents' durable path: checked in the update checker, applied to the room's document,
 sequenced and committed to `document_operations`, and only then sent to the document's other
 subscribers on every node (the room delivers committed operations in seq order through its
 `send_update` hook). There are no acks; the sender never gets its own update back.
