@@ -34,7 +34,7 @@ from server.core import auth
 
 from server.db import database
 
-from server.transport import connection, session, websocket as transport, yws
+from server.transport import agent, connection, websocket as transport, yws
 from server.documents.committer import Committer
 from server.workspaces.coordination import Coordination
 from server.db.dbserver import EXPECTED_ERRORS, StartupError, database_server, explain
@@ -61,7 +61,11 @@ class Database:
 
 @dataclass
 class AppState:
-    """Everything the running app owns; lives on `app.state.tandem`."""
+    """Everything the running app owns; lives on `app.state.tandem`.
+
+    "State" here is Starlette's word: `app.state` is its per-app namespace, and this object is
+    what Tandem keeps there. Not the workspace state (server/workspaces/state.py, the versioned
+    JSON agents share) nor a connection's state (`ConnState`, server/wire/session_rules.py)."""
 
     settings: Settings
     node_id: str
@@ -277,7 +281,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/metrics", health.metrics, methods=["GET"]),
-            WebSocketRoute("/ws", session.websocket_endpoint),
+            WebSocketRoute("/ws", agent.websocket_endpoint),
             WebSocketRoute("/yjs/{workspace_id}/{doc_id}", yws.endpoint),
         ],
         middleware=[

@@ -312,8 +312,8 @@ def test_legality_rules_match_docs_and_cover_every_type():
     assert set(p.RULES) == set(p.CLIENT_MESSAGES)
 
 
-def ready(**limits: object) -> p.Session:
-    session = p.Session(p.Limits(**limits))
+def ready(**limits: object) -> p.ProtocolSession:
+    session = p.ProtocolSession(p.Limits(**limits))
     session.accept(hello())
     return session
 
@@ -426,7 +426,7 @@ def test_unsupported_version_closes_with_4426():
         "type": "error", "re": 1, "code": "unsupported_version",
         "message": "This protocol version is not supported.", "details": {"supported": [1]},
     }  # fmt: skip
-    assert session.state is p.ConnState.CLOSING
+    assert session.conn_state is p.ConnState.CLOSING
 
 
 def test_closing_session_discards_frames_and_closes_once():
@@ -438,7 +438,7 @@ def test_closing_session_discards_frames_and_closes_once():
     assert session.fail(ErrorCode.TOKEN_EXPIRED) is None  # a second reason changes nothing
     session.transport_closed()
     session.transport_closed()
-    assert session.state is p.ConnState.CLOSED
+    assert session.conn_state is p.ConnState.CLOSED
 
 
 def test_a_server_fault_closes_with_1011_and_the_whole_closing_sequence():
@@ -458,16 +458,16 @@ def test_shutdown_closes_with_1012_service_restart():
 
 def test_refused_token_goes_from_connecting_to_closing():
     # docs/protocol.md#22-refusal-accept-then-close-with-a-reason
-    session = p.Session(p.Limits())
+    session = p.ProtocolSession(p.Limits())
     closing = session.fail(ErrorCode.UNAUTHORIZED)
     assert closing is not None and (closing.code, closing.reason) == (4401, "unauthorized")
     assert [json.loads(f)["type"] for f in closing.frames] == ["error", "session.closing"]
-    assert session.state is p.ConnState.CLOSING
+    assert session.conn_state is p.ConnState.CLOSING
 
 
 def test_driving_the_session_wrongly_raises_local_protocol_error():
     # docs/protocol.md#42-transitions: any other transition is a server bug
-    session = p.Session(p.Limits())
+    session = p.ProtocolSession(p.Limits())
     with pytest.raises(p.LocalProtocolError):
         session.receive(json.dumps(VALID["ping"]), now=0.0)  # before accept
     session.accept(hello())
@@ -501,7 +501,7 @@ def test_frames_refused_at_step_one_take_no_token():
     assert isinstance(session.receive(frame(type="ping"), now=0.0), p.Ping)
 
 
-def batching() -> p.Session:
+def batching() -> p.ProtocolSession:
     """A ready session whose hello asked for batched frames (docs/protocol.md#3)."""
     session = ready()
     assert isinstance(session.receive(frame(type="hello", id=0, protocol=1, batch=True), now=0.0), p.Hello)
@@ -510,12 +510,12 @@ def batching() -> p.Session:
 
 def test_hello_asks_for_presence_batches_with_a_strict_boolean():
     # docs/protocol.md#57 (delivery): opt-in, off by default; "true" is not a boolean
-    session = p.Session(p.Limits())
+    session = p.ProtocolSession(p.Limits())
     session.accept(hello())
     assert session.presence_batch is False
     msg = session.receive(frame(type="hello", id=0, protocol=1, presence_batch=True), now=0.0)
     assert isinstance(msg, p.Hello) and session.presence_batch is True and session.batch is False
-    other = p.Session(p.Limits())
+    other = p.ProtocolSession(p.Limits())
     other.accept(hello())
     err = other.receive(frame(type="hello", id=0, protocol=1, presence_batch="true"), now=0.0)
     assert isinstance(err, p.ProtocolError) and err.code is ErrorCode.INVALID_MESSAGE and other.presence_batch is False

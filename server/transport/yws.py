@@ -269,8 +269,8 @@ class YjsConnection(Connection[bytes], LiveRights):
 
 async def endpoint(ws: WebSocket) -> None:
     """`WebSocketRoute("/yjs/{workspace_id}/{doc_id}", endpoint)`."""
-    state = ws.app.state
-    relays = getattr(state, "yws_relays", None)
+    app_state = ws.app.state  # Starlette's per-app namespace (server/app.py's AppState is `.tandem`)
+    relays = getattr(app_state, "yws_relays", None)
     if relays is None:
-        relays = state.yws_relays = AwarenessRelays(state.tandem.node.settings.max_awareness_bytes)
-    await YjsConnection(ws, state.tandem.node, relays, ws.path_params["workspace_id"], ws.path_params["doc_id"]).run()
+        relays = app_state.yws_relays = AwarenessRelays(app_state.tandem.node.settings.max_awareness_bytes)
+    await YjsConnection(ws, app_state.tandem.node, relays, ws.path_params["workspace_id"], ws.path_params["doc_id"]).run()
