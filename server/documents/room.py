@@ -1,9 +1,10 @@
 """A room: the server's in-memory copy of one open document, its committed head sequence and
 its subscribers (server/documents/rooms.py keeps one per open document on this node).
 
-Updates the update checker passed are applied to the document (`apply_update`). Nobody is told about an operation before it is
-committed: the `doc.open` reply waits for the operations already applied to be committed, and
-`doc.op` events are sent from the committer's callback, which runs in commit (= sequence) order.
+Updates the update checker passed are applied to the document (`apply_update`). Nobody is told
+about an operation before it is committed: the `doc.open` reply waits for the operations already
+applied to be committed, and `doc.op` events are sent from the committer's callback, which runs
+in commit (= sequence) order.
 """
 
 from __future__ import annotations
