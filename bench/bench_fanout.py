@@ -238,7 +238,7 @@ def main() -> None:
                 paced_rows.append(row)
                 print(latency_row(row), flush=True)
         print()
-        print("CPU % of one core over the measured window (n1-n3: each node with its validation worker), hints and catch-up")
+        print("CPU % of one core over the measured window (n1-n3: each node with its update checker), hints and catch-up")
         print("reads per second on node 2, mean hint lag (ms), p99 latency at each reader node:")
         print(RESOURCE_HEADER)
         for row in paced_rows:

@@ -86,7 +86,7 @@ class Bench:
         return parts
 
     def node_rss(self) -> int:
-        """RSS of the node process and its children (an update-validation worker, if any)."""
+        """RSS of the node process and its children (an update checker's worker, if any)."""
         total = 0
         for pid in tree_pids(self.node.pid):
             try:
@@ -191,7 +191,7 @@ class Bench:
         self.workers.send(("go", start_at, stop_at))
         pg_pids = tree_pids(self.pg.postmaster_pid)
         time.sleep(max(0.0, measure_from - time.monotonic()))
-        # The node's own children (e.g. an update-validation worker) count as the server.
+        # The node's own children (e.g. an update checker's worker) count as the server.
         procs = {"server": tree_pids(self.node.pid), "postgres": pg_pids, "client": self.workers.pids}
         cpu0 = {k: cpu_seconds(v) for k, v in procs.items()}
         busy0 = machine_busy_seconds()

@@ -34,7 +34,7 @@ from server.core import auth
 
 from server.db import database, migrate
 
-from server.transport import connection, session, websocket as transport, yws
+from server.transport import agent, connection, websocket as transport, yws
 from server.documents.committer import Committer
 from server.workspaces.coordination import Coordination
 from server.db.dbserver import EXPECTED_ERRORS, StartupError, database_server, explain
@@ -43,7 +43,7 @@ from server.core.metrics import HttpMetrics, Metrics
 from server.transport.node import Node
 from server.documents.rooms import RoomRegistry
 from server.core.supervisor import Supervised, Supervisor, TaskFactory
-from server.documents.checker import Validator
+from server.documents.checker import UpdateChecker
 from server.core.settings import Settings
 
 log = get_logger("tandem.app")
@@ -61,7 +61,11 @@ class Database:
 
 @dataclass
 class AppState:
-    """Everything the running app owns; lives on `app.state.tandem`."""
+    """Everything the running app owns; lives on `app.state.tandem`.
+
+    "State" here is Starlette's word: `app.state` is its per-app namespace, and this object is
+    what Tandem keeps there. Not the workspace state (server/workspaces/state.py, the versioned
+    JSON agents share) nor a connection's state (`ConnState`, server/wire/session_rules.py)."""
 
     settings: Settings
     node_id: str
@@ -171,13 +175,13 @@ async def start_node(
     rooms = RoomRegistry(db.pool, committer, settings, metrics)
     committer.on_committed = rooms.on_committed
     committer.start(supervisor)
-    validator = None
+    checker = None
     if settings.validate_in_worker:
-        validator = Validator(
+        checker = UpdateChecker(
             settings.validation_workers, settings.validation_timeout_s, settings.validation_memory_bytes
         )
-        await validator.start()
-        stack.push_async_callback(validator.stop)
+        await checker.start()
+        stack.push_async_callback(checker.stop)
     # Closed in reverse: the janitor stops, the committer drains, then every room is stored.
     stack.push_async_callback(rooms.stop)
     stack.push_async_callback(bounded, "rooms.flush_all", rooms.flush_all, settings.shutdown_timeout_s)
@@ -201,7 +205,7 @@ async def start_node(
         log.info("auth.dev_token", tenant_id=str(DEV_TENANT), agent_id="dev", token=token,
                  message="development token for the embedded server (tenant 1, agent dev)")
     return Node(
-        settings, settings.node_id, db.pool, rooms, committer, secret, metrics, validator, listener, members, coordination,
+        settings, settings.node_id, db.pool, rooms, committer, secret, metrics, checker, listener, members, coordination,
         supervisor,
     )  # fmt: skip
 
@@ -276,7 +280,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/metrics", health.metrics, methods=["GET"]),
-            WebSocketRoute("/ws", session.websocket_endpoint),
+            WebSocketRoute("/ws", agent.websocket_endpoint),
             WebSocketRoute("/yjs/{workspace_id}/{doc_id}", yws.endpoint),
         ],
         middleware=[

@@ -19,7 +19,7 @@ from server.wire import protocol as p
 from server.wire import protocol_coordination as pc
 from server.core.errors import ErrorCode, ErrorMessage
 from server.documents.room import encode_doc_op, encode_update_ok
-from server.transport.session_coordination import member_wire
+from server.transport.agent_coordination import member_wire
 
 PATH = Path(__file__).with_name("golden_frames.json")
 

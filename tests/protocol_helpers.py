@@ -99,8 +99,8 @@ VALID = {
 # --- sessions ------------------------------------------------------------------------------------
 
 
-def ready(**limits: object) -> p.Session:
-    session = p.Session(p.Limits(**limits))
+def ready(**limits: object) -> p.ProtocolSession:
+    session = p.ProtocolSession(p.Limits(**limits))
     session.accept(hello())
     return session
 

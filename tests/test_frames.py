@@ -202,7 +202,7 @@ def test_error_frames_are_their_models_encoding() -> None:
         (ErrorCode.LOCKED, "r1", {"holder": "a", "fence": 3}), (ErrorCode.BAD_JSON, None, None), (ErrorCode.NOT_MEMBER, 7, None),
     ]  # fmt: skip
     assert '"details"' not in frames[1]
-    closing = p.Session(p.Limits())
+    closing = p.ProtocolSession(p.Limits())
     closing.accept(
         p.ServerHello(node_id="n", server_version="v", session_id=uuid.uuid4(), agent_id="a", tenant_id=TENANT, expires_at=AT, limits=p.Limits())
     )

@@ -3,7 +3,7 @@
 Hypothesis drives several pycrdt clients editing one text (inserts, deletes, formatting, syncing
 from the log now and then) and sends each update, often mutated (bytes changed, inserted or cut,
 the first struct group's clock or client id rewritten, old updates replayed, two merged), through
-`server.documents.room.Room.validate`, the server's own path. An update it returns is appended to the log
+`server.documents.room.Room.apply_update`, the server's own path. An update it returns is appended to the log
 (as the committer would); a refused one is dropped; after a yrs panic the room is rebuilt from
 the log (as `RoomRegistry` does). After every update the room must equal the log's replay (text,
 state vector and encoded state), and every stored update must apply to a fresh client.
@@ -225,7 +225,7 @@ class Harness:
     def send(self, update: bytes) -> None:
         self.sent.append(update)
         try:
-            op = self.room.validate("fuzz", update)
+            op = self.room.apply_update("fuzz", update)
         except CorruptUpdate:
             return  # refused: nothing stored (after a panic the room was rebuilt)
         if op is None:
@@ -277,7 +277,7 @@ def test_a_wrapped_clock_is_refused_and_the_room_stays_the_log() -> None:
     wrapped = rewrite_first_group(harness.edit(Edit(1, "insert", 0, "x")) or b"", clock=2**32 - 1)
     before = harness.room.document.encode_state()
     try:
-        harness.room.validate("fuzz", wrapped)
+        harness.room.apply_update("fuzz", wrapped)
     except CorruptUpdate as exc:
         assert "exceeds" in str(exc)
     else:
@@ -301,7 +301,7 @@ def test_a_forged_client_id_is_refused_and_the_room_stays_the_log() -> None:
     harness.check()
     before = harness.room.document.encode_state()
     try:
-        harness.room.validate("fuzz", harness.edit(Edit(0, "insert", 1, "aa")) or b"")
+        harness.room.apply_update("fuzz", harness.edit(Edit(0, "insert", 1, "aa")) or b"")
     except CorruptUpdate as exc:
         assert "restate clock 2" in str(exc)
     else:

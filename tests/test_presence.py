@@ -22,9 +22,9 @@ MAX = 1_048_576
 # --- the pure core: awareness.set (docs/protocol.md#57) -----------------------------------------
 
 
-def ready_session() -> p.Session:
-    session = p.Session(p.Limits())
-    session.state = p.ConnState.READY
+def ready_session() -> p.ProtocolSession:
+    session = p.ProtocolSession(p.Limits())
+    session.conn_state = p.ConnState.READY
     return session
 
 

@@ -15,7 +15,7 @@ from server.wire import protocol as p
 from tests.protocol_helpers import frame, hello, ready, section
 
 
-def batching() -> p.Session:
+def batching() -> p.ProtocolSession:
     """A ready session whose hello asked for batched frames (docs/protocol.md#3)."""
     session = ready()
     assert isinstance(session.receive(frame(type="hello", id=0, protocol=1, batch=True), now=0.0), p.Hello)
@@ -24,12 +24,12 @@ def batching() -> p.Session:
 
 def test_hello_asks_for_presence_batches_with_a_strict_boolean():
     # docs/protocol.md#57 (delivery): opt-in, off by default; "true" is not a boolean
-    session = p.Session(p.Limits())
+    session = p.ProtocolSession(p.Limits())
     session.accept(hello())
     assert session.presence_batch is False
     msg = session.receive(frame(type="hello", id=0, protocol=1, presence_batch=True), now=0.0)
     assert isinstance(msg, p.Hello) and session.presence_batch is True and session.batch is False
-    other = p.Session(p.Limits())
+    other = p.ProtocolSession(p.Limits())
     other.accept(hello())
     err = other.receive(frame(type="hello", id=0, protocol=1, presence_batch="true"), now=0.0)
     assert isinstance(err, p.ProtocolError) and err.code is ErrorCode.INVALID_MESSAGE and other.presence_batch is False

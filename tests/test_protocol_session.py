@@ -138,7 +138,7 @@ def test_unsupported_version_closes_with_4426():
         "type": "error", "re": 1, "code": "unsupported_version",
         "message": "This protocol version is not supported.", "details": {"supported": [1]},
     }  # fmt: skip
-    assert session.state is p.ConnState.CLOSING
+    assert session.conn_state is p.ConnState.CLOSING
 
 
 def test_closing_session_discards_frames_and_closes_once():
@@ -150,7 +150,7 @@ def test_closing_session_discards_frames_and_closes_once():
     assert session.fail(ErrorCode.TOKEN_EXPIRED) is None  # a second reason changes nothing
     session.transport_closed()
     session.transport_closed()
-    assert session.state is p.ConnState.CLOSED
+    assert session.conn_state is p.ConnState.CLOSED
 
 
 def test_a_server_fault_closes_with_1011_and_the_whole_closing_sequence():
@@ -170,16 +170,16 @@ def test_shutdown_closes_with_1012_service_restart():
 
 def test_refused_token_goes_from_connecting_to_closing():
     # docs/protocol.md#22-refusal-accept-then-close-with-a-reason
-    session = p.Session(p.Limits())
+    session = p.ProtocolSession(p.Limits())
     closing = session.fail(ErrorCode.UNAUTHORIZED)
     assert closing is not None and (closing.code, closing.reason) == (4401, "unauthorized")
     assert [json.loads(f)["type"] for f in closing.frames] == ["error", "session.closing"]
-    assert session.state is p.ConnState.CLOSING
+    assert session.conn_state is p.ConnState.CLOSING
 
 
 def test_driving_the_session_wrongly_raises_local_protocol_error():
     # docs/protocol.md#42-transitions: any other transition is a server bug
-    session = p.Session(p.Limits())
+    session = p.ProtocolSession(p.Limits())
     with pytest.raises(p.LocalProtocolError):
         session.receive(json.dumps(VALID["ping"]), now=0.0)  # before accept
     session.accept(hello())

@@ -65,7 +65,7 @@ class Session:
 @cache
 def recorded_session(n_ops: int = N_OPS, seed: int = 11) -> Session:
     """Agents edit at random positions, pulling the log now and then (so edits are concurrent);
-    the server keeps what changes something, as `room.Room.validate` does."""
+    the server keeps what changes something, as `room.Room.apply_update` does."""
     rng = random.Random(seed)
     session = Session()
     server = Document()

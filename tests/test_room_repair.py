@@ -80,7 +80,7 @@ async def test_a_panicking_room_is_rebuilt_from_the_log_and_takes_the_update_aft
     room = await rooms.get(TENANT_A, doc_id)
     first, first_updates = writer(77)
     first += "hello"
-    op = room.validate("alice", first_updates[-1])
+    op = room.apply_update("alice", first_updates[-1])
     assert op is not None
     assert await asyncio.wait_for(await rooms.submit(room, op), DEADLINE_S) == 1
 
@@ -88,12 +88,12 @@ async def test_a_panicking_room_is_rebuilt_from_the_log_and_takes_the_update_aft
     second, second_updates = writer(78)
     second += "hi "
     with pytest.raises(DocumentPanicked):
-        room.validate("bob", second_updates[-1])
+        room.apply_update("bob", second_updates[-1])
     assert room.dirty is not None  # nothing reads it until it is the log's again
     await asyncio.wait_for(room.writable(), DEADLINE_S)
     assert room.document.text() == "hello" and not room.broken
 
-    op = room.validate("bob", second_updates[-1])  # what the pipeline does once, before counting it
+    op = room.apply_update("bob", second_updates[-1])  # what the pipeline does once, before counting it
     assert op is not None
     assert await asyncio.wait_for(await rooms.submit(room, op), DEADLINE_S) == 2
     async with store.tenant_transaction(pool, TENANT_A) as conn:
@@ -119,7 +119,7 @@ async def test_no_snapshot_is_taken_while_an_update_waits_for_another(pool: asyn
     second += "!"
 
     async def commit(update: bytes) -> int:
-        op = room.validate("alice", update)
+        op = room.apply_update("alice", update)
         assert op is not None
         return await asyncio.wait_for(await rooms.submit(room, op), DEADLINE_S)
 
@@ -159,7 +159,7 @@ async def test_an_item_between_ids_a_lagging_room_lacks_is_taken_once_it_reads_t
         room = await other_node.get(TENANT_A, doc_id)
         first, first_updates = writer(31)
         first += "abc"
-        op = room.validate("alice", first_updates[-1])
+        op = room.apply_update("alice", first_updates[-1])
         assert op is not None
         assert await asyncio.wait_for(await other_node.submit(room, op), DEADLINE_S) == 1
     finally:
@@ -169,9 +169,9 @@ async def test_an_item_between_ids_a_lagging_room_lacks_is_taken_once_it_reads_t
     second.doc.apply_update(first_updates[-1])
     second.insert(2, "X")
     with pytest.raises(OriginsMissing, match="lacks one of them"):
-        lagging.validate("bob", second_updates[-1])
+        lagging.apply_update("bob", second_updates[-1])
     assert lagging.document.text() == ""
     await rooms.catch_up(lagging)
-    op = lagging.validate("bob", second_updates[-1])
+    op = lagging.apply_update("bob", second_updates[-1])
     assert op is not None and lagging.document.text() == "abXc"
     assert await asyncio.wait_for(await rooms.submit(lagging, op), DEADLINE_S) == 2

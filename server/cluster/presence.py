@@ -37,7 +37,7 @@ MAX_WINDOW_FACTOR = 20
 
 
 class Subscriber(Protocol):
-    """The session side: its id, a bounded, non-blocking send (server/transport/session.py), and the form
+    """The session side: its id, a bounded, non-blocking send (server/transport/agent.py), and the form
     presence reaches it in."""
 
     conn_id: str

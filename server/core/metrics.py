@@ -74,7 +74,7 @@ class Metrics:
             registry=self.registry,
         )
 
-        # Realtime sessions (server/transport/session.py) and the durable path (server/documents/committer.py).
+        # Realtime sessions (server/transport/agent.py) and the durable path (server/documents/committer.py).
         self.sessions = Gauge("tandem_sessions", "Open WebSocket sessions.", registry=self.registry)
         self.auth_failures = Counter(
             "tandem_auth_failures", "Connections refused at authentication, by code.", ["code"], registry=self.registry

@@ -97,7 +97,9 @@ class Settings(BaseSettings):
     # Fan-out across nodes (server/cluster/fanout.py): NOTIFY is a hint, the log is checked as well.
     fanout_check_interval_s: float = 5.0
     fanout_probe_interval_s: float = 5.0
-    # Untrusted updates are decoded first in a worker process (server/documents/checker.py).
+    # The update checker (server/documents/checker.py): untrusted updates are decoded first in its
+    # worker processes. These keep their names: they are the documented TANDEM_VALIDATE_IN_WORKER
+    # and TANDEM_VALIDATION_* variables.
     validate_in_worker: bool = True
     validation_workers: int = 1
     validation_timeout_s: float = 1.0

@@ -53,9 +53,9 @@ Q = _load_queries()
 
 
 class NewOperation(NamedTuple):
-    """An operation validated by the document model, not yet sequenced. A named tuple, not a
-    frozen dataclass: one is built per update, in 0.75 us instead of 2.4 (frozen dataclasses
-    set each field through object.__setattr__)."""
+    """An operation a room's document applied (`Room.apply_update`), not yet sequenced. A named
+    tuple, not a frozen dataclass: one is built per update, in 0.75 us instead of 2.4 (frozen
+    dataclasses set each field through object.__setattr__)."""
 
     agent_id: str
     op_type: str
@@ -68,7 +68,7 @@ class NewOperation(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Refused:
+class LockRefused:
     """An operation the document's lock did not allow: nothing of it was stored."""
 
     code: ErrorCode  # LOCKED (someone else's live lock) or STALE_FENCE (a fence not the live one)
@@ -104,7 +104,7 @@ async def set_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID, agent_id: s
     await conn.execute(Q["set_context"], str(tenant_id), agent_id, None)
 
 
-async def append_operations(conn: asyncpg.Connection, doc_id: uuid.UUID, ops: Sequence[NewOperation]) -> list[int | Refused]:
+async def append_operations(conn: asyncpg.Connection, doc_id: uuid.UUID, ops: Sequence[NewOperation]) -> list[int | LockRefused]:
     """Sequence and insert `ops` for one document of the current tenant in the caller's
     transaction; returns, in order, each one's seq or why its document's lock refused it
     (docs/protocol.md#121). The same call the group committer makes (`tandem_append_batch`,
@@ -121,7 +121,7 @@ async def append_operations(conn: asyncpg.Connection, doc_id: uuid.UUID, ops: Se
     )  # fmt: skip
     if rows[0]["refused"] == "not_found":
         raise LookupError(f"document {doc_id} not found")
-    return [r["seq"] if r["seq"] is not None else Refused(ErrorCode(r["refused"]), r["holder"]) for r in rows]
+    return [r["seq"] if r["seq"] is not None else LockRefused(ErrorCode(r["refused"]), r["holder"]) for r in rows]
 
 
 async def operations_after(conn: asyncpg.Connection, doc_id: uuid.UUID, after_seq: int, limit: int = 1000) -> list[asyncpg.Record]:

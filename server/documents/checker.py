@@ -34,7 +34,7 @@ if __name__ != "__main__":
 
     import structlog
 
-    log = structlog.get_logger("tandem.validation")
+    log = structlog.get_logger("tandem.checker")
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TOO_COSTLY = "the update took too long or too much memory to decode"
@@ -51,7 +51,7 @@ def check_updates(items: Sequence[tuple[bytes, bytes]]) -> list[Verdict]:
 
     On pycrdt's native document and transaction (`pycrdt._pycrdt`, what `pycrdt.Doc` wraps):
     the wrapper builds locks, origin tables and a root-type object per document: 18.5 us of
-    worker CPU per update here against 4.0 this way (bench/bench_validation.py, medians of 3)."""
+    worker CPU per update here against 4.0 this way (bench/bench_checker.py, medians of 3)."""
     from pycrdt._pycrdt import Doc
 
     from crdt.cost import apply_cpu_s, deletion_reach, struct_groups
@@ -128,10 +128,12 @@ class _Request:
 _WORKER_FAILURES = (TimeoutError, EOFError, ConnectionError, ValueError, struct.error)
 
 
-class Validator:
-    """`await check(update)` / `await check_many(updates)`: each update's `Measured` (it applies
-    to an empty document) or why it is refused; `await check_against(state, update)`: the same,
-    applied to a document holding `state` and timed.
+class UpdateChecker:
+    """The update checker: worker processes that decode client updates before a room applies
+    them (`Room.apply_update`). `await check(update)` / `await check_many(updates)`: each
+    update's `Measured` (it applies to an empty document) or why it is refused;
+    `await check_against(state, update)`: the same, applied to a document holding `state` and
+    timed.
 
     Bounds: at most `max_batch` updates per round trip; `workers` worker processes (one per core
     you can spare), each with its own dispatcher on the shared queue; `timeout_s` per round trip;
@@ -255,7 +257,7 @@ class Validator:
         old = self._procs[index]
         await self._end(old, kill=True)
         log.warning(
-            "validation.worker_restarted",
+            "checker.worker_restarted",
             restarts=self.restarts,
             pid=old.pid,
             returncode=old.returncode,
@@ -265,7 +267,7 @@ class Validator:
             self._procs[index] = await self._spawn()
         except (*_WORKER_FAILURES, OSError) as exc:
             # Keep the dead one: the next round trip fails at once and tries again.
-            log.error("validation.worker_start_failed", error=repr(exc))
+            log.error("checker.worker_start_failed", error=repr(exc))
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(

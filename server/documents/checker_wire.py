@@ -1,4 +1,4 @@
-"""The validation worker's wire (server/documents/checker.py): requests and replies over its pipes.
+"""The update checker's wire (server/documents/checker.py): requests and replies over its pipes.
 
 All integers little-endian. Request = u32 count, u32 byte length of the rest, then per update
 the u32 length and bytes of the state to apply it to (empty: an empty document) and its own u32
@@ -26,7 +26,7 @@ _REACH = struct.Struct("<QI")  # client, clock
 @dataclass(frozen=True, slots=True)
 class Measured:
     """A valid update's measures (crdt/cost.py): `clients` its struct groups; `apply_cpu_s` the
-    CPU time of applying it to the room's state (`Validator.check_against`), None when it was
+    CPU time of applying it to the room's state (`UpdateChecker.check_against`), None when it was
     applied to an empty document only; `reach` the (client, clock) its deletions reach beyond
     its own structs (`deletion_reach`)."""
 

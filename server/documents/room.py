@@ -1,9 +1,10 @@
 """A room: the server's in-memory copy of one open document, its committed head sequence and
 its subscribers (server/documents/rooms.py keeps one per open document on this node).
 
-Validated updates are applied to the document. Nobody is told about an operation before it is
-committed: the `doc.open` reply waits for the operations already applied to be committed, and
-`doc.op` events are sent from the committer's callback, which runs in commit (= sequence) order.
+Updates the update checker passed are applied to the document (`apply_update`). Nobody is told
+about an operation before it is committed: the `doc.open` reply waits for the operations already
+applied to be committed, and `doc.op` events are sent from the committer's callback, which runs
+in commit (= sequence) order.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ class Room:
 
     # --- changes -----------------------------------------------------------------------------
 
-    def validate(
+    def apply_update(
         self, agent_id: str, update: bytes, origin: str | None = None, request_id: str | int | None = None,
         fence: int | None = None,
     ) -> store.NewOperation | None:
@@ -255,7 +256,7 @@ class Room:
         return no_pending and not self.held and self.known_seq == self.head_seq and self.dirty is None
 
     def expect(self) -> asyncio.Future[int]:
-        """Called right after a validated update was applied: the future of its seq. An opener
+        """Called right after `apply_update` applied an update: the future of its seq. An opener
         arriving before it commits waits for it (see `open`)."""
         self.last_pending = asyncio.get_running_loop().create_future()
         return self.last_pending

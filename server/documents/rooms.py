@@ -143,7 +143,7 @@ class RoomRegistry(RoomRepair):
                 room.on_committed(items)
 
     async def submit(self, room: Room, op: store.NewOperation) -> asyncio.Future[int]:
-        """Queue an operation for commit right after `room.validate` applied it; returns the
+        """Queue an operation for commit right after `room.apply_update` applied it; returns the
         future of its seq, set once it is committed (openers wait for it, see `open`).
 
         Waits only while the committer's queue is full. The future fails with TandemError when

@@ -1,6 +1,6 @@
 """Bounds on what one client update may cost the room that applies it (docs/protocol.md#7-limits).
 
-The validation worker (server/documents/checker.py) applies every update to an empty document, which
+The update checker (server/documents/checker.py) applies every update to an empty document, which
 proves it decodes but says little of its cost: each struct or deleted range landing inside a
 live item makes yrs split that item, so 0.5 MB of deletions that cost 7 ms against an empty
 document held the event loop for over a second against a 300,000-character one (crdt/cost.py).
@@ -20,7 +20,7 @@ from crdt.document import Document
 from server.core.errors import ErrorCode
 from server.documents.room import Room
 from server.core.settings import Settings
-from server.documents.checker import TOO_COSTLY, Validator
+from server.documents.checker import TOO_COSTLY, UpdateChecker
 from server.documents.checker_wire import Measured, Verdict
 
 
@@ -53,13 +53,13 @@ class UpdateBounds:
         return None
 
 
-async def against_room(validator: Validator, bounds: UpdateBounds, room: Room, update: bytes, verdict: Verdict) -> Verdict:
+async def against_room(checker: UpdateChecker, bounds: UpdateBounds, room: Room, update: bytes, verdict: Verdict) -> Verdict:
     """The worker's first `verdict` on `update`, or, when `bounds` ask for it, its verdict
     against a copy of `room`'s state (a second round trip). Encoding the room's state is the
     one cost paid on the event loop: about 2 ms per MB of encoded document, for updates past
     `check_bytes` only."""
     if isinstance(verdict, Measured) and bounds.refusal(verdict) is None and bounds.needs_room_check(len(update), verdict):
-        return await validator.check_against(room.document.encode_state(), update)
+        return await checker.check_against(room.document.encode_state(), update)
     return verdict
 
 

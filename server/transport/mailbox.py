@@ -6,7 +6,7 @@ Every connection has two of them, and idle connections have a memory target of t
 slots: its items, getters, putters and its `join()` event); a mailbox holds a list and, while
 its consumer waits, one future. Its consumer also sees everything queued at once, which is what
 both consumers want: the sender joins queued frames into one batched frame, the pipeline sends
-queued updates to the validation worker in one round trip.
+queued updates to the update checker in one round trip.
 
 A mailbox may be bounded in items (`maxsize`) and in bytes (`maxbytes`, with the `size` of an
 item: a frame's length). The byte bound never refuses an item into an empty mailbox, so one

@@ -23,7 +23,7 @@ from server.cluster.presence import Presence
 from server.documents.rooms import RoomRegistry
 from server.core.settings import Settings
 from server.core.supervisor import Supervisor
-from server.documents.checker import Validator
+from server.documents.checker import UpdateChecker
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Node:
     committer: Committer
     jwt_secret: str
     metrics: Metrics
-    validator: Validator | None  # None: updates are decoded in process (trusted clients only)
+    checker: UpdateChecker | None  # None: updates are decoded in process (trusted clients only)
     fanout: Fanout
     presence: Presence  # in Redis with REDIS_URL, else in process (server/cluster/presence.py)
     coordination: Coordination  # workspace events, lock views, the task sweep

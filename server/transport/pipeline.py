@@ -2,7 +2,7 @@
 
 Every item read from the socket (a document update, or on the y-websocket endpoint any other
 message) is queued here and counted against `max_received_bytes` until it is settled. Updates are
-checked in the validation worker (one round trip per batch), applied to their room in arrival
+checked in the update checker (one round trip per batch), applied to their room in arrival
 order and handed to the group committer; the connection hears each update's outcome through
 `update_committed`, `update_unchanged` or `update_refused`, and an update read is settled
 (committed, or refused for a stated reason) whatever happens to the connection meanwhile.
@@ -187,17 +187,17 @@ class UpdatePipeline:
             await asyncio.sleep(wait_s)
 
     async def _check(self, updates: list[bytes]) -> list[Verdict | None]:
-        """The validation worker's verdict on each update (None: not checked), one round trip."""
-        validator = self.node.validator
-        if validator is None or not updates:
+        """The update checker's verdict on each update (None: not checked), one round trip."""
+        checker = self.node.checker
+        if checker is None or not updates:
             return [None] * len(updates)
-        return list(await validator.check_many(updates))
+        return list(await checker.check_many(updates))
 
     async def _apply(self, item: Update, verdict: Verdict | None, retried: bool = False) -> None:
         assert self.principal is not None
         room = item.room
-        if verdict is not None and self.node.validator is not None and not retried:  # docs/protocol.md#7-limits
-            verdict = await against_room(self.node.validator, self.update_bounds, room, item.update, verdict)
+        if verdict is not None and self.node.checker is not None and not retried:  # docs/protocol.md#7-limits
+            verdict = await against_room(self.node.checker, self.update_bounds, room, item.update, verdict)
         if room.dirty is not None:  # it is being rebuilt from the log (a failed commit, a panic)
             try:
                 async with asyncio.timeout(self.node.settings.commit_unavailable_after_s):
@@ -224,7 +224,7 @@ class UpdatePipeline:
             self._refuse(item, code, {"reason": reason[:200]})
             return
         try:
-            op = room.validate(self.principal.agent_id, item.update, origin=self.conn_id, request_id=item.re, fence=item.fence)
+            op = room.apply_update(self.principal.agent_id, item.update, origin=self.conn_id, request_id=item.re, fence=item.fence)
         except CorruptUpdate as exc:
             if isinstance(exc, OriginsMissing) and not retried:
                 # It names an item this node's room has not read from the log yet (written on
@@ -234,7 +234,7 @@ class UpdatePipeline:
                 return
             if isinstance(exc, DocumentPanicked) and not exc.update_at_fault and not retried:
                 # yrs panicked: the room may have diverged from the log before this update came
-                # (it is being rebuilt: `Room.validate`), so the update is tried once more on
+                # (it is being rebuilt: `Room.apply_update`), so the update is tried once more on
                 # the rebuilt room before it counts against the writer as invalid.
                 await self._apply(item, verdict, retried=True)
                 return

@@ -3,7 +3,7 @@
 Stock Yjs editors (`WebsocketProvider` of y-websocket) join the same documents as agents. The
 wire is the y-protocols one: binary frames holding a sync message (step 1, step 2, update), an
 awareness update, an awareness query or an auth message. Updates take the
-agents' durable path: checked in the validation worker, applied to the room's document,
+agents' durable path: checked in the update checker, applied to the room's document,
 sequenced and committed to `document_operations`, and only then sent to the document's other
 subscribers on every node (the room delivers committed operations in seq order through its
 `send_update` hook). There are no acks; the sender never gets its own update back.
@@ -34,13 +34,12 @@ from starlette.websockets import WebSocket
 
 from crdt.clock import CorruptStateVector
 from crdt.document import CorruptUpdate
-from server.db import store
-from server.workspaces import directory as workspaces
-from server.transport.connection import Connection
 from server.core.errors import ErrorCode, TandemError
+from server.db import store
+from server.documents.room import Room
+from server.transport.connection import Connection
 from server.transport.node import Node
 from server.transport.pipeline import ITEM_OVERHEAD_BYTES, Inbound, Update
-from server.documents.room import Room
 from server.transport.yws_awareness import AwarenessRelay, AwarenessRelays
 from server.transport.yws_rights import LiveRights
 from server.wire.y_protocols import (
@@ -48,8 +47,8 @@ from server.wire.y_protocols import (
     EMPTY_UPDATE,
     AuthMessage,
     AwarenessUpdate,
+    FrameRefused,
     QueryAwareness,
-    Refused,
     SyncStep1,
     SyncUpdate,
     parse,
@@ -58,6 +57,7 @@ from server.wire.y_protocols import (
     sync_step2_message,
     update_message,
 )
+from server.workspaces import directory as workspaces
 
 log = structlog.get_logger("tandem.yws")
 
@@ -219,7 +219,7 @@ class YjsConnection(Connection[bytes], LiveRights):
     async def on_frame(self, frame: str | bytes) -> None:
         s = self.node.settings
         parsed = parse(frame, s.max_frame_bytes, s.max_awareness_bytes)
-        if isinstance(parsed, Refused):
+        if isinstance(parsed, FrameRefused):
             self.end(parsed.code, parsed.detail)
             return
         size = len(frame) + ITEM_OVERHEAD_BYTES
@@ -269,8 +269,8 @@ class YjsConnection(Connection[bytes], LiveRights):
 
 async def endpoint(ws: WebSocket) -> None:
     """`WebSocketRoute("/yjs/{workspace_id}/{doc_id}", endpoint)`."""
-    state = ws.app.state
-    relays = getattr(state, "yws_relays", None)
+    app_state = ws.app.state  # Starlette's per-app namespace (server/app.py's AppState is `.tandem`)
+    relays = getattr(app_state, "yws_relays", None)
     if relays is None:
-        relays = state.yws_relays = AwarenessRelays(state.tandem.node.settings.max_awareness_bytes)
-    await YjsConnection(ws, state.tandem.node, relays, ws.path_params["workspace_id"], ws.path_params["doc_id"]).run()
+        relays = app_state.yws_relays = AwarenessRelays(app_state.tandem.node.settings.max_awareness_bytes)
+    await YjsConnection(ws, app_state.tandem.node, relays, ws.path_params["workspace_id"], ws.path_params["doc_id"]).run()

@@ -16,7 +16,7 @@ from pycrdt import (
 
 from server.core.errors import ErrorCode
 from server.wire.protocol import awareness_bytes
-from server.wire.y_protocols import AwarenessUpdate, Refused
+from server.wire.y_protocols import AwarenessUpdate, FrameRefused
 
 if TYPE_CHECKING:
     from server.transport.yws import YjsConnection
@@ -65,7 +65,7 @@ class AwarenessRelay:
         ids = list(self.awareness.states)
         return create_awareness_message(self.awareness.encode_awareness_update(ids)) if ids else None
 
-    def apply(self, conn: YjsConnection, message: AwarenessUpdate) -> Refused | None:
+    def apply(self, conn: YjsConnection, message: AwarenessUpdate) -> FrameRefused | None:
         self._changed = None
         self.awareness.apply_awareness_update(message.payload, conn.conn_id)
         changed, self._changed = self._changed, None
@@ -84,7 +84,7 @@ class AwarenessRelay:
                 self.owned[previous].discard(client_id)
                 removed_own = removed_own or previous == conn.conn_id
         if len(self.owned[conn.conn_id]) > MAX_AWARENESS_CLIENTS:
-            return Refused(ErrorCode.LIMIT_EXCEEDED, "too many awareness clients")
+            return FrameRefused(ErrorCode.LIMIT_EXCEEDED, "too many awareness clients")
         self._send_others(conn, changed["added"] + changed["updated"] + changed["removed"])
         mine = [i for i in changed["added"] + changed["updated"] if self.owner.get(i) == conn.conn_id]
         if mine:

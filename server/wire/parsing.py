@@ -24,7 +24,7 @@ from server.wire.messages import (
 
 @dataclass(frozen=True, slots=True)
 class ProtocolError:
-    """A client fault as a value: what `parse` and `Session` return instead of raising."""
+    """A client fault as a value: what `parse` and `ProtocolSession` return instead of raising."""
 
     code: ErrorCode
     re: RequestId | None = None

@@ -4,7 +4,7 @@
 
 Rule 1: nothing here awaits, reads a clock or touches a socket. Frames and `now` go in; typed
 messages, `ProtocolError` values and frames to send come out. Rule 2: no import of asyncio,
-starlette, asyncpg or redis. The session loop (server/transport/session.py) drives a `Session`; any change
+starlette, asyncpg or redis. The agent endpoint (server/transport/agent.py) drives a `ProtocolSession`; any change
 here updates docs/protocol.md and tests/test_protocol.py with it."""
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ from server.wire.session_rules import (  # noqa: F401 - this namespace
     ConnEvent,
     ConnState,
     LocalProtocolError,
+    ProtocolSession,
     Rule,
-    Session,
     TokenBucket,
 )

@@ -1,6 +1,11 @@
 """Session state (docs/protocol.md#4-session-state): which requests are legal in which state, the
-rate limit, and the closing sequence, as a `Session` the connection drives. Pure: frames and
-`now` go in, messages and frames to send come out."""
+rate limit, and the closing sequence, as a `ProtocolSession` the connection drives. Pure: frames
+and `now` go in, messages and frames to send come out.
+
+One word, one meaning: a *session* is one agent connection to `/ws`, from its `hello` to its
+close (server/transport/agent.py's `AgentConnection` drives its `ProtocolSession`). The wire's
+`session_id` (in `hello`) is that connection's `conn_id`: the id the logs, presence (`conn_id`
+of a member) and the rooms' subscriptions know it by. A reconnect is a new session."""
 
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ from server.wire.parsing import ProtocolError, is_batch, parse, parse_batch
 
 
 class ConnState(StrEnum):
+    """Where one connection is in its life (`ProtocolSession.conn_state`)."""
+
     CONNECTING = "connecting"
     READY = "ready"
     CLOSING = "closing"
@@ -36,6 +43,8 @@ class ConnState(StrEnum):
 
 
 class ConnEvent(StrEnum):
+    """What moves a connection from one `ConnState` to the next (`TRANSITIONS`)."""
+
     ACCEPT = "accept"
     FAIL = "fail"
     TRANSPORT_CLOSED = "transport_closed"
@@ -116,8 +125,8 @@ class Closing:
     reason: str
 
 
-class Session:
-    """The protocol state of one connection, without I/O.
+class ProtocolSession:
+    """The protocol state of one session (one agent connection), without I/O.
 
     The loop calls `accept` (or `fail`) once the token is checked, feeds every received frame to
     `receive`, and reports what handlers did (`joined`, `left`, `opened`, `closed_doc`,
@@ -126,7 +135,7 @@ class Session:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.state = ConnState.CONNECTING
+        self.conn_state = ConnState.CONNECTING
         self.protocol = PROTOCOL_VERSION
         self.workspaces: set[UUID] = set()
         self.docs: dict[UUID, UUID] = {}  # open doc_id -> its workspace_id
@@ -138,9 +147,9 @@ class Session:
 
     def _apply(self, event: ConnEvent) -> None:
         try:
-            self.state = TRANSITIONS[(self.state, event)]
+            self.conn_state = TRANSITIONS[(self.conn_state, event)]
         except KeyError:
-            raise LocalProtocolError(f"{event.value} is not legal in state {self.state.value}") from None
+            raise LocalProtocolError(f"{event.value} is not legal in state {self.conn_state.value}") from None
 
     def accept(self, hello: ServerHello) -> str:
         """connecting -> ready; returns the `hello` frame to send first."""
@@ -177,10 +186,10 @@ class Session:
 
     def _count_frame(self) -> bool:
         """False while closing (the frame is discarded); counts the frame otherwise."""
-        if self.state is ConnState.CLOSING:
+        if self.conn_state is ConnState.CLOSING:
             return False
-        if self.state is not ConnState.READY:
-            raise LocalProtocolError(f"frame received in state {self.state.value}")
+        if self.conn_state is not ConnState.READY:
+            raise LocalProtocolError(f"frame received in state {self.conn_state.value}")
         self.frames_received += 1
         return True
 
@@ -277,7 +286,7 @@ class Session:
         close_code = CLOSE_INTERNAL_ERROR if err.code is ErrorCode.INTERNAL_ERROR else err.close_code
         if close_code is None:
             raise LocalProtocolError(f"{err.code.value} does not close the session")
-        if self.state in (ConnState.CLOSING, ConnState.CLOSED):
+        if self.conn_state in (ConnState.CLOSING, ConnState.CLOSED):
             return None
         self._apply(ConnEvent.FAIL)
         message = err.message or err.code.message
@@ -286,5 +295,5 @@ class Session:
 
     def transport_closed(self) -> None:
         """The close handshake finished or the connection dropped. Idempotent."""
-        if self.state is not ConnState.CLOSED:
+        if self.conn_state is not ConnState.CLOSED:
             self._apply(ConnEvent.TRANSPORT_CLOSED)

@@ -81,7 +81,10 @@ class AuthMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
+class FrameRefused:
+    """A y-websocket frame (or what it asks for) the server will not take: the connection
+    closes with `close_code` (section 11.4)."""
+
     code: ErrorCode
     detail: str = ""
 
@@ -119,12 +122,12 @@ class _Decoder(Decoder):
         return payload
 
 
-def parse(frame: bytes | str | None, max_frame_bytes: int, max_awareness_bytes: int) -> Message | Refused:
+def parse(frame: bytes | str | None, max_frame_bytes: int, max_awareness_bytes: int) -> Message | FrameRefused:
     """One client frame: a message, or why it is refused. Never raises for client input."""
     if not isinstance(frame, bytes):
-        return Refused(ErrorCode.UNSUPPORTED_FRAME, "y-websocket messages are binary frames")
+        return FrameRefused(ErrorCode.UNSUPPORTED_FRAME, "y-websocket messages are binary frames")
     if len(frame) > max_frame_bytes:
-        return Refused(ErrorCode.FRAME_TOO_LARGE, f"{len(frame)} bytes > {max_frame_bytes}")
+        return FrameRefused(ErrorCode.FRAME_TOO_LARGE, f"{len(frame)} bytes > {max_frame_bytes}")
     try:
         kind, rest = frame[0], frame[1:]
         if kind == YMessageType.SYNC:
@@ -143,12 +146,12 @@ def parse(frame: bytes | str | None, max_frame_bytes: int, max_awareness_bytes: 
         if kind == AUTH:
             return AuthMessage()  # y-protocols defines none for clients to send; ignored
     except _TooManyClients as exc:
-        return Refused(ErrorCode.LIMIT_EXCEEDED, str(exc))
+        return FrameRefused(ErrorCode.LIMIT_EXCEEDED, str(exc))
     except _StateTooLarge as exc:
-        return Refused(ErrorCode.AWARENESS_TOO_LARGE, str(exc))
+        return FrameRefused(ErrorCode.AWARENESS_TOO_LARGE, str(exc))
     except (ValueError, IndexError, RuntimeError) as exc:  # RecursionError: deeply nested JSON
-        return Refused(ErrorCode.INVALID_MESSAGE, str(exc)[:80])
-    return Refused(ErrorCode.INVALID_MESSAGE, f"unknown message type {frame[0]}")
+        return FrameRefused(ErrorCode.INVALID_MESSAGE, str(exc)[:80])
+    return FrameRefused(ErrorCode.INVALID_MESSAGE, f"unknown message type {frame[0]}")
 
 
 def _check_awareness(payload: bytes, max_awareness_bytes: int) -> None:

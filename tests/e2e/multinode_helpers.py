@@ -74,7 +74,7 @@ class Nodes:
 
 def kill_9(node: ServerProcess) -> None:
     """SIGKILL the node, as a crash would, then end by pid the processes it started: its
-    validation worker dies with it (PR_SET_PDEATHSIG), and is ended here too, in case it did not."""
+    update checker dies with it (PR_SET_PDEATHSIG), and is ended here too, in case it did not."""
     assert node.server_pid is not None
     children = psutil.Process(node.server_pid).children(recursive=True)
     node.kill()

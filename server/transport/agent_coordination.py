@@ -1,5 +1,5 @@
 """Handlers of a connection for coordination (docs/protocol.md section 12): locks, workspace state,
-tasks and members. Mixed into `session.AgentConnection`; each handler runs the change and publishes its
+tasks and members. Mixed into `agent.AgentConnection`; each handler runs the change and publishes its
 event in one transaction, replies, then delivers the event to this node's sessions.
 """
 
@@ -17,7 +17,7 @@ from server.workspaces.coordination import lock_event, member_event, state_event
 from server.core.errors import ErrorCode, TandemError
 
 if TYPE_CHECKING:
-    from server.transport.session import AgentConnection
+    from server.transport.agent import AgentConnection
 
     _Base = AgentConnection
 else:

@@ -1,6 +1,6 @@
 """The agent endpoint `/ws`: the JSON protocol's codec and handlers over the shared lifecycle.
 
-It drives the sans-I/O `protocol.Session` (docs/protocol.md section 4): frames in, typed
+It drives the sans-I/O `protocol.ProtocolSession` (docs/protocol.md section 4): frames in, typed
 messages or typed errors out. Handlers call the data layer (`workspaces`, `rooms`); `doc.update`s
 go to the connection's update pipeline. Reading, the bounded send queue, the pipeline and the
 closing sequence are `server/transport/connection.py`'s, shared with the y-websocket endpoint.
@@ -22,7 +22,7 @@ from server.core.errors import ErrorCode, TandemError
 from server.transport.node import Node
 from server.transport.pipeline import ITEM_OVERHEAD_BYTES, Update
 from server.documents.room import Room
-from server.transport.session_coordination import CoordinationHandlers
+from server.transport.agent_coordination import CoordinationHandlers
 
 SERVER_VERSION = "0.1.0"
 MAX_BATCH_BYTES = 65_536  # characters of messages joined into one batched frame (a larger one goes alone)
@@ -31,13 +31,13 @@ MAX_BATCH_BYTES = 65_536  # characters of messages joined into one batched frame
 class AgentConnection(Connection[str], CoordinationHandlers):
     """One agent connection: the JSON codec and the handlers. `send_text` is the rooms' and the
     presence's non-blocking way in (a Subscriber). The lifecycle (reading, sending, the update
-    pipeline, closing) is `Connection`'s; coordination handlers are in session_coordination.py."""
+    pipeline, closing) is `Connection`'s; coordination handlers are in agent_coordination.py."""
 
     kind = "session"
 
     def __init__(self, ws: WebSocket, node: Node) -> None:
         super().__init__(ws, node)
-        self.session = p.Session(p.Limits.from_settings(node.settings))
+        self.session = p.ProtocolSession(p.Limits.from_settings(node.settings))
         self.rooms: dict[uuid.UUID, Room] = {}  # open documents
         self.can_write: dict[uuid.UUID, bool] = {}  # joined workspace -> may this agent write
         self.roles: dict[uuid.UUID, str] = {}  # joined workspace -> this agent's role
@@ -86,6 +86,7 @@ class AgentConnection(Connection[str], CoordinationHandlers):
     async def start(self) -> bool:
         verdict = self.principal
         assert verdict is not None
+        # The wire's session_id is this connection's conn_id (server/wire/session_rules.py).
         hello = p.ServerHello(
             node_id=self.node.node_id, server_version=SERVER_VERSION, session_id=uuid.UUID(self.conn_id),
             agent_id=verdict.agent_id, tenant_id=verdict.tenant_id, expires_at=verdict.expires_at,

@@ -20,7 +20,7 @@ from crdt.document import CorruptUpdate, Document, OriginsMissing
 from server.core.errors import ErrorCode
 from server.core.settings import Settings
 from server.documents.update_bounds import UpdateBounds, judge
-from server.documents.checker import TOO_COSTLY, Validator, check_updates
+from server.documents.checker import TOO_COSTLY, UpdateChecker, check_updates
 from server.documents.checker_wire import Measured, Verdict, decode_reply, encode_reply, encode_request, read_request
 from tests.costly_updates import deletion_only_update, deletions_ahead, many_clients_update, one_item_state
 
@@ -28,15 +28,15 @@ GARBAGE = b"\xff\xff\xff\xff"  # not an update (see the first test)
 
 
 @asynccontextmanager
-async def running(**kwargs: Any) -> AsyncIterator[Validator]:
-    """A started validator, stopped afterwards; the whole test is bounded in time."""
-    validator = Validator(**kwargs)
+async def running(**kwargs: Any) -> AsyncIterator[UpdateChecker]:
+    """A started checker, stopped afterwards; the whole test is bounded in time."""
+    checker = UpdateChecker(**kwargs)
     async with asyncio.timeout(60):
-        await validator.start()
+        await checker.start()
         try:
-            yield validator
+            yield checker
         finally:
-            await validator.stop()
+            await checker.stop()
 
 
 def _valid_update(text: str = "hello") -> bytes:
@@ -201,54 +201,54 @@ def test_the_bounds_refuse_many_clients_and_tell_costly_from_corrupt() -> None:
 
 async def test_check_against_times_the_update_against_the_given_state() -> None:
     state = one_item_state(100_000)
-    async with running(workers=1, timeout_s=30) as validator:
+    async with running(workers=1, timeout_s=30) as checker:
         hostile = deletion_only_update(state, 10_000)
-        first, timed = await asyncio.gather(validator.check(hostile), validator.check_against(state, hostile))
+        first, timed = await asyncio.gather(checker.check(hostile), checker.check_against(state, hostile))
         assert isinstance(first, Measured) and (first.clients, first.apply_cpu_s) == (0, None)
         assert isinstance(timed, Measured) and timed.apply_cpu_s is not None and timed.apply_cpu_s > 0
-        assert refused(await validator.check_against(state, GARBAGE))
+        assert refused(await checker.check_against(state, GARBAGE))
 
 
-async def test_validator_passes_valid_and_refuses_corrupt_updates_in_one_round_trip() -> None:
-    async with running(workers=1, timeout_s=10) as validator:
+async def test_checker_passes_valid_and_refuses_corrupt_updates_in_one_round_trip() -> None:
+    async with running(workers=1, timeout_s=10) as checker:
         garbage = [os.urandom(40) for _ in range(20)]
-        verdicts = await validator.check_many([_valid_update(), *garbage])
+        verdicts = await checker.check_many([_valid_update(), *garbage])
         assert ok(verdicts[0])
         assert sum(refused(v) for v in verdicts[1:]) >= 15  # random bytes are almost never an update
-        assert refused(await validator.check(GARBAGE))
+        assert refused(await checker.check(GARBAGE))
 
 
 async def test_a_batch_over_the_time_budget_restarts_the_worker_and_refuses_each_costly_update() -> None:
-    async with running(workers=1, timeout_s=0.000_001) as validator:
-        verdicts = await validator.check_many([_valid_update() for _ in range(3)])
+    async with running(workers=1, timeout_s=0.000_001) as checker:
+        verdicts = await checker.check_many([_valid_update() for _ in range(3)])
         assert verdicts == [TOO_COSTLY] * 3
-        assert validator.restarts >= 1
-        validator.timeout_s = 10  # the fresh worker serves again
-        assert ok(await validator.check(_valid_update()))
+        assert checker.restarts >= 1
+        checker.timeout_s = 10  # the fresh worker serves again
+        assert ok(await checker.check(_valid_update()))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_check_many_splits_large_calls_merges_concurrent_ones_and_keeps_order(workers: int) -> None:
     valid = [_valid_update(f"u{i}") for i in range(300)]
     mixed = [GARBAGE if i % 10 == 3 else valid[i] for i in range(300)]
-    async with running(workers=workers, timeout_s=10, max_batch=64) as validator:
+    async with running(workers=workers, timeout_s=10, max_batch=64) as checker:
         big, small, single = await asyncio.gather(
-            validator.check_many(mixed),  # 5 round trips of at most 64 updates
-            validator.check_many([valid[0], GARBAGE, valid[1]]),
-            validator.check(GARBAGE),
+            checker.check_many(mixed),  # 5 round trips of at most 64 updates
+            checker.check_many([valid[0], GARBAGE, valid[1]]),
+            checker.check(GARBAGE),
         )
         assert [ok(v) for v in big] == [i % 10 != 3 for i in range(300)]
         assert ok(small[0]) and refused(small[1]) and ok(small[2])
         assert refused(single)
-        assert validator.restarts == 0
+        assert checker.restarts == 0
 
 
 async def test_a_memory_bomb_is_refused_within_the_memory_cap_and_the_worker_serves_on() -> None:
     # 20 bytes declaring 2**28 struct groups: uncapped, yrs allocates about 512 MB and spends
     # about a second before failing (crdt/ids.py's check_header refuses it earlier).
     bomb = _varint(2**28) + bytes(15)
-    async with running(workers=1, timeout_s=10, max_memory_bytes=300 << 20) as validator:
-        verdicts = await validator.check_many([_valid_update(), bomb, _valid_update()])
+    async with running(workers=1, timeout_s=10, max_memory_bytes=300 << 20) as checker:
+        verdicts = await checker.check_many([_valid_update(), bomb, _valid_update()])
         assert ok(verdicts[0]) and ok(verdicts[2])
         # yrs reserves its table fallibly: under the cap it fails at once (the worker lives
         # on); had an allocation aborted the worker, the bomb would be TOO_COSTLY instead.
@@ -256,41 +256,41 @@ async def test_a_memory_bomb_is_refused_within_the_memory_cap_and_the_worker_ser
         bomb_verdict = verdicts[1]
         assert refused(bomb_verdict)
         assert bomb_verdict == TOO_COSTLY or "allocat" in bomb_verdict
-        assert ok(await validator.check(_valid_update()))
+        assert ok(await checker.check(_valid_update()))
 
 
 async def test_an_update_that_crashes_the_worker_is_refused_and_the_others_get_their_verdicts() -> None:
     # Any values nested 2,000,000 deep (4 MB): yrs decodes them recursively and overflows the
     # worker's stack (SIGSEGV), a crash no exception handler can catch.
     crash = b"\x01\x01\x01\x00\x08\x01\x07content\x01" + b"\x75\x01" * 2_000_000 + b"\x7e"
-    async with running(workers=1, timeout_s=10, max_memory_bytes=300 << 20) as validator:
-        first_pid = validator.pids[0]
-        verdicts = await validator.check_many([_valid_update(), crash, GARBAGE, _valid_update()])
+    async with running(workers=1, timeout_s=10, max_memory_bytes=300 << 20) as checker:
+        first_pid = checker.pids[0]
+        verdicts = await checker.check_many([_valid_update(), crash, GARBAGE, _valid_update()])
         assert ok(verdicts[0]) and ok(verdicts[3])
         assert verdicts[1] == TOO_COSTLY
         assert refused(verdicts[2]) and verdicts[2] != TOO_COSTLY  # its real verdict
-        assert validator.restarts >= 1
+        assert checker.restarts >= 1
         assert _gone(first_pid)
-        assert ok(await validator.check(_valid_update()))
+        assert ok(await checker.check(_valid_update()))
 
 
 async def test_a_worker_killed_from_outside_is_replaced() -> None:
-    async with running(workers=1, timeout_s=10) as validator:
-        first_pid = validator.pids[0]
+    async with running(workers=1, timeout_s=10) as checker:
+        first_pid = checker.pids[0]
         os.kill(first_pid, signal.SIGKILL)
-        assert ok(await validator.check(_valid_update()))
-        assert refused(await validator.check(GARBAGE))
-        assert validator.restarts == 1
-        assert validator.pids[0] != first_pid and _gone(first_pid)
+        assert ok(await checker.check(_valid_update()))
+        assert refused(await checker.check(GARBAGE))
+        assert checker.restarts == 1
+        assert checker.pids[0] != first_pid and _gone(first_pid)
 
 
 async def test_stop_ends_every_worker() -> None:
-    validator = Validator(workers=2, timeout_s=10)
+    checker = UpdateChecker(workers=2, timeout_s=10)
     async with asyncio.timeout(60):
-        await validator.start()
-        pids = validator.pids
+        await checker.start()
+        pids = checker.pids
         assert len(pids) == 2 and not any(_gone(pid) for pid in pids)
-        assert ok(await validator.check(_valid_update()))
-        await validator.stop()
+        assert ok(await checker.check(_valid_update()))
+        await checker.stop()
         assert all(_gone(pid) for pid in pids)  # exited and reaped
-        assert validator.pids == []
+        assert checker.pids == []
