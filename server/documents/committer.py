@@ -226,7 +226,7 @@ class Committer:
                 try:
                     # PostgreSQL itself ends an append past `timeout_s` (and rolls it back): a
                     # client that only stopped waiting would leave it running, to commit later.
-                    await conn.execute(store.Q["set_statement_timeout"], int(self.timeout_s * 1000), timeout=self.timeout_s)
+                    await conn.execute(store.Q["set_statement_timeout"], str(int(self.timeout_s * 1000)), timeout=self.timeout_s)
                 except BaseException:
                     with contextlib.suppress(asyncpg.InterfaceError):
                         conn.terminate()  # its slot goes back to the pool, empty
