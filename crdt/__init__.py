@@ -4,7 +4,7 @@ Imports only pycrdt and the standard library (no asyncio, Starlette, asyncpg or 
 """
 
 from crdt.clock import CorruptStateVector, Ordering, VectorClock, decode_state_vector, encode_state_vector
-from crdt.document import CONTENT, Applied, CorruptUpdate, Document, DocumentPanicked, ItemOutOfOrder, OriginsMissing, UpdateTooLarge
+from crdt.document import CONTENT, Applied, CorruptUpdate, Document, DocumentPanicked, ItemOutOfOrder, OriginsMissing, UpdateAhead, UpdateTooLarge
 from crdt.ids import MAX_CLOCK
 from crdt.operations import Operation, OpType, Origin, Snapshot, classify
 from crdt.replay import ReplayError, Span, Verification, blame, rebuild, verify
@@ -26,6 +26,7 @@ __all__ = [
     "ReplayError",
     "Snapshot",
     "Span",
+    "UpdateAhead",
     "UpdateTooLarge",
     "Verification",
     "VectorClock",

@@ -50,6 +50,12 @@ class DocumentPanicked(CorruptUpdate):
     update_at_fault = False
 
 
+class UpdateAhead(CorruptUpdate):
+    """The update's structs start past the clocks the document holds for their client: its
+    writer has edits the server has not seen (Yjs would keep it waiting for them; yrs cannot
+    hold it exactly). The document is unchanged; once the writer sends what it lacks, it fits."""
+
+
 class OriginsMissing(CorruptUpdate):
     """The update places an item between two ids and the document lacks one of them, so their
     order cannot be checked (`crdt.order`). The document is unchanged; one that catches up with
@@ -303,7 +309,10 @@ class Document:
             raise CorruptUpdate(str(exc)) from exc
         if ids.runs or ids.cuts:
             clocks = self._reader.clocks if self._capture.in_sync else decode_state_vector(self.state_vector())
-            reason = misfit(ids, clocks, self._mid_character) or straddle_misfit(
+            found = misfit(ids, clocks, self._mid_character)
+            if found is not None:
+                raise (UpdateAhead if found.ahead else CorruptUpdate)(found.reason)
+            reason = straddle_misfit(
                 update, ids, clocks, lambda client, clock: self.diff(encode_state_vector({**clocks, client: clock}))
             )
             if reason is None and self._waiting_runs:

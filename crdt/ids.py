@@ -338,7 +338,15 @@ def _deleted(merged: list[tuple[int, int]], item: Between) -> bool:
     return at >= 0 and merged[at][1] > item.clock
 
 
-def misfit(ids: Ids, clocks: Mapping[int, int], mid_character: Set[tuple[int, int]] = frozenset()) -> str | None:
+class Misfit(NamedTuple):
+    """Why an update is refused; `ahead`: it goes on past clocks the document lacks (its writer
+    holds edits the server has not seen, and may send them)."""
+
+    reason: str
+    ahead: bool = False
+
+
+def misfit(ids: Ids, clocks: Mapping[int, int], mid_character: Set[tuple[int, int]] = frozenset()) -> Misfit | None:
     """Why yrs would hold this update otherwise than Yjs, or than its own replay of the log, in
     a document at `clocks` (its state vector) whose strings have `mid_character` ids (as
     `Ids.mid_character`), or None.
@@ -357,16 +365,16 @@ def misfit(ids: Ids, clocks: Mapping[int, int], mid_character: Set[tuple[int, in
     """
     for cut in ids.cuts:
         if cut in mid_character or cut in ids.mid_character:
-            return f"the update cuts a character of client {cut[0]} in two at clock {cut[1]}"
+            return Misfit(f"the update cuts a character of client {cut[0]} in two at clock {cut[1]}")
     held = dict(clocks)
     for run in ids.runs:
         have = clocks.get(run.client, 0)
         if run.start < have < run.end and (run.client, have) in ids.mid_character:
-            return f"structs of client {run.client} split a character at clock {have}, where the document's part of them ends"
+            return Misfit(f"structs of client {run.client} split a character at clock {have}, where the document's part of them ends")
         if run.start <= held.get(run.client, 0) < run.end:
             held[run.client] = run.end
     for run in ids.runs:
         have = held.get(run.client, 0)
         if run.start > have and (run.client, run.start - 1) not in run.needs:
-            return f"structs of client {run.client} start at clock {run.start}, past its {have} known here"
+            return Misfit(f"structs of client {run.client} start at clock {run.start}, past its {have} known here", ahead=True)
     return None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from crdt.document import CorruptUpdate, DocumentPanicked, OriginsMissing
+from crdt.document import CorruptUpdate, DocumentPanicked, OriginsMissing, UpdateAhead
 from server.core.auth import Principal
 from server.core.errors import ErrorCode, TandemError
 from server.transport.mailbox import Mailbox
@@ -103,6 +103,12 @@ class UpdatePipeline:
     def update_unchanged(self, item: Update) -> None: ...
 
     def update_refused(self, item: Update, code: ErrorCode, details: dict[str, Any] | None) -> None: ...
+
+    def update_ahead(self, item: Update) -> bool:
+        """The update goes on past clocks the room lacks even after reading the log: its writer
+        holds edits the server has not seen. True when the endpoint asked the writer for them
+        (the update comes again with them); False refuses it as invalid."""
+        return False
 
     async def handle(self, item: Inbound) -> None:
         """An inbound item that is not an update."""
@@ -226,11 +232,14 @@ class UpdatePipeline:
         try:
             op = room.apply_update(self.principal.agent_id, item.update, origin=self.conn_id, request_id=item.re, fence=item.fence)
         except CorruptUpdate as exc:
-            if isinstance(exc, OriginsMissing) and not retried:
-                # It names an item this node's room has not read from the log yet (written on
+            if isinstance(exc, OriginsMissing | UpdateAhead) and not retried:
+                # It names items this node's room has not read from the log yet (written on
                 # another node a moment ago): read up to the log's head and try once more.
                 await self.node.rooms.catch_up(room)
                 await self._apply(item, verdict, retried=True)
+                return
+            if isinstance(exc, UpdateAhead) and self.update_ahead(item):
+                self._settle(item, "ahead")
                 return
             if isinstance(exc, DocumentPanicked) and not exc.update_at_fault and not retried:
                 # yrs panicked: the room may have diverged from the log before this update came

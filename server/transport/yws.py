@@ -86,6 +86,7 @@ class YjsConnection(Connection[bytes], LiveRights):
         self.room: Room | None = None
         self.relay: AwarenessRelay | None = None
         self.can_write = False
+        self._asked_for_missing = False  # `update_ahead`
         self._published: dict[str, Any] | None = None  # the awareness last given to presence
 
     # --- sending ---------------------------------------------------------------------------
@@ -251,6 +252,19 @@ class YjsConnection(Connection[bytes], LiveRights):
 
     def may_write(self, item: Update) -> bool:
         return self.can_write
+
+    def update_committed(self, item: Update, seq: int) -> None:
+        self._asked_for_missing = False
+
+    def update_ahead(self, item: Update) -> bool:
+        """The editor kept edits the server refused or has not seen (a viewer promoted, a lock
+        released, or typing on before its answer to sync step 1): its updates build on them. As
+        y-websocket would hold it pending, ask the editor for what the server lacks (once until
+        one of its updates commits); its answer carries this update too."""
+        if self.can_write and not self._asked_for_missing:
+            self._asked_for_missing = True
+            self.ask_for_missing()
+        return True
 
     def update_refused(self, item: Update, code: ErrorCode, details: dict[str, Any] | None) -> None:
         """A refused update cannot be reported on this wire: a refusal of the writer's rights
