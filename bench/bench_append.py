@@ -34,8 +34,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Postgres, cleanup_dir, cpu_seconds, machine, workdir  # noqa: E402
-from server.db import database, migrate, store  # noqa: E402
 from server.core.settings import Settings  # noqa: E402
+from server.db import database, migrate, store  # noqa: E402
 
 # (documents per batch, operations per document, calls): the shapes the document benchmark
 # produces (paced: one document, a few operations; w100-doc100: ~100 documents, a few each).

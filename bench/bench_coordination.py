@@ -47,7 +47,6 @@ from bench.common import (  # noqa: E402
 from bench.coord_agents import LOCK_TTL_MS  # noqa: E402
 from bench.coord_scenarios import Ctx, lock_scenario, state_scenario  # noqa: E402
 
-
 # --- output -------------------------------------------------------------------------------------
 
 Column = tuple[str, int, Callable[[dict[str, Any]], str]]

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.bench_apply import bare, generate, median_us_per_update  # noqa: E402
 from bench.common import (  # noqa: E402
     Postgres,
     cleanup_dir,
@@ -40,9 +41,8 @@ from bench.common import (  # noqa: E402
     start_nodes,
     workdir,
 )
-from bench.bench_apply import bare, generate, median_us_per_update  # noqa: E402
-from bench.doc_workers import Workers  # noqa: E402
 from bench.doc_scenarios import Bench  # noqa: E402
+from bench.doc_workers import Workers  # noqa: E402
 
 # The server's per-connection rate limit (100/s by default) would throttle a load generator:
 # the benchmark raises it, and says so in its output.

@@ -34,8 +34,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.bench_documents import SERVER_ENV
-from bench.doc_load import ConnSpec
-from bench.doc_workers import Workers
 from bench.common import (
     Postgres,
     ServerNode,
@@ -46,8 +44,20 @@ from bench.common import (
     start_nodes,
     workdir,
 )
+from bench.doc_load import ConnSpec
+from bench.doc_workers import Workers
 from bench.fanout_rig import (
-    NODES, SAMPLE_EVERY_S, SCRAPE_TIMEOUT_S, Rig, Scrape, budget_per_doc, grew, measure, merge, reader_specs, scrape,
+    NODES,
+    SAMPLE_EVERY_S,
+    SCRAPE_TIMEOUT_S,
+    Rig,
+    Scrape,
+    budget_per_doc,
+    grew,
+    measure,
+    merge,
+    reader_specs,
+    scrape,
 )  # fmt: skip
 
 TARGET_RATE_PER_S = 1000.0  # target: cross-node p99 <= single-node p99 + 5 ms at this rate

@@ -34,10 +34,10 @@ from crdt.replay import rebuild, verify
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench.common` when run as a script
 
 from bench.common import Postgres, cleanup_dir, workdir  # noqa: E402
-from server.db import database, store
-from server.workspaces import directory as workspaces  # noqa: E402
-from server.tools import replay as replay_tool  # noqa: E402
 from server.core.settings import Settings  # noqa: E402
+from server.db import database, store
+from server.tools import replay as replay_tool  # noqa: E402
+from server.workspaces import directory as workspaces  # noqa: E402
 
 DOC_ID = "bench-doc"
 INSERT_BATCH_OPS = 1000

@@ -36,7 +36,15 @@ for path in (REPO, REPO / "clients"):
 import tandem_client  # noqa: E402
 from pycrdt import Doc, Text  # noqa: E402
 
-from bench.common import Postgres, cleanup_dir, jwt_secret, machine, start_nodes, summarize, workdir  # noqa: E402
+from bench.common import (  # noqa: E402
+    Postgres,
+    cleanup_dir,
+    jwt_secret,
+    machine,
+    start_nodes,
+    summarize,
+    workdir,
+)
 from bench.lean_client import Agent  # noqa: E402
 from server.core.auth import issue_token  # noqa: E402
 

@@ -21,8 +21,8 @@ import asyncio
 import json
 import sys
 import time
-import uuid
 import urllib.request
+import uuid
 from datetime import date
 from pathlib import Path
 
@@ -33,7 +33,15 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import Postgres, ServerNode, cleanup_dir, jwt_secret, machine, start_nodes, workdir  # noqa: E402
+from bench.common import (  # noqa: E402
+    Postgres,
+    ServerNode,
+    cleanup_dir,
+    jwt_secret,
+    machine,
+    start_nodes,
+    workdir,
+)
 from bench.lean_client import Agent  # noqa: E402
 from server.core.auth import issue_token  # noqa: E402
 

@@ -39,7 +39,14 @@ from pycrdt import ContentAttribute, Doc, Encoder, IdMap, Text
 if str(Path(__file__).resolve().parent.parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Postgres, cleanup_dir, jwt_secret, machine, start_nodes, workdir  # noqa: E402
+from bench.common import (  # noqa: E402
+    Postgres,
+    cleanup_dir,
+    jwt_secret,
+    machine,
+    start_nodes,
+    workdir,
+)
 from bench.lean_client import Agent, ReplyError  # noqa: E402
 from crdt.cost import apply_cpu_s  # noqa: E402
 from server.core import auth  # noqa: E402

@@ -38,7 +38,15 @@ from pycrdt import Doc, Text, YMessageType, YSyncMessageType, create_update_mess
 if str(Path(__file__).resolve().parent.parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Postgres, cleanup_dir, jwt_secret, machine, start_nodes, summarize, workdir  # noqa: E402
+from bench.common import (  # noqa: E402
+    Postgres,
+    cleanup_dir,
+    jwt_secret,
+    machine,
+    start_nodes,
+    summarize,
+    workdir,
+)
 from bench.lean_client import Agent  # noqa: E402
 from server.core import auth  # noqa: E402
 

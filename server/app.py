@@ -27,24 +27,21 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import health
-
 from server.cluster import fanout, presence
-
 from server.core import auth
-
-from server.db import database, migrate
-
-from server.transport import agent, connection, websocket as transport, yws
-from server.documents.committer import Committer
-from server.workspaces.coordination import Coordination
-from server.db.dbserver import EXPECTED_ERRORS, StartupError, database_server, explain
 from server.core.logs import bind_ids, get_logger
 from server.core.metrics import HttpMetrics, Metrics
-from server.transport.node import Node
-from server.documents.rooms import RoomRegistry
-from server.core.supervisor import Supervised, Supervisor, TaskFactory
-from server.documents.checker import UpdateChecker
 from server.core.settings import Settings
+from server.core.supervisor import Supervised, Supervisor, TaskFactory
+from server.db import database, migrate
+from server.db.dbserver import EXPECTED_ERRORS, StartupError, database_server, explain
+from server.documents.checker import UpdateChecker
+from server.documents.committer import Committer
+from server.documents.rooms import RoomRegistry
+from server.transport import agent, connection, yws
+from server.transport import websocket as transport
+from server.transport.node import Node
+from server.workspaces.coordination import Coordination
 
 log = get_logger("tandem.app")
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from server.core.settings import Settings
 from server.db import database, migrate
 from server.db.pgcluster import Cluster, find_bin_dir, free_port
-from server.core.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 TENANT_A = uuid.UUID("00000000-0000-0000-0000-00000000000a")

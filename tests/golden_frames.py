@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from server.workspaces import locks, tasks, directory as workspaces
-from server.wire import protocol as p
-from server.wire import protocol_coordination as pc
 from server.core.errors import ErrorCode, ErrorMessage
 from server.documents.room import encode_doc_op, encode_update_ok
 from server.transport.agent_coordination import member_wire
+from server.wire import protocol as p
+from server.wire import protocol_coordination as pc
+from server.workspaces import directory as workspaces
+from server.workspaces import locks, tasks
 
 PATH = Path(__file__).with_name("golden_frames.json")
 

@@ -17,9 +17,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from server.core.metrics import Metrics
 from server.cluster.presence import MemoryPresence, Presence
 from server.cluster.presence_redis import RedisPresence
+from server.core.metrics import Metrics
 
 TENANT_A = uuid.UUID("00000000-0000-0000-0000-00000000000a")
 TENANT_B = uuid.UUID("00000000-0000-0000-0000-00000000000b")

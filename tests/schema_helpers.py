@@ -19,7 +19,6 @@ import asyncpg
 from server.db.pgcluster import SYSTEM_PG_BIN, find_bin_dir, wheel_bin_dir
 from tests.conftest import TENANT_A, TENANT_B  # noqa: F401 (re-exported for the schema tests)
 
-
 # Every table holding tenant rows, and what the application role may do on each (NOTES 11).
 APP_PRIVILEGES: dict[str, frozenset[str]] = {
     "tasks": frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"}),

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from tests.schema_helpers import AUDITED_TABLES, TENANT_A, Populated, TenantRows, populated_database, tenant
+from tests.schema_helpers import (
+    AUDITED_TABLES,
+    TENANT_A,
+    Populated,
+    TenantRows,
+    populated_database,
+    tenant,
+)
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,22 @@ from pycrdt import Doc, Text
 from crdt.document import CorruptUpdate, Document, OriginsMissing
 from server.core.errors import ErrorCode
 from server.core.settings import Settings
-from server.documents.update_bounds import UpdateBounds, judge
 from server.documents.checker import TOO_COSTLY, UpdateChecker, check_updates
-from server.documents.checker_wire import Measured, Verdict, decode_reply, encode_reply, encode_request, read_request
-from tests.costly_updates import deletion_only_update, deletions_ahead, many_clients_update, one_item_state
+from server.documents.checker_wire import (
+    Measured,
+    Verdict,
+    decode_reply,
+    encode_reply,
+    encode_request,
+    read_request,
+)
+from server.documents.update_bounds import UpdateBounds, judge
+from tests.costly_updates import (
+    deletion_only_update,
+    deletions_ahead,
+    many_clients_update,
+    one_item_state,
+)
 
 GARBAGE = b"\xff\xff\xff\xff"  # not an update (see the first test)
 

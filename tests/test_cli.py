@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
-from server.db.pgcluster import free_port
 from server.core.settings import load_settings
+from server.db.pgcluster import free_port
 from tests.serverproc import REPO, TANDEM, postgres_pids, server_env
 
 if TYPE_CHECKING:

@@ -21,12 +21,10 @@ import asyncpg
 import pytest
 
 from server.core import auth
-
-from server.db import database, store
-
-from server.workspaces import directory as workspaces
-from server.tools.admin import ACTOR, parse_ttl
 from server.core.errors import ErrorCode
+from server.db import database, store
+from server.tools.admin import ACTOR, parse_ttl
+from server.workspaces import directory as workspaces
 from tests.conftest import TENANT_A, TENANT_B
 from tests.serverproc import REPO, TANDEM, postgres_pids, server_env
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import uuid
 
+from server.core.errors import ErrorCode, TandemError
 from server.db import store
 from server.documents.committer import Committer, Pending
-from server.core.errors import ErrorCode, TandemError
 
 
 def pending(calls: list[tuple[int | None, BaseException | None]]) -> Pending:

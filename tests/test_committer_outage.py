@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
-from server.db import store
-from server.documents.committer import Committer
-from server.db.database import create_pool
 from server.core.errors import ErrorCode, TandemError
 from server.core.metrics import Metrics
+from server.db import store
+from server.db.database import create_pool
+from server.documents.committer import Committer
 from tests.conftest import TENANT_A
 
 if TYPE_CHECKING:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 import websockets
 
-from server.transport import websocket as transport
 from server.app import create_app
+from server.db.pgcluster import free_port
+from server.transport import websocket as transport
 from server.transport.connection import Connection
 from server.transport.node import Node
-from server.db.pgcluster import free_port
 from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.test_yjs import awareness_message

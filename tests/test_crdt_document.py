@@ -15,7 +15,12 @@ import weakref
 import pytest
 from pycrdt import Doc, Text, merge_updates
 
-from crdt.clock import CorruptStateVector, VectorClock, changed_entries, decode_state_vector
+from crdt.clock import (
+    CorruptStateVector,
+    VectorClock,
+    changed_entries,
+    decode_state_vector,
+)
 from crdt.document import CONTENT, Applied, CorruptUpdate, Document, UpdateTooLarge
 from crdt.operations import OpType, Origin
 

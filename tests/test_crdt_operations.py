@@ -15,7 +15,6 @@ from crdt.document import Applied
 from crdt.operations import Operation, OpType, Origin, Snapshot, classify
 from tests.test_crdt_document import Client, seeded_document
 
-
 # classification ---------------------------------------------------------------------------------
 
 

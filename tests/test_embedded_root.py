@@ -24,7 +24,15 @@ import psutil
 import pytest
 
 from server.db.pgcluster import Cluster, find_bin_dir, wheel_bin_dir
-from tests.serverproc import REPO, TANDEM, Servers, postgres_pids, server_env, servers_for, stop_postgres
+from tests.serverproc import (
+    REPO,
+    TANDEM,
+    Servers,
+    postgres_pids,
+    server_env,
+    servers_for,
+    stop_postgres,
+)
 from tests.test_serve import STOP_TIMEOUT_S, quickstart_serve_command, stop_cleanly
 
 CAP_DAC_READ_SEARCH = 1 << 2

@@ -17,16 +17,21 @@ import pytest
 
 from crdt.document import Document
 from server.cluster import hints
-from server.workspaces import locks, tasks
-from server.wire import protocol as p
-from server.documents.committer import Committed
-from server.workspaces.coordination import lock_event, member_event, state_event, task_event
-from server.core.errors import ErrorCode, ErrorMessage, TandemError
 from server.cluster.events import Event, Events
 from server.cluster.hints import MAX_NOTIFY_BYTES
-from server.documents.room import Room, Subscription, encode_doc_op, encode_update_ok
+from server.core.errors import ErrorCode, ErrorMessage, TandemError
 from server.db.store import NewOperation
+from server.documents.committer import Committed
+from server.documents.room import Room, Subscription, encode_doc_op, encode_update_ok
+from server.wire import protocol as p
 from server.wire.fields import frame_encoder
+from server.workspaces import locks, tasks
+from server.workspaces.coordination import (
+    lock_event,
+    member_event,
+    state_event,
+    task_event,
+)
 from tests.serverproc import REPO
 
 MODELS: dict[str, Any] = {**p.SERVER_MESSAGES, "error": ErrorMessage}

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from server.wire import protocol as p
 from server.core.errors import ErrorMessage
+from server.wire import protocol as p
 from tests import golden_frames
 from tests.serverproc import REPO
 

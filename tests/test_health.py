@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from server.db import store
 from server.app import create_app
+from server.db import store
 from tests.conftest import TENANT_A
 from tests.test_committer_outage import make_document, row_locked
 

@@ -10,7 +10,6 @@ import uuid
 import asyncpg
 
 from server.cluster import hints
-
 from server.db import store
 from server.db.database import create_pool
 from tests.conftest import TENANT_A

@@ -10,11 +10,20 @@ import uuid
 
 import pytest
 
-from server.wire import protocol as p
+from server.cluster.presence import MemoryPresence
 from server.core.errors import ErrorCode
 from server.core.metrics import Metrics
-from server.cluster.presence import MemoryPresence
-from tests.presence_nodes import DOC, TENANT_A, TENANT_B, WS, Inbox, memory, pair, redis_nodes  # noqa: F401 (fixtures)
+from server.wire import protocol as p
+from tests.presence_nodes import (  # noqa: F401 (fixtures)
+    DOC,
+    TENANT_A,
+    TENANT_B,
+    WS,
+    Inbox,
+    memory,
+    pair,
+    redis_nodes,
+)
 
 MAX = 1_048_576
 

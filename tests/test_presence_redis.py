@@ -14,14 +14,20 @@ from typing import Any
 
 import pytest
 
-from server.wire import protocol as p
-from server.core.metrics import Metrics
-from server.db.pgcluster import free_port
 from server.cluster.presence import Presence
 from server.cluster.presence_redis import RedisPresence, keep_cancellation
-from tests.presence_nodes import TENANT_A, WS, Inbox, RedisNodes, eventually, redis_nodes  # noqa: F401 (a fixture)
+from server.core.metrics import Metrics
+from server.db.pgcluster import free_port
+from server.wire import protocol as p
+from tests.presence_nodes import (  # noqa: F401 (a fixture)
+    TENANT_A,
+    WS,
+    Inbox,
+    RedisNodes,
+    eventually,
+    redis_nodes,
+)
 from tests.redisproc import RedisProcess
-
 
 # --- Redis: several nodes ------------------------------------------------------------------------
 

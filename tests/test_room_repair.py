@@ -16,10 +16,10 @@ import pytest
 from pycrdt import Doc, Text, write_var_uint
 
 from crdt.document import Document, DocumentPanicked, OriginsMissing
+from server.core.settings import Settings
 from server.db import database, store
 from server.documents.committer import Committer
 from server.documents.rooms import RoomRegistry
-from server.core.settings import Settings
 from tests.conftest import TENANT_A, TestDatabase
 
 DEADLINE_S = 30.0

@@ -10,10 +10,9 @@ import difflib
 import subprocess
 from pathlib import Path
 
-from server.db import migrate
-
-from server.tools import schema_dump
 from server.core.settings import load_settings
+from server.db import migrate
+from server.tools import schema_dump
 from tests.serverproc import REPO, TANDEM, server_env
 
 COMMAND_TIMEOUT_S = 180.0

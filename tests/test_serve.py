@@ -16,9 +16,16 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
-from server.db.embedded import EmbeddedPostgres
 from server.core.settings import load_settings
-from tests.serverproc import REPO, ServerProcess, Servers, postgres_pids, server_env, servers_for
+from server.db.embedded import EmbeddedPostgres
+from tests.serverproc import (
+    REPO,
+    ServerProcess,
+    Servers,
+    postgres_pids,
+    server_env,
+    servers_for,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import Postgres, TestDatabase

@@ -15,12 +15,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from server.db import store
-
-from server.workspaces import state
-from server.workspaces import directory as ws
-from server.db.database import create_pool
 from server.core.errors import ErrorCode, TandemError
+from server.db import store
+from server.db.database import create_pool
+from server.workspaces import directory as ws
+from server.workspaces import state
 from tests.conftest import TENANT_A, TENANT_B
 
 MAX_BYTES = 4096

@@ -11,7 +11,16 @@ import itertools
 import pytest
 
 from server.core.errors import ErrorCode, TandemError
-from server.workspaces.task_rules import ACTORS, TERMINAL, TRANSITIONS, Action, Actor, Status, check, next_status
+from server.workspaces.task_rules import (
+    ACTORS,
+    TERMINAL,
+    TRANSITIONS,
+    Action,
+    Actor,
+    Status,
+    check,
+    next_status,
+)
 
 EXPECTED: dict[str, dict[str, str]] = {
     "pending": {"assign": "assigned", "delegate": "assigned", "cancel": "cancelled"},

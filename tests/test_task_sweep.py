@@ -9,13 +9,23 @@ import asyncio
 import uuid
 from collections import Counter
 
-from server.db import store
-
-from server.workspaces import tasks
 from server.core.errors import ErrorCode
+from server.db import store
+from server.workspaces import tasks
 from tests.conftest import TENANT_A, TENANT_B
-from tests.task_helpers import Env, act, audit_count, create, env, get, refused, request, started, tx, walk  # noqa: F401  (env: the fixture)
-
+from tests.task_helpers import (  # noqa: F401  (env: the fixture)
+    Env,
+    act,
+    audit_count,
+    create,
+    env,
+    get,
+    refused,
+    request,
+    started,
+    tx,
+    walk,
+)
 
 Swept = list[tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]]
 

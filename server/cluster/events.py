@@ -27,9 +27,9 @@ import structlog
 from pydantic import ValidationError
 
 from server.cluster import hints
+from server.db.store import Q
 from server.wire import protocol as p
 from server.wire import protocol_coordination as pc
-from server.db.store import Q
 
 log = structlog.get_logger("tandem.events")
 

@@ -28,10 +28,9 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from server.cluster import hints
-
-from server.db import store
 from server.cluster.events import Events
 from server.core.metrics import Metrics
+from server.db import store
 
 log = structlog.get_logger("tandem.fanout")
 

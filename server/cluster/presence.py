@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from server.wire import protocol as p
 from server.core.metrics import Metrics
 from server.core.settings import Settings
+from server.wire import protocol as p
 
 Background = list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]  # (task name, coroutine function)
 State = p.PresenceMember | p.PresenceGone  # a session's latest state in a window: present or gone
@@ -379,7 +379,9 @@ class MemoryPresence:
 def create_presence(settings: Settings, node_id: str, metrics: Metrics) -> Presence:
     """`RedisPresence` when `REDIS_URL` is set, else `MemoryPresence` (one node)."""
     if settings.redis_url:
-        from server.cluster.presence_redis import RedisPresence  # redis is imported only when configured
+        from server.cluster.presence_redis import (
+            RedisPresence,  # redis is imported only when configured
+        )
 
         return RedisPresence(
             settings.redis_url, node_id, metrics, ttl_s=settings.presence_ttl_s,

@@ -20,13 +20,18 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
 
-from server.wire import protocol as p
-from server.core.metrics import Metrics
 from server.cluster.presence import Background, Batch, Entry, Listing, MemoryPresence
 from server.cluster.presence_sweep import SWEEP_LUA, Sweep
 from server.cluster.redis_calls import REDIS_ERRORS, close_quietly, keep_cancellation
+from server.core.metrics import Metrics
+from server.wire import protocol as p
 
 log = structlog.get_logger("tandem.presence")
 RECONNECT_MAX_S = 2.0  # backoff cap of the relay's reconnect (tenacity, with jitter)

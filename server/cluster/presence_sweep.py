@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import structlog
 from pydantic import ValidationError
 
-from server.wire import protocol as p
 from server.cluster.presence import Batch, Window
 from server.cluster.redis_calls import REDIS_ERRORS, keep_cancellation
+from server.wire import protocol as p
 
 if TYPE_CHECKING:
     from server.cluster.presence_redis import RedisPresence

@@ -10,7 +10,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 # Close codes (docs/protocol.md#8-error-codes). 4xxx mirrors an HTTP status where one fits.
 CLOSE_UNAUTHORIZED = 4401

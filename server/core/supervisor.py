@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
 
 from server.core.metrics import Metrics
 

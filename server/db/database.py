@@ -14,8 +14,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
-from server.db import migrate, store
 from server.core.settings import Settings
+from server.db import migrate, store
 
 
 def app_url_from(admin_url: str, role: str, password: str | None) -> str:

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from server.db.embedded import EmbeddedPostgres
 from server.core.logs import get_logger
+from server.core.settings import Settings
+from server.db.embedded import EmbeddedPostgres
 from server.db.migrate import MigrationError
 from server.db.pgcluster import ClusterError
-from server.core.settings import Settings
 
 log = get_logger("tandem.app")
 

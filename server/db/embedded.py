@@ -14,8 +14,8 @@ from types import TracebackType
 
 import asyncpg
 
-from server.db.pgcluster import OR_DATABASE_URL, Cluster, ClusterError, wheel_bin_dir
 from server.core.settings import DATA_DIR_MODE
+from server.db.pgcluster import OR_DATABASE_URL, Cluster, ClusterError, wheel_bin_dir
 
 DATABASE = "tandem"
 

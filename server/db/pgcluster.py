@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from server.db import asuser
 from server.core.settings import DATA_DIR_MODE
+from server.db import asuser
 
 SYSTEM_PG_BIN = Path("/usr/lib/postgresql/15/bin")
 FALLBACK_OS_USER = "tandem-postgres"

@@ -26,7 +26,15 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from server.documents.checker_wire import U32, Measured, Verdict, decode_reply, encode_reply, encode_request, read_request
+from server.documents.checker_wire import (
+    U32,
+    Measured,
+    Verdict,
+    decode_reply,
+    encode_reply,
+    encode_request,
+    read_request,
+)
 
 # The worker process (python -m server.documents.checker) needs neither: they double its start-up time.
 if __name__ != "__main__":

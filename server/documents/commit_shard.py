@@ -17,9 +17,9 @@ from typing import Any
 import asyncpg
 import structlog
 
+from server.core.supervisor import Supervised
 from server.db import store
 from server.db.dbfaults import describe, unavailable
-from server.core.supervisor import Supervised
 
 log = structlog.get_logger("tandem.committer")
 

@@ -27,14 +27,20 @@ from typing import Any, NamedTuple
 
 import asyncpg
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
 
-from server.db import store
-from server.documents.commit_shard import OnDone, Pending, Shard
-from server.db.dbfaults import describe, is_unavailable, unavailable
 from server.core.errors import ErrorCode, TandemError
 from server.core.metrics import Metrics
 from server.core.supervisor import Supervisor
+from server.db import store
+from server.db.dbfaults import describe, is_unavailable, unavailable
+from server.documents.commit_shard import OnDone, Pending, Shard
 
 log = structlog.get_logger("tandem.committer")
 

@@ -21,11 +21,11 @@ import structlog
 
 from crdt.document import CorruptUpdate, Document, DocumentPanicked
 from crdt.operations import Origin
+from server.core.errors import ErrorCode
 from server.db import store
 from server.documents.committer import Committed
-from server.core.errors import ErrorCode
-from server.wire.protocol import DocOp, DocUpdateOk
 from server.wire.fields import frame_encoder
+from server.wire.protocol import DocOp, DocUpdateOk
 
 log = structlog.get_logger("tandem.rooms")
 

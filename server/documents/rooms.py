@@ -18,12 +18,12 @@ import asyncpg
 import structlog
 
 from crdt.replay import rebuild
+from server.core.metrics import Metrics
+from server.core.settings import Settings
 from server.db import store
 from server.documents.committer import Committed, Committer
-from server.core.metrics import Metrics
 from server.documents.room import LockView, Room
 from server.documents.room_repair import RoomRepair, read_log
-from server.core.settings import Settings
 
 log = structlog.get_logger("tandem.rooms")
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from crdt.clock import decode_state_vector
 from crdt.document import Document
 from server.core.errors import ErrorCode
-from server.documents.room import Room
 from server.core.settings import Settings
 from server.documents.checker import TOO_COSTLY, UpdateChecker
 from server.documents.checker_wire import Measured, Verdict
+from server.documents.room import Room
 
 
 @dataclass(frozen=True, slots=True)

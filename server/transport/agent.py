@@ -14,15 +14,15 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from server.wire import protocol as p
-from server.db import store
-from server.workspaces import directory as workspaces
-from server.transport.connection import Connection
 from server.core.errors import ErrorCode, TandemError
-from server.transport.node import Node
-from server.transport.pipeline import ITEM_OVERHEAD_BYTES, Update
+from server.db import store
 from server.documents.room import Room
 from server.transport.agent_coordination import CoordinationHandlers
+from server.transport.connection import Connection
+from server.transport.node import Node
+from server.transport.pipeline import ITEM_OVERHEAD_BYTES, Update
+from server.wire import protocol as p
+from server.workspaces import directory as workspaces
 
 SERVER_VERSION = "0.1.0"
 MAX_BATCH_BYTES = 65_536  # characters of messages joined into one batched frame (a larger one goes alone)

@@ -10,11 +10,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from server.workspaces import locks, members, state, tasks, directory as workspaces
+from server.core.errors import ErrorCode, TandemError
 from server.wire import protocol as p
 from server.wire import protocol_coordination as pc
-from server.workspaces.coordination import lock_event, member_event, state_event, task_event
-from server.core.errors import ErrorCode, TandemError
+from server.workspaces import directory as workspaces
+from server.workspaces import locks, members, state, tasks
+from server.workspaces.coordination import (
+    lock_event,
+    member_event,
+    state_event,
+    task_event,
+)
 
 if TYPE_CHECKING:
     from server.transport.agent import AgentConnection

@@ -12,18 +12,17 @@ from typing import Any
 
 import asyncpg
 
-from server.core.auth import Principal, token_from_request, verify_token
-
-from server.documents.committer import Committer
-from server.workspaces.coordination import Coordination
-from server.core.errors import ErrorCode
 from server.cluster.fanout import Fanout
-from server.core.metrics import Metrics
 from server.cluster.presence import Presence
-from server.documents.rooms import RoomRegistry
+from server.core.auth import Principal, token_from_request, verify_token
+from server.core.errors import ErrorCode
+from server.core.metrics import Metrics
 from server.core.settings import Settings
 from server.core.supervisor import Supervisor
 from server.documents.checker import UpdateChecker
+from server.documents.committer import Committer
+from server.documents.rooms import RoomRegistry
+from server.workspaces.coordination import Coordination
 
 
 @dataclass

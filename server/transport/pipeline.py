@@ -23,11 +23,11 @@ import structlog
 from crdt.document import CorruptUpdate, DocumentPanicked, OriginsMissing, UpdateAhead
 from server.core.auth import Principal
 from server.core.errors import ErrorCode, TandemError
-from server.transport.mailbox import Mailbox
-from server.wire.protocol import TokenBucket
+from server.documents.checker_wire import Verdict
 from server.documents.room import Room
 from server.documents.update_bounds import UpdateBounds, against_room, judge
-from server.documents.checker_wire import Verdict
+from server.transport.mailbox import Mailbox
+from server.wire.protocol import TokenBucket
 
 if TYPE_CHECKING:
     from server.transport.node import Node

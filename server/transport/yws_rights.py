@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from server.core.errors import ErrorCode
 from server.wire import protocol_coordination as pc
 from server.workspaces import directory as workspaces
-from server.core.errors import ErrorCode
 
 if TYPE_CHECKING:
     from server.transport.yws import YjsConnection

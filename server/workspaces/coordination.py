@@ -21,15 +21,14 @@ from typing import Any
 import asyncpg
 import structlog
 
-from server.db import store
-
-from server.workspaces import locks, state, tasks
-from server.wire import protocol_coordination as pc
-from server.core.errors import TandemError
 from server.cluster.events import Event, Events
+from server.core.errors import TandemError
+from server.core.settings import Settings
+from server.db import store
 from server.documents.room import LockView
 from server.documents.rooms import RoomRegistry
-from server.core.settings import Settings
+from server.wire import protocol_coordination as pc
+from server.workspaces import locks, state, tasks
 
 log = structlog.get_logger("tandem.coordination")
 

@@ -31,7 +31,13 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    StringConstraints,
+    ValidationError,
+)
 from pydantic_core import PydanticCustomError
 
 from server.core.errors import ErrorCode, TandemError

@@ -34,9 +34,9 @@ import jsonpatch
 import jsonpointer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from server.workspaces import directory as workspaces
 from server.core.errors import ErrorCode, TandemError
 from server.db.store import Q
+from server.workspaces import directory as workspaces
 
 Mode = Literal["replace", "merge", "patch"]
 OnConflict = Literal["fail", "merge"]

@@ -21,9 +21,9 @@ import pytest
 from pycrdt import Doc, Text
 
 from tests import wsclient
-from tests.e2e.editors import Editors, install_node_clients
 from tests.conftest import Postgres, TestDatabase, _create_database, _drop_database
-from tests.serverproc import Servers, ServerProcess, server_env, servers_for
+from tests.e2e.editors import Editors, install_node_clients
+from tests.serverproc import ServerProcess, Servers, server_env, servers_for
 
 T = TypeVar("T")
 

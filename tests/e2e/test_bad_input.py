@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from server.db import database, store
-
 from server.workspaces import directory as workspaces
 from tests import wsclient
 from tests.conftest import TENANT_A, TENANT_B

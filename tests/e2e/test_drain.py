@@ -19,7 +19,14 @@ from pycrdt import Doc, Text, get_update
 
 from tests import wsclient
 from tests.conftest import TENANT_A
-from tests.e2e.conftest import Tandem, eventually, log_events, operation_rows, replayed_text, shared_doc
+from tests.e2e.conftest import (
+    Tandem,
+    eventually,
+    log_events,
+    operation_rows,
+    replayed_text,
+    shared_doc,
+)
 from tests.e2e.editors import Editors, YClient, base_url, tok
 from tests.e2e.test_sdk import FAST, miscounted
 from tests.serverproc import server_env

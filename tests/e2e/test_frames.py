@@ -15,8 +15,8 @@ from typing import Any
 from pycrdt import Doc, Text
 from websockets.asyncio.client import ClientConnection
 
-from server.wire import protocol as p
 from server.core.errors import ErrorMessage
+from server.wire import protocol as p
 from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.conftest import Tandem, eventually

@@ -20,10 +20,12 @@ from tests import wsclient
 from tests.conftest import TENANT_A, TENANT_B
 from tests.e2e.conftest import UNLIMITED_RATE, eventually
 from tests.redisproc import RedisProcess
-from tests.serverproc import Servers, ServerProcess, server_env, servers_for
+from tests.serverproc import ServerProcess, Servers, server_env, servers_for
 
 if TYPE_CHECKING:
-    from tests.conftest import TestDatabase  # a name starting with Test would be collected
+    from tests.conftest import (
+        TestDatabase,  # a name starting with Test would be collected
+    )
 
 TTL_S = 2.0
 PRESENCE_ENV = {

@@ -28,7 +28,9 @@ from tests.e2e.conftest import UNLIMITED_RATE
 from tests.serverproc import server_env, servers_for
 
 if TYPE_CHECKING:
-    from tests.conftest import TestDatabase  # a name starting with Test would be collected
+    from tests.conftest import (
+        TestDatabase,  # a name starting with Test would be collected
+    )
 
 SESSIONS = 1000
 CONNECT_CONCURRENCY = 50  # handshakes in flight while the crowd connects (before the storm)

@@ -17,9 +17,9 @@ from pycrdt import Doc, Text, merge_updates, write_var_uint
 
 from tests import wsclient
 from tests.conftest import TENANT_A
-from tests.test_crdt_order import placed
 from tests.e2e.conftest import Tandem, admin_fetch, replayed_text, shared_doc
 from tests.e2e.editors import Editors, base_url, tok
+from tests.test_crdt_order import placed
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.conftest import UNLIMITED_RATE, Tandem, operation_rows, replayed_text
-from tests.serverproc import REPO, Servers, ServerProcess, server_env, servers_for
+from tests.serverproc import REPO, ServerProcess, Servers, server_env, servers_for
 
 if str(REPO / "clients") not in sys.path:  # the SDK is its own package; the suite uses its source
     sys.path.insert(0, str(REPO / "clients"))

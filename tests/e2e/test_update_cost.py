@@ -19,8 +19,12 @@ import websockets
 from pycrdt import Doc, Text, create_update_message
 
 from tests import wsclient
-from tests.costly_updates import deletion_only_update, deletions_ahead, many_clients_update
 from tests.conftest import TENANT_A, TENANT_B
+from tests.costly_updates import (
+    deletion_only_update,
+    deletions_ahead,
+    many_clients_update,
+)
 from tests.e2e.conftest import Tandem, operation_count, replayed_text, shared_doc
 from tests.e2e.editors import base_url, tok
 

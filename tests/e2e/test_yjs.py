@@ -19,9 +19,17 @@ from pycrdt import Doc, Encoder, Text, create_awareness_message, create_update_m
 from server.wire.y_protocols import sync_step1_message
 from tests import wsclient
 from tests.conftest import TENANT_A, TENANT_B
-from tests.e2e.conftest import Tandem, eventually, operation_count, operation_rows, replayed_text, shared_doc
+from tests.e2e.conftest import (
+    Tandem,
+    eventually,
+    operation_count,
+    operation_rows,
+    replayed_text,
+    shared_doc,
+)
 from tests.e2e.editors import Editors, base_url, tok
 from tests.serverproc import server_env
+
 
 async def raw_session(url: str, frames: list[bytes | str], timeout_s: float = 15) -> tuple[int | None, str | None, list[bytes]]:
     """Connect, send `frames`, read until the server closes: (close code, reason, frames received)."""

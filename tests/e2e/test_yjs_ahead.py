@@ -14,7 +14,13 @@ from pycrdt import Doc, Text
 
 from server.wire.y_protocols import sync_step2_message, update_message
 from tests.conftest import TENANT_A
-from tests.e2e.conftest import Tandem, eventually, operation_count, replayed_text, shared_doc
+from tests.e2e.conftest import (
+    Tandem,
+    eventually,
+    operation_count,
+    replayed_text,
+    shared_doc,
+)
 from tests.e2e.editors import base_url, tok
 
 SYNC_STEP1 = b"\x00\x00"  # message sync, step 1: the server's state vector follows

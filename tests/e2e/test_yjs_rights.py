@@ -16,7 +16,13 @@ import pytest
 
 from tests import wsclient
 from tests.conftest import TENANT_A
-from tests.e2e.conftest import eventually, operation_count, operation_rows, replayed_text, shared_doc
+from tests.e2e.conftest import (
+    eventually,
+    operation_count,
+    operation_rows,
+    replayed_text,
+    shared_doc,
+)
 from tests.e2e.editors import Editors, YClient, tok
 from tests.e2e.multinode_helpers import Nodes
 from tests.serverproc import ServerProcess, servers_for
