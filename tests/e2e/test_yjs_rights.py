@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests import wsclient
-from tests.conftest import TENANT_A
 from tests.e2e.conftest import (
     eventually,
     operation_count,
