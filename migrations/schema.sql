@@ -347,17 +347,26 @@ CREATE FUNCTION public.tandem_ops_hint(p_doc uuid, p_seq bigint, p_node text, p_
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    bare json := json_build_object('k', 'ops', 'd', p_doc, 's', p_seq, 'n', p_node,
-                                   't', round(extract(epoch FROM clock_timestamp())::numeric, 6));
-    with_ops text;
+    -- Compact JSON built as text in simple expressions: no SPI query, no jsonb round trip (this
+    -- runs once per document of every commit).
+    bare text := '{"k":"ops","d":"' || p_doc::text || '","s":' || p_seq::text || ',"n":' || to_json(p_node)::text
+                 || ',"t":' || round(extract(epoch FROM clock_timestamp())::numeric, 6)::text;
+    total integer := 0;
+    ops text := '';
+    i integer;
 BEGIN
-    IF NOT coalesce((SELECT sum(octet_length(u)) FROM unnest(p_updates) AS u) <= 4000, false) THEN
-        RETURN bare::text;
+    FOR i IN 1 .. coalesce(array_length(p_updates, 1), 0) LOOP
+        total := total + octet_length(p_updates[i]);
+        IF total > 4000 THEN
+            RETURN bare || '}';
+        END IF;
+        ops := ops || CASE WHEN i > 1 THEN ',' ELSE '' END || json_build_array(
+            p_agents[i], translate(encode(p_updates[i], 'base64'), E'\n', ''), p_types[i])::text;
+    END LOOP;
+    IF array_length(p_updates, 1) IS NULL OR octet_length(bare) + octet_length(ops) + 8 > 7900 THEN
+        RETURN bare || '}';
     END IF;
-    with_ops := (bare::jsonb || jsonb_build_object('o', (
-        SELECT jsonb_agg(jsonb_build_array(o.agent, translate(encode(o.upd, 'base64'), E'\n', ''), o.op_type) ORDER BY o.i)
-          FROM unnest(p_agents, p_updates, p_types) WITH ORDINALITY AS o(agent, upd, op_type, i))))::text;
-    RETURN CASE WHEN octet_length(with_ops) <= 7900 THEN with_ops ELSE bare::text END;
+    RETURN bare || ',"o":[' || ops || ']}';
 END;
 $$;
 
