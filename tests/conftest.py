@@ -151,6 +151,16 @@ async def admin(db: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
+async def pool(db: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
+    """A pool of the application role (RLS applies), for setting up data the way the server does."""
+    p = await database.create_pool(db.app_url, min_size=1, max_size=4)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
 async def app_conn(db: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
     """A connection as the application role (RLS applies)."""
     conn = await asyncpg.connect(db.app_url)

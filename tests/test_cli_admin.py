@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,7 @@ import pytest
 
 from server.core import auth
 from server.core.errors import ErrorCode
-from server.db import database, store
+from server.db import store
 from server.tools.admin import ACTOR, parse_ttl
 from server.workspaces import directory as workspaces
 from tests.conftest import TENANT_A, TENANT_B
@@ -73,15 +73,6 @@ def usage_error(result: subprocess.CompletedProcess[str]) -> str:
 def env(db: TestDatabase) -> dict[str, str]:
     return server_env(DATABASE_URL=db.admin_url, TANDEM_JWT_SECRET=None)
 
-
-@pytest.fixture
-async def pool(db: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
-    """The application role's pool, for setting up data the way the server does."""
-    p = await database.create_pool(db.app_url, min_size=1, max_size=2)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 @pytest.fixture

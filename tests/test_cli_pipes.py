@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -45,14 +44,6 @@ def env(db: TestDatabase) -> dict[str, str]:
     # Buffered stdout, as in an operator's shell (PYTHONUNBUFFERED changes how writes fail).
     return server_env(DATABASE_URL=db.admin_url, PYTHONUNBUFFERED=None)
 
-
-@pytest.fixture
-async def pool(db: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
-    p = await database.create_pool(db.app_url, min_size=1, max_size=2)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def long_document(pool: asyncpg.Pool) -> tuple[uuid.UUID, uuid.UUID]:

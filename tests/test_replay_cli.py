@@ -14,7 +14,6 @@ import json
 import random
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -27,7 +26,7 @@ from pycrdt import Doc, Text
 from crdt.clock import VectorClock
 from crdt.document import CONTENT, Document
 from crdt.replay import Span
-from server.db import database, store
+from server.db import store
 from server.tools import replay as replay_tool
 from server.tools import replay_output
 from server.tools.admin import AdminError
@@ -175,14 +174,6 @@ def lines(data: bytes) -> list[str]:
 def env(db: TestDatabase) -> dict[str, str]:
     return server_env(DATABASE_URL=db.admin_url)
 
-
-@pytest.fixture
-async def pool(db: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
-    p = await database.create_pool(db.app_url, min_size=1, max_size=2)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 # --- replay ----------------------------------------------------------------------------------

@@ -17,21 +17,13 @@ from pycrdt import Doc, Text, write_var_uint
 
 from crdt.document import Document, DocumentPanicked, OriginsMissing
 from server.core.settings import Settings
-from server.db import database, store
+from server.db import store
 from server.documents.committer import Committer
 from server.documents.rooms import RoomRegistry
-from tests.conftest import TENANT_A, TestDatabase
+from tests.conftest import TENANT_A
 
 DEADLINE_S = 30.0
 
-
-@pytest.fixture
-async def pool(db: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
-    p = await database.create_pool(db.app_url, min_size=1, max_size=4)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 @pytest.fixture
