@@ -31,7 +31,7 @@ FINAL = {"completed", "failed", "cancelled"}
 def readme_worker() -> dict[str, Any]:
     """The namespace of the README's worker snippet (its `__main__` block does not run)."""
     readme = (REPO / "clients" / "README.md").read_text()
-    found = re.search(r"^## A worker\n.*?^```python\n(.*?)^```", readme, re.S | re.M)
+    found = re.search(r"^## A worker\n.*?^```python\n(.*?)^```", readme, re.DOTALL | re.MULTILINE)
     assert found, "clients/README.md has no '## A worker' section with a python block"
     namespace: dict[str, Any] = {"__name__": "readme_worker"}
     exec(compile(found.group(1), "clients/README.md#a-worker", "exec"), namespace)
