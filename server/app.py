@@ -270,7 +270,7 @@ class _QuietExpectedStartupErrors:
 def create_app(settings: Settings) -> Starlette:
     settings = with_node_id(settings)
     assert settings.node_id is not None
-    metrics = Metrics()
+    metrics = Metrics(redis_configured=bool(settings.redis_url))
     metrics.node.info({"node_id": settings.node_id, "embedded": str(not settings.database_url).lower()})
     state = AppState(settings=settings, node_id=settings.node_id, metrics=metrics, supervisor=Supervisor(metrics))
     app = Starlette(

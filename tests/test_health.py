@@ -1,4 +1,4 @@
-"""/healthz and /metrics report the write path and the supervised tasks (server/health.py).
+"""/healthz and /metrics report the write path, the supervised tasks and Redis (server/health.py).
 
 The app runs in process through its own lifespan against this test's database, and is asked
 over ASGI. A document row held by the test makes the committer's append wait: while an update
@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 
 from server.app import create_app
 from server.db import store
+from server.db.pgcluster import free_port
 from tests.conftest import TENANT_A
 from tests.test_committer_outage import make_document, row_locked
 
@@ -80,3 +82,31 @@ async def test_healthz_shows_the_write_path_and_answers_503_while_it_cannot_comm
             assert shard["ok"] is True and shard["queued"] == 0 and shard["since_commit_s"] is not None
             metrics = (await http.get("/metrics")).text
             assert all(f'tandem_task_up{{task="{name}"}} 1.0' in metrics for name in NODE_TASKS)
+
+
+@pytest.mark.parametrize("redis", ["unset", "unreachable"])
+async def test_redis_up_is_exported_only_when_redis_is_configured(
+    redis: str, postgres: Postgres, db: TestDatabase, tmp_path: Path
+) -> None:
+    """Without REDIS_URL there is no Redis to be down: `tandem_redis_up` is absent and
+    `tandem_redis_configured` is 0; with a REDIS_URL nothing answers on, it is 0 (down)."""
+    redis_url = None if redis == "unset" else f"redis://127.0.0.1:{free_port()}/0"
+    settings = postgres.settings.model_copy(
+        update={
+            "database_url": db.admin_url, "data_dir": tmp_path, "node_id": "node-redis", "validate_in_worker": False,
+            "redis_url": redis_url, "presence_timeout_s": 0.2,
+        }
+    )  # fmt: skip
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tandem") as http:
+            body = await poll_health(http, 200)  # Redis never makes the node unhealthy
+            metrics = (await http.get("/metrics")).text.splitlines()
+    if redis == "unset":
+        assert body["redis"] == {"configured": False, "up": None}
+        assert "tandem_redis_configured 0.0" in metrics
+        assert not [line for line in metrics if line.startswith("tandem_redis_up")]
+    else:
+        assert body["redis"] == {"configured": True, "up": False}
+        assert "tandem_redis_configured 1.0" in metrics and "tandem_redis_up 0.0" in metrics

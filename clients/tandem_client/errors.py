@@ -3,7 +3,10 @@
 `ERROR_CODES` is a copy of the server's table (docs/protocol.md section 8, `server/core/errors.py`);
 the SDK must not import the server, so tests/test_sdk_codes.py compares the two. Each code gets a
 class named in CamelCase (`doc_not_open` -> `DocNotOpen`), a subclass of `TandemError`, which
-carries `code`, `message`, `details` and `close_code`. Errors that are not wire codes
+carries `code`, `message`, `details` and `close_code`; codes whose details the protocol documents
+also expose those fields as attributes and say what they mean in the exception's text
+(`explain.py`: "invalid_transition: ...: cannot complete a task that is pending: complete needs a
+task that is in_progress"). Errors that are not wire codes
 (`ConnectionLost`, `ReconnectFailed`, `ClientClosed`) share the base `ClientError`.
 Imports nothing but the standard library.
 """
@@ -11,6 +14,8 @@ Imports nothing but the standard library.
 from __future__ import annotations
 
 from typing import Any
+
+from tandem_client.explain import DETAIL_FIELDS, explain
 
 # (code, default message, close code or None), in the order of docs/protocol.md section 8.
 ERROR_CODES: tuple[tuple[str, str, int | None], ...] = (
@@ -55,7 +60,8 @@ class ClientError(Exception):
 class TandemError(ClientError):
     """An `error` the server sent (docs/protocol.md section 5.6), or the close that ended a session.
 
-    Programs branch on the class (or `code`); `message` is for people and may change.
+    Programs branch on the class (or `code`) and read the detail attributes; `message` (the
+    server's sentence) and `explanation` (what the details say) are for people and may change.
     """
 
     code: str = "unknown"
@@ -67,7 +73,11 @@ class TandemError(ClientError):
             self.code = code
         self.message = message or self.default_message
         self.details = details
-        super().__init__(f"{self.code}: {self.message}")
+        self.explanation = explain(self.code, details)
+        text = f"{self.code}: {self.message}"
+        if self.explanation:
+            text = f"{text.rstrip('.')}: {self.explanation}"
+        super().__init__(text)
 
 
 class ConnectionLost(ClientError):
@@ -87,13 +97,17 @@ def class_name(code: str) -> str:
     return "".join(part.capitalize() for part in code.split("_"))
 
 
+def _detail(name: str) -> property:
+    """An attribute reading `details[name]` (None when the server did not send it)."""
+    return property(lambda self: (self.details or {}).get(name), doc=f"`details.{name}`, or None.")
+
+
 def _make(code: str, message: str, close_code: int | None) -> type[TandemError]:
-    doc = f"Wire error `{code}`: {message}"
-    return type(
-        class_name(code),
-        (TandemError,),
-        {"code": code, "default_message": message, "close_code": close_code, "__doc__": doc, "__module__": __name__},
-    )
+    fields = DETAIL_FIELDS.get(code, ())
+    doc = f"Wire error `{code}`: {message}" + (f" Attributes from `details`: {', '.join(fields)}." if fields else "")
+    attributes: dict[str, Any] = {name: _detail(name) for name in fields}
+    attributes.update(code=code, default_message=message, close_code=close_code, __doc__=doc, __module__=__name__)
+    return type(class_name(code), (TandemError,), attributes)
 
 
 ERROR_CLASSES: dict[str, type[TandemError]] = {code: _make(code, msg, close) for code, msg, close in ERROR_CODES}

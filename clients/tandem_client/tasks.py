@@ -53,7 +53,7 @@ def task_id_of(task: TaskRef) -> str:
 
 class Tasks:
     """`ws.tasks`. Status moves and who may make them: docs/protocol.md section 12.4; a move the
-    table does not allow raises `InvalidTransition` (`details`: status, action). Each method
+    table does not allow raises `InvalidTransition` (`.status`, `.action`). Each method
     takes a task id or a `Task`."""
 
     def __init__(self, workspace: Workspace) -> None:

@@ -30,7 +30,8 @@ UNMATCHED_ROUTE = "<unmatched>"
 class Metrics:
     """Every metric the server exports; later modules add theirs here."""
 
-    def __init__(self) -> None:
+    def __init__(self, redis_configured: bool = False) -> None:
+        """`redis_configured`: REDIS_URL is set; only then is `tandem_redis_up` exported."""
         self.registry = CollectorRegistry(auto_describe=True)
         process_collector.ProcessCollector(registry=self.registry)
         platform_collector.PlatformCollector(registry=self.registry)
@@ -131,9 +132,19 @@ class Metrics:
         self.listen_up = Gauge("tandem_listen_up", "1 while the LISTEN connection is up.", registry=self.registry)
         self.rooms = Gauge("tandem_rooms", "Documents loaded in memory on this node.", registry=self.registry)
 
-        # Presence (server/cluster/presence.py): ephemeral, in Redis when REDIS_URL is set.
+        # Presence (server/cluster/presence.py): ephemeral, in Redis when REDIS_URL is set. Without
+        # it there is no Redis to be down: `tandem_redis_up` is absent (kept unregistered, so the
+        # code setting it need not ask) and `tandem_redis_configured` says why.
+        self.redis_configured = Gauge(
+            "tandem_redis_configured",
+            "1 when REDIS_URL is set; 0: presence stays in process and tandem_redis_up is not exported.",
+            registry=self.registry,
+        )
+        self.redis_configured.set(1 if redis_configured else 0)
         self.redis_up = Gauge(
-            "tandem_redis_up", "1 while the presence relay is subscribed and Redis answers.", registry=self.registry
+            "tandem_redis_up",
+            "1 while the presence relay is subscribed and Redis answers (exported only with REDIS_URL).",
+            registry=self.registry if redis_configured else None,
         )
         self.presence_entries = Gauge(
             "tandem_presence_entries", "Workspace presence entries of this node's sessions.", registry=self.registry
