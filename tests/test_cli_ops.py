@@ -103,6 +103,7 @@ async def test_document_list_show_and_soft_delete(env: dict[str, str], pool: asy
     async with store.tenant_transaction(pool, TENANT_A, "olga") as conn:
         ws = await workspaces.create_workspace(conn, TENANT_A, "olga", "Docs")
         notes = await workspaces.create_document(conn, "olga", ws.workspace_id, "Meeting notes")
+    async with store.tenant_transaction(pool, TENANT_A, "olga") as conn:  # later: listed second
         code = await workspaces.create_document(conn, "olga", ws.workspace_id, "main.py", "code", "python")
     w = str(ws.workspace_id)
 
