@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,10 +24,11 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from server.db import migrate
-from server.tools import admin, cli_docs, schema_dump
+from server.tools import admin, cli_docs, cli_ops, schema_dump
+from server.tools.cli_help import TandemRootGroup, use_real_metavars
+from server.tools.cli_ops import AsJson, WorkspaceId
 from server.tools.cli_shared import (
     DataDir,
-    TandemGroup,
     Tenant,
     expected_failures,
     fail,
@@ -41,7 +42,7 @@ from server.workspaces import directory as workspaces
 
 app = typer.Typer(
     name="tandem",
-    cls=TandemGroup,
+    cls=TandemRootGroup,
     help="Tandem: a real-time collaborative workspace server.",
     no_args_is_help=True,
     add_completion=False,
@@ -94,12 +95,15 @@ def migrate_up(data_dir: DataDir = None) -> None:
 @migrate_app.command("down")
 def migrate_down(
     steps: Annotated[int | None, typer.Argument(min=1, help="How many migrations to roll back (default 1).")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Roll back every applied migration.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Roll back every applied migration: drops all data.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before --all.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Roll back the newest applied migrations."""
+    """Roll back the newest applied migrations (--all asks first unless --yes)."""
     if all_ and steps is not None:
         fail("give N or --all, not both")
+    if all_ and not yes:
+        confirm_drop_everything()
     settings = settings_from(data_dir=data_dir)
     count = None if all_ else (steps or 1)
 
@@ -111,6 +115,14 @@ def migrate_down(
         out(f"rolled back {m.version} {m.name}")
     if not rolled_back:
         out("nothing to roll back")
+
+
+def confirm_drop_everything() -> None:
+    """Ask on a terminal; without one there is nobody to ask, so refuse."""
+    if not sys.stdin.isatty():
+        fail("migrate down --all drops every table and all data; add --yes to confirm (stdin is not a terminal)")
+    if not typer.confirm("Roll back every migration, dropping every table and all data?", default=False):
+        fail("not confirmed: nothing rolled back")
 
 
 @migrate_app.command("status")
@@ -155,18 +167,19 @@ def schema_dump_command(
 # --- operator commands: token, workspace, member, document -----------------------------------
 
 token_app = typer.Typer(help="Issue access tokens (no database needed).", no_args_is_help=True)
-workspace_app = typer.Typer(help="Create workspaces (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True)
-member_app = typer.Typer(help="Manage workspace members (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True)
-document_app = typer.Typer(help="Create documents (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True)
+workspace_app = typer.Typer(
+    help="Create, list, show and delete workspaces (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True
+)
+member_app = typer.Typer(
+    help="Add, list and remove workspace members (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True
+)
+document_app = typer.Typer(
+    help="Create, list, show and delete documents (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True
+)
 app.add_typer(token_app, name="token")
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(member_app, name="member")
 app.add_typer(document_app, name="document")
-
-# Help texts avoid square brackets: rich markup would eat them.
-WorkspaceId = Annotated[uuid.UUID, typer.Argument(metavar="WORKSPACE", help="Workspace id (a UUID).", show_default=False)]
-AsJson = Annotated[bool, typer.Option("--json", help="Print the whole object as JSON.")]
-
 
 def agent_option(name: str, help: str) -> Any:
     return typer.Option(name, parser=admin.check_agent_id, metavar="AGENT", help=f"{help}; 1 to 255 characters.")
@@ -328,3 +341,19 @@ def document_create(
 app.command("replay")(cli_docs.replay_command)
 app.command("history")(cli_docs.history_command)
 app.command("blame")(cli_docs.blame_command)
+
+
+# --- the operator's everyday commands (server/tools/cli_ops.py) --------------------------------
+
+workspace_app.command("list")(cli_ops.workspace_list)
+workspace_app.command("show")(cli_ops.workspace_show)
+workspace_app.command("delete")(cli_ops.workspace_delete)
+document_app.command("list")(cli_ops.document_list)
+document_app.command("show")(cli_ops.document_show)
+document_app.command("delete")(cli_ops.document_delete)
+member_app.command("list")(cli_ops.member_list)
+member_app.command("remove")(cli_ops.member_remove)
+app.command("status")(cli_ops.status_command)
+
+# Last: flags show no value in --help, for every command registered above.
+use_real_metavars(app)

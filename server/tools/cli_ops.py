@@ -1,0 +1,225 @@
+"""The operator's everyday commands: `workspace list|show|delete`, `document list|show|delete`,
+`member list|remove` and `status` (bodies in server/tools/ops.py).
+
+Each prints a few plain columns, or with `--json` one JSON object per line (lists) or one object;
+deletes are soft (`deleted_at`). server/tools/cli.py registers these functions on its groups.
+Output goes through `cli_shared.out`, so a closed stdout stops a list quietly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Annotated, Any
+
+import asyncpg
+import typer
+
+from server.tools import ops
+from server.tools.admin import check_agent_id
+from server.tools.cli_shared import (
+    DataDir,
+    Tenant,
+    expected_failures,
+    out,
+    run_admin,
+    settings_from,
+)
+from server.workspaces.directory import rfc3339
+from server.workspaces.members import member_to_wire
+
+# Help texts avoid square brackets: rich markup would eat them.
+WorkspaceId = Annotated[uuid.UUID, typer.Argument(metavar="WORKSPACE", help="Workspace id (a UUID).", show_default=False)]
+DocumentId = Annotated[uuid.UUID, typer.Argument(metavar="DOCUMENT", help="Document id (a UUID).", show_default=False)]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON: one object, or one object per line for lists.")]
+Limit = Annotated[
+    int, typer.Option("--limit", min=1, max=100_000, metavar="N", help="Print at most N rows (a note on stderr when cut).")
+]
+DEFAULT_LIMIT = 1000
+
+
+def echo_json(obj: dict[str, Any]) -> None:
+    out(json.dumps(obj, ensure_ascii=False))
+
+
+def note_truncated(truncated: bool, limit: int) -> None:
+    if truncated:
+        typer.echo(f"tandem: note: more than {limit} rows; raise --limit to see them", err=True)
+
+
+# --- workspace -------------------------------------------------------------------------------
+
+
+def workspace_list(tenant: Tenant, limit: Limit = DEFAULT_LIMIT, as_json: AsJson = False, data_dir: DataDir = None) -> None:
+    """List the tenant's live workspaces, oldest first: id, visibility, members, documents, owner, name."""
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> tuple[list[ops.WorkspaceSummary], bool]:
+        return await ops.list_workspaces(pool, tenant, limit)
+
+    found, truncated = run_admin(settings, action)
+    for s in found:
+        if as_json:
+            echo_json(s.to_json())
+        else:
+            w = s.workspace
+            out(f"{w.workspace_id}  {w.visibility:<7}  {s.member_count:>4}  {s.document_count:>5}  {w.owner_id}  {w.name}")
+    note_truncated(truncated, limit)
+
+
+def workspace_show(tenant: Tenant, workspace: WorkspaceId, as_json: AsJson = False, data_dir: DataDir = None) -> None:
+    """Print one live workspace of the tenant, a field per line."""
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> ops.WorkspaceSummary:
+        return await ops.show_workspace(pool, tenant, workspace)
+
+    shown = run_admin(settings, action).to_json()
+    if as_json:
+        echo_json(shown)
+    else:
+        print_fields(shown)
+
+
+def workspace_delete(tenant: Tenant, workspace: WorkspaceId, as_json: AsJson = False, data_dir: DataDir = None) -> None:
+    """Soft-delete a workspace: it leaves every list and join at once; its rows and logs stay."""
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> Any:
+        return await ops.delete_workspace(pool, tenant, workspace)
+
+    deleted, deleted_at = run_admin(settings, action)
+    if as_json:
+        echo_json({**deleted.to_wire(), "deleted_at": rfc3339(deleted_at)})
+    else:
+        out(f"deleted workspace {deleted.workspace_id}")
+
+
+# --- document --------------------------------------------------------------------------------
+
+
+def document_list(
+    tenant: Tenant, workspace: WorkspaceId, limit: Limit = DEFAULT_LIMIT, as_json: AsJson = False, data_dir: DataDir = None
+) -> None:
+    """List WORKSPACE's live documents, oldest first: id, content type, operations, title."""
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> Any:
+        return await ops.list_documents(pool, tenant, workspace, limit)
+
+    found, truncated = run_admin(settings, action)
+    for d in found:
+        if as_json:
+            echo_json(ops.document_json(d))
+        else:
+            out(f"{d.doc_id}  {d.content_type:<8}  {d.head_seq:>8}  {d.title}")
+    note_truncated(truncated, limit)
+
+
+def document_show(tenant: Tenant, document: DocumentId, as_json: AsJson = False, data_dir: DataDir = None) -> None:
+    """Print one live document of the tenant, a field per line (head_seq: operations in its log)."""
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> Any:
+        return await ops.show_document(pool, tenant, document)
+
+    shown = ops.document_json(run_admin(settings, action))
+    if as_json:
+        echo_json(shown)
+    else:
+        print_fields(shown)
+
+
+def document_delete(tenant: Tenant, document: DocumentId, as_json: AsJson = False, data_dir: DataDir = None) -> None:
+    """Soft-delete a document: it leaves lists and can no longer be opened; its log stays for replay."""
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> Any:
+        return await ops.delete_document(pool, tenant, document)
+
+    deleted, deleted_at = run_admin(settings, action)
+    if as_json:
+        echo_json({**ops.document_json(deleted), "deleted_at": rfc3339(deleted_at)})
+    else:
+        out(f"deleted document {deleted.doc_id}")
+
+
+# --- member ----------------------------------------------------------------------------------
+
+
+def member_list(
+    tenant: Tenant, workspace: WorkspaceId, limit: Limit = DEFAULT_LIMIT, as_json: AsJson = False, data_dir: DataDir = None
+) -> None:
+    """List WORKSPACE's members in joining order: agent, role, permissions."""
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> Any:
+        return await ops.list_members(pool, tenant, workspace, limit)
+
+    found, truncated = run_admin(settings, action)
+    for m in found:
+        if as_json:
+            echo_json({"workspace_id": str(workspace), **member_to_wire(m)})
+        else:
+            out(f"{m.agent_id}  {m.role}  {','.join(m.permissions)}")
+    note_truncated(truncated, limit)
+
+
+def member_remove(
+    tenant: Tenant,
+    workspace: WorkspaceId,
+    agent: Annotated[
+        str, typer.Argument(parser=check_agent_id, metavar="AGENT", help="Agent id, 1 to 255 characters.", show_default=False)
+    ],
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Remove AGENT from WORKSPACE as its owner may: anyone but the owner.
+
+    Audited as the operator; running servers tell the workspace's sessions, and the agent's own sessions leave it.
+    """
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> Any:
+        return await ops.remove_member(pool, tenant, workspace, agent)
+
+    removed = run_admin(settings, action)
+    if as_json:
+        echo_json({"workspace_id": str(workspace), **member_to_wire(removed)})
+    else:
+        out(f"removed {removed.agent_id} {removed.role}")
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def status_command(as_json: AsJson = False, data_dir: DataDir = None) -> None:
+    """Print the database's reachability and schema version, the nodes connected to it and Redis.
+
+    Reads only; exits 1 when the database cannot be reached (after printing the status).
+    """
+    settings = settings_from(data_dir=data_dir)
+    with expected_failures():
+        status = asyncio.run(ops.status(settings))
+    if as_json:
+        echo_json(status.to_json())
+    else:
+        shown = status.to_json()
+        version = shown["schema_version"] or "none"
+        pending = len(shown["pending_migrations"])
+        nodes = shown["nodes"]
+        out(f"database: {shown['database']}")
+        if status.ok:
+            out(f"schema: {version}" + (f" ({pending} pending: tandem migrate up)" if pending else " (up to date)"))
+            out(f"nodes: {len(nodes)} connected" + "".join(f"\n  {n['node_id']} since {n['connected_at']}" for n in nodes))
+        out(f"rooms and sessions: {ops.NOT_TRACKED}")
+        out(f"redis: {shown['redis']}")
+    if not status.ok:
+        raise typer.Exit(1)
+
+
+def print_fields(obj: dict[str, Any]) -> None:
+    width = max(len(k) for k in obj)
+    for key, value in obj.items():
+        out(f"{key + ':':<{width + 1}} {'' if value is None else value}")
