@@ -105,11 +105,11 @@ async def test_status_up_down_and_down_all_through_database_url(empty_db: TestDa
     assert after_one[versions[-1]][1] == "pending"
     assert {after_one[v][1] for v in versions[:-1]} == {"applied"}
 
-    out = ok(tandem("migrate", "down", "--all", env=env))
+    out = ok(tandem("migrate", "down", "--all", "--yes", env=env))
     assert lines_starting(out, "rolled back ") == [f"{v} {n}" for v, n in reversed(expected[:-1])]
     assert states(ok(tandem("migrate", "status", env=env))) == {v: (n, "pending") for v, n in expected}
     assert await applied_versions(empty_db.admin_url) == []
-    assert ok(tandem("migrate", "down", "--all", env=env)).strip() == "nothing to roll back"
+    assert ok(tandem("migrate", "down", "--all", "--yes", env=env)).strip() == "nothing to roll back"
 
 
 async def test_down_with_both_count_and_all_is_refused(empty_db: TestDatabase) -> None:
@@ -132,7 +132,7 @@ async def test_edited_applied_migration_is_refused(empty_db: TestDatabase, tmp_p
 
     assert f"{version}_{name}.sql was edited after it was applied" in error
     assert states(ok(tandem("migrate", "status", env=env)))[version] == (name, "edited")
-    one_line_error(tandem("migrate", "down", "--all", env=env))
+    assert "was edited after it was applied" in one_line_error(tandem("migrate", "down", "--all", "--yes", env=env))
     assert await applied_versions(empty_db.admin_url) == [v for v, _ in files(migrations)]
 
 

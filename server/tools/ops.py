@@ -27,7 +27,6 @@ from server.db import dbserver, migrate, store
 from server.db.store import Q
 from server.tools.admin import ACTOR, AdminError
 from server.workspaces import directory, members
-from server.workspaces.coordination import member_event
 
 CONNECT_TIMEOUT_S = 10.0
 REDIS_TIMEOUT_S = 2.0
@@ -154,6 +153,9 @@ async def remove_member(
         if refused is not None:
             raise AdminError(f"agent {agent_id!r} owns workspace {workspace_id}: an owner is never removed")
         member = _member(await conn.fetchrow(Q["member_delete"], workspace_id, agent_id))
+        # Here, not at the top: the coordination module brings the rooms, which no other command needs.
+        from server.workspaces.coordination import member_event
+
         event = member_event(tenant_id, workspace_id, members.member_to_wire(member), "removed", ACTOR)
         await Events(ACTOR).notify(conn, event)
     return member
