@@ -115,10 +115,10 @@ def issue_token(
 async def app_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """A one-connection pool of the application role, on an up-to-date schema.
 
-    Without DATABASE_URL the embedded PostgreSQL of the data dir runs only while the block runs
-    (and fails with `ClusterError` while a server uses that data dir).
+    Without DATABASE_URL: the embedded PostgreSQL of the server running on the data dir, else
+    one that runs only while the block runs.
     """
-    async with database_server(settings) as (admin_url, _embedded):
+    async with database_server(settings, share=True) as (admin_url, _embedded):
         await database.prepare(settings, admin_url)
         pool = await database.create_pool(
             database.app_url(settings, admin_url), min_size=1, max_size=1,
