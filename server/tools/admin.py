@@ -84,27 +84,29 @@ def issue_token(
     now: datetime | None = None,
 ) -> str:
     """A token `tandem serve` with the same settings accepts: its secret (TANDEM_JWT_SECRET, else
-    the one kept in the data dir, created on first use), issuer and audience.
+    the one it keeps in the data dir; never a new one), issuer and audience.
 
-    Raises `AdminError` for a secret that is too short, a TTL past the year 9999, or a token the
-    server would refuse anyway (checked by verifying it before it is printed).
+    Raises `AdminError` for no secret (naming where it looked) or one that is too short, a TTL
+    past the year 9999, or a token the server would refuse anyway (checked before it is printed).
     """
     try:
-        secret = auth.resolve_secret(settings.jwt_secret, settings.data_dir)
+        secret = auth.find_secret(settings.jwt_secret, settings.data_dir)
         token = auth.issue_token(
             secret, tenant_id, agent_id, ttl_s, scopes, now=now,
             issuer=settings.jwt_issuer, audience=settings.jwt_audience,
         )
     except OverflowError as exc:
         raise AdminError("the ttl is too long: the token would expire after the year 9999") from exc
-    except ValueError as exc:
+    except (auth.SecretNotFound, ValueError) as exc:
         raise AdminError(str(exc)) from exc
-    verified = auth.verify_token(
+    verified = auth.check_token(
         secret, token, now, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
         max_token_bytes=settings.max_token_bytes,
     )
     if not isinstance(verified, auth.Principal):
-        raise AdminError(f"the server would refuse this token ({verified.value}): check the ttl and the scopes")
+        raise AdminError(
+            f"the server would refuse this token ({verified.code.value}: {verified.reason.value}): check the ttl and the scopes"
+        )
     return token
 
 
