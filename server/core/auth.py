@@ -65,6 +65,17 @@ class Refusal:
     code: ErrorCode
     reason: RefusalReason
 
+    @property
+    def close_reason(self) -> str:
+        """The WebSocket close reason: the error code, then the class (`unauthorized: bad_signature`);
+        `token_expired` alone, as when a token expires during a session."""
+        if self.reason is RefusalReason.EXPIRED:
+            return self.code.value
+        return f"{self.code.value}: {self.reason.value}"
+
+    def __str__(self) -> str:
+        return self.close_reason
+
 
 class SecretNotFound(LookupError):
     """No token secret is configured or kept in the data dir; the message says where we looked."""
