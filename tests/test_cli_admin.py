@@ -127,9 +127,9 @@ def test_token_issue_prints_a_token_serve_accepts() -> None:
 def test_token_issue_without_secret_uses_the_data_dirs_and_default_ttl(tmp_path: Path) -> None:
     env = server_env(TANDEM_JWT_SECRET=None, TANDEM_TOKEN_TTL_S="900")
     before = datetime.now(UTC).replace(microsecond=0)
+    secret = auth.load_or_create_secret(tmp_path)  # as `tandem serve` creates it on its first start
     token = ok(tandem("token", "issue", "--tenant", B, "--agent", "bob", "--data-dir", str(tmp_path), env=env))
 
-    secret = auth.load_or_create_secret(tmp_path)  # created by the command, as `tandem serve` would
     principal = auth.verify_token(secret, token)
     assert isinstance(principal, auth.Principal), principal
     assert (principal.tenant_id, principal.agent_id, principal.scopes) == (TENANT_B, "bob", frozenset())

@@ -1,8 +1,10 @@
 """Tokens: the only module that knows their format (HS256 JWTs, docs/protocol.md#2-connecting-and-authentication).
 
-`verify_token` turns a token into a `Principal` or an `ErrorCode` and never raises for client
-input; `issue_token` makes one (tests, `tandem token issue`). `load_or_create_secret` keeps the
-embedded/dev signing secret in the data dir. No I/O beyond that one file; no web framework here.
+`check_token` turns a token into a `Principal` or a `Refusal` (the error code and the class of
+the problem: bad signature, expired, wrong audience, ...) and never raises for client input;
+`verify_token` gives only the error code. `issue_token` makes one (tests, `tandem token issue`).
+`load_or_create_secret` keeps the embedded/dev signing secret in the data dir (the server creates
+it; `find_secret` only reads it). No I/O beyond that one file; no web framework here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
@@ -38,6 +41,59 @@ class Principal:
     agent_id: str
     scopes: frozenset[str]
     expires_at: datetime
+
+
+class RefusalReason(StrEnum):
+    """Why a token was refused: logged and named in the close reason. Never holds the token."""
+
+    MISSING = "missing"
+    TOO_LONG = "too_long"
+    MALFORMED = "malformed"  # not a JWT
+    WRONG_ALGORITHM = "wrong_algorithm"  # not HS256 (`none` included)
+    BAD_SIGNATURE = "bad_signature"  # signed with another secret, or altered
+    WRONG_ISSUER = "wrong_issuer"
+    WRONG_AUDIENCE = "wrong_audience"
+    INVALID_CLAIMS = "invalid_claims"  # missing or mistyped claims
+    NOT_YET_VALID = "not_yet_valid"  # iat or nbf in the future
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refused token: the error code the client gets, and the class of the problem."""
+
+    code: ErrorCode
+    reason: RefusalReason
+
+    @property
+    def close_reason(self) -> str:
+        """The WebSocket close reason: the error code, then the class (`unauthorized: bad_signature`);
+        `token_expired` alone, as when a token expires during a session."""
+        if self.reason is RefusalReason.EXPIRED:
+            return self.code.value
+        return f"{self.code.value}: {self.reason.value}"
+
+    def __str__(self) -> str:
+        return self.close_reason
+
+
+class SecretNotFound(LookupError):
+    """No token secret is configured or kept in the data dir; the message says where we looked."""
+
+
+_PYJWT_REASONS: tuple[tuple[type[jwt.PyJWTError], RefusalReason], ...] = (
+    (jwt.InvalidSignatureError, RefusalReason.BAD_SIGNATURE),
+    (jwt.InvalidAudienceError, RefusalReason.WRONG_AUDIENCE),
+    (jwt.InvalidIssuerError, RefusalReason.WRONG_ISSUER),
+    (jwt.MissingRequiredClaimError, RefusalReason.INVALID_CLAIMS),
+    (jwt.DecodeError, RefusalReason.MALFORMED),
+    (jwt.InvalidAlgorithmError, RefusalReason.WRONG_ALGORITHM),
+)
+
+
+def _refused(reason: RefusalReason) -> Refusal:
+    code = ErrorCode.TOKEN_EXPIRED if reason is RefusalReason.EXPIRED else ErrorCode.UNAUTHORIZED
+    return Refusal(code, reason)
 
 
 class _Claims(BaseModel):
@@ -101,15 +157,35 @@ def verify_token(
     audience: str | None = None,
     max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
 ) -> Principal | ErrorCode:
-    """The token's `Principal`, or `ErrorCode.TOKEN_EXPIRED` / `ErrorCode.UNAUTHORIZED`.
+    """The token's `Principal`, or `ErrorCode.TOKEN_EXPIRED` / `ErrorCode.UNAUTHORIZED` (see `check_token`)."""
+    verdict = check_token(
+        secret, token, now, leeway_s=leeway_s, issuer=issuer, audience=audience, max_token_bytes=max_token_bytes
+    )
+    return verdict.code if isinstance(verdict, Refusal) else verdict
+
+
+def check_token(
+    secret: str | bytes,
+    token: str | None,
+    now: datetime | None = None,
+    *,
+    leeway_s: float = DEFAULT_LEEWAY_S,
+    issuer: str | None = None,
+    audience: str | None = None,
+    max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+) -> Principal | Refusal:
+    """The token's `Principal`, or its `Refusal`: `token_expired` when `exp` has passed,
+    `unauthorized` for every other class.
 
     The signature is checked first, so an expired token with a bad signature is `unauthorized`.
     Only HS256 is accepted (never `none`). `iss`/`aud` are required and checked only when
     configured. Times use `now` (default: the current time) with `leeway_s` of skew.
     """
     key = _check_secret(secret)
-    if not token or len(token) > max_token_bytes:
-        return ErrorCode.UNAUTHORIZED
+    if not token:
+        return _refused(RefusalReason.MISSING)
+    if len(token) > max_token_bytes:
+        return _refused(RefusalReason.TOO_LONG)
     required = ["exp", "iat", "sub", "tenant"] + (["iss"] if issuer else []) + (["aud"] if audience else [])
     try:
         payload = jwt.decode(
@@ -121,15 +197,21 @@ def verify_token(
             # Times are checked below against `now`, so tests and replays need no real clock.
             options={"require": required, "verify_exp": False, "verify_iat": False, "verify_nbf": False, "verify_aud": audience is not None},
         )
+    except jwt.PyJWTError as exc:
+        reason = next((r for kind, r in _PYJWT_REASONS if isinstance(exc, kind)), RefusalReason.INVALID_CLAIMS)
+        return _refused(reason)
+    except (ValueError, TypeError):
+        return _refused(RefusalReason.MALFORMED)
+    try:
         claims = _Claims.model_validate(payload)
         tenant_id = UUID(claims.tenant)
-    except (jwt.PyJWTError, ValidationError, ValueError, TypeError):
-        return ErrorCode.UNAUTHORIZED
+    except (ValidationError, ValueError, TypeError):
+        return _refused(RefusalReason.INVALID_CLAIMS)
     at = (now or datetime.now(UTC)).timestamp()
     if claims.iat > at + leeway_s or (claims.nbf is not None and claims.nbf > at + leeway_s):
-        return ErrorCode.UNAUTHORIZED
+        return _refused(RefusalReason.NOT_YET_VALID)
     if claims.exp <= at - leeway_s:
-        return ErrorCode.TOKEN_EXPIRED
+        return _refused(RefusalReason.EXPIRED)
     return Principal(
         tenant_id=tenant_id,
         agent_id=claims.sub,
@@ -178,8 +260,27 @@ def load_or_create_secret(data_dir: Path) -> str:
 
 
 def resolve_secret(jwt_secret: str | None, data_dir: Path) -> str:
-    """The configured secret (`settings.jwt_secret`), else the one kept in the data dir."""
+    """The server's secret: the configured one (`settings.jwt_secret`), else the one kept in the
+    data dir, created on first use."""
     if jwt_secret:
         _check_secret(jwt_secret)
         return jwt_secret
     return load_or_create_secret(data_dir)
+
+
+def find_secret(jwt_secret: str | None, data_dir: Path) -> str:
+    """The secret a server with these settings uses, never a new one (`tandem token issue`).
+
+    Raises `SecretNotFound` naming where it looked when neither is there.
+    """
+    if jwt_secret:
+        _check_secret(jwt_secret)
+        return jwt_secret
+    path = Path(data_dir).resolve() / SECRET_FILE
+    if not path.exists():
+        raise SecretNotFound(
+            f"no token secret: TANDEM_JWT_SECRET is unset and {path} does not exist; set "
+            f"TANDEM_JWT_SECRET as the server has it, or point --data-dir (TANDEM_DATA_DIR) at the "
+            f"server's data folder (tandem serve creates the secret there on its first start)"
+        )
+    return load_or_create_secret(path.parent)

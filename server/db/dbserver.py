@@ -49,16 +49,22 @@ def explain(exc: BaseException) -> str:
 
 
 @contextlib.asynccontextmanager
-async def database_server(settings: Settings) -> AsyncIterator[tuple[str, bool]]:
+async def database_server(settings: Settings, *, share: bool = False) -> AsyncIterator[tuple[str, bool]]:
     """Yield `(admin_url, embedded)`: `DATABASE_URL` as is, else the embedded PostgreSQL.
 
-    The embedded cluster runs in `<data_dir>/pgdata` while the block runs and is stopped after.
-    Raises `ClusterError` when it cannot start or another server holds the data folder.
+    The embedded cluster runs in `<data_dir>/pgdata`. The server (`share=False`) starts it and
+    stops it after the block, and raises `ClusterError` when another process holds the data
+    folder. A command (`share=True`) uses the cluster of the server running on the folder, and
+    starts (and afterwards stops) one only when none runs.
     """
     if settings.database_url:
         yield settings.database_url, False
         return
-    async with EmbeddedPostgres(settings.data_dir) as pg:
+    async with EmbeddedPostgres(settings.data_dir, share=share) as pg:
+        if pg.attached:
+            log.debug("db.embedded.attached", data_dir=str(pg.data_dir))
+            yield pg.admin_url, True
+            return
         log.info(
             "db.embedded",
             data_dir=str(pg.data_dir),

@@ -1,16 +1,22 @@
 """The embedded default: with no DATABASE_URL, run PostgreSQL from the wheel in the data folder.
 
-The cluster lives in `<data_dir>/pgdata`, listens on a Unix socket in `<data_dir>/run` only, and
-is stopped when the server stops. A second start reuses the same data. A lock file keeps two
-servers from sharing one data folder; a cluster left running by a crashed server is adopted.
+The cluster lives in `<data_dir>/pgdata`, listens on a Unix socket only (its folder and port follow
+from the data folder alone, `Cluster.socket_dir`, so every process finds it), trusts local
+connections, and is stopped by the process that started it. That process holds an exclusive lock
+on `<data_dir>/tandem.lock` meanwhile: a second server on the folder is refused, while a `tandem`
+command (`share=True`) connects to the running cluster instead of starting one. A cluster left
+running by a crashed server is adopted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
+import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import asyncpg
 
@@ -18,30 +24,46 @@ from server.core.settings import DATA_DIR_MODE
 from server.db.pgcluster import OR_DATABASE_URL, Cluster, ClusterError, wheel_bin_dir
 
 DATABASE = "tandem"
+# A command finding the data folder busy waits this long for the cluster to accept connections
+# (its owner may be starting it), polling every ATTACH_POLL_S.
+ATTACH_TIMEOUT_S = 30.0
+ATTACH_POLL_S = 0.1
+PROBE_TIMEOUT_S = 5.0
 
 
 class EmbeddedPostgres:
-    def __init__(self, data_dir: Path) -> None:
+    """`async with EmbeddedPostgres(data_dir)`: the cluster runs while the block runs.
+
+    `share=False` (the server): owning the data folder is required; another owner is a
+    `ClusterError`. `share=True` (the commands): while another process owns it, its running
+    cluster is used and left running (`attached` is then True).
+    """
+
+    def __init__(self, data_dir: Path, *, share: bool = False) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.cluster = Cluster(self.data_dir, bin_dir=wheel_bin_dir())
+        self.share = share
+        self.attached = False
         self._lock_fd: int | None = None
 
     @property
     def admin_url(self) -> str:
         return self.cluster.url(DATABASE)
 
-    async def __aenter__(self) -> "EmbeddedPostgres":
-        try:
-            self.data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.data_dir / "tandem.lock", os.O_CREAT | os.O_RDWR, 0o600)
-        except OSError as exc:
-            raise self._unusable(exc) from exc
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise ClusterError(f"another Tandem server is using the data folder {self.data_dir}") from exc
+    async def __aenter__(self) -> Self:
+        deadline = time.monotonic() + ATTACH_TIMEOUT_S
+        while not self._lock():
+            if not self.share:
+                raise ClusterError(f"another Tandem server is using the data folder {self.data_dir}")
+            if await self._reachable():
+                self.attached = True
+                return self
+            if time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"another process holds the data folder {self.data_dir} but its PostgreSQL "
+                    f"accepted no connection within {ATTACH_TIMEOUT_S:g}s (socket in {self.cluster.socket_dir})"
+                )
+            await asyncio.sleep(ATTACH_POLL_S)
         try:
             try:
                 self.cluster.start()
@@ -58,6 +80,30 @@ class EmbeddedPostgres:
             raise
         return self
 
+    def _lock(self) -> bool:
+        """Take the data folder's lock: True when this process now owns the cluster."""
+        try:
+            self.data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+            fd = os.open(self.data_dir / "tandem.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise self._unusable(exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    async def _reachable(self) -> bool:
+        """Whether the owner's cluster accepts connections to the Tandem database now."""
+        try:
+            conn = await asyncpg.connect(self.admin_url, timeout=PROBE_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        await conn.close()
+        return True
+
     def _unusable(self, exc: OSError) -> ClusterError:
         """The data folder cannot be created or prepared: the cause, and the ways around it."""
         cause = exc.strerror or str(exc)
@@ -72,6 +118,8 @@ class EmbeddedPostgres:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self.attached:
+            return
         try:
             self.cluster.stop()
         finally:

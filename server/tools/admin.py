@@ -84,27 +84,29 @@ def issue_token(
     now: datetime | None = None,
 ) -> str:
     """A token `tandem serve` with the same settings accepts: its secret (TANDEM_JWT_SECRET, else
-    the one kept in the data dir, created on first use), issuer and audience.
+    the one it keeps in the data dir; never a new one), issuer and audience.
 
-    Raises `AdminError` for a secret that is too short, a TTL past the year 9999, or a token the
-    server would refuse anyway (checked by verifying it before it is printed).
+    Raises `AdminError` for no secret (naming where it looked) or one that is too short, a TTL
+    past the year 9999, or a token the server would refuse anyway (checked before it is printed).
     """
     try:
-        secret = auth.resolve_secret(settings.jwt_secret, settings.data_dir)
+        secret = auth.find_secret(settings.jwt_secret, settings.data_dir)
         token = auth.issue_token(
             secret, tenant_id, agent_id, ttl_s, scopes, now=now,
             issuer=settings.jwt_issuer, audience=settings.jwt_audience,
         )
     except OverflowError as exc:
         raise AdminError("the ttl is too long: the token would expire after the year 9999") from exc
-    except ValueError as exc:
+    except (auth.SecretNotFound, ValueError) as exc:
         raise AdminError(str(exc)) from exc
-    verified = auth.verify_token(
+    verified = auth.check_token(
         secret, token, now, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
         max_token_bytes=settings.max_token_bytes,
     )
     if not isinstance(verified, auth.Principal):
-        raise AdminError(f"the server would refuse this token ({verified.value}): check the ttl and the scopes")
+        raise AdminError(
+            f"the server would refuse this token ({verified.code.value}: {verified.reason.value}): check the ttl and the scopes"
+        )
     return token
 
 
@@ -115,10 +117,10 @@ def issue_token(
 async def app_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """A one-connection pool of the application role, on an up-to-date schema.
 
-    Without DATABASE_URL the embedded PostgreSQL of the data dir runs only while the block runs
-    (and fails with `ClusterError` while a server uses that data dir).
+    Without DATABASE_URL: the embedded PostgreSQL of the server running on the data dir, else
+    one that runs only while the block runs.
     """
-    async with database_server(settings) as (admin_url, _embedded):
+    async with database_server(settings, share=True) as (admin_url, _embedded):
         await database.prepare(settings, admin_url)
         pool = await database.create_pool(
             database.app_url(settings, admin_url), min_size=1, max_size=1,

@@ -220,7 +220,7 @@ def token_issue(
 ) -> None:
     """Print a token that `tandem serve` accepts under the same settings, and nothing else.
 
-    Signed with TANDEM_JWT_SECRET, else with the secret kept in the data dir (created on first use, as `tandem serve` does); carries TANDEM_JWT_ISSUER and TANDEM_JWT_AUDIENCE when set.
+    Signed with TANDEM_JWT_SECRET, else with the secret `tandem serve` keeps in the data dir; with neither it fails and says where it looked (it never makes a secret up). Carries TANDEM_JWT_ISSUER and TANDEM_JWT_AUDIENCE when set.
 
     Example: TOKEN=$(tandem token issue --tenant T --agent alice --ttl 1h)
     """

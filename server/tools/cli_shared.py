@@ -2,8 +2,8 @@
 
 Expected failures print one line on stderr and exit 1. Output goes through `out`/`out_bytes`:
 when the reader of stdout goes away (`tandem history ... | head -1`), the write raises
-`StdoutClosed`, which unwinds the command (closing its connections and the embedded
-PostgreSQL on the way) up to `TandemGroup.invoke`, which exits 141 as a Unix tool killed by
+`StdoutClosed`, which unwinds the command (closing its connections, and the embedded
+PostgreSQL if it started one, on the way) up to `TandemGroup.invoke`, which exits 141 as a Unix tool killed by
 SIGPIPE would, without a traceback. Imports no command: server/tools/cli.py and server/tools/cli_docs.py
 define them.
 """
@@ -113,10 +113,11 @@ def settings_from(**overrides: object) -> Settings:
 
 
 def with_admin_connection(settings: Settings, action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    """Run `action` on an admin connection; the embedded PostgreSQL runs only meanwhile."""
+    """Run `action` on an admin connection: to DATABASE_URL, else to the embedded PostgreSQL of
+    the server running on the data folder, else to one started for the meanwhile."""
 
     async def body() -> T:
-        async with dbserver.database_server(settings) as (admin_url, _embedded):
+        async with dbserver.database_server(settings, share=True) as (admin_url, _embedded):
             conn = await asyncpg.connect(admin_url, timeout=CONNECT_TIMEOUT_S)
             try:
                 return await action(conn)
@@ -128,7 +129,7 @@ def with_admin_connection(settings: Settings, action: Callable[[asyncpg.Connecti
 
 
 def run_admin(settings: Settings, action: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    """Run `action` on the application role's pool; the embedded PostgreSQL runs only meanwhile."""
+    """Run `action` on the application role's pool (database reached as `with_admin_connection`)."""
 
     async def body() -> T:
         async with admin.app_pool(settings) as pool:

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from server.core.auth import Refusal
 from server.core.errors import ErrorCode, TandemError
 from server.db import store
 from server.documents.room import Room
@@ -73,7 +74,11 @@ class AgentConnection(Connection[str], CoordinationHandlers):
         return frames[0] if count == 1 else "[" + ",".join(frames) + "]"
 
     def closing_frames(self, code: ErrorCode, detail: Any) -> tuple[list[str], int, str] | None:
-        """The closing sequence (docs/protocol.md#44): error, session.closing, close frame."""
+        """The closing sequence (docs/protocol.md#44): error, session.closing, close frame. A
+        refused token's class is in the error's details and the close reason (section 2.2)."""
+        if isinstance(detail, Refusal):
+            closing = self.session.fail(p.ProtocolError(code, details={"reason": detail.reason.value}))
+            return None if closing is None else (list(closing.frames), closing.code, detail.close_reason)
         closing = self.session.fail(detail if isinstance(detail, p.ProtocolError) else code)
         return None if closing is None else (list(closing.frames), closing.code, closing.reason)
 

@@ -180,8 +180,10 @@ class Connection(UpdatePipeline, Generic[Frame]):
     async def _run(self) -> None:
         await self.ws.accept()
         verdict = self.node.authenticate(self.ws.query_params, self.ws.headers)
-        if isinstance(verdict, ErrorCode):
-            self.ending = (verdict, None)
+        if isinstance(verdict, auth.Refusal):
+            # The class of the problem, never the token: the closing sequence names it too.
+            self.log.info("auth.refused", code=verdict.code.value, reason=verdict.reason.value)
+            self.ending = (verdict.code, verdict)
             await self._send_closing()
             return
         self.principal = verdict

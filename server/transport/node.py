@@ -14,8 +14,7 @@ import asyncpg
 
 from server.cluster.fanout import Fanout
 from server.cluster.presence import Presence
-from server.core.auth import Principal, token_from_request, verify_token
-from server.core.errors import ErrorCode
+from server.core.auth import Principal, Refusal, check_token, token_from_request
 from server.core.metrics import Metrics
 from server.core.settings import Settings
 from server.core.supervisor import Supervisor
@@ -41,13 +40,13 @@ class Node:
     supervisor: Supervisor  # runs and restarts every long-running task (server/core/supervisor.py)
     connections: set[Any] = field(default_factory=set)  # open client connections (server/transport/connection.py)
 
-    def authenticate(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Principal | ErrorCode:
+    def authenticate(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Principal | Refusal:
         """The connecting client's principal, or why not (one rule for /ws and /yjs)."""
         s = self.settings
-        verdict = verify_token(
+        verdict = check_token(
             self.jwt_secret, token_from_request(query, headers), leeway_s=s.jwt_leeway_s,
             issuer=s.jwt_issuer, audience=s.jwt_audience, max_token_bytes=s.max_token_bytes,
         )
-        if isinstance(verdict, ErrorCode):
-            self.metrics.auth_failures.labels(verdict.value).inc()
+        if isinstance(verdict, Refusal):
+            self.metrics.auth_failures.labels(verdict.code.value).inc()
         return verdict

@@ -34,6 +34,7 @@ from starlette.websockets import WebSocket
 
 from crdt.clock import CorruptStateVector
 from crdt.document import CorruptUpdate
+from server.core.auth import Refusal
 from server.core.errors import ErrorCode, TandemError
 from server.db import store
 from server.documents.room import Room
@@ -120,8 +121,9 @@ class YjsConnection(Connection[bytes], LiveRights):
             self.send_bytes(update_message(update))
 
     def closing_frames(self, code: ErrorCode, detail: Any) -> tuple[list[bytes], int, str]:
-        """No frames (the endpoint speaks only y-protocols): the close code and the error code."""
-        return [], CLOSE_CODES[code], code.value
+        """No frames (the endpoint speaks only y-protocols): the close code and the error code
+        (for a refused token, with its class: `unauthorized: bad_signature`)."""
+        return [], CLOSE_CODES[code], detail.close_reason if isinstance(detail, Refusal) else code.value
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -292,13 +292,14 @@ async def test_viewer_reads_but_writing_is_forbidden(scene: Scene) -> None:
 # --- tokens (docs/protocol.md#22 and #23) ------------------------------------------------------
 
 
-def assert_refused(refusal: wsclient.Refusal, code: int, reason: str) -> None:
-    """The closing sequence of docs/protocol.md#44: error, session.closing, close frame."""
+def assert_refused(refusal: wsclient.Refusal, code: int, reason: str, close_reason: str | None = None) -> None:
+    """The closing sequence of docs/protocol.md#44: error, session.closing, close frame (whose
+    reason names a refused token's class, section 2.2)."""
     assert [f["type"] for f in refusal.frames] == ["error", "session.closing"], refusal.frames
     error, closing = refusal.frames
     assert (error["code"], error["re"]) == (reason, None)
     assert (closing["code"], closing["reason"]) == (code, reason)
-    assert (refusal.code, refusal.reason) == (code, reason)
+    assert (refusal.code, refusal.reason) == (code, close_reason or reason)
 
 
 async def test_expired_token_is_refused_with_4440(scene: Scene) -> None:
@@ -320,11 +321,11 @@ async def test_token_expiring_during_the_session_closes_it_with_4440(scene: Scen
 
 async def test_bad_signature_is_refused_with_4401(scene: Scene) -> None:
     forged = wsclient.token(TENANT_A, scene.writer.hello["agent_id"], secret=OTHER_SECRET)  # type: ignore[index]
-    assert_refused(await wsclient.refused(scene.server.url, forged), 4401, "unauthorized")
-    assert_refused(await wsclient.refused(scene.server.url, "not-a-jwt"), 4401, "unauthorized")
+    assert_refused(await wsclient.refused(scene.server.url, forged), 4401, "unauthorized", "unauthorized: bad_signature")
+    assert_refused(await wsclient.refused(scene.server.url, "not-a-jwt"), 4401, "unauthorized", "unauthorized: malformed")
     await scene.assert_unaffected(await scene.rows())
 
 
 async def test_missing_token_is_refused_with_4401(scene: Scene) -> None:
-    assert_refused(await wsclient.refused(scene.server.url, None), 4401, "unauthorized")
+    assert_refused(await wsclient.refused(scene.server.url, None), 4401, "unauthorized", "unauthorized: missing")
     await scene.assert_unaffected(await scene.rows())

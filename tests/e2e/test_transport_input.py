@@ -89,11 +89,11 @@ async def attempt(
 
 
 def assert_unauthorized_sequence(outcome: Outcome) -> None:
-    """docs/protocol.md#22 and #44: error, session.closing, close 4401 `unauthorized`."""
+    """docs/protocol.md#22 and #44: error, session.closing, close 4401 `unauthorized: too_long`."""
     assert [f["type"] for f in outcome.frames] == ["error", "session.closing"], outcome
     assert outcome.frames[0]["code"] == "unauthorized"
     assert (outcome.frames[1]["code"], outcome.frames[1]["reason"]) == (4401, "unauthorized")
-    assert (outcome.code, outcome.reason) == (4401, "unauthorized")
+    assert (outcome.code, outcome.reason) == (4401, "unauthorized: too_long")
 
 
 # --- tokens longer than max_token_bytes ------------------------------------------------------------
@@ -117,7 +117,7 @@ async def test_oversized_token_on_yjs_is_accepted_then_refused_with_4401(server:
     token = signed_token(size)
     url = f"{base(server)}/yjs/{uuid.uuid4()}/{uuid.uuid4()}"
     for outcome in (await attempt(f"{url}?token={token}"), await attempt(url, {"Authorization": f"Bearer {token}"})):
-        assert (outcome.status, outcome.frames, outcome.code, outcome.reason) == (None, [], 4401, "unauthorized")
+        assert (outcome.status, outcome.frames, outcome.code, outcome.reason) == (None, [], 4401, "unauthorized: too_long")
 
 
 async def test_handshake_line_past_the_transport_limit_is_refused_with_414_or_431(server: Tandem) -> None:

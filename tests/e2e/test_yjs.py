@@ -222,7 +222,8 @@ async def test_bad_expired_and_missing_tokens_and_unknown_documents_are_refused(
     # A real WebsocketProvider gets the code and reason, and does not reconnect (44xx).
     bad = await editors.start(base, ws_id, doc_id, "not-a-token", synced=False)
     await bad.wait_for(lambda c: c.closed is not None)
-    assert bad.closed == (4401, "unauthorized") and bad.closes == [(4401, "unauthorized")]
+    closed = (4401, "unauthorized: malformed")
+    assert bad.closed == closed and bad.closes == [closed]
     expired = await editors.start(base, ws_id, doc_id, tok("editor", ttl_s=-60), synced=False)
     await expired.wait_for(lambda c: c.closed is not None)
     assert expired.closed == (4440, "token_expired")
@@ -236,8 +237,8 @@ async def test_bad_expired_and_missing_tokens_and_unknown_documents_are_refused(
     assert short.closed == (4440, "token_expired")
 
     url = f"{base}/yjs/{ws_id}/{doc_id}"
-    assert (await raw_session(url, []))[:2] == (4401, "unauthorized")
-    assert (await raw_session(f"{url}?token={tok('x', secret='another-secret-0123456789abcdef0123456789')}", []))[:2] == (4401, "unauthorized")
+    assert (await raw_session(url, []))[:2] == (4401, "unauthorized: missing")
+    assert (await raw_session(f"{url}?token={tok('x', secret='another-secret-0123456789abcdef0123456789')}", []))[:2] == (4401, "unauthorized: bad_signature")
     assert (await raw_session(f"{base}/yjs/{ws_id}/{uuid.uuid4()}?token={tok('x')}", []))[:2] == (4404, "not_found")
     assert (await raw_session(f"{base}/yjs/{private_ws}/{doc_id}?token={tok('x')}", []))[:2] == (4404, "not_found")
     assert (await raw_session(f"{base}/yjs/{ws_id}/not-a-uuid?token={tok('x')}", []))[:2] == (4404, "not_found")
