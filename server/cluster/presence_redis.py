@@ -80,6 +80,7 @@ class RedisPresence(Sweep, MemoryPresence):
         self.subscribed = False  # the relay listens: other nodes' events reach this node
         self.healthy = True  # the last call to Redis worked (a failure waits for a heartbeat)
         self.dirty: set[tuple[str, uuid.UUID]] = set()  # entries whose last write failed
+        self.writing: set[tuple[str, uuid.UUID]] = set()  # entries a flush is writing right now
         self.subscriptions = 0
 
     # --- keys and writes ----------------------------------------------------------------------
@@ -130,6 +131,8 @@ class RedisPresence(Sweep, MemoryPresence):
         if not self.connected:
             self._failed(op, None)  # skipped: the re-registration after reconnecting covers it
             return
+        writing = set(keys) - self.writing  # a concurrent flush of the same entry keeps its own
+        self.writing.update(writing)
         try:
             with keep_cancellation():
                 async with asyncio.timeout(self.timeout_s):
@@ -140,6 +143,8 @@ class RedisPresence(Sweep, MemoryPresence):
         except REDIS_ERRORS as exc:
             self._failed(op, exc)  # the entries stay dirty: the next heartbeat writes them again
             return
+        finally:
+            self.writing.difference_update(writing)
         self.dirty.difference_update(keys)
         self.metrics.presence_events.labels("published").inc(len(batches))
 
@@ -291,10 +296,19 @@ class RedisPresence(Sweep, MemoryPresence):
                 except REDIS_ERRORS as exc:
                     self._failed("heartbeat", exc)
 
+    def _on_their_way(self) -> set[tuple[str, uuid.UUID]]:
+        """Entries whose latest change is in a window not flushed yet or being written: that flush
+        writes them (and announces them once); Redis lacking them is no loss."""
+        pending = {(c, ws) for (_, ws), w in self.local.windows.items() for c in w.latest}
+        return pending | self.writing
+
     async def heartbeat_once(self) -> None:
         """Refresh every local entry's alive key; write again those Redis lost (it restarted, or
-        the sweep took them while this node stalled) and those whose last write failed."""
+        the sweep took them while this node stalled) and those whose last write failed, but not
+        those a flush is about to write or writing (before, during and after this call's round
+        trip), which would announce them twice."""
         entries = list(self.local.entries.values())
+        on_their_way = self._on_their_way()
         if not entries:
             await self.redis.ping()
             self._set_state(healthy=True)
@@ -307,7 +321,11 @@ class RedisPresence(Sweep, MemoryPresence):
             pipe.sadd(self.index_key, *{f"{e.tenant_id}:{e.workspace_id}" for e in entries})
             refreshed = (await pipe.execute())[: len(entries)]
         self._set_state(healthy=True)
-        redo = [e for e, ok in zip(entries, refreshed) if not ok or (e.subscriber.conn_id, e.workspace_id) in self.dirty]
+        on_their_way |= self._on_their_way()
+        redo = [
+            e for e, ok in zip(entries, refreshed)
+            if (key := (e.subscriber.conn_id, e.workspace_id)) not in on_their_way and (not ok or key in self.dirty)
+        ]  # fmt: skip
         await self._rewrite(redo)
 
     async def close(self) -> None:
