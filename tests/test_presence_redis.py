@@ -262,3 +262,11 @@ async def test_a_heartbeat_leaves_changes_on_their_way_to_their_window(redis_nod
     await node2.flush()
     heard = [(f["type"], f["conn_id"]) for f in await alice.until("awareness.changed", state={"marker": True})]
     assert heard == [("presence.joined", bob.conn_id), ("presence.joined", carol.conn_id), ("awareness.changed", bob.conn_id)]
+    # An entry Redis lost (swept while its node stalled) is announced again, a change of it in
+    # the window or not.
+    ws_key = f"{redis_nodes.prefix}:{TENANT_A}:{WS}"
+    await node2.redis.delete(f"{ws_key}:alive:{bob.conn_id}")
+    await node2.redis.hdel(f"{ws_key}:members", bob.conn_id)
+    await node2.set_awareness(bob.conn_id, WS, None, {"marker": 2})
+    await node2.heartbeat_once()
+    assert (await alice.next("presence.joined"))["conn_id"] == bob.conn_id
