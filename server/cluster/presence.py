@@ -61,6 +61,7 @@ class Window:
     latest: dict[str, State] = field(default_factory=dict)  # by conn_id
     events: list[tuple[str, str]] = field(default_factory=list)  # (conn_id it is about, event frame)
     opened_s: float = field(default_factory=time.monotonic)  # when its first change came
+    joined: set[str] = field(default_factory=set)  # conn_ids whose join it announces
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,12 @@ class Batch:
     latest: dict[str, State]
     events: list[tuple[str, str]]
     frames: list[str]  # `presence.batch` frames of `latest`
+    joined: frozenset[str] = frozenset()  # conn_ids whose join it announces
 
     @classmethod
     def of(cls, tenant_id: uuid.UUID, workspace_id: uuid.UUID, window: Window) -> Batch:
-        return cls(tenant_id, workspace_id, window.latest, window.events, batch_frames(workspace_id, window.latest.values()))
+        frames = batch_frames(workspace_id, window.latest.values())
+        return cls(tenant_id, workspace_id, window.latest, window.events, frames, frozenset(window.joined))
 
 
 def batch_frames(workspace_id: uuid.UUID, states: Iterable[State]) -> list[str]:
@@ -202,6 +205,7 @@ class LocalMembers:
             workspace_id=workspace_id, agent_id=agent_id, conn_id=member.conn_id, node_id=self.node_id, since=since
         )
         self._emit(entry, member, event)
+        self.windows[(tenant_id, workspace_id)].joined.add(who.conn_id)
 
     def leave(self, conn_id: str, workspace_id: uuid.UUID, reason: p.LeftReason) -> None:
         entry = self.entries.pop((conn_id, workspace_id), None)

@@ -80,6 +80,8 @@ class RedisPresence(Sweep, MemoryPresence):
         self.subscribed = False  # the relay listens: other nodes' events reach this node
         self.healthy = True  # the last call to Redis worked (a failure waits for a heartbeat)
         self.dirty: set[tuple[str, uuid.UUID]] = set()  # entries whose last write failed
+        self.writing: set[tuple[str, uuid.UUID]] = set()  # entries a flush is writing right now
+        self.joining: set[tuple[str, uuid.UUID]] = set()  # those of them it writes with their join
         self.subscriptions = 0
 
     # --- keys and writes ----------------------------------------------------------------------
@@ -130,6 +132,11 @@ class RedisPresence(Sweep, MemoryPresence):
         if not self.connected:
             self._failed(op, None)  # skipped: the re-registration after reconnecting covers it
             return
+        # Marked for the heartbeat; a concurrent flush of the same entry keeps its own marks.
+        writing = set(keys) - self.writing
+        joining = {(c, b.workspace_id) for b in batches for c in b.joined} - self.joining
+        self.writing.update(writing)
+        self.joining.update(joining)
         try:
             with keep_cancellation():
                 async with asyncio.timeout(self.timeout_s):
@@ -140,6 +147,9 @@ class RedisPresence(Sweep, MemoryPresence):
         except REDIS_ERRORS as exc:
             self._failed(op, exc)  # the entries stay dirty: the next heartbeat writes them again
             return
+        finally:
+            self.writing.difference_update(writing)
+            self.joining.difference_update(joining)
         self.dirty.difference_update(keys)
         self.metrics.presence_events.labels("published").inc(len(batches))
 
@@ -291,10 +301,20 @@ class RedisPresence(Sweep, MemoryPresence):
                 except REDIS_ERRORS as exc:
                     self._failed("heartbeat", exc)
 
+    def _unannounced(self) -> set[tuple[str, uuid.UUID]]:
+        """Entries whose join is in a window not flushed yet or being written: Redis never had
+        them, and that flush writes and announces them."""
+        pending = {(c, ws) for (_, ws), w in self.local.windows.items() for c in w.joined}
+        return pending | self.joining
+
     async def heartbeat_once(self) -> None:
         """Refresh every local entry's alive key; write again those Redis lost (it restarted, or
-        the sweep took them while this node stalled) and those whose last write failed."""
+        the sweep took them while this node stalled) and those whose last write failed. Not those
+        whose join a flush is about to write or writing (before, during or after this call's round
+        trip): Redis lacks them for that reason; nor dirty ones a flush is writing: they would be
+        announced twice."""
         entries = list(self.local.entries.values())
+        unannounced = self._unannounced()
         if not entries:
             await self.redis.ping()
             self._set_state(healthy=True)
@@ -307,7 +327,12 @@ class RedisPresence(Sweep, MemoryPresence):
             pipe.sadd(self.index_key, *{f"{e.tenant_id}:{e.workspace_id}" for e in entries})
             refreshed = (await pipe.execute())[: len(entries)]
         self._set_state(healthy=True)
-        redo = [e for e, ok in zip(entries, refreshed) if not ok or (e.subscriber.conn_id, e.workspace_id) in self.dirty]
+        unannounced |= self._unannounced()
+        redo = [
+            e for e, ok in zip(entries, refreshed)
+            if (key := (e.subscriber.conn_id, e.workspace_id)) not in unannounced
+            and (not ok or (key in self.dirty and key not in self.writing))
+        ]  # fmt: skip
         await self._rewrite(redo)
 
     async def close(self) -> None:

@@ -22,7 +22,8 @@ from pycrdt import Doc, Text
 
 from tests import wsclient
 from tests.conftest import Postgres, TestDatabase, _create_database, _drop_database
-from tests.e2e.editors import Editors, install_node_clients
+from tests.e2e.editors import Editors
+from tests.nodejs import install_node_clients
 from tests.serverproc import ServerProcess, Servers, server_env, servers_for
 
 T = TypeVar("T")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -15,21 +14,7 @@ from typing import Any
 
 from tests import wsclient
 from tests.conftest import TENANT_A
-
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
-NPM_CI_TIMEOUT_S = 300
-
-
-def install_node_clients() -> Path:
-    """tests/node with its node_modules, installed from the lockfile (`npm ci`) when missing."""
-    if not (NODE_DIR / "node_modules" / "y-websocket" / "package.json").exists():
-        npm = shutil.which("npm")
-        assert npm is not None, "npm is needed to install the Yjs test clients (tests/node)"
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True, timeout=NPM_CI_TIMEOUT_S
-        )
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-    return NODE_DIR
+from tests.nodejs import NODE, node_env
 
 
 class YClient:
@@ -126,8 +111,9 @@ class Editors:
     async def start(self, base: str, ws_id: str, doc_id: str, token: str, synced: bool = True) -> YClient:
         """An editor of `doc_id` at `base` (`ws://host:port`); waits until it synced unless told not to."""
         proc = await asyncio.create_subprocess_exec(
-            "node", str(self.node_dir / "yclient.mjs"), f"{base}/yjs/{ws_id}", doc_id, token,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.node_dir, limit=1 << 24,
+            NODE, str(self.node_dir / "yclient.mjs"), f"{base}/yjs/{ws_id}", doc_id, token,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.node_dir, env=node_env(),
+            limit=1 << 24,
         )
         client = YClient(proc)
         self.started.append(client)
