@@ -119,6 +119,7 @@ def check_before(doc: Doc, ids: Ids, clocks: Mapping[int, int], placed: Placed) 
     state vector), or None, and the items to check once applied (`check_after`). `placed`:
     items found in order before (`note_placed` adds this update's once it is taken)."""
     later: list[Between] = []
+    walk: list[Between] = []  # both ids held: their order is read in one transaction below
     this_update: Placed = {}
     own: dict[int, list[tuple[int, int]]] | None = None  # the update's own clocks, once needed
     for item in ids.between:
@@ -128,20 +129,21 @@ def check_before(doc: Doc, ids: Ids, clocks: Mapping[int, int], placed: Placed) 
         this_update[_last(item)] = item.right  # found in order below, or the update is refused
         if follows:
             continue
-        if not _held(item.origin, clocks) or not _held(item.right, clocks):
-            own = own if own is not None else _own_clocks(ids)
-            if not all(_held(id_, clocks) or _within(id_, own) for id_ in (item.origin, item.right)):
-                return Refusal(f"{_describe(item)}, and the document lacks one of them", missing=True), []
-            later.append(item)  # named in this update: checked once applied
+        if _held(item.origin, clocks) and _held(item.right, clocks):
+            walk.append(item)
             continue
+        own = own if own is not None else _own_clocks(ids)
+        if not all(_held(id_, clocks) or _within(id_, own) for id_ in (item.origin, item.right)):
+            return Refusal(f"{_describe(item)}, and the document lacks one of them", missing=True), []
+        later.append(item)  # named in this update: checked once applied
+    if walk:
         with doc.transaction() as txn:
-            order = _order(txn, item)
-        if order == "inverted":
-            return Refusal(f"{_describe(item)}, which comes first"), []
-        if order == "tie":
-            if not item.visible:
-                return Refusal(f"{_describe(item)}, deleted items whose order cannot be checked"), []
-            later.append(item)  # once applied it shows between them, if they are in order
+            for item in walk:
+                order = _order(txn, item)
+                if order == "inverted" or (order == "tie" and not item.visible):
+                    return Refusal(_why(item, order)), []
+                if order == "tie":
+                    later.append(item)  # once applied it shows between them, if they are in order
     return None, later
 
 
@@ -150,13 +152,18 @@ def check_after(doc: Doc, later: list[Between], clocks: Mapping[int, int]) -> st
     for item in later:
         if not _held((item.client, item.clock), clocks):
             return f"{_describe(item)}, and could not be placed"
-        with doc.transaction() as txn:
+    with doc.transaction() as txn:
+        for item in later:
             order = _order(txn, item, shown_between=item.visible)
-        if order == "inverted":
-            return f"{_describe(item)}, which comes first"
-        if order == "tie":
-            return f"{_describe(item)}, deleted items whose order cannot be checked"
+            if order != "ordered":
+                return _why(item, order)
     return None
+
+
+def _why(item: Between, order: str) -> str:
+    if order == "inverted":
+        return f"{_describe(item)}, which comes first"
+    return f"{_describe(item)}, deleted items whose order cannot be checked"
 
 
 def _own_clocks(ids: Ids) -> dict[int, list[tuple[int, int]]]:
