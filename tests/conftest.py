@@ -152,8 +152,9 @@ async def admin(db: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 async def pool(db: TestDatabase) -> AsyncIterator[asyncpg.Pool]:
-    """A pool of the application role (RLS applies), for setting up data the way the server does."""
-    p = await database.create_pool(db.app_url, min_size=1, max_size=4)
+    """A pool of the application role (RLS applies), for setting up data the way the server does
+    (12 connections: enough for the tests that race transactions)."""
+    p = await database.create_pool(db.app_url, min_size=1, max_size=12)
     try:
         yield p
     finally:

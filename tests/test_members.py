@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -16,19 +15,9 @@ import pytest
 
 from server.core.errors import ErrorCode, TandemError
 from server.db import store
-from server.db.database import create_pool
 from server.workspaces import directory as ws
 from server.workspaces import members, state
 from tests.conftest import TENANT_A, TENANT_B
-
-
-@pytest.fixture
-async def pool(db) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(db.app_url, min_size=1, max_size=8)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def tx(pool: asyncpg.Pool, agent_id: str, tenant_id: uuid.UUID = TENANT_A):

@@ -17,7 +17,6 @@ from tests.workspace_helpers import (
     LIMIT,
     join,
     make_workspace,
-    pool,  # noqa: F401  (the fixture the tests take)
     tx,
 )
 

@@ -22,7 +22,6 @@ from tests.workspace_helpers import (
     join,
     join_error,
     make_workspace,
-    pool,  # noqa: F401  (the fixture the tests take)
     tx,
 )
 

@@ -18,7 +18,6 @@ from tests.conftest import TENANT_B
 from tests.workspace_helpers import (
     join,
     make_workspace,
-    pool,  # noqa: F401  (the fixture the tests take)
     tx,
 )
 

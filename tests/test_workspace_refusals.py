@@ -14,7 +14,6 @@ from server.wire import protocol
 from server.workspaces import directory as ws
 from tests.workspace_helpers import (
     make_workspace,
-    pool,  # noqa: F401  (the fixture the tests take)
     tx,
 )
 

@@ -5,27 +5,17 @@ workspaces made and joined through server/workspaces/directory.py as the server 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from server.core.errors import TandemError
 from server.db import store
-from server.db.database import create_pool
 from server.workspaces import directory as ws
 from tests.conftest import TENANT_A
 
 LIMIT = 1000
 
-
-@pytest.fixture
-async def pool(db) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(db.app_url, min_size=1, max_size=8)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def tx(pool: asyncpg.Pool, agent_id: str, tenant_id: uuid.UUID = TENANT_A):
