@@ -10,15 +10,20 @@ running by a crashed server is adopted.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import os
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import asyncpg
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_fixed,
+)
 
 from server.core.settings import DATA_DIR_MODE
 from server.db.pgcluster import OR_DATABASE_URL, Cluster, ClusterError, wheel_bin_dir
@@ -29,6 +34,10 @@ DATABASE = "tandem"
 ATTACH_TIMEOUT_S = 30.0
 ATTACH_POLL_S = 0.1
 PROBE_TIMEOUT_S = 5.0
+
+
+class _Busy(Exception):
+    """The data folder is held and its cluster does not answer yet."""
 
 
 class EmbeddedPostgres:
@@ -46,24 +55,38 @@ class EmbeddedPostgres:
         self.attached = False
         self._lock_fd: int | None = None
 
+    async def _attach_or_lock(self) -> bool:
+        """While another process holds the folder: True once its cluster answers (attached), False
+        if the folder is freed meanwhile (now held here). Waits up to ATTACH_TIMEOUT_S."""
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(ATTACH_TIMEOUT_S), wait=wait_fixed(ATTACH_POLL_S), retry=retry_if_exception_type(_Busy)
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if self._lock():
+                        return False
+                    if await self._reachable():
+                        self.attached = True
+                        return True
+                    raise _Busy
+        except RetryError:
+            raise ClusterError(
+                f"another process holds the data folder {self.data_dir} but its PostgreSQL "
+                f"accepted no connection within {ATTACH_TIMEOUT_S:g}s (socket in {self.cluster.socket_dir})"
+            ) from None
+        raise AssertionError("unreachable")
+
     @property
     def admin_url(self) -> str:
         return self.cluster.url(DATABASE)
 
     async def __aenter__(self) -> Self:
-        deadline = time.monotonic() + ATTACH_TIMEOUT_S
-        while not self._lock():
+        if not self._lock():
             if not self.share:
                 raise ClusterError(f"another Tandem server is using the data folder {self.data_dir}")
-            if await self._reachable():
-                self.attached = True
+            if await self._attach_or_lock():
                 return self
-            if time.monotonic() >= deadline:
-                raise ClusterError(
-                    f"another process holds the data folder {self.data_dir} but its PostgreSQL "
-                    f"accepted no connection within {ATTACH_TIMEOUT_S:g}s (socket in {self.cluster.socket_dir})"
-                )
-            await asyncio.sleep(ATTACH_POLL_S)
         try:
             try:
                 self.cluster.start()
