@@ -14,7 +14,6 @@ import functools
 import gc
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import health
+from server import health, welcome
 from server.cluster import fanout, presence
 from server.core import auth
 from server.core.logs import bind_ids, get_logger
@@ -147,9 +146,6 @@ async def bounded(name: str, step: Callable[[], Awaitable[None]], timeout_s: flo
         log.warning("server.shutdown_step_timeout", step=name, timeout_s=timeout_s)
 
 
-DEV_TENANT = uuid.UUID("00000000-0000-0000-0000-000000000001")
-
-
 async def start_node(
     stack: contextlib.AsyncExitStack, settings: Settings, db: Database, metrics: Metrics, supervisor: Supervisor
 ) -> Node:
@@ -197,10 +193,6 @@ async def start_node(
     stack.push_async_callback(members.close)
     for name, factory in members.background():
         start_background(stack, supervisor, name, factory)
-    if db.embedded:
-        token = auth.issue_token(secret, DEV_TENANT, "dev", settings.token_ttl_s)
-        log.info("auth.dev_token", tenant_id=str(DEV_TENANT), agent_id="dev", token=token,
-                 message="development token for the embedded server (tenant 1, agent dev)")
     return Node(
         settings, settings.node_id, db.pool, rooms, committer, secret, metrics, checker, listener, members, coordination,
         supervisor,
@@ -236,6 +228,7 @@ def _lifespan(state: AppState) -> Any:
                 schema_version=db.schema_version,
                 migrations_applied_at_start=db.migrations_applied_at_start,
             )
+            welcome.announce(welcome.for_server(settings, state.node.jwt_secret, db.embedded))
             yield
             log.info("server.stopping")
         log.info("server.stopped")

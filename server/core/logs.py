@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -102,6 +102,15 @@ def configure(level: str = "info", json: bool = True) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+def log_stream() -> TextIO:
+    """The stream log lines go to: the handler `configure` installed, else stderr. Whether it is
+    a terminal decides the form of the server's start output (server/welcome.py)."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == "tandem" and isinstance(handler, logging.StreamHandler):
+            return handler.stream  # type: ignore[no-any-return]
+    return sys.stderr
 
 
 def get_logger(name: str = "tandem", **ids: Any) -> structlog.stdlib.BoundLogger:

@@ -136,7 +136,7 @@ async def create_workspace(
     pool: asyncpg.Pool, tenant_id: uuid.UUID, owner_id: str, request: protocol.WorkspaceCreate
 ) -> workspaces.Workspace:
     """A new workspace of the tenant with `owner_id` as its owner member."""
-    with _explained(tenant_id, None, owner_id):
+    with explained(tenant_id, None, owner_id):
         async with store.tenant_transaction(pool, tenant_id, ACTOR) as conn:
             return await workspaces.create_workspace(
                 conn, tenant_id, owner_id, request.name, request.workspace_type, request.visibility, request.max_members
@@ -148,7 +148,7 @@ async def add_member(
 ) -> workspaces.Member:
     """Make `agent_id` a member with `role` (an existing member gets the role); see
     `workspaces.add_member`. Another tenant's workspace is `not found`."""
-    with _explained(tenant_id, workspace_id, agent_id):
+    with explained(tenant_id, workspace_id, agent_id):
         async with store.tenant_transaction(pool, tenant_id, ACTOR) as conn:
             return await workspaces.add_member(conn, workspace_id, agent_id, role)
 
@@ -161,7 +161,7 @@ async def create_document(
     The agent must be a member who may write, as over the wire (`workspaces.create_document`);
     an unknown workspace, or another tenant's, is `not found` whatever the agent.
     """
-    with _explained(tenant_id, request.workspace_id, agent_id):
+    with explained(tenant_id, request.workspace_id, agent_id):
         async with store.tenant_transaction(pool, tenant_id, ACTOR) as conn:
             row = await conn.fetchrow(store.Q["ws_lock_workspace"], request.workspace_id)
             if row is None:
@@ -180,7 +180,7 @@ async def create_document(
 
 
 @contextmanager
-def _explained(tenant_id: uuid.UUID, workspace_id: uuid.UUID | None, agent_id: str | None) -> Iterator[None]:
+def explained(tenant_id: uuid.UUID, workspace_id: uuid.UUID | None, agent_id: str | None) -> Iterator[None]:
     """Turn a client-visible `TandemError` into an `AdminError` that names what it is about."""
     try:
         yield

@@ -4,7 +4,8 @@
 schema and `tandem schema dump` writes it out (server/tools/schema_dump.py); `tandem token issue`,
 `workspace create`, `member add` and `document create` are the operator commands (bodies in
 server/tools/admin.py); `tandem replay`, `history` and `blame` read a document's log
-(server/tools/cli_docs.py). Each command reads the settings once (environment plus its flags) and
+(server/tools/cli_docs.py); `tandem quickstart` makes a demo to try both kinds of client
+(server/tools/quickstart.py). Each command reads the settings once (environment plus its flags) and
 passes them down. Bad arguments are usage errors (exit 2); expected failures print one line on
 stderr and exit 1; a closed stdout stops a command quietly with 141; only bugs print a
 traceback (server/tools/cli_shared.py). A new group is a `typer.Typer()` added with
@@ -24,7 +25,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from server.db import migrate
-from server.tools import admin, cli_docs, cli_ops, schema_dump
+from server.tools import admin, cli_docs, cli_ops, quickstart, schema_dump
 from server.tools.cli_help import TandemRootGroup, use_real_metavars
 from server.tools.cli_ops import AsJson, WorkspaceId
 from server.tools.cli_shared import (
@@ -354,6 +355,10 @@ document_app.command("delete")(cli_ops.document_delete)
 member_app.command("list")(cli_ops.member_list)
 member_app.command("remove")(cli_ops.member_remove)
 app.command("status")(cli_ops.status_command)
+
+# --- a demo workspace and the snippets that join it (server/tools/quickstart.py) ----------------
+
+app.command("quickstart")(quickstart.quickstart_command)
 
 # Last: flags show no value in --help, for every command registered above.
 use_real_metavars(app)

@@ -110,8 +110,12 @@ class Editors:
 
     async def start(self, base: str, ws_id: str, doc_id: str, token: str, synced: bool = True) -> YClient:
         """An editor of `doc_id` at `base` (`ws://host:port`); waits until it synced unless told not to."""
+        return await self.start_at(f"{base}/yjs/{ws_id}", doc_id, token, synced)
+
+    async def start_at(self, server_url: str, room: str, token: str, synced: bool = True) -> YClient:
+        """An editor given y-websocket's own arguments: `serverUrl` (`ws://host:port/yjs/WORKSPACE`) and room."""
         proc = await asyncio.create_subprocess_exec(
-            NODE, str(self.node_dir / "yclient.mjs"), f"{base}/yjs/{ws_id}", doc_id, token,
+            NODE, str(self.node_dir / "yclient.mjs"), server_url, room, token,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.node_dir, env=node_env(),
             limit=1 << 24,
         )
