@@ -24,18 +24,33 @@ class AgentRegistryHandlers(_Base):
     async def on_agent_register(self, msg: pa.AgentRegister) -> None:
         assert self.principal is not None
         async with self._tx() as conn:
-            agent = await agents.register(conn, self.principal.agent_id, msg, self.node.settings.presence_ttl_s)
+            agent = await agents.register(
+                conn, self.principal.agent_id, msg, self.node.settings.presence_ttl_s
+            )
         self.reply(pa.AgentRegisterOk(re=msg.id, agent=agent.to_wire()))
 
     async def on_agent_set_status(self, msg: pa.AgentSetStatus) -> None:
         assert self.principal is not None
         async with self._tx() as conn:
-            agent = await agents.set_status(conn, self.principal.agent_id, msg.status, self.node.settings.presence_ttl_s)
+            agent = await agents.set_status(
+                conn,
+                self.principal.agent_id,
+                msg.status,
+                self.node.settings.presence_ttl_s,
+            )
         self.reply(pa.AgentSetStatusOk(re=msg.id, agent=agent.to_wire()))
 
     async def on_agent_list(self, msg: pa.AgentList) -> None:
         async with self._tx() as conn:
             found, truncated = await agents.list_agents(
-                conn, self.node.settings.presence_ttl_s, capability=msg.capability, statuses=msg.status, limit=msg.limit
+                conn,
+                self.node.settings.presence_ttl_s,
+                capability=msg.capability,
+                statuses=msg.status,
+                limit=msg.limit,
             )
-        self.reply(pa.AgentListOk(re=msg.id, agents=[a.to_wire() for a in found], truncated=truncated))
+        self.reply(
+            pa.AgentListOk(
+                re=msg.id, agents=[a.to_wire() for a in found], truncated=truncated
+            )
+        )

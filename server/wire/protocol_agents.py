@@ -17,24 +17,40 @@ from server.core.errors import RequestId
 from server.wire.fields import Name, Out, ReqId, Request, _not_blank
 
 MAX_CAPABILITIES = 32
-MAX_METADATA_BYTES = 8192  # compact JSON, as the database's agent_metadata_bounded checks it
+MAX_METADATA_BYTES = (
+    8192  # compact JSON, as the database's agent_metadata_bounded checks it
+)
 
 Capability = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$"), AfterValidator(_not_blank)
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$"),
+    AfterValidator(_not_blank),
 ]
-Kind = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_not_blank)]
-SetStatus = Literal["active", "maintenance", "error"]  # `inactive` is derived, never set
+Kind = Annotated[
+    str, StringConstraints(min_length=1, max_length=100), AfterValidator(_not_blank)
+]
+SetStatus = Literal[
+    "active", "maintenance", "error"
+]  # `inactive` is derived, never set
 ListedStatus = Literal["active", "inactive", "error", "maintenance"]
 
 
 def _bounded_metadata(value: dict[str, Any]) -> dict[str, Any]:
     """A JSON object of finite numbers, at most MAX_METADATA_BYTES as compact JSON."""
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(
+            value, allow_nan=False, separators=(",", ":"), ensure_ascii=False
+        )
     except ValueError:
-        raise PydanticCustomError("json_object", "Must be a JSON object of finite numbers") from None
+        raise PydanticCustomError(
+            "json_object", "Must be a JSON object of finite numbers"
+        ) from None
     if len(text.encode()) > MAX_METADATA_BYTES:
-        raise PydanticCustomError("metadata_too_large", "At most {limit} bytes as compact JSON", {"limit": MAX_METADATA_BYTES})
+        raise PydanticCustomError(
+            "metadata_too_large",
+            "At most {limit} bytes as compact JSON",
+            {"limit": MAX_METADATA_BYTES},
+        )
     if "\\u0000" in text:  # PostgreSQL jsonb cannot hold NUL
         raise PydanticCustomError("json_object", "Must not contain NUL characters")
     return value
@@ -47,7 +63,9 @@ def _distinct(value: list[str]) -> list[str]:
 
 
 Metadata = Annotated[dict[str, Any], AfterValidator(_bounded_metadata)]
-Capabilities = Annotated[list[Capability], Field(max_length=MAX_CAPABILITIES), AfterValidator(_distinct)]
+Capabilities = Annotated[
+    list[Capability], Field(max_length=MAX_CAPABILITIES), AfterValidator(_distinct)
+]
 
 
 class AgentRegister(Request):
@@ -74,7 +92,9 @@ class AgentList(Request):
     type: Literal["agent.list"] = "agent.list"
     id: ReqId | None = None
     capability: Capability | None = None
-    status: Annotated[list[ListedStatus], Field(min_length=1, max_length=4)] | None = None
+    status: Annotated[list[ListedStatus], Field(min_length=1, max_length=4)] | None = (
+        None
+    )
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 

@@ -26,7 +26,12 @@ MAX_TENANTS_PER_BEAT = 1000  # tenants stamped per beat; the rest wait for the n
 
 
 class AgentLiveness:
-    def __init__(self, pool: asyncpg.Pool, connected: Callable[[], dict[uuid.UUID, list[str]]], settings: Settings) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        connected: Callable[[], dict[uuid.UUID, list[str]]],
+        settings: Settings,
+    ) -> None:
         self.pool = pool
         self.connected = connected  # Events.connected_agents of this node
         self.period_s = settings.presence_ttl_s / 3
@@ -38,12 +43,16 @@ class AgentLiveness:
             try:
                 await self.beat_once()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("agents.heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "agents.heartbeat_failed", error=f"{type(exc).__name__}: {exc}"
+                )
 
     async def beat_once(self) -> int:
         """Stamp the agents connected here now, tenant by tenant; returns how many tenants."""
         by_tenant = sorted(self.connected().items())
-        if len(by_tenant) > MAX_TENANTS_PER_BEAT:  # take turns, so every tenant is stamped in time
+        if (
+            len(by_tenant) > MAX_TENANTS_PER_BEAT
+        ):  # take turns, so every tenant is stamped in time
             start = self._next % len(by_tenant)
             by_tenant = (by_tenant[start:] + by_tenant[:start])[:MAX_TENANTS_PER_BEAT]
             self._next = start + MAX_TENANTS_PER_BEAT
@@ -51,6 +60,8 @@ class AgentLiveness:
         for tenant_id, agent_ids in by_tenant:
             ids = sorted(agent_ids)
             async with store.tenant_transaction(self.pool, tenant_id) as conn:
-                for i in range(0, len(ids), step):  # one statement unless a tenant has more agents here
+                for i in range(
+                    0, len(ids), step
+                ):  # one statement unless a tenant has more agents here
                     await agents.seen(conn, ids[i : i + step])
         return len(by_tenant)

@@ -59,14 +59,28 @@ class Agent:
 
 
 _FIELDS = {
-    "agent_capabilities_bounded": ("capabilities", f"At most {pa.MAX_CAPABILITIES} capabilities"),
-    "agent_metadata_bounded": ("metadata", f"At most {pa.MAX_METADATA_BYTES} bytes as JSON"),
-    "agent_max_concurrent_tasks_positive": ("max_concurrent_tasks", "Must be at least 1"),
+    "agent_capabilities_bounded": (
+        "capabilities",
+        f"At most {pa.MAX_CAPABILITIES} capabilities",
+    ),
+    "agent_metadata_bounded": (
+        "metadata",
+        f"At most {pa.MAX_METADATA_BYTES} bytes as JSON",
+    ),
+    "agent_max_concurrent_tasks_positive": (
+        "max_concurrent_tasks",
+        "Must be at least 1",
+    ),
     "agent_name_not_blank": ("name", "Must not be only whitespace"),
 }
 
 
-async def register(conn: asyncpg.Connection, agent_id: str, request: pa.AgentRegister, seen_within_s: float) -> Agent:
+async def register(
+    conn: asyncpg.Connection,
+    agent_id: str,
+    request: pa.AgentRegister,
+    seen_within_s: float,
+) -> Agent:
     """Register `agent_id` (the caller) as `request` describes, or update its registration;
     idempotent. A status it set and its health counters stay. Seen now."""
     with store.input_errors(_FIELDS):
@@ -77,25 +91,35 @@ async def register(conn: asyncpg.Connection, agent_id: str, request: pa.AgentReg
     return _agent(row)
 
 
-async def set_status(conn: asyncpg.Connection, agent_id: str, status: str, seen_within_s: float) -> Agent:
+async def set_status(
+    conn: asyncpg.Connection, agent_id: str, status: str, seen_within_s: float
+) -> Agent:
     """Set `agent_id`'s own status; `active` ends a maintenance or error. Never registered: `not_found`."""
     with store.input_errors(_FIELDS):
-        row = await conn.fetchrow(Q["agent_set_status"], seen_within_s, agent_id, status)
+        row = await conn.fetchrow(
+            Q["agent_set_status"], seen_within_s, agent_id, status
+        )
     if row is None:
         raise TandemError(ErrorCode.NOT_FOUND)
     return _agent(row)
 
 
 async def list_agents(
-    conn: asyncpg.Connection, seen_within_s: float, *, capability: str | None = None,
-    statuses: Sequence[str] | None = None, limit: int = 100,
+    conn: asyncpg.Connection,
+    seen_within_s: float,
+    *,
+    capability: str | None = None,
+    statuses: Sequence[str] | None = None,
+    limit: int = 100,
 ) -> tuple[list[Agent], bool]:
     """The tenant's agents with `capability` and a listed status in `statuses` (None: any), by
     agent id; at most `limit`, the flag is true when there were more."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
     statuses = None if statuses is None else list(statuses)
-    rows = await conn.fetch(Q["agent_list"], seen_within_s, capability, statuses, limit + 1)
+    rows = await conn.fetch(
+        Q["agent_list"], seen_within_s, capability, statuses, limit + 1
+    )
     return [_agent(r) for r in rows[:limit]], len(rows) > limit
 
 
@@ -108,7 +132,9 @@ async def seen(conn: asyncpg.Connection, agent_ids: Sequence[str]) -> None:
         await conn.execute(Q["agent_seen"], list(agent_ids))
 
 
-async def task_outcome(conn: asyncpg.Connection, agent_id: str, completed: bool) -> None:
+async def task_outcome(
+    conn: asyncpg.Connection, agent_id: str, completed: bool
+) -> None:
     """Count a task of `agent_id` completed or failed, in the caller's transaction (the one
     that moves the task); a completion resets the failure run. Unregistered: nothing changes."""
     await conn.execute(Q["agent_task_outcome"], agent_id, completed)
