@@ -56,6 +56,16 @@ CREATE TYPE public.workspace_visibility AS ENUM (
     'public'
 );
 
+CREATE FUNCTION public.agent_listed_status(status text, last_seen_at timestamp with time zone, seen_within_s double precision, now timestamp with time zone) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE
+        WHEN status IN ('maintenance', 'error') THEN status
+        WHEN last_seen_at > now - seen_within_s * interval '1 second' THEN 'active'
+        ELSE 'inactive'
+    END
+$$;
+
 CREATE FUNCTION public.audit_trigger_function() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public'
@@ -406,6 +416,36 @@ CREATE FUNCTION public.validate_jsonb_keys(data jsonb, required_keys text[]) RET
     AS $$
     SELECT data ?& required_keys
 $$;
+
+CREATE TABLE public.agents (
+    tenant_id uuid NOT NULL,
+    agent_id character varying(255) NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    name character varying(255) NOT NULL,
+    kind character varying(100) DEFAULT 'general'::character varying NOT NULL,
+    capabilities text[] DEFAULT '{}'::text[] NOT NULL,
+    max_concurrent_tasks integer DEFAULT 1 NOT NULL,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    status character varying(20) DEFAULT 'active'::character varying NOT NULL,
+    last_seen_at timestamp with time zone,
+    tasks_completed bigint DEFAULT 0 NOT NULL,
+    tasks_failed bigint DEFAULT 0 NOT NULL,
+    consecutive_failures integer DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    updated_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    CONSTRAINT agent_capabilities_bounded CHECK (((cardinality(capabilities) <= 32) AND (array_position(capabilities, NULL::text) IS NULL))),
+    CONSTRAINT agent_counters_not_negative CHECK (((tasks_completed >= 0) AND (tasks_failed >= 0) AND (consecutive_failures >= 0))),
+    CONSTRAINT agent_max_concurrent_tasks_positive CHECK ((max_concurrent_tasks > 0)),
+    CONSTRAINT agent_metadata_bounded CHECK ((octet_length((metadata)::text) <= 8192)),
+    CONSTRAINT agent_metadata_object CHECK ((jsonb_typeof(metadata) = 'object'::text)),
+    CONSTRAINT agent_name_not_blank CHECK ((btrim((name)::text, '
+'::text) <> ''::text)),
+    CONSTRAINT agent_status_known CHECK (((status)::text = ANY ((ARRAY['active'::character varying, 'inactive'::character varying, 'error'::character varying, 'maintenance'::character varying])::text[])))
+);
+
+ALTER TABLE ONLY public.agents FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.agents IS 'The agent registry of a tenant: capabilities, concurrency limit, health counters';
 
 CREATE TABLE public.audit_log (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
@@ -785,6 +825,12 @@ COMMENT ON TABLE public.workspace_locks IS 'Leased named locks of a workspace, w
 
 ALTER TABLE ONLY public.audit_log ATTACH PARTITION public.audit_log_default DEFAULT;
 
+ALTER TABLE ONLY public.agents
+    ADD CONSTRAINT agents_id_key UNIQUE (id);
+
+ALTER TABLE ONLY public.agents
+    ADD CONSTRAINT agents_pkey PRIMARY KEY (tenant_id, agent_id);
+
 ALTER TABLE ONLY public.audit_log
     ADD CONSTRAINT audit_log_pkey PRIMARY KEY (id, changed_at);
 
@@ -863,6 +909,8 @@ CREATE INDEX audit_log_default_record_id_idx ON public.audit_log_default USING b
 CREATE INDEX idx_audit_log_tenant_table ON ONLY public.audit_log USING btree (tenant_id, table_name);
 
 CREATE INDEX audit_log_default_tenant_id_table_name_idx ON public.audit_log_default USING btree (tenant_id, table_name);
+
+CREATE INDEX idx_agents_capabilities ON public.agents USING gin (capabilities);
 
 CREATE INDEX idx_conflicts_created_at ON public.conflict_resolutions USING btree (created_at DESC);
 
@@ -970,6 +1018,10 @@ CREATE STATISTICS public.tasks_status_priority ON status, priority FROM public.t
 
 CREATE STATISTICS public.workflows_tenant_type ON tenant_id, type FROM public.workflows;
 
+CREATE TRIGGER audit_agents AFTER INSERT OR DELETE ON public.agents FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id');
+
+CREATE TRIGGER audit_agents_update AFTER UPDATE ON public.agents FOR EACH ROW WHEN ((((((((((((((old.tenant_id IS DISTINCT FROM new.tenant_id) OR ((old.agent_id)::text IS DISTINCT FROM (new.agent_id)::text)) OR (old.id IS DISTINCT FROM new.id)) OR ((old.name)::text IS DISTINCT FROM (new.name)::text)) OR ((old.kind)::text IS DISTINCT FROM (new.kind)::text)) OR (old.capabilities IS DISTINCT FROM new.capabilities)) OR (old.max_concurrent_tasks IS DISTINCT FROM new.max_concurrent_tasks)) OR (old.metadata IS DISTINCT FROM new.metadata)) OR ((old.status)::text IS DISTINCT FROM (new.status)::text)) OR (old.tasks_completed IS DISTINCT FROM new.tasks_completed)) OR (old.tasks_failed IS DISTINCT FROM new.tasks_failed)) OR (old.consecutive_failures IS DISTINCT FROM new.consecutive_failures)) OR (old.created_at IS DISTINCT FROM new.created_at))) EXECUTE FUNCTION public.audit_trigger_function('id');
+
 CREATE TRIGGER audit_documents AFTER INSERT OR DELETE ON public.shared_documents FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id', 'content');
 
 CREATE TRIGGER audit_documents_update AFTER UPDATE ON public.shared_documents FOR EACH ROW WHEN ((((((((((((((((old.id IS DISTINCT FROM new.id) OR (old.workspace_id IS DISTINCT FROM new.workspace_id)) OR (old.tenant_id IS DISTINCT FROM new.tenant_id)) OR ((old.title)::text IS DISTINCT FROM (new.title)::text)) OR ((old.content_type)::text IS DISTINCT FROM (new.content_type)::text)) OR ((old.language)::text IS DISTINCT FROM (new.language)::text)) OR (old.is_locked IS DISTINCT FROM new.is_locked)) OR ((old.locked_by)::text IS DISTINCT FROM (new.locked_by)::text)) OR (old.locked_at IS DISTINCT FROM new.locked_at)) OR (old.lock_expires_at IS DISTINCT FROM new.lock_expires_at)) OR (old.lock_fence IS DISTINCT FROM new.lock_fence)) OR ((old.created_by)::text IS DISTINCT FROM (new.created_by)::text)) OR (old.created_at IS DISTINCT FROM new.created_at)) OR (old.deleted_at IS DISTINCT FROM new.deleted_at)) OR (old.metadata IS DISTINCT FROM new.metadata))) EXECUTE FUNCTION public.audit_trigger_function('id', 'content');
@@ -989,6 +1041,8 @@ CREATE TRIGGER audit_workspace_members_update AFTER UPDATE ON public.workspace_m
 CREATE TRIGGER audit_workspaces AFTER INSERT OR DELETE ON public.workspaces FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id');
 
 CREATE TRIGGER audit_workspaces_update AFTER UPDATE ON public.workspaces FOR EACH ROW WHEN (((((((((((((old.id IS DISTINCT FROM new.id) OR (old.tenant_id IS DISTINCT FROM new.tenant_id)) OR ((old.name)::text IS DISTINCT FROM (new.name)::text)) OR ((old.type)::text IS DISTINCT FROM (new.type)::text)) OR ((old.owner_id)::text IS DISTINCT FROM (new.owner_id)::text)) OR (old.visibility IS DISTINCT FROM new.visibility)) OR (old.state IS DISTINCT FROM new.state)) OR (old.state_version IS DISTINCT FROM new.state_version)) OR (old.config IS DISTINCT FROM new.config)) OR (old.max_members IS DISTINCT FROM new.max_members)) OR (old.created_at IS DISTINCT FROM new.created_at)) OR (old.deleted_at IS DISTINCT FROM new.deleted_at))) EXECUTE FUNCTION public.audit_trigger_function('id');
+
+CREATE TRIGGER update_agents_updated_at BEFORE UPDATE ON public.agents FOR EACH ROW EXECUTE FUNCTION public.update_updated_at_column();
 
 CREATE TRIGGER update_documents_updated_at BEFORE UPDATE ON public.shared_documents FOR EACH ROW WHEN ((NOT (old.head_seq IS DISTINCT FROM new.head_seq))) EXECUTE FUNCTION public.update_updated_at_column();
 
@@ -1027,6 +1081,10 @@ ALTER TABLE ONLY public.workspace_locks
 
 ALTER TABLE ONLY public.workspace_members
     ADD CONSTRAINT workspace_members_workspace_id_fkey FOREIGN KEY (workspace_id, tenant_id) REFERENCES public.workspaces(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE public.agents ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY agents_tenant_isolation ON public.agents USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
 
 ALTER TABLE public.audit_log ENABLE ROW LEVEL SECURITY;
 
@@ -1099,6 +1157,9 @@ GRANT ALL ON TYPE public.workflow_type TO tandem_app;
 
 GRANT ALL ON TYPE public.workspace_visibility TO tandem_app;
 
+REVOKE ALL ON FUNCTION public.agent_listed_status(status text, last_seen_at timestamp with time zone, seen_within_s double precision, now timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.agent_listed_status(status text, last_seen_at timestamp with time zone, seen_within_s double precision, now timestamp with time zone) TO tandem_app;
+
 REVOKE ALL ON FUNCTION public.audit_trigger_function() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.current_tenant_id() FROM PUBLIC;
@@ -1137,6 +1198,8 @@ REVOKE ALL ON FUNCTION public.update_updated_at_column() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.validate_jsonb_keys(data jsonb, required_keys text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.validate_jsonb_keys(data jsonb, required_keys text[]) TO tandem_app;
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.agents TO tandem_app;
 
 GRANT SELECT ON TABLE public.audit_log TO tandem_app;
 

@@ -40,6 +40,7 @@ from server.documents.rooms import RoomRegistry
 from server.transport import agent, connection, yws
 from server.transport import websocket as transport
 from server.transport.node import Node
+from server.workspaces.agent_liveness import AgentLiveness
 from server.workspaces.coordination import Coordination
 
 log = get_logger("tandem.app")
@@ -187,6 +188,8 @@ async def start_node(
     listener.events = coordination.events
     stack.push_async_callback(coordination.stop)
     start_background(stack, supervisor, "tasks.sweep", coordination.sweep_forever)
+    liveness = AgentLiveness(db.pool, coordination.events.connected_agents, settings)
+    start_background(stack, supervisor, "agents.heartbeat", liveness.run)
     start_background(stack, supervisor, "fanout.listen", listener.run)
     # Presence closes after its tasks stop (the stack runs in reverse); Redis stays optional.
     members = presence.create_presence(settings, settings.node_id, metrics)

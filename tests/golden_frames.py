@@ -18,9 +18,10 @@ from server.core.errors import ErrorCode, ErrorMessage
 from server.documents.room import encode_doc_op, encode_update_ok
 from server.transport.agent_coordination import member_wire
 from server.wire import protocol as p
+from server.wire import protocol_agents as pa
 from server.wire import protocol_coordination as pc
+from server.workspaces import agents, locks, tasks
 from server.workspaces import directory as workspaces
-from server.workspaces import locks, tasks
 
 PATH = Path(__file__).with_name("golden_frames.json")
 
@@ -50,7 +51,11 @@ def _objects() -> dict[str, Any]:
         agent_id="writer-2", node_id="node-1", conn_id=CONN, since=AT, doc_ids=[DOC], awareness={"cursor": 3},
         awareness_doc_id=DOC,
     )  # fmt: skip
+    agent = agents.Agent(
+        "writer-2", "Writer", "llm", ["write", "review"], 2, {"model": "m-1"}, "active", AT, 1, 3, 1, 0, AT, AT
+    )
     return {
+        "agent": agent.to_wire(),
         "workspace": workspace, "document": document, "member": member, "lock": lock.to_wire(),
         "task": task.to_wire(), "delegation": delegation.to_wire(), "presence": presence,
         "member_wire": member_wire(member),
@@ -112,6 +117,9 @@ def messages() -> list[Any]:
         pc.MemberUpdateOk(re=26, member=member),
         pc.MemberListOk(re=27, workspace_id=WS, members=[member], truncated=False),
         pc.MemberChanged(workspace_id=WS, member=member, change="updated", agent_id="owner-1"),
+        pa.AgentRegisterOk(re=29, agent=o["agent"]),
+        pa.AgentSetStatusOk(re=30, agent={**o["agent"], "status": "maintenance"}),
+        pa.AgentListOk(re=31, agents=[o["agent"]], truncated=False),
         ErrorMessage(re=28, code=ErrorCode.LIMIT_EXCEEDED, message=ErrorCode.LIMIT_EXCEEDED.message, details={"limit": "max_open_docs", "value": 100}),
     ]  # fmt: skip
     return found

@@ -93,6 +93,9 @@ VALID = {
     "member.remove": {"type": "member.remove", "workspace_id": WS, "agent_id": "b"},
     "member.update": {"type": "member.update", "workspace_id": WS, "agent_id": "b", "permissions": ["read"]},
     "member.list": {"type": "member.list", "workspace_id": WS},
+    "agent.register": {"type": "agent.register", "name": "Writer", "capabilities": ["write"], "max_concurrent_tasks": 2},
+    "agent.set_status": {"type": "agent.set_status", "status": "maintenance"},
+    "agent.list": {"type": "agent.list", "capability": "write"},
 }
 
 

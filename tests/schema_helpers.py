@@ -32,6 +32,7 @@ APP_PRIVILEGES: dict[str, frozenset[str]] = {
     "document_snapshots": frozenset({"SELECT", "INSERT", "DELETE"}),
     "audit_log": frozenset({"SELECT"}),
     "conflict_resolutions": frozenset({"SELECT", "INSERT", "UPDATE"}),
+    "agents": frozenset({"SELECT", "INSERT", "UPDATE"}),  # 0023: registrations are never deleted
 }
 TABLES = sorted(APP_PRIVILEGES)
 VIEWS = ["v_active_workflows", "v_agent_workload", "v_task_statistics", "v_workspace_activity"]
@@ -50,6 +51,7 @@ UPDATE_SET: dict[str, str] = {
     "document_snapshots": "state = '\\x00'::bytea",
     "audit_log": "changed_by = 'changed'",
     "conflict_resolutions": "description = 'changed'",
+    "agents": "name = 'changed'",
 }
 
 
@@ -187,6 +189,10 @@ async def build_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> Tenant
             tenant_id,
             document,
         )
+        await c.execute(
+            "INSERT INTO agents (tenant_id, agent_id, name, capabilities) VALUES ($1, 'agent-2', 'Agent', '{write}')",
+            tenant_id,
+        )
     return TenantRows(
         tenant_id, task, subtask, delegation, workflow, execution, workspace, "agent-1", document, operation,
         child_operation, snapshot, conflict,
@@ -238,6 +244,7 @@ def insert_sql(table: str, rows: TenantRows) -> tuple[str, list[object]]:
             " VALUES ($1, 'document', $2, 'c')",
             [t, new_id],
         ),
+        "agents": ("INSERT INTO agents (tenant_id, agent_id, name) VALUES ($1, $2, 'a')", [t, f"agent-{new_id}"]),
     }
     return statements[table]
 

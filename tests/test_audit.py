@@ -156,6 +156,21 @@ async def test_insert_update_delete_write_audit_rows_with_actor_ip_and_changed_f
     assert dele["old_data"] is not None and dele["new_data"] is None and dele["changed_fields"] is None
 
 
+async def test_agent_registrations_are_audited_and_heartbeats_are_not(app) -> None:
+    # Migration 0023: the heartbeat stamps last_seen_at every few seconds; only other changes are audited.
+    agent_id = f"agent-{uuid.uuid4().hex[:10]}"
+    async with tenant(app, TENANT_A, user_id=agent_id, rollback=True):
+        record_id = await app.fetchval(
+            "INSERT INTO agents (tenant_id, agent_id, name) VALUES ($1, $2, 'A') RETURNING id", TENANT_A, agent_id
+        )
+        await app.execute("UPDATE agents SET last_seen_at = now() + interval '1 s' WHERE agent_id = $1", agent_id)
+        assert set(await _audit_rows(app, "agents", record_id)) == {"INSERT"}
+        await app.execute("UPDATE agents SET status = 'maintenance' WHERE agent_id = $1", agent_id)
+        rows = await _audit_rows(app, "agents", record_id)
+    assert set(rows) == {"INSERT", "UPDATE"}
+    assert set(rows["UPDATE"]["changed_fields"]) - {"updated_at", "last_seen_at"} == {"status"}
+
+
 @pytest.mark.parametrize("how", ["empty", "unset"])
 async def test_audited_writes_work_when_actor_and_client_settings_are_empty_or_unset(app, how) -> None:
     # NOTES 14: after any transaction-local set_config a custom setting reads '' (not NULL);

@@ -1,5 +1,5 @@
 """The operator's everyday commands: `workspace list|show|delete`, `document list|show|delete`,
-`member list|remove`, `status`, the confirmation of `migrate down --all` and flag help.
+`member list|remove`, `agent list`, `status`, the confirmation of `migrate down --all` and flag help.
 
 Real `tandem` processes against this test's migrated database through DATABASE_URL, as in
 tests/test_cli_admin.py; data is set up through the application role the way the server does,
@@ -19,6 +19,9 @@ import pytest
 from server.cluster import hints
 from server.db import migrate, store
 from server.tools.admin import ACTOR
+from server.wire import protocol_agents as pa
+from server.wire import protocol_coordination as pc
+from server.workspaces import agents, tasks
 from server.workspaces import directory as workspaces
 from tests.conftest import TENANT_A, TENANT_B
 from tests.serverproc import REPO, TANDEM, server_env
@@ -181,6 +184,27 @@ async def test_member_list_and_remove(env: dict[str, str], pool: asyncpg.Pool, a
     assert [r["changed_by"] for r in actors] == [ACTOR]
 
 
+async def test_agent_list_prints_status_load_and_counters(env: dict[str, str], pool: asyncpg.Pool) -> None:
+    ttl_s = 15.0  # the default TANDEM_PRESENCE_TTL_S, which the command uses too
+    async with store.tenant_transaction(pool, TENANT_A, "olga") as conn:
+        register = pa.AgentRegister(name="Writer", kind="llm", capabilities=["write", "review"], max_concurrent_tasks=2)
+        await agents.register(conn, "writer", register, ttl_s)
+        await agents.register(conn, "olga", pa.AgentRegister(name="Olga"), ttl_s)
+        await agents.set_status(conn, "olga", "maintenance", ttl_s)
+        ws = await workspaces.create_workspace(conn, TENANT_A, "olga", "Crew")
+        await tasks.create_task(conn, "olga", "owner", pc.TaskCreate(workspace_id=ws.workspace_id, title="Draft", assign_to="writer"))
+
+    assert lines(tandem("agent", "list", "--tenant", A, env=env)) == [
+        "olga  maintenance      0/1      0      0  -  Olga",
+        "writer  active           1/2      0      0  write,review  Writer",
+    ]
+    [writer] = json_lines(tandem("agent", "list", "--tenant", A, "--capability", "review", "--json", env=env))
+    assert (writer["agent_id"], writer["status"], writer["load"], writer["free_slots"]) == ("writer", "active", 1, 1)
+    assert (writer["capabilities"], writer["tasks_completed"], writer["consecutive_failures"]) == (["write", "review"], 0, 0)
+    assert lines(tandem("agent", "list", "--tenant", A, "--capability", "deploy", env=env)) == []
+    assert lines(tandem("agent", "list", "--tenant", B, env=env)) == []  # another tenant's registry is empty
+
+
 async def test_status_reports_schema_and_connected_nodes(db: TestDatabase, env: dict[str, str]) -> None:
     newest = migrate.load(REPO / "migrations")[-1].version
     text = lines(tandem("status", env=env))
@@ -226,7 +250,7 @@ async def test_migrate_down_all_asks_unless_yes(env: dict[str, str], admin: asyn
     assert await admin.fetchval("SELECT count(*) FROM schema_migrations") == 0
 
 
-@pytest.mark.parametrize("command", [["workspace", "list"], ["migrate", "down"], ["member"], []])
+@pytest.mark.parametrize("command", [["workspace", "list"], ["migrate", "down"], ["member"], ["agent", "list"], []])
 def test_flag_help_shows_no_type(command: list[str]) -> None:
     result = tandem(*command, "--help", env=server_env())
     assert result.returncode == 0, result.stderr

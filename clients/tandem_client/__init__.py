@@ -17,6 +17,7 @@ all subclasses of `TandemError`. The wire protocol is the server's docs/protocol
 __version__ = "0.1.0"
 
 from tandem_client import errors  # noqa: E402
+from tandem_client.agents import Agents  # noqa: E402
 from tandem_client.client import Client, connect  # noqa: E402
 from tandem_client.coordination import EventStream, Lock  # noqa: E402
 from tandem_client.members import Members  # noqa: E402
@@ -25,10 +26,12 @@ from tandem_client.errors import *  # noqa: E402,F403  (one class per error code
 from tandem_client.options import Options  # noqa: E402
 from tandem_client.state import StateChange, WorkspaceState  # noqa: E402
 from tandem_client.tasks import TaskEvent, Tasks  # noqa: E402
-from tandem_client.wire import Delegation, DocumentInfo, Hello, LockInfo, Member, Task, WorkspaceInfo  # noqa: E402
+from tandem_client.wire import Agent, Delegation, DocumentInfo, Hello, LockInfo, Member, Task, WorkspaceInfo  # noqa: E402
 from tandem_client.workspace import Workspace  # noqa: E402
 
 __all__ = [
+    "Agent",
+    "Agents",
     "REMOTE",
     "Client",
     "Delegation",

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from tandem_client import wire
+from tandem_client.agents import Agents
 from tandem_client.connection import Connection, TokenSource
 from tandem_client.coordination import EventStream, Streams
 from tandem_client.document import Document
@@ -49,6 +50,7 @@ class Client:
         self._docs: dict[str, Document] = {}
         self._join_lock = asyncio.Lock()
         self._task_streams: Streams[TaskEvent] = Streams(self.options.max_event_queue)
+        self.agents = Agents(self)  # the tenant's agent registry (docs/protocol.md section 12.7)
 
     # --- lifecycle ---------------------------------------------------------------------------
 

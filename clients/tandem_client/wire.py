@@ -115,6 +115,27 @@ class Member(_Wire):
 
 
 @dataclass(frozen=True)
+class Agent(_Wire):
+    """An agent object of the registry (docs/protocol.md section 12.7), as of the reply."""
+
+    agent_id: str
+    name: str
+    kind: str
+    capabilities: list[str]
+    max_concurrent_tasks: int
+    metadata: dict[str, Any]
+    status: str  # active, inactive, error or maintenance (derived by the server)
+    last_seen_at: str | None
+    load: int  # open tasks assigned to it
+    free_slots: int
+    tasks_completed: int
+    tasks_failed: int
+    consecutive_failures: int
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
 class LockInfo(_Wire):
     """A lock object (docs/protocol.md section 12.1): `doc_id` or `name`, never both."""
 

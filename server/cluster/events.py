@@ -86,6 +86,14 @@ class Events:
         for workspace_id in workspace_ids:
             self.leave(conn_id, tenant_id, workspace_id)
 
+    def connected_agents(self) -> dict[uuid.UUID, list[str]]:
+        """The agents with an open session on this node, by tenant (the registry's heartbeat)."""
+        found: dict[uuid.UUID, list[str]] = defaultdict(list)
+        for (tenant_id, agent_id), listeners in self._by_agent.items():
+            if listeners:
+                found[tenant_id].append(agent_id)
+        return dict(found)
+
     # --- sending ---------------------------------------------------------------------------------
 
     def payload(self, event: Event) -> str:

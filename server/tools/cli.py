@@ -177,10 +177,14 @@ member_app = typer.Typer(
 document_app = typer.Typer(
     help="Create, list, show and delete documents (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True
 )
+agent_app = typer.Typer(
+    help="List the agent registry (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True
+)
 app.add_typer(token_app, name="token")
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(member_app, name="member")
 app.add_typer(document_app, name="document")
+app.add_typer(agent_app, name="agent")
 
 def agent_option(name: str, help: str) -> Any:
     return typer.Option(name, parser=admin.check_agent_id, metavar="AGENT", help=f"{help}; 1 to 255 characters.")
@@ -354,6 +358,7 @@ document_app.command("show")(cli_ops.document_show)
 document_app.command("delete")(cli_ops.document_delete)
 member_app.command("list")(cli_ops.member_list)
 member_app.command("remove")(cli_ops.member_remove)
+agent_app.command("list")(cli_ops.agent_list)
 app.command("status")(cli_ops.status_command)
 
 # --- a demo workspace and the snippets that join it (server/tools/quickstart.py) ----------------

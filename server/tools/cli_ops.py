@@ -1,5 +1,5 @@
 """The operator's everyday commands: `workspace list|show|delete`, `document list|show|delete`,
-`member list|remove` and `status` (bodies in server/tools/ops.py).
+`member list|remove`, `agent list` and `status` (bodies in server/tools/ops.py).
 
 Each prints a few plain columns, or with `--json` one JSON object per line (lists) or one object;
 deletes are soft (`deleted_at`). server/tools/cli.py registers these functions on its groups.
@@ -163,6 +163,35 @@ def member_list(
             echo_json({"workspace_id": str(workspace), **member_to_wire(m)})
         else:
             out(f"{m.agent_id}  {m.role}  {','.join(m.permissions)}")
+    note_truncated(truncated, limit)
+
+
+def agent_list(
+    tenant: Tenant,
+    capability: Annotated[
+        str | None, typer.Option("--capability", metavar="C", help="Only agents with this capability.", show_default=False)
+    ] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List the tenant's registered agents by id: agent, status, load/limit, completed, failed, capabilities, name.
+
+    The status is derived as a server lists it (docs/protocol.md section 12.7), against this
+    command's TANDEM_PRESENCE_TTL_S: give it the servers' value when they do not use the default."""
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> Any:
+        return await ops.list_agents(pool, tenant, settings.presence_ttl_s, capability, limit)
+
+    found, truncated = run_admin(settings, action)
+    for a in found:
+        if as_json:
+            echo_json(a.to_wire())
+        else:
+            load = f"{a.load}/{a.max_concurrent_tasks}"
+            caps = ",".join(a.capabilities) or "-"
+            out(f"{a.agent_id}  {a.status:<11}  {load:>7}  {a.tasks_completed:>5}  {a.tasks_failed:>5}  {caps}  {a.name}")
     note_truncated(truncated, limit)
 
 

@@ -1,5 +1,5 @@
 """The operator's everyday commands' bodies: list, show and soft-delete workspaces and documents,
-list and remove members, and `tandem status`.
+list and remove members, list the agent registry, and `tandem status`.
 
 Tenant commands run on `admin.app_pool` inside `store.tenant_transaction` with the operator
 (`admin.ACTOR`) as the audited actor, so RLS confines each one to its tenant. Soft delete sets
@@ -26,7 +26,7 @@ from server.core.settings import Settings
 from server.db import dbserver, migrate, store
 from server.db.store import Q
 from server.tools.admin import ACTOR, AdminError
-from server.workspaces import directory, members
+from server.workspaces import agents, directory, members
 
 CONNECT_TIMEOUT_S = 10.0
 REDIS_TIMEOUT_S = 2.0
@@ -128,6 +128,14 @@ async def list_members(
             if exc.code is ErrorCode.NOT_FOUND:
                 raise AdminError(_no_workspace(tenant_id, workspace_id)) from exc
             raise
+
+
+async def list_agents(
+    pool: asyncpg.Pool, tenant_id: uuid.UUID, seen_within_s: float, capability: str | None, limit: int
+) -> tuple[list[agents.Agent], bool]:
+    """The tenant's registered agents by id (with `capability`), statuses as a server lists them."""
+    async with store.tenant_transaction(pool, tenant_id, ACTOR) as conn:
+        return await agents.list_agents(conn, seen_within_s, capability=capability, limit=limit)
 
 
 async def remove_member(

@@ -23,7 +23,7 @@ from server.core.errors import ErrorCode, TandemError
 from server.db import store
 from server.db.store import Q
 from server.wire import protocol_coordination as pc
-from server.workspaces import task_rules
+from server.workspaces import agents, task_rules
 from server.workspaces.directory import WRITE_ROLES, rfc3339
 from server.workspaces.task_rules import Action, Actor, Status
 
@@ -145,8 +145,9 @@ async def transition(conn: asyncpg.Connection, agent_id: str, role: str | None, 
     itself a self-claim; `task_rules.check` decides (`invalid_transition`). Unknown, deleted and
     other tenants' ids: the bare `not_found`. complete stores `result`; fail records `error`,
     and while retries remain sends the task back to `pending`, unassigned, with `retry_count` +
-    1. delegate also records a `task_delegations` row from the current assignee (the actor when
-    there is none). The caller checks writing rights first.
+    1. complete and fail also count the outcome on the assignee's registry entry (its health
+    counters, server/workspaces/agents.py). delegate also records a `task_delegations` row from
+    the current assignee (the actor when there is none). The caller checks writing rights first.
     """
     task_id, action = request.task_id, Action(request.type.removeprefix("task."))
     to_agent_id: str | None = getattr(request, "agent_id", None)
@@ -172,6 +173,9 @@ async def transition(conn: asyncpg.Connection, agent_id: str, role: str | None, 
             *_STAMPS[status],
         )  # fmt: skip
     task = _task(row)
+    if action in (Action.COMPLETE, Action.FAIL) and previous.assigned_to is not None:
+        # The agent registry's health counters move with the task, in this transaction.
+        await agents.task_outcome(conn, previous.assigned_to, action == Action.COMPLETE)
 
     delegation = None
     if action == Action.DELEGATE:

@@ -30,3 +30,14 @@ owner_id, created_at, coalesce(state_version, 1) AS state_version
 -- A document (server/workspaces/directory.py `DocumentInfo`).
 id AS doc_id, workspace_id, title, coalesce(content_type, 'text') AS content_type, language,
 created_by, created_at, head_seq
+
+-- projection: agent
+-- A registered agent with its load (server/workspaces/agents.py `Agent`): status as listed
+-- (agent_listed_status, migration 0023; a statement naming {agent} binds the presence TTL in
+-- seconds as $1), load = its open assigned tasks (assigned, accepted, in progress) from
+-- v_agent_workload.
+agent_id, name, kind, capabilities, max_concurrent_tasks, metadata::text AS metadata,
+agent_listed_status(status, last_seen_at, $1, CURRENT_TIMESTAMP) AS status, last_seen_at,
+coalesce((SELECT w.pending_tasks + w.active_tasks FROM v_agent_workload w
+          WHERE w.agent_id = agents.agent_id), 0)::integer AS load,
+tasks_completed, tasks_failed, consecutive_failures, created_at, updated_at
