@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, BaseModel, Field, StrictBool, TypeAdapter
 
 from server.core.errors import RequestId
 from server.wire import protocol_coordination as coordination
+from server.wire import protocol_workflows as workflows
 from server.wire.fields import (
     EMPTY_STATE_VECTOR,
     MAX_SAFE_INTEGER,
@@ -148,6 +149,7 @@ ClientMessage = Union[  # type: ignore[valid-type]
         Hello, Ping, WorkspaceCreate, WorkspaceList, WorkspaceJoin, WorkspaceLeave, DocCreate, DocList,
         DocOpen, DocClose, DocUpdate, DocResync, PresenceList, AwarenessSet,
         *coordination.CLIENT_MESSAGES,  # locks, state, tasks, members (docs/protocol.md section 12)
+        *workflows.CLIENT_MESSAGES,  # workflow definitions (docs/protocol.md section 12.7)
     )
 ]  # fmt: skip
 CLIENT_MESSAGES: dict[str, type[BaseModel]] = {
@@ -333,7 +335,7 @@ SERVER_MESSAGES: dict[str, type[BaseModel]] = {
         WorkspaceLeaveOk, DocCreateOk, DocListOk, DocOpenOk, DocCloseOk, DocUpdateOk,
         DocResyncOk, DocOp, SessionClosing, PresenceListOk, AwarenessSetOk, PresenceJoined,
         PresenceLeft, PresenceChanged, AwarenessChanged, PresenceStale, PresenceBatch,
-        *coordination.SERVER_MESSAGES,
+        *coordination.SERVER_MESSAGES, *workflows.SERVER_MESSAGES,
     )
 }  # fmt: skip
 

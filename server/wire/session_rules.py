@@ -17,6 +17,7 @@ from uuid import UUID
 
 from server.core.errors import CLOSE_INTERNAL_ERROR, ErrorCode, RequestId
 from server.wire import protocol_coordination as coordination
+from server.wire import protocol_workflows as workflows
 from server.wire.fields import PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from server.wire.messages import (
     AwarenessSet,
@@ -86,6 +87,7 @@ RULES: dict[str, Rule] = {
     "presence.list": Rule.JOINED,
     "awareness.set": Rule.JOINED,
     **{type_: Rule(rule) for type_, rule in coordination.RULES.items()},
+    **{type_: Rule(rule) for type_, rule in workflows.RULES.items()},
 }
 
 
