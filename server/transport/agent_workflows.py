@@ -33,16 +33,32 @@ class WorkflowHandlers(_Base):
 
     async def on_workflow_get(self, msg: pw.WorkflowGet) -> None:
         async with self._tx() as conn:
-            found = await workflows.get(conn, msg.workspace_id, msg.workflow_id, msg.version)
+            found = await workflows.get(
+                conn, msg.workspace_id, msg.workflow_id, msg.version
+            )
         self.reply(pw.WorkflowGetOk(re=msg.id, workflow=found))
 
     async def on_workflow_list(self, msg: pw.WorkflowList) -> None:
         limit = min(msg.limit, self.node.settings.max_list_items)
         async with self._tx() as conn:
-            found, truncated = await workflows.list_workflows(conn, msg.workspace_id, msg.include_inactive, limit)
-        self.reply(pw.WorkflowListOk(re=msg.id, workspace_id=msg.workspace_id, workflows=found, truncated=truncated))
+            found, truncated = await workflows.list_workflows(
+                conn, msg.workspace_id, msg.include_inactive, limit
+            )
+        self.reply(
+            pw.WorkflowListOk(
+                re=msg.id,
+                workspace_id=msg.workspace_id,
+                workflows=found,
+                truncated=truncated,
+            )
+        )
 
     async def on_workflow_deactivate(self, msg: pw.WorkflowDeactivate) -> None:
         async with self._tx() as conn:
-            found = await workflows.deactivate(conn, self.roles.get(msg.workspace_id), msg.workspace_id, msg.workflow_id)
+            found = await workflows.deactivate(
+                conn,
+                self.roles.get(msg.workspace_id),
+                msg.workspace_id,
+                msg.workflow_id,
+            )
         self.reply(pw.WorkflowDeactivateOk(re=msg.id, workflow=found))

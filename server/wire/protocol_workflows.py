@@ -82,4 +82,9 @@ class WorkflowDeactivateOk(Out):
     workflow: Obj
 
 
-SERVER_MESSAGES = (WorkflowDefineOk, WorkflowGetOk, WorkflowListOk, WorkflowDeactivateOk)
+SERVER_MESSAGES = (
+    WorkflowDefineOk,
+    WorkflowGetOk,
+    WorkflowListOk,
+    WorkflowDeactivateOk,
+)

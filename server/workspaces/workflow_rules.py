@@ -25,11 +25,29 @@ from server.core.errors import ErrorCode, TandemError
 TYPES = ("sequential", "parallel", "conditional", "collaborative")  # enum workflow_type
 VARIABLES = frozenset({"input", "context", "steps"})  # what a condition may read
 # Names a CEL expression may use that are not variables: type denotations.
-_CEL_TYPE_NAMES = frozenset({"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type", "dyn"})
-_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})  # bind their first argument
+_CEL_TYPE_NAMES = frozenset(
+    {
+        "int",
+        "uint",
+        "double",
+        "bool",
+        "string",
+        "bytes",
+        "list",
+        "map",
+        "null_type",
+        "type",
+        "dyn",
+    }
+)
+_MACROS = frozenset(
+    {"all", "exists", "exists_one", "map", "filter"}
+)  # bind their first argument
 # A step id is a CEL identifier, so a condition can say `steps.review.approved`.
 STEP_ID_PATTERN = "^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+UUID_PATTERN = (
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 
 _TEXT = {"type": "string", "minLength": 1}
 SCHEMA: dict[str, Any] = {
@@ -58,8 +76,16 @@ SCHEMA: dict[str, Any] = {
                             "description": {"type": "string", "maxLength": 10_000},
                             "parameters": {"type": "object"},
                             "priority": {"enum": ["low", "normal", "high", "critical"]},
-                            "timeout_s": {"type": "integer", "minimum": 1, "maximum": 7 * 24 * 3600},
-                            "max_retries": {"type": "integer", "minimum": 0, "maximum": 10},
+                            "timeout_s": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 7 * 24 * 3600,
+                            },
+                            "max_retries": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "maximum": 10,
+                            },
                         },
                     },
                     "agent": {**_TEXT, "maxLength": 255},
@@ -83,11 +109,21 @@ _VALIDATOR = Draft202012Validator(SCHEMA)
 _CEL = celpy.Environment()
 
 
-def invalid(reason: str, pointer: str, step: str | None = None, **extra: Any) -> TandemError:
+def invalid(
+    reason: str, pointer: str, step: str | None = None, **extra: Any
+) -> TandemError:
     """`invalid_workflow` naming the step (None: the definition as a whole) and the field."""
-    where = f"step {step!r}, {pointer}" if step is not None else (pointer or "the definition")
+    where = (
+        f"step {step!r}, {pointer}"
+        if step is not None
+        else (pointer or "the definition")
+    )
     details = {"step": step, "pointer": pointer, "reason": reason, **extra}
-    return TandemError(ErrorCode.INVALID_WORKFLOW, f"Invalid workflow definition at {where}: {reason}", details)
+    return TandemError(
+        ErrorCode.INVALID_WORKFLOW,
+        f"Invalid workflow definition at {where}: {reason}",
+        details,
+    )
 
 
 def _escape(part: str | int) -> str:
@@ -99,14 +135,26 @@ def pointer(*parts: str | int) -> str:
     return "".join("/" + _escape(p) for p in parts)
 
 
-def check_definition(definition: Any, *, max_steps: int, max_bytes: int) -> dict[str, Any]:
+def check_definition(
+    definition: Any, *, max_steps: int, max_bytes: int
+) -> dict[str, Any]:
     """Return the definition with its optional parts filled in, or raise `invalid_workflow`."""
-    size = len(json.dumps(definition, separators=(",", ":"), ensure_ascii=False).encode())
+    size = len(
+        json.dumps(definition, separators=(",", ":"), ensure_ascii=False).encode()
+    )
     if size > max_bytes:
-        raise invalid(f"the definition is {size} bytes, more than {max_bytes}", "", limit="max_workflow_bytes")
+        raise invalid(
+            f"the definition is {size} bytes, more than {max_bytes}",
+            "",
+            limit="max_workflow_bytes",
+        )
     steps = definition.get("steps") if isinstance(definition, dict) else None
     if isinstance(steps, list) and len(steps) > max_steps:
-        raise invalid(f"{len(steps)} steps, more than {max_steps}", "/steps", limit="max_workflow_steps")
+        raise invalid(
+            f"{len(steps)} steps, more than {max_steps}",
+            "/steps",
+            limit="max_workflow_steps",
+        )
     _check_schema(definition)
     _check_graph(definition)
     return {
@@ -132,11 +180,13 @@ def _check_schema(definition: Any) -> None:
 def _reason(error: ValidationError, path: list[str | int]) -> str:
     """A short reason; for a missing or extra property the pointer is extended to name it."""
     if error.validator == "required":
-        missing = next(name for name in error.validator_value if name not in error.instance)
+        missing = next(
+            name for name in error.validator_value if name not in error.instance
+        )
         path.append(missing)
         return f"{missing!r} is required"
     if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))[0]
+        extra = min(set(error.instance) - set(error.schema.get("properties", {})))
         path.append(extra)
         return f"{extra!r} is not allowed here"
     if error.validator == "oneOf":
@@ -153,17 +203,33 @@ def _check_graph(definition: Mapping[str, Any]) -> None:
     index: dict[str, int] = {}
     for i, step in enumerate(steps):
         if step["id"] in index:
-            raise invalid(f"step id {step['id']!r} is used twice", pointer("steps", i, "id"), step["id"])
+            raise invalid(
+                f"step id {step['id']!r} is used twice",
+                pointer("steps", i, "id"),
+                step["id"],
+            )
         index[step["id"]] = i
     for i, step in enumerate(steps):
         for k, dep in enumerate(step.get("depends_on", [])):
             if dep not in index:
-                raise invalid(f"depends on unknown step {dep!r}", pointer("steps", i, "depends_on", k), step["id"])
+                raise invalid(
+                    f"depends on unknown step {dep!r}",
+                    pointer("steps", i, "depends_on", k),
+                    step["id"],
+                )
         target = step.get("on_failure")
         if target is not None and target not in index:
-            raise invalid(f"on_failure names unknown step {target!r}", pointer("steps", i, "on_failure"), step["id"])
+            raise invalid(
+                f"on_failure names unknown step {target!r}",
+                pointer("steps", i, "on_failure"),
+                step["id"],
+            )
         if target == step["id"]:
-            raise invalid("on_failure names the step itself", pointer("steps", i, "on_failure"), step["id"])
+            raise invalid(
+                "on_failure names the step itself",
+                pointer("steps", i, "on_failure"),
+                step["id"],
+            )
     cycle = _find_cycle(steps)
     if cycle is not None:
         first = steps[index[cycle[0]]]
@@ -176,19 +242,25 @@ def _check_graph(definition: Mapping[str, Any]) -> None:
         if "condition" in step:
             where = pointer("steps", i, "condition")
             if definition["type"] != "conditional":
-                raise invalid("conditions are only allowed in conditional workflows", where, step["id"])
-            _check_condition(step["condition"], where, step["id"], _upstream(steps, index, i))
+                raise invalid(
+                    "conditions are only allowed in conditional workflows",
+                    where,
+                    step["id"],
+                )
+            _check_condition(
+                step["condition"], where, step["id"], _upstream(steps, index, i)
+            )
 
 
 def _find_cycle(steps: list[dict[str, Any]]) -> list[str] | None:
     """A cycle of `depends_on` edges as [a, b, ..., a] (a depends on b ...), or None."""
     edges = {s["id"]: list(s.get("depends_on", [])) for s in steps}
     state: dict[str, int] = {}  # 1: on the current path, 2: done
-    for start in edges:
+    for start, deps in edges.items():
         if start in state:
             continue
         path: list[str] = [start]
-        todo: list[Iterator[str]] = [iter(edges[start])]
+        todo: list[Iterator[str]] = [iter(deps)]
         state[start] = 1
         while todo:
             nxt = next(todo[-1], None)
@@ -204,7 +276,9 @@ def _find_cycle(steps: list[dict[str, Any]]) -> list[str] | None:
     return None
 
 
-def _upstream(steps: list[dict[str, Any]], index: Mapping[str, int], i: int) -> set[str]:
+def _upstream(
+    steps: list[dict[str, Any]], index: Mapping[str, int], i: int
+) -> set[str]:
     """The steps that step i depends on, directly or not (their results exist when it runs)."""
     seen: set[str] = set()
     todo = list(steps[i].get("depends_on", []))
@@ -222,16 +296,26 @@ def _check_condition(text: str, where: str, step: str, upstream: set[str]) -> No
     except CELParseError as exc:
         column = getattr(exc, "column", None)
         at = f" at column {column}" if column is not None else ""
-        raise invalid(f"the condition is not valid CEL: syntax error{at}", where, step) from None
+        raise invalid(
+            f"the condition is not valid CEL: syntax error{at}", where, step
+        ) from None
     bound = {_bound_name(node) for node in tree.find_data("member_dot_arg")} - {None}
     for node in tree.find_data("ident"):
         name = str(node.children[0])
         if name not in VARIABLES and name not in bound and name not in _CEL_TYPE_NAMES:
-            raise invalid(f"the condition reads unknown variable {name!r} (use input, context, steps)", where, step)
+            raise invalid(
+                f"the condition reads unknown variable {name!r} (use input, context, steps)",
+                where,
+                step,
+            )
     for node in tree.find_data("member_dot"):
         inner, field = node.children[0], str(node.children[1])
         if _is_ident(inner, "steps") and field not in upstream:
-            raise invalid(f"the condition reads steps.{field}, which is not a step this one depends on", where, step)
+            raise invalid(
+                f"the condition reads steps.{field}, which is not a step this one depends on",
+                where,
+                step,
+            )
 
 
 def _bound_name(node: lark.Tree) -> str | None:

@@ -26,7 +26,10 @@ from server.workspaces.members import MANAGER_ROLES
 def _may_define(role: str | None) -> None:
     """Defining and deactivating belong to the workspace's owner and admins; any member reads."""
     if role not in MANAGER_ROLES:
-        raise TandemError(ErrorCode.FORBIDDEN, "Only the workspace's owner and admins define workflows.")
+        raise TandemError(
+            ErrorCode.FORBIDDEN,
+            "Only the workspace's owner and admins define workflows.",
+        )
 
 
 def _wire(row: asyncpg.Record) -> dict[str, Any]:
@@ -56,7 +59,9 @@ async def define(
     """Create workflow `name` in the workspace, or add its next version; returns that version."""
     _may_define(role)
     checked = workflow_rules.check_definition(
-        definition, max_steps=settings.max_workflow_steps, max_bytes=settings.max_workflow_bytes
+        definition,
+        max_steps=settings.max_workflow_steps,
+        max_bytes=settings.max_workflow_bytes,
     )
     row = await conn.fetchrow(
         Q["workflow_define"], workspace_id, name, checked["type"], json.dumps(checked["steps"]),
@@ -65,7 +70,12 @@ async def define(
     return await get(conn, workspace_id, row["workflow_id"], row["version"])
 
 
-async def get(conn: asyncpg.Connection, workspace_id: uuid.UUID, workflow_id: uuid.UUID, version: int | None) -> dict[str, Any]:
+async def get(
+    conn: asyncpg.Connection,
+    workspace_id: uuid.UUID,
+    workflow_id: uuid.UUID,
+    version: int | None,
+) -> dict[str, Any]:
     """Version `version` (None: the latest) of a workflow of the workspace."""
     row = await conn.fetchrow(Q["workflow_get"], workflow_id, workspace_id, version)
     if row is None:
@@ -74,14 +84,24 @@ async def get(conn: asyncpg.Connection, workspace_id: uuid.UUID, workflow_id: uu
 
 
 async def list_workflows(
-    conn: asyncpg.Connection, workspace_id: uuid.UUID, include_inactive: bool, limit: int
+    conn: asyncpg.Connection,
+    workspace_id: uuid.UUID,
+    include_inactive: bool,
+    limit: int,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Summaries of the workspace's workflows by name, and whether more were left out."""
-    rows = await conn.fetch(Q["workflow_list"], workspace_id, include_inactive, limit + 1)
+    rows = await conn.fetch(
+        Q["workflow_list"], workspace_id, include_inactive, limit + 1
+    )
     return [_wire(r) for r in rows[:limit]], len(rows) > limit
 
 
-async def deactivate(conn: asyncpg.Connection, role: str | None, workspace_id: uuid.UUID, workflow_id: uuid.UUID) -> dict[str, Any]:
+async def deactivate(
+    conn: asyncpg.Connection,
+    role: str | None,
+    workspace_id: uuid.UUID,
+    workflow_id: uuid.UUID,
+) -> dict[str, Any]:
     """Mark the workflow inactive (it starts no executions; defining it again reactivates it)."""
     _may_define(role)
     row = await conn.fetchrow(Q["workflow_deactivate"], workflow_id, workspace_id)
