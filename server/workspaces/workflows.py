@@ -72,11 +72,11 @@ async def define(
 
 async def get(
     conn: asyncpg.Connection,
-    workspace_id: uuid.UUID,
+    workspace_id: uuid.UUID | None,
     workflow_id: uuid.UUID,
     version: int | None,
 ) -> dict[str, Any]:
-    """Version `version` (None: the latest) of a workflow of the workspace."""
+    """Version `version` (None: the latest) of a workflow of the workspace (None: of any)."""
     row = await conn.fetchrow(Q["workflow_get"], workflow_id, workspace_id, version)
     if row is None:
         raise TandemError(ErrorCode.NOT_FOUND)

@@ -21,14 +21,14 @@ FROM head
 RETURNING workflow_id, version;
 
 -- name: workflow_get
--- Version $3 (null: the latest) of live workflow $1 in workspace $2.
+-- Version $3 (null: the latest) of live workflow $1 in workspace $2 (null: any, for `tandem`).
 SELECT w.id AS workflow_id, w.workspace_id, w.name, v.version, w.version AS latest_version,
        coalesce(w.is_active, true) AS active, v.type::text AS type, v.steps::text AS steps,
        v.config::text AS config, v.description, v.created_by, v.created_at
 FROM workflows w
 JOIN workflow_versions v ON v.workflow_id = w.id AND v.tenant_id = w.tenant_id
                         AND v.version = coalesce($3, w.version)
-WHERE w.id = $1 AND w.workspace_id = $2 AND w.deleted_at IS NULL;
+WHERE w.id = $1 AND ($2::uuid IS NULL OR w.workspace_id = $2) AND w.deleted_at IS NULL;
 
 -- name: workflow_list
 -- Live workflows of workspace $1 by name, active ones only unless $2; at most $3 rows.
