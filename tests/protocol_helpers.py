@@ -93,7 +93,14 @@ VALID = {
     "member.remove": {"type": "member.remove", "workspace_id": WS, "agent_id": "b"},
     "member.update": {"type": "member.update", "workspace_id": WS, "agent_id": "b", "permissions": ["read"]},
     "member.list": {"type": "member.list", "workspace_id": WS},
-}
+    "workflow.define": {
+        "type": "workflow.define", "workspace_id": WS, "name": "review", "description": "two steps",
+        "definition": {"type": "sequential", "steps": [{"id": "a", "task": {"title": "A"}, "agent": "w"}]},
+    },
+    "workflow.get": {"type": "workflow.get", "workspace_id": WS, "workflow_id": DOC, "version": 2},
+    "workflow.list": {"type": "workflow.list", "workspace_id": WS, "include_inactive": True, "limit": 10},
+    "workflow.deactivate": {"type": "workflow.deactivate", "workspace_id": WS, "workflow_id": DOC},
+}  # fmt: skip
 
 
 # --- sessions ------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def _may_define(role: str | None) -> None:
         )
 
 
-def _wire(row: asyncpg.Record) -> dict[str, Any]:
+def workflow_wire(row: asyncpg.Record) -> dict[str, Any]:
     """A workflow object (full, with steps and config) or summary, as the wire carries it."""
     out: dict[str, Any] = {}
     for key, value in dict(row).items():
@@ -80,7 +80,7 @@ async def get(
     row = await conn.fetchrow(Q["workflow_get"], workflow_id, workspace_id, version)
     if row is None:
         raise TandemError(ErrorCode.NOT_FOUND)
-    return _wire(row)
+    return workflow_wire(row)
 
 
 async def list_workflows(
@@ -93,7 +93,7 @@ async def list_workflows(
     rows = await conn.fetch(
         Q["workflow_list"], workspace_id, include_inactive, limit + 1
     )
-    return [_wire(r) for r in rows[:limit]], len(rows) > limit
+    return [workflow_wire(r) for r in rows[:limit]], len(rows) > limit
 
 
 async def deactivate(
@@ -107,4 +107,4 @@ async def deactivate(
     row = await conn.fetchrow(Q["workflow_deactivate"], workflow_id, workspace_id)
     if row is None:
         raise TandemError(ErrorCode.NOT_FOUND)
-    return _wire(row)
+    return workflow_wire(row)
