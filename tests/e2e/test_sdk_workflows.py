@@ -6,6 +6,7 @@ workspace's or tenant's workflow id is `not_found`; viewers and members read but
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from tests import wsclient
 from tests.e2e.conftest import Tandem, admin_fetch
 from tests.serverproc import REPO
 
-if str(REPO / "clients") not in sys.path:  # the SDK is its own package; the suite uses its source
+if (
+    str(REPO / "clients") not in sys.path
+):  # the SDK is its own package; the suite uses its source
     sys.path.insert(0, str(REPO / "clients"))
 
 import tandem_client
@@ -24,7 +27,12 @@ import tandem_client
 FAST = {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.5, "reconnect_jitter_s": 0.1}
 REVIEW = [
     {"id": "draft", "task": {"title": "Draft the spec"}, "agent": "writer"},
-    {"id": "review", "task": {"title": "Review it", "priority": "high"}, "capability": "review", "depends_on": ["draft"]},
+    {
+        "id": "review",
+        "task": {"title": "Review it", "priority": "high"},
+        "capability": "review",
+        "depends_on": ["draft"],
+    },
 ]
 
 
@@ -43,7 +51,9 @@ class Agents:
         self.tenant = tenant or uuid.uuid4()
 
     def connect(self, agent_id: str) -> tandem_client.Client:
-        return tandem_client.connect(self.url, wsclient.token(self.tenant, agent_id), **FAST)
+        return tandem_client.connect(
+            self.url, wsclient.token(self.tenant, agent_id), **FAST
+        )
 
 
 async def stored(tandem: Tandem, tenant: uuid.UUID) -> tuple[int, int]:
@@ -62,26 +72,60 @@ async def test_define_new_version_get_list_deactivate(server: Tandem) -> None:
     async with agents.connect("owner") as owner:
         info = await owner.create_workspace("Pipelines", visibility="team")
         ws = await owner.join(info.workspace_id)
-        first = await ws.workflows.define("review", "parallel", REVIEW, config={"max_parallel": 2}, description="v1")
-        assert (first.version, first.latest_version, first.active, first.type) == (1, 1, True, "parallel")
-        assert first.steps[0] == {**REVIEW[0], "depends_on": []} and first.config == {"max_parallel": 2}
+        first = await ws.workflows.define(
+            "review", "parallel", REVIEW, config={"max_parallel": 2}, description="v1"
+        )
+        assert (first.version, first.latest_version, first.active, first.type) == (
+            1,
+            1,
+            True,
+            "parallel",
+        )
+        assert first.steps[0] == {**REVIEW[0], "depends_on": []} and first.config == {
+            "max_parallel": 2
+        }
         assert first.created_by == "owner" and first.workspace_id == info.workspace_id
 
-        changed = [*REVIEW, {"id": "merge", "task": {"title": "Merge"}, "agent": "editor", "depends_on": ["review"]}]
+        changed = [
+            *REVIEW,
+            {
+                "id": "merge",
+                "task": {"title": "Merge"},
+                "agent": "editor",
+                "depends_on": ["review"],
+            },
+        ]
         second = await ws.workflows.define("review", "sequential", changed)
-        assert (second.workflow_id, second.version, second.latest_version) == (first.workflow_id, 2, 2)
-        assert second.config == {} and second.description is None and len(second.steps) == 3
+        assert (second.workflow_id, second.version, second.latest_version) == (
+            first.workflow_id,
+            2,
+            2,
+        )
+        assert (
+            second.config == {}
+            and second.description is None
+            and len(second.steps) == 3
+        )
 
         # The old version is as it was; the latest is the default.
         old = await ws.workflows.get(first.workflow_id, version=1)
-        assert (old.version, old.latest_version, old.type, old.steps, old.description) == (1, 2, "parallel", first.steps, "v1")
+        assert (
+            old.version,
+            old.latest_version,
+            old.type,
+            old.steps,
+            old.description,
+        ) == (1, 2, "parallel", first.steps, "v1")
         assert (await ws.workflows.get(first)).version == 2
         with pytest.raises(tandem_client.NotFound):
             await ws.workflows.get(first.workflow_id, version=3)
 
         other = await ws.workflows.define("hotfix", "sequential", REVIEW[:1])
         listed = await ws.workflows.list()
-        assert [(w.name, w.version, w.active) for w in listed] == [("hotfix", 1, True), ("review", 2, True)]
+        assert [(w.name, w.version, w.active) for w in listed] == [
+            ("hotfix", 1, True),
+            ("review", 2, True),
+        ]
 
         gone = await ws.workflows.deactivate(other)
         assert (gone.workflow_id, gone.active) == (other.workflow_id, False)
@@ -92,11 +136,17 @@ async def test_define_new_version_get_list_deactivate(server: Tandem) -> None:
         assert (await ws.workflows.get(other)).active is False  # still readable
         # Defining it again adds a version and makes it active again.
         again = await ws.workflows.define("hotfix", "sequential", REVIEW[:1])
-        assert (again.workflow_id, again.version, again.active) == (other.workflow_id, 2, True)
+        assert (again.workflow_id, again.version, again.active) == (
+            other.workflow_id,
+            2,
+            True,
+        )
     assert await stored(server, agents.tenant) == (2, 4)
 
 
-async def test_a_bad_definition_names_step_and_pointer_and_stores_nothing(server: Tandem) -> None:
+async def test_a_bad_definition_names_step_and_pointer_and_stores_nothing(
+    server: Tandem,
+) -> None:
     agents = Agents(server)
     async with agents.connect("owner") as owner:
         ws = await owner.join((await owner.create_workspace("Pipelines")).workspace_id)
@@ -115,7 +165,9 @@ async def test_a_bad_definition_names_step_and_pointer_and_stores_nothing(server
         # A refused new version leaves the stored one untouched.
         good = await ws.workflows.define("review", "parallel", REVIEW)
         with pytest.raises(tandem_client.InvalidWorkflow) as info:
-            await ws.workflows.define("review", "parallel", [{**REVIEW[0], "capability": "write"}])
+            await ws.workflows.define(
+                "review", "parallel", [{**REVIEW[0], "capability": "write"}]
+            )
         assert (info.value.step, info.value.pointer) == ("draft", "/steps/0/capability")
         assert (await ws.workflows.get(good)).latest_version == 1
         # The session goes on.
@@ -123,12 +175,16 @@ async def test_a_bad_definition_names_step_and_pointer_and_stores_nothing(server
     assert await stored(server, agents.tenant) == (1, 1)
 
 
-async def test_other_workspaces_and_tenants_workflows_are_not_found(server: Tandem) -> None:
+async def test_other_workspaces_and_tenants_workflows_are_not_found(
+    server: Tandem,
+) -> None:
     agents, strangers = Agents(server), Agents(server)
     async with agents.connect("owner") as owner, strangers.connect("owner") as stranger:
         mine = await owner.join((await owner.create_workspace("Mine")).workspace_id)
         second = await owner.join((await owner.create_workspace("Second")).workspace_id)
-        theirs = await stranger.join((await stranger.create_workspace("Theirs")).workspace_id)
+        theirs = await stranger.join(
+            (await stranger.create_workspace("Theirs")).workspace_id
+        )
         flow = await mine.workflows.define("review", "parallel", REVIEW)
         for ws in (theirs, second):
             with pytest.raises(tandem_client.NotFound):
@@ -143,7 +199,9 @@ async def test_other_workspaces_and_tenants_workflows_are_not_found(server: Tand
     assert await stored(server, agents.tenant) == (1, 1)
 
 
-async def test_viewers_and_members_read_but_only_owners_and_admins_define(server: Tandem) -> None:
+async def test_viewers_and_members_read_but_only_owners_and_admins_define(
+    server: Tandem,
+) -> None:
     agents = Agents(server)
     async with (
         agents.connect("owner") as owner, agents.connect("admin") as admin,
@@ -164,6 +222,29 @@ async def test_viewers_and_members_read_but_only_owners_and_admins_define(server
             with pytest.raises(tandem_client.Forbidden):
                 await theirs.workflows.deactivate(flow)
         admins = await admin.join(info.workspace_id)
-        assert (await admins.workflows.define("review", "sequential", REVIEW)).created_by == "admin"
+        assert (
+            await admins.workflows.define("review", "sequential", REVIEW)
+        ).created_by == "admin"
         assert (await admins.workflows.deactivate(flow)).active is False
     assert await stored(server, agents.tenant) == (1, 2)
+
+
+async def test_concurrent_defines_of_one_name_get_consecutive_versions(
+    server: Tandem,
+) -> None:
+    agents = Agents(server)
+    async with agents.connect("owner") as owner, agents.connect("admin") as admin:
+        info = await owner.create_workspace("Pipelines")
+        ws = await owner.join(info.workspace_id)
+        await ws.members.add("admin", role="admin")
+        theirs = await admin.join(info.workspace_id)
+        defined = await asyncio.gather(
+            *(
+                w.workflows.define("review", "parallel", REVIEW)
+                for w in (ws, theirs)
+                for _ in range(5)
+            )
+        )
+        assert sorted(d.version for d in defined) == list(range(1, 11))
+        assert len({d.workflow_id for d in defined}) == 1
+    assert await stored(server, agents.tenant) == (1, 10)
