@@ -672,6 +672,7 @@ CREATE TABLE public.workflow_executions (
     started_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
     completed_at timestamp with time zone,
     execution_metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    workflow_version integer,
     CONSTRAINT valid_context CHECK ((jsonb_typeof(context) = 'object'::text)),
     CONSTRAINT valid_input CHECK ((jsonb_typeof(input) = 'object'::text)),
     CONSTRAINT valid_step_results CHECK ((jsonb_typeof(step_results) = 'object'::text))
@@ -698,6 +699,7 @@ CREATE TABLE public.workflows (
     created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
     updated_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
     deleted_at timestamp with time zone,
+    workspace_id uuid,
     CONSTRAINT name_not_empty CHECK ((btrim((name)::text, '
 '::text) <> ''::text)),
     CONSTRAINT valid_agents_jsonb CHECK ((jsonb_typeof(agents) = 'object'::text)),
@@ -806,6 +808,25 @@ CREATE VIEW public.v_workspace_activity WITH (security_invoker='true') AS
   WHERE (w.deleted_at IS NULL)
   GROUP BY w.id, w.tenant_id, w.name, w.type, w.state_version, w.last_activity_at;
 
+CREATE TABLE public.workflow_versions (
+    workflow_id uuid NOT NULL,
+    tenant_id uuid NOT NULL,
+    version integer NOT NULL,
+    type public.workflow_type NOT NULL,
+    steps jsonb NOT NULL,
+    config jsonb DEFAULT '{}'::jsonb NOT NULL,
+    description text,
+    created_by character varying(255) NOT NULL,
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    CONSTRAINT valid_version_config CHECK ((jsonb_typeof(config) = 'object'::text)),
+    CONSTRAINT valid_version_steps CHECK ((jsonb_typeof(steps) = 'array'::text)),
+    CONSTRAINT workflow_version_positive CHECK ((version > 0))
+);
+
+ALTER TABLE ONLY public.workflow_versions FORCE ROW LEVEL SECURITY;
+
+COMMENT ON TABLE public.workflow_versions IS 'Immutable versions of workflow definitions';
+
 CREATE TABLE public.workspace_locks (
     workspace_id uuid NOT NULL,
     name character varying(100) NOT NULL,
@@ -875,6 +896,12 @@ ALTER TABLE ONLY public.tasks
 
 ALTER TABLE ONLY public.workflow_executions
     ADD CONSTRAINT workflow_executions_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.workflow_versions
+    ADD CONSTRAINT workflow_versions_pkey PRIMARY KEY (workflow_id, version);
+
+ALTER TABLE ONLY public.workflow_versions
+    ADD CONSTRAINT workflow_versions_workflow_tenant_version_key UNIQUE (workflow_id, tenant_id, version);
 
 ALTER TABLE ONLY public.workflows
     ADD CONSTRAINT workflows_id_tenant_id_key UNIQUE (id, tenant_id);
@@ -974,6 +1001,8 @@ CREATE INDEX idx_tasks_tenant_status_priority ON public.tasks USING btree (tenan
 
 CREATE INDEX idx_tasks_workspace_status_priority ON public.tasks USING btree (workspace_id, status, priority) WHERE (deleted_at IS NULL);
 
+CREATE INDEX idx_workflow_versions_tenant_id ON public.workflow_versions USING btree (tenant_id);
+
 CREATE INDEX idx_workflows_name ON public.workflows USING btree (name) WHERE (deleted_at IS NULL);
 
 CREATE INDEX idx_workflows_tags ON public.workflows USING gin (tags);
@@ -983,6 +1012,8 @@ CREATE INDEX idx_workflows_tenant_active_type ON public.workflows USING btree (t
 CREATE INDEX idx_workflows_tenant_id ON public.workflows USING btree (tenant_id);
 
 CREATE INDEX idx_workflows_type ON public.workflows USING btree (type);
+
+CREATE UNIQUE INDEX idx_workflows_workspace_name ON public.workflows USING btree (tenant_id, workspace_id, name) WHERE (deleted_at IS NULL);
 
 CREATE INDEX idx_workspace_locks_holder ON public.workspace_locks USING btree (locked_by);
 
@@ -1030,6 +1061,8 @@ CREATE TRIGGER audit_task_delegations AFTER INSERT OR DELETE OR UPDATE ON public
 
 CREATE TRIGGER audit_tasks AFTER INSERT OR DELETE OR UPDATE ON public.tasks FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id');
 
+CREATE TRIGGER audit_workflow_versions AFTER INSERT OR DELETE OR UPDATE ON public.workflow_versions FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('workflow_id');
+
 CREATE TRIGGER audit_workflows AFTER INSERT OR DELETE OR UPDATE ON public.workflows FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id');
 
 CREATE TRIGGER audit_workspace_locks AFTER INSERT OR DELETE OR UPDATE ON public.workspace_locks FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('workspace_id');
@@ -1075,6 +1108,15 @@ ALTER TABLE ONLY public.tasks
 
 ALTER TABLE ONLY public.workflow_executions
     ADD CONSTRAINT workflow_executions_workflow_id_fkey FOREIGN KEY (workflow_id, tenant_id) REFERENCES public.workflows(id, tenant_id);
+
+ALTER TABLE ONLY public.workflow_executions
+    ADD CONSTRAINT workflow_executions_workflow_version_fkey FOREIGN KEY (workflow_id, tenant_id, workflow_version) REFERENCES public.workflow_versions(workflow_id, tenant_id, version);
+
+ALTER TABLE ONLY public.workflow_versions
+    ADD CONSTRAINT workflow_versions_workflow_id_fkey FOREIGN KEY (workflow_id, tenant_id) REFERENCES public.workflows(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.workflows
+    ADD CONSTRAINT workflows_workspace_id_fkey FOREIGN KEY (workspace_id, tenant_id) REFERENCES public.workspaces(id, tenant_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.workspace_locks
     ADD CONSTRAINT workspace_locks_workspace_id_fkey FOREIGN KEY (workspace_id, tenant_id) REFERENCES public.workspaces(id, tenant_id) ON DELETE CASCADE;
@@ -1125,6 +1167,10 @@ CREATE POLICY tasks_tenant_isolation ON public.tasks USING ((tenant_id = public.
 CREATE POLICY tasks_timeout_sweep_select ON public.tasks FOR SELECT TO tandem_owner USING (((status = ANY (ARRAY['in_progress'::public.task_status, 'timeout'::public.task_status])) AND (deleted_at IS NULL)));
 
 ALTER TABLE public.workflow_executions ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.workflow_versions ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY workflow_versions_tenant_isolation ON public.workflow_versions USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
 
 ALTER TABLE public.workflows ENABLE ROW LEVEL SECURITY;
 
@@ -1232,5 +1278,7 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.workspace_members TO tandem_ap
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.workspaces TO tandem_app;
 
 GRANT SELECT ON TABLE public.v_workspace_activity TO tandem_app;
+
+GRANT SELECT,INSERT ON TABLE public.workflow_versions TO tandem_app;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.workspace_locks TO tandem_app;

@@ -20,7 +20,8 @@ from server.transport.agent_coordination import member_wire
 from server.wire import protocol as p
 from server.wire import protocol_agents as pa
 from server.wire import protocol_coordination as pc
-from server.workspaces import agents, locks, tasks
+from server.wire import protocol_workflows as pw
+from server.workspaces import agents, locks, tasks, workflows
 from server.workspaces import directory as workspaces
 
 PATH = Path(__file__).with_name("golden_frames.json")
@@ -29,6 +30,7 @@ TENANT = uuid.UUID("00000000-0000-0000-0000-00000000000a")
 WS = uuid.UUID("6f1c2a3b-4d5e-4f60-8a71-9b8c7d6e5f40")
 DOC = uuid.UUID("0b9d8c7a-6b5c-4d3e-8f2a-1b0c9d8e7f61")
 TASK = uuid.UUID("7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d")
+WORKFLOW = uuid.UUID("3e4f5a6b-7c8d-4e9f-8a0b-1c2d3e4f5a6b")
 CONN = uuid.UUID("1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f")
 DELEGATION = uuid.UUID("2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f60")
 AT = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
@@ -59,6 +61,15 @@ def _objects() -> dict[str, Any]:
         "workspace": workspace, "document": document, "member": member, "lock": lock.to_wire(),
         "task": task.to_wire(), "delegation": delegation.to_wire(), "presence": presence,
         "member_wire": member_wire(member),
+        "workflow": workflows.workflow_wire({
+            "workflow_id": WORKFLOW, "workspace_id": WS, "name": "review", "version": 1, "latest_version": 2,
+            "active": True, "type": "sequential", "steps": '[{"id": "a", "task": {"title": "A"}, "agent": "w", "depends_on": []}]',
+            "config": "{}", "description": None, "created_by": "owner-1", "created_at": AT,
+        }),
+        "workflow_summary": workflows.workflow_wire({
+            "workflow_id": WORKFLOW, "workspace_id": WS, "name": "review", "version": 2, "type": "sequential",
+            "active": False, "created_by": "owner-1", "created_at": AT, "updated_at": AT,
+        }),
     }  # fmt: skip
 
 
@@ -120,6 +131,10 @@ def messages() -> list[Any]:
         pa.AgentRegisterOk(re=29, agent=o["agent"]),
         pa.AgentSetStatusOk(re=30, agent={**o["agent"], "status": "maintenance"}),
         pa.AgentListOk(re=31, agents=[o["agent"]], truncated=False),
+        pw.WorkflowDefineOk(re=32, workflow=o["workflow"]),
+        pw.WorkflowGetOk(re=33, workflow=o["workflow"]),
+        pw.WorkflowListOk(re=34, workspace_id=WS, workflows=[o["workflow_summary"]], truncated=False),
+        pw.WorkflowDeactivateOk(re=35, workflow=o["workflow_summary"]),
         ErrorMessage(re=28, code=ErrorCode.LIMIT_EXCEEDED, message=ErrorCode.LIMIT_EXCEEDED.message, details={"limit": "max_open_docs", "value": 100}),
     ]  # fmt: skip
     return found

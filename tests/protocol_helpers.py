@@ -96,7 +96,14 @@ VALID = {
     "agent.register": {"type": "agent.register", "name": "Writer", "capabilities": ["write"], "max_concurrent_tasks": 2},
     "agent.set_status": {"type": "agent.set_status", "status": "maintenance"},
     "agent.list": {"type": "agent.list", "capability": "write"},
-}
+    "workflow.define": {
+        "type": "workflow.define", "workspace_id": WS, "name": "review", "description": "two steps",
+        "definition": {"type": "sequential", "steps": [{"id": "a", "task": {"title": "A"}, "agent": "w"}]},
+    },
+    "workflow.get": {"type": "workflow.get", "workspace_id": WS, "workflow_id": DOC, "version": 2},
+    "workflow.list": {"type": "workflow.list", "workspace_id": WS, "include_inactive": True, "limit": 10},
+    "workflow.deactivate": {"type": "workflow.deactivate", "workspace_id": WS, "workflow_id": DOC},
+}  # fmt: skip
 
 
 # --- sessions ------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ APP_PRIVILEGES: dict[str, frozenset[str]] = {
     "task_delegations": frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"}),
     "workflows": frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"}),
     "workflow_executions": frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"}),
+    "workflow_versions": frozenset({"SELECT", "INSERT"}),  # a version is never changed
     "workspaces": frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"}),
     "workspace_members": frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"}),
     "shared_documents": frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"}),
@@ -44,6 +45,7 @@ UPDATE_SET: dict[str, str] = {
     "task_delegations": "reason = 'changed'",
     "workflows": "name = 'changed'",
     "workflow_executions": "current_step_id = 'changed'",
+    "workflow_versions": "description = 'changed'",
     "workspaces": "name = 'changed'",
     "workspace_members": "role = 'viewer'",
     "shared_documents": "title = 'changed'",
@@ -134,6 +136,12 @@ async def build_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> Tenant
             "INSERT INTO workflows (tenant_id, name, created_by) VALUES ($1, 'Flow', 'agent-1') RETURNING id",
             tenant_id,
         )
+        await c.execute(
+            "INSERT INTO workflow_versions (workflow_id, tenant_id, version, type, steps, created_by)"
+            " VALUES ($1, $2, 1, 'sequential', '[]', 'agent-1')",
+            workflow,
+            tenant_id,
+        )
         execution = await c.fetchval(
             "INSERT INTO workflow_executions (tenant_id, workflow_id, triggered_by, status)"
             " VALUES ($1, $2, 'agent-1', 'running') RETURNING id",
@@ -212,6 +220,11 @@ def insert_sql(table: str, rows: TenantRows) -> tuple[str, list[object]]:
         "workflows": ("INSERT INTO workflows (tenant_id, name, created_by) VALUES ($1, 'w', 'a')", [t]),
         "workflow_executions": (
             "INSERT INTO workflow_executions (tenant_id, workflow_id, triggered_by) VALUES ($1, $2, 'a')",
+            [t, rows.workflow_id],
+        ),
+        "workflow_versions": (
+            "INSERT INTO workflow_versions (tenant_id, workflow_id, version, type, steps, created_by)"
+            " VALUES ($1, $2, 1000, 'parallel', '[]', 'a')",
             [t, rows.workflow_id],
         ),
         "workspaces": ("INSERT INTO workspaces (tenant_id, name, owner_id) VALUES ($1, 'w', 'a')", [t]),

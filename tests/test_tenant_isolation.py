@@ -154,6 +154,15 @@ CROSS_TENANT_CHILDREN = {
         "INSERT INTO workflow_executions (tenant_id, workflow_id, triggered_by) VALUES ($1, $2, 'b')",
         "workflow_id",
     ),
+    "workflow_versions.workflow_id": (
+        "INSERT INTO workflow_versions (tenant_id, workflow_id, version, type, steps, created_by)"
+        " VALUES ($1, $2, 99, 'sequential', '[]', 'b')",
+        "workflow_id",
+    ),
+    "workflows.workspace_id": (
+        "INSERT INTO workflows (tenant_id, workspace_id, name, created_by) VALUES ($1, $2, 'intruder', 'b')",
+        "workspace_id",
+    ),
     "workspace_members.workspace_id": (
         "INSERT INTO workspace_members (tenant_id, workspace_id, agent_id) VALUES ($1, $2, 'intruder')",
         "workspace_id",

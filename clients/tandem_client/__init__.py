@@ -26,7 +26,19 @@ from tandem_client.errors import *  # noqa: E402,F403  (one class per error code
 from tandem_client.options import Options  # noqa: E402
 from tandem_client.state import StateChange, WorkspaceState  # noqa: E402
 from tandem_client.tasks import TaskEvent, Tasks  # noqa: E402
-from tandem_client.wire import Agent, Delegation, DocumentInfo, Hello, LockInfo, Member, Task, WorkspaceInfo  # noqa: E402
+from tandem_client.wire import (  # noqa: E402
+    Agent,
+    Delegation,
+    DocumentInfo,
+    Hello,
+    LockInfo,
+    Member,
+    Task,
+    Workflow,
+    WorkflowSummary,
+    WorkspaceInfo,
+)
+from tandem_client.workflows import Workflows  # noqa: E402
 from tandem_client.workspace import Workspace  # noqa: E402
 
 __all__ = [
@@ -48,6 +60,9 @@ __all__ = [
     "Task",
     "TaskEvent",
     "Tasks",
+    "Workflow",
+    "WorkflowSummary",
+    "Workflows",
     "Workspace",
     "WorkspaceInfo",
     "WorkspaceState",

@@ -50,6 +50,7 @@ ERROR_CODES: tuple[tuple[str, str, int | None], ...] = (
     ("unavailable", "The database is unavailable; retry.", None),
     ("invalid_utf8", "Text frames must be valid UTF-8.", 1007),
     ("update_too_costly", "Applying the update would cost the server too much; send smaller updates.", None),
+    ("invalid_workflow", "The workflow definition is invalid.", None),
 )
 
 

@@ -28,6 +28,7 @@ DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
     "invalid_patch": ("reason",),
     "update_too_costly": ("reason",),
     "unsupported_version": ("supported",),
+    "invalid_workflow": ("step", "pointer", "reason", "cycle", "limit"),
 }
 
 # Each task action, and the statuses it may leave (docs/protocol.md section 12.4).

@@ -176,6 +176,39 @@ class Task(_Wire):
 
 
 @dataclass(frozen=True)
+class Workflow(_Wire):
+    """One version of a workflow definition (docs/protocol.md section 12.8)."""
+
+    workflow_id: str
+    workspace_id: str
+    name: str
+    version: int
+    latest_version: int
+    active: bool
+    type: str
+    steps: list[dict[str, Any]]
+    config: dict[str, Any]
+    description: str | None
+    created_by: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class WorkflowSummary(_Wire):
+    """A workflow as `workflow.list` and `workflow.deactivate` give it: `version` is the latest."""
+
+    workflow_id: str
+    workspace_id: str
+    name: str
+    version: int
+    type: str
+    active: bool
+    created_by: str
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
 class Delegation(_Wire):
     """A delegation object (docs/protocol.md section 12.4)."""
 

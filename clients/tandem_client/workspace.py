@@ -21,6 +21,7 @@ from tandem_client.errors import ClientClosed, ClientError, TandemError, error_f
 from tandem_client.presence import Presence
 from tandem_client.state import WorkspaceState
 from tandem_client.tasks import Tasks
+from tandem_client.workflows import Workflows
 
 if TYPE_CHECKING:
     from tandem_client.client import Client
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 
 class Workspace:
     """Get one from `Client.join`. `presence` is the live view of who is here, `state` the
-    shared JSON state, `tasks` the task board, `members` the members; `lock(name)` a named lock."""
+    shared JSON state, `tasks` the task board, `members` the members, `workflows` the workflow
+    definitions; `lock(name)` a named lock."""
 
     def __init__(self, client: Client, reply: wire.JoinReply) -> None:
         self.client = client
@@ -37,6 +39,7 @@ class Workspace:
         self.state = WorkspaceState(self)
         self.tasks = Tasks(self)
         self.members = Members(self)
+        self.workflows = Workflows(self)
         self.presence = Presence(self)
         self._locks: dict[LockKey, Lock] = {}  # held by this client
         self._lock_releases: dict[LockKey, int] = {}  # `lock.released` events seen, per resource

@@ -62,6 +62,7 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     INVALID_UTF8 = "invalid_utf8"
     UPDATE_TOO_COSTLY = "update_too_costly"
+    INVALID_WORKFLOW = "invalid_workflow"
 
     @property
     def message(self) -> str:
@@ -105,6 +106,7 @@ _TABLE: dict[ErrorCode, tuple[str, int | None]] = {
     ErrorCode.UNAVAILABLE: ("The database is unavailable; retry.", None),
     ErrorCode.INVALID_UTF8: ("Text frames must be valid UTF-8.", CLOSE_INVALID_DATA),
     ErrorCode.UPDATE_TOO_COSTLY: ("Applying the update would cost the server too much; send smaller updates.", None),
+    ErrorCode.INVALID_WORKFLOW: ("The workflow definition is invalid.", None),
 }
 
 RequestId = str | int

@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     max_state_bytes: int = 262_144  # workspace state, as compact JSON
     task_sweep_interval_s: float = 1.0  # how often this node looks for tasks past their timeout
     task_sweep_batch: int = 100  # tasks marked per sweep statement
+    max_workflow_steps: int = 100  # steps in one workflow definition
+    max_workflow_bytes: int = 65_536  # one workflow definition, as compact JSON
 
 
 def load_settings(**overrides: object) -> Settings:

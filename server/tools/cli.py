@@ -25,7 +25,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from server.db import migrate
-from server.tools import admin, cli_docs, cli_ops, quickstart, schema_dump
+from server.tools import admin, cli_docs, cli_ops, cli_workflows, quickstart, schema_dump
 from server.tools.cli_help import TandemRootGroup, use_real_metavars
 from server.tools.cli_ops import AsJson, WorkspaceId
 from server.tools.cli_shared import (
@@ -185,6 +185,10 @@ app.add_typer(workspace_app, name="workspace")
 app.add_typer(member_app, name="member")
 app.add_typer(document_app, name="document")
 app.add_typer(agent_app, name="agent")
+workflow_app = typer.Typer(
+    help="List and show workflow definitions (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True
+)
+app.add_typer(workflow_app, name="workflow")
 
 def agent_option(name: str, help: str) -> Any:
     return typer.Option(name, parser=admin.check_agent_id, metavar="AGENT", help=f"{help}; 1 to 255 characters.")
@@ -359,6 +363,8 @@ document_app.command("delete")(cli_ops.document_delete)
 member_app.command("list")(cli_ops.member_list)
 member_app.command("remove")(cli_ops.member_remove)
 agent_app.command("list")(cli_ops.agent_list)
+workflow_app.command("list")(cli_workflows.workflow_list)
+workflow_app.command("show")(cli_workflows.workflow_show)
 app.command("status")(cli_ops.status_command)
 
 # --- a demo workspace and the snippets that join it (server/tools/quickstart.py) ----------------

@@ -20,6 +20,7 @@ from server.db import store
 from server.documents.room import Room
 from server.transport.agent_coordination import CoordinationHandlers
 from server.transport.agent_registry import AgentRegistryHandlers
+from server.transport.agent_workflows import WorkflowHandlers
 from server.transport.connection import Connection
 from server.transport.node import Node
 from server.transport.pipeline import ITEM_OVERHEAD_BYTES, Update
@@ -30,11 +31,11 @@ SERVER_VERSION = "0.1.0"
 MAX_BATCH_BYTES = 65_536  # characters of messages joined into one batched frame (a larger one goes alone)
 
 
-class AgentConnection(Connection[str], CoordinationHandlers, AgentRegistryHandlers):
+class AgentConnection(Connection[str], CoordinationHandlers, AgentRegistryHandlers, WorkflowHandlers):
     """One agent connection: the JSON codec and the handlers. `send_text` is the rooms' and the
     presence's non-blocking way in (a Subscriber). The lifecycle (reading, sending, the update
     pipeline, closing) is `Connection`'s; coordination handlers are in agent_coordination.py, the
-    agent registry's in agent_registry.py."""
+    agent registry's in agent_registry.py, workflow definitions' in agent_workflows.py."""
 
     kind = "session"
 
