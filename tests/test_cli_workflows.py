@@ -8,6 +8,8 @@ import asyncpg
 
 from server.core.settings import Settings
 from server.db import store
+from server.wire import protocol_agents as pa
+from server.workspaces import agents
 from server.workspaces import directory as workspaces
 from server.workspaces import workflows
 from tests.conftest import TENANT_A, TENANT_B
@@ -29,6 +31,8 @@ async def test_workflow_list_and_show(env: dict[str, str], pool: asyncpg.Pool) -
     settings = Settings()
     async with store.tenant_transaction(pool, TENANT_A, "olga") as conn:
         ws = await workspaces.create_workspace(conn, TENANT_A, "olga", "Pipelines")
+        reviewer = pa.AgentRegister(name="Reviewer", capabilities=["review"])
+        await agents.register(conn, "reviewer", reviewer, settings.presence_ttl_s)
         review = await workflows.define(
             conn,
             "olga",

@@ -63,11 +63,28 @@ async def define(
         max_steps=settings.max_workflow_steps,
         max_bytes=settings.max_workflow_bytes,
     )
+    await _check_capabilities(conn, checked["steps"])
     row = await conn.fetchrow(
         Q["workflow_define"], workspace_id, name, checked["type"], json.dumps(checked["steps"]),
         json.dumps(checked["config"]), description, agent_id,
     )  # fmt: skip
     return await get(conn, workspace_id, row["workflow_id"], row["version"])
+
+
+async def _check_capabilities(conn: asyncpg.Connection, steps: list[dict[str, Any]]) -> None:
+    """A step's capability must be one a registered agent of the tenant declares (else no agent
+    could ever be given the step): the first that none does is refused, naming its step."""
+    wanted = [s["capability"] for s in steps if "capability" in s]
+    if not wanted:
+        return
+    missing = {r["c"] for r in await conn.fetch(Q["agent_capabilities_missing"], sorted(set(wanted)))}
+    for i, step in enumerate(steps):
+        if step.get("capability") in missing:
+            raise workflow_rules.invalid(
+                f"no registered agent has capability {step['capability']!r}",
+                workflow_rules.pointer("steps", i, "capability"),
+                step["id"],
+            )
 
 
 async def get(

@@ -55,6 +55,11 @@ class Agents:
             self.url, wsclient.token(self.tenant, agent_id), **FAST
         )
 
+    async def register_reviewer(self) -> None:
+        """A registered agent with the capability REVIEW's second step needs."""
+        async with self.connect("reviewer") as reviewer:
+            await reviewer.agents.register("Reviewer", capabilities=["review"])
+
 
 async def stored(tandem: Tandem, tenant: uuid.UUID) -> tuple[int, int]:
     """(workflows, workflow versions) of the tenant, read as the admin (past RLS)."""
@@ -69,6 +74,7 @@ async def stored(tandem: Tandem, tenant: uuid.UUID) -> tuple[int, int]:
 
 async def test_define_new_version_get_list_deactivate(server: Tandem) -> None:
     agents = Agents(server)
+    await agents.register_reviewer()
     async with agents.connect("owner") as owner:
         info = await owner.create_workspace("Pipelines", visibility="team")
         ws = await owner.join(info.workspace_id)
@@ -148,6 +154,7 @@ async def test_a_bad_definition_names_step_and_pointer_and_stores_nothing(
     server: Tandem,
 ) -> None:
     agents = Agents(server)
+    await agents.register_reviewer()
     async with agents.connect("owner") as owner:
         ws = await owner.join((await owner.create_workspace("Pipelines")).workspace_id)
         cycle = [{**REVIEW[0], "depends_on": ["review"]}, REVIEW[1]]
@@ -169,6 +176,11 @@ async def test_a_bad_definition_names_step_and_pointer_and_stores_nothing(
                 "review", "parallel", [{**REVIEW[0], "capability": "write"}]
             )
         assert (info.value.step, info.value.pointer) == ("draft", "/steps/0/capability")
+        unknown = [REVIEW[0], {**REVIEW[1], "capability": "translate"}]
+        with pytest.raises(tandem_client.InvalidWorkflow) as info:
+            await ws.workflows.define("review", "parallel", unknown)
+        assert (info.value.step, info.value.pointer) == ("review", "/steps/1/capability")
+        assert "no registered agent has capability 'translate'" in info.value.reason
         assert (await ws.workflows.get(good)).latest_version == 1
         # The session goes on.
         assert len(await ws.workflows.list()) == 1
@@ -179,6 +191,8 @@ async def test_other_workspaces_and_tenants_workflows_are_not_found(
     server: Tandem,
 ) -> None:
     agents, strangers = Agents(server), Agents(server)
+    await agents.register_reviewer()
+    await strangers.register_reviewer()
     async with agents.connect("owner") as owner, strangers.connect("owner") as stranger:
         mine = await owner.join((await owner.create_workspace("Mine")).workspace_id)
         second = await owner.join((await owner.create_workspace("Second")).workspace_id)
@@ -203,6 +217,7 @@ async def test_viewers_and_members_read_but_only_owners_and_admins_define(
     server: Tandem,
 ) -> None:
     agents = Agents(server)
+    await agents.register_reviewer()
     async with (
         agents.connect("owner") as owner, agents.connect("admin") as admin,
         agents.connect("member") as member, agents.connect("viewer") as viewer,
@@ -233,6 +248,7 @@ async def test_concurrent_defines_of_one_name_get_consecutive_versions(
     server: Tandem,
 ) -> None:
     agents = Agents(server)
+    await agents.register_reviewer()
     async with agents.connect("owner") as owner, agents.connect("admin") as admin:
         info = await owner.create_workspace("Pipelines")
         ws = await owner.join(info.workspace_id)
