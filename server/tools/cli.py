@@ -24,7 +24,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from server.db import migrate
-from server.tools import admin, cli_docs, cli_ops, schema_dump
+from server.tools import admin, backup, cli_docs, cli_ops, schema_dump
 from server.tools.cli_help import TandemRootGroup, use_real_metavars
 from server.tools.cli_ops import AsJson, WorkspaceId
 from server.tools.cli_shared import (
@@ -354,6 +354,8 @@ document_app.command("delete")(cli_ops.document_delete)
 member_app.command("list")(cli_ops.member_list)
 member_app.command("remove")(cli_ops.member_remove)
 app.command("status")(cli_ops.status_command)
+app.command("backup")(backup.backup_command)
+app.command("restore")(backup.restore_command)
 
 # Last: flags show no value in --help, for every command registered above.
 use_real_metavars(app)
