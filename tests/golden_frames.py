@@ -112,6 +112,8 @@ def messages() -> list[Any]:
         pc.MemberUpdateOk(re=26, member=member),
         pc.MemberListOk(re=27, workspace_id=WS, members=[member], truncated=False),
         pc.MemberChanged(workspace_id=WS, member=member, change="updated", agent_id="owner-1"),
+        pc.DocDeleted(workspace_id=WS, doc_id=DOC, agent_id="tandem-cli"),
+        pc.WorkspaceDeleted(workspace_id=WS, agent_id="tandem-cli"),
         ErrorMessage(re=28, code=ErrorCode.LIMIT_EXCEEDED, message=ErrorCode.LIMIT_EXCEEDED.message, details={"limit": "max_open_docs", "value": 100}),
     ]  # fmt: skip
     return found
