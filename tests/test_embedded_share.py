@@ -5,7 +5,10 @@ which stops it when it ends; a command attached to a server's cluster never stop
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -61,3 +64,35 @@ async def test_a_command_between_the_starter_and_an_attached_one(tmp_path: Path)
     assert await answers(attached)
     await attached.__aexit__(None, None, None)
     assert postgres_pids(data_dir) == []
+
+
+async def test_a_command_waiting_for_an_owner_that_left_without_starting_starts_the_cluster(tmp_path: Path) -> None:
+    """An owner that took the folder and ended before its cluster answered (a failed start):
+    the command attached meanwhile takes the folder over and starts the cluster itself."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    owner = os.open(data_dir / "tandem.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(owner, fcntl.LOCK_EX)
+    waiting = EmbeddedPostgres(data_dir, share=True)
+    entered = asyncio.create_task(waiting.__aenter__())
+    # Attached (it holds tandem.users shared) and polling for a cluster that never answers.
+    await asyncio.wait_for(until_users_held(data_dir), timeout=60)
+    os.close(owner)  # the owner leaves
+
+    await asyncio.wait_for(entered, timeout=120)
+    assert not waiting.attached
+    assert await answers(waiting)
+    await waiting.__aexit__(None, None, None)
+    assert postgres_pids(data_dir) == []
+
+
+async def until_users_held(data_dir: Path) -> None:
+    while True:
+        fd = os.open(data_dir / "tandem.users", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        finally:
+            os.close(fd)
+        await asyncio.sleep(0.05)

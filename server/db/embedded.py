@@ -84,9 +84,9 @@ class EmbeddedPostgres:
         finally:
             os.close(turn)
         try:
-            if self.attached:
-                await self._wait_reachable()
+            if self.attached and await self._wait_reachable():
                 return self
+            self.attached = False
             try:
                 self.cluster.start()
             except OSError as exc:
@@ -164,8 +164,10 @@ class EmbeddedPostgres:
                 os.close(fd)
                 setattr(self, name, None)
 
-    async def _wait_reachable(self) -> None:
-        """Attached: wait up to ATTACH_TIMEOUT_S for the owner's cluster to accept connections."""
+    async def _wait_reachable(self) -> bool:
+        """Attached: wait up to ATTACH_TIMEOUT_S for the owner's cluster to accept connections.
+        True once it does; False when the owner left without it answering (this process now
+        owns the folder and starts the cluster itself)."""
         retrying = AsyncRetrying(
             stop=stop_after_delay(ATTACH_TIMEOUT_S),
             wait=wait_fixed(ATTACH_POLL_S),
@@ -174,13 +176,17 @@ class EmbeddedPostgres:
         try:
             async for attempt in retrying:
                 with attempt:
-                    if not await self._reachable():
-                        raise _Busy
+                    if await self._reachable():
+                        return True
+                    if self._lock():
+                        return False
+                    raise _Busy
         except RetryError:
             raise ClusterError(
                 f"another process holds the data folder {self.data_dir} but its PostgreSQL "
                 f"accepted no connection within {ATTACH_TIMEOUT_S:g}s (socket in {self.cluster.socket_dir})"
             ) from None
+        raise AssertionError("unreachable")
 
     async def _reachable(self) -> bool:
         """Whether the owner's cluster accepts connections to the Tandem database now."""
