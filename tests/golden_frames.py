@@ -135,6 +135,8 @@ def messages() -> list[Any]:
         pw.WorkflowGetOk(re=33, workflow=o["workflow"]),
         pw.WorkflowListOk(re=34, workspace_id=WS, workflows=[o["workflow_summary"]], truncated=False),
         pw.WorkflowDeactivateOk(re=35, workflow=o["workflow_summary"]),
+        pc.DocDeleted(workspace_id=WS, doc_id=DOC, agent_id="tandem-cli"),
+        pc.WorkspaceDeleted(workspace_id=WS, agent_id="tandem-cli"),
         ErrorMessage(re=28, code=ErrorCode.LIMIT_EXCEEDED, message=ErrorCode.LIMIT_EXCEEDED.message, details={"limit": "max_open_docs", "value": 100}),
     ]  # fmt: skip
     return found

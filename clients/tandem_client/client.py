@@ -20,7 +20,7 @@ from tandem_client.agents import Agents
 from tandem_client.connection import Connection, TokenSource
 from tandem_client.coordination import EventStream, Streams
 from tandem_client.document import Document
-from tandem_client.errors import ClientError, ConnectionLost
+from tandem_client.errors import ClientError, ConnectionLost, error_from_code
 from tandem_client.options import Options
 from tandem_client.presence import EVENT_TYPES
 from tandem_client.tasks import TaskEvent
@@ -195,6 +195,14 @@ class Client:
             workspace = self._workspaces.get((scope or {}).get("workspace_id", ""))
             if workspace is not None:
                 workspace._on_event(frame)
+        elif frame["type"] == "doc.deleted":  # section 12.6: the document is gone for good
+            document = self._docs.get(frame.get("doc_id", ""))
+            if document is not None:
+                document._fail(error_from_code("not_found", "the document was deleted"))
+        elif frame["type"] == "workspace.deleted":
+            workspace = self._workspaces.get(frame.get("workspace_id", ""))
+            if workspace is not None:
+                workspace._fail(error_from_code("not_found", "the workspace was deleted"))
         elif frame["type"] == "task.changed":
             event = TaskEvent.from_wire(frame)
             workspace = self._workspaces.get(event.task.workspace_id)

@@ -1,15 +1,24 @@
 """The embedded default: with no DATABASE_URL, run PostgreSQL from the wheel in the data folder.
 
 The cluster lives in `<data_dir>/pgdata`, listens on a Unix socket only (its folder and port follow
-from the data folder alone, `Cluster.socket_dir`, so every process finds it), trusts local
-connections, and is stopped by the process that started it. That process holds an exclusive lock
-on `<data_dir>/tandem.lock` meanwhile: a second server on the folder is refused, while a `tandem`
-command (`share=True`) connects to the running cluster instead of starting one. A cluster left
-running by a crashed server is adopted.
+from the data folder alone, `Cluster.socket_dir`, so every process finds it) and trusts local
+connections. Three locks in the data folder decide who starts and who stops it:
+
+- `tandem.lock`, exclusive: held by the process that started (owns) the cluster. A second server
+  on the folder is refused; a `tandem` command (`share=True`) attaches to the running cluster.
+- `tandem.users`, shared: held by every process using the cluster, owner and attached alike.
+- `tandem.turn`, exclusive and brief: taken around each arrival and departure, so these decisions
+  never interleave.
+
+Whoever leaves last stops the cluster: an owner leaving while others are attached leaves it
+running and frees `tandem.lock`; an attached process leaving takes `tandem.lock` when it is free
+and, when nobody else uses the cluster, stops it. A cluster left running by a crashed process is
+adopted by the next owner.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 from pathlib import Path
@@ -37,7 +46,7 @@ PROBE_TIMEOUT_S = 5.0
 
 
 class _Busy(Exception):
-    """The data folder is held and its cluster does not answer yet."""
+    """The cluster does not answer yet (its owner may be starting it)."""
 
 
 class EmbeddedPostgres:
@@ -45,7 +54,7 @@ class EmbeddedPostgres:
 
     `share=False` (the server): owning the data folder is required; another owner is a
     `ClusterError`. `share=True` (the commands): while another process owns it, its running
-    cluster is used and left running (`attached` is then True).
+    cluster is used (`attached` is then True). Either way the last process to leave stops it.
     """
 
     def __init__(self, data_dir: Path, *, share: bool = False) -> None:
@@ -54,40 +63,30 @@ class EmbeddedPostgres:
         self.share = share
         self.attached = False
         self._lock_fd: int | None = None
-
-    async def _attach_or_lock(self) -> bool:
-        """While another process holds the folder: True once its cluster answers (attached), False
-        if the folder is freed meanwhile (now held here). Waits up to ATTACH_TIMEOUT_S."""
-        retrying = AsyncRetrying(
-            stop=stop_after_delay(ATTACH_TIMEOUT_S), wait=wait_fixed(ATTACH_POLL_S), retry=retry_if_exception_type(_Busy)
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    if self._lock():
-                        return False
-                    if await self._reachable():
-                        self.attached = True
-                        return True
-                    raise _Busy
-        except RetryError:
-            raise ClusterError(
-                f"another process holds the data folder {self.data_dir} but its PostgreSQL "
-                f"accepted no connection within {ATTACH_TIMEOUT_S:g}s (socket in {self.cluster.socket_dir})"
-            ) from None
-        raise AssertionError("unreachable")
+        self._users_fd: int | None = None
 
     @property
     def admin_url(self) -> str:
         return self.cluster.url(DATABASE)
 
     async def __aenter__(self) -> Self:
-        if not self._lock():
-            if not self.share:
-                raise ClusterError(f"another Tandem server is using the data folder {self.data_dir}")
-            if await self._attach_or_lock():
-                return self
+        turn = await self._take_turn()
         try:
+            if not self._lock():
+                if not self.share:
+                    raise ClusterError(f"another Tandem server is using the data folder {self.data_dir}")
+                self.attached = True
+            self._users_fd = self._open("tandem.users")
+            fcntl.flock(self._users_fd, fcntl.LOCK_SH)
+        except BaseException:
+            self._close_all()
+            raise
+        finally:
+            os.close(turn)
+        try:
+            if self.attached and await self._wait_reachable():
+                return self
+            self.attached = False
             try:
                 self.cluster.start()
             except OSError as exc:
@@ -103,13 +102,53 @@ class EmbeddedPostgres:
             raise
         return self
 
-    def _lock(self) -> bool:
-        """Take the data folder's lock: True when this process now owns the cluster."""
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Leave: the last user stops the cluster (see the module docstring)."""
+        turn = await self._take_turn()
+        try:
+            if self._users_fd is not None:
+                os.close(self._users_fd)
+                self._users_fd = None
+            if self._lock_fd is None and not self._lock():
+                return  # an owner remains; it (or the last to leave after it) stops the cluster
+            users = self._open("tandem.users")
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # others still use the cluster: the last of them stops it
+            finally:
+                os.close(users)
+            if self.attached or not self.cluster.started_here:
+                self.cluster.started_here = self.cluster.running()
+            self.cluster.stop()
+        finally:
+            self._close_all()
+            os.close(turn)
+
+    # --- the locks -------------------------------------------------------------------------------
+
+    async def _take_turn(self) -> int:
+        """`tandem.turn`, exclusively: held for a moment (at most a stop) by whoever arrives or leaves."""
+        fd = self._open("tandem.turn")
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open(self, name: str) -> int:
         try:
             self.data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
-            fd = os.open(self.data_dir / "tandem.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            return os.open(self.data_dir / name, os.O_CREAT | os.O_RDWR, 0o600)
         except OSError as exc:
             raise self._unusable(exc) from exc
+
+    def _lock(self) -> bool:
+        """Take the data folder's lock: True when this process now owns the cluster."""
+        fd = self._open("tandem.lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -117,6 +156,37 @@ class EmbeddedPostgres:
             return False
         self._lock_fd = fd
         return True
+
+    def _close_all(self) -> None:
+        for name in ("_users_fd", "_lock_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
+
+    async def _wait_reachable(self) -> bool:
+        """Attached: wait up to ATTACH_TIMEOUT_S for the owner's cluster to accept connections.
+        True once it does; False when the owner left without it answering (this process now
+        owns the folder and starts the cluster itself)."""
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(ATTACH_TIMEOUT_S),
+            wait=wait_fixed(ATTACH_POLL_S),
+            retry=retry_if_exception_type(_Busy),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if await self._reachable():
+                        return True
+                    if self._lock():
+                        return False
+                    raise _Busy
+        except RetryError:
+            raise ClusterError(
+                f"another process holds the data folder {self.data_dir} but its PostgreSQL "
+                f"accepted no connection within {ATTACH_TIMEOUT_S:g}s (socket in {self.cluster.socket_dir})"
+            ) from None
+        raise AssertionError("unreachable")
 
     async def _reachable(self) -> bool:
         """Whether the owner's cluster accepts connections to the Tandem database now."""
@@ -137,15 +207,3 @@ class EmbeddedPostgres:
             f"cannot use the data folder {self.data_dir}: {cause}{where}; choose another with "
             f"--data-dir or TANDEM_DATA_DIR, {OR_DATABASE_URL}"
         )
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self.attached:
-            return
-        try:
-            self.cluster.stop()
-        finally:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None

@@ -25,7 +25,15 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from server.db import migrate
-from server.tools import admin, cli_docs, cli_ops, cli_workflows, quickstart, schema_dump
+from server.tools import (
+    admin,
+    backup,
+    cli_docs,
+    cli_ops,
+    cli_workflows,
+    quickstart,
+    schema_dump,
+)
 from server.tools.cli_help import TandemRootGroup, use_real_metavars
 from server.tools.cli_ops import AsJson, WorkspaceId
 from server.tools.cli_shared import (
@@ -366,6 +374,8 @@ agent_app.command("list")(cli_ops.agent_list)
 workflow_app.command("list")(cli_workflows.workflow_list)
 workflow_app.command("show")(cli_workflows.workflow_show)
 app.command("status")(cli_ops.status_command)
+app.command("backup")(backup.backup_command)
+app.command("restore")(backup.restore_command)
 
 # --- a demo workspace and the snippets that join it (server/tools/quickstart.py) ----------------
 

@@ -3,7 +3,8 @@ list and remove members, list the agent registry, and `tandem status`.
 
 Tenant commands run on `admin.app_pool` inside `store.tenant_transaction` with the operator
 (`admin.ACTOR`) as the audited actor, so RLS confines each one to its tenant. Soft delete sets
-`deleted_at` (server/db/sql/ops.sql); the server's statements all skip such rows. A member is
+`deleted_at` (server/db/sql/ops.sql); the server's statements all skip such rows, and the
+`doc.deleted` / `workspace.deleted` event commits with it, so running servers close what is gone. A member is
 removed under the rules of server/workspaces/members.py with the operator acting as an owner, and
 the `member.changed` event goes out in the same transaction, so running servers end the removed
 agent's hold on the workspace. Imports no typer: server/tools/cli_ops.py owns the command line.
@@ -20,12 +21,13 @@ from typing import Any
 
 import asyncpg
 
-from server.cluster.events import Events
+from server.cluster.events import Event, Events
 from server.core.errors import ErrorCode, TandemError
 from server.core.settings import Settings
 from server.db import dbserver, migrate, store
 from server.db.store import Q
 from server.tools.admin import ACTOR, AdminError
+from server.wire.protocol_deletes import DocDeleted, WorkspaceDeleted
 from server.workspaces import agents, directory, members
 
 CONNECT_TIMEOUT_S = 10.0
@@ -78,8 +80,10 @@ async def delete_workspace(
     """Soft-delete a live workspace; returns it and its `deleted_at`."""
     async with store.tenant_transaction(pool, tenant_id, ACTOR) as conn:
         row = await conn.fetchrow(Q["ops_delete_workspace"], workspace_id)
-    if row is None:
-        raise AdminError(_no_workspace(tenant_id, workspace_id))
+        if row is None:
+            raise AdminError(_no_workspace(tenant_id, workspace_id))
+        message = WorkspaceDeleted(workspace_id=workspace_id, agent_id=ACTOR)
+        await Events(ACTOR).notify(conn, Event(tenant_id, workspace_id, message))
     return directory.Workspace(**{k: v for k, v in row.items() if k != "deleted_at"}), row["deleted_at"]
 
 
@@ -110,8 +114,10 @@ async def delete_document(
     """Soft-delete a live document; its log and snapshots stay, so `tandem replay` still reads it."""
     async with store.tenant_transaction(pool, tenant_id, ACTOR) as conn:
         row = await conn.fetchrow(Q["ops_delete_document"], doc_id)
-    if row is None:
-        raise AdminError(_no_document(tenant_id, doc_id))
+        if row is None:
+            raise AdminError(_no_document(tenant_id, doc_id))
+        message = DocDeleted(workspace_id=row["workspace_id"], doc_id=doc_id, agent_id=ACTOR)
+        await Events(ACTOR).notify(conn, Event(tenant_id, row["workspace_id"], message))
     return directory.DocumentInfo(**{k: v for k, v in row.items() if k != "deleted_at"}), row["deleted_at"]
 
 

@@ -263,8 +263,13 @@ class CoordinationHandlers(_Base):
     # --- events (server/cluster/events.py) ---------------------------------------------------------------
 
     def on_event(self, message: pc.WorkspaceEvent, frame: str) -> None:
-        """A workspace event for this session; a change of its own membership applies at once."""
+        """A workspace event for this session; a change of its own membership, or a deletion,
+        applies at once (the event itself tells the session)."""
         assert self.principal is not None
+        if isinstance(message, pc.DocDeleted):
+            self._doc_deleted(message.doc_id)
+        elif isinstance(message, pc.WorkspaceDeleted) and message.workspace_id in self.session.workspaces:
+            self._removed_from(message.workspace_id)
         if isinstance(message, pc.MemberChanged) and message.member["agent_id"] == self.principal.agent_id:
             workspace_id = message.workspace_id
             if workspace_id in self.session.workspaces:
@@ -275,6 +280,15 @@ class CoordinationHandlers(_Base):
                     self.roles[workspace_id] = member["role"]
                     self.can_write[workspace_id] = workspaces.wire_can_write(member)
         self.send_text(frame)
+
+    def _doc_deleted(self, doc_id: uuid.UUID) -> None:
+        """The document was deleted: closed for this session (a reopen is `not_found`)."""
+        room = self.rooms.pop(doc_id, None)
+        if room is None:
+            return
+        room.close(self.conn_id)
+        self.session.closed_doc(doc_id)
+        self._spawn(self.node.presence.close_doc(self.conn_id, room.workspace_id, doc_id))
 
     def _removed_from(self, workspace_id: uuid.UUID) -> None:
         """No longer a member: the session leaves the workspace and closes its documents there."""

@@ -4,7 +4,9 @@ The connection listens to workspace events naming its agent (server/cluster/even
 changes directly, other nodes' through NOTIFY), as an agent session does, and applies a
 `member.changed` about its own membership of the document's workspace at once: demoted, its
 next update is refused; promoted, the editor is asked for what the server lacks; removed, it
-stops hearing the document and closes with `not_member`. Mixed into `yws.YjsConnection`.
+stops hearing the document and closes with `not_member`. A deleted document (or workspace) closes
+it with `not_found` (`document_deleted`, called by the node's coordination). Mixed into
+`yws.YjsConnection`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ class LiveRights(_Base):
             self._held_changes.append(message)
         else:
             self._membership_changed(message)
+
+    def document_deleted(self) -> None:
+        """Its document or workspace was deleted (server/workspaces/coordination.py observes it)."""
+        self.can_write = False
+        self.end(ErrorCode.NOT_FOUND, "the document was deleted")
+        self.leave_document()
+        self.log.info("yws.document_deleted")
 
     def _membership_changed(self, message: pc.MemberChanged) -> None:
         room = self.room

@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from server.core.errors import RequestId
 from server.wire.fields import MAX_SAFE_INTEGER, Name, Out, ReqId, Request, _not_blank
+from server.wire.protocol_deletes import DocDeleted, WorkspaceDeleted
 
 LockName = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_not_blank)]
 AgentId = Name
@@ -395,11 +396,14 @@ class MemberChanged(Out):
 
 # The workspace events (docs/protocol.md#126): what server/cluster/events.py carries between nodes and
 # sends to sessions, read back into its model from another node's NOTIFY.
-WorkspaceEvent = LockAcquired | LockRenewed | LockReleased | StateChanged | TaskChanged | MemberChanged
+WorkspaceEvent = (
+    LockAcquired | LockRenewed | LockReleased | StateChanged | TaskChanged | MemberChanged | DocDeleted | WorkspaceDeleted
+)
 EVENTS: TypeAdapter[WorkspaceEvent] = TypeAdapter(Annotated[WorkspaceEvent, Field(discriminator="type")])
 
 SERVER_MESSAGES = (
     LockAcquireOk, LockRenewOk, LockReleaseOk, LockListOk, LockAcquired, LockRenewed, LockReleased,
     StateGetOk, StateUpdateOk, StateChanged, *TASK_REPLIES.values(), TaskGetOk, TaskListOk,
     TaskStatsOk, TaskChanged, MemberAddOk, MemberRemoveOk, MemberUpdateOk, MemberListOk, MemberChanged,
+    DocDeleted, WorkspaceDeleted,
 )  # fmt: skip

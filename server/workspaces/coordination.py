@@ -117,6 +117,7 @@ class Coordination:
         self.known_locks = KnownLocks()
         self.events = Events(node_id, refetch=self.refetch)
         self.events.observers.append(self._observe_locks)
+        self.events.observers.append(self._observe_deletes)
         self.background: set[asyncio.Task[None]] = set()
         self.swept = 0
 
@@ -141,6 +142,24 @@ class Coordination:
         self.known_locks.observe(key, view, lock["fence"])
         if lock["doc_id"] is not None:
             self.rooms.on_lock(uuid.UUID(lock["doc_id"]), view, lock["fence"])
+
+    def _observe_deletes(self, event: Event) -> None:
+        """A deleted document or workspace: its rooms' subscribers that are not workspace
+        sessions (the /yjs editors, which hear only events naming their agent) are closed."""
+        message = event.message
+        if isinstance(message, pc.DocDeleted):
+            gone = [r for r in self.rooms.rooms.values() if r.doc_id == message.doc_id]
+        elif isinstance(message, pc.WorkspaceDeleted):
+            gone = [r for r in self.rooms.rooms.values() if r.workspace_id == message.workspace_id]
+        else:
+            return
+        for room in gone:
+            if room.tenant_id != event.tenant_id:
+                continue
+            for subscription in list(room.subscriptions.values()):
+                deleted = getattr(subscription.subscriber, "document_deleted", None)
+                if deleted is not None:
+                    deleted()
 
     async def refetch(self, tenant_id: uuid.UUID, workspace_id: uuid.UUID, kind: str, ref_id: str) -> dict[str, Any] | None:
         """The fields an event left out of its NOTIFY (server/cluster/events.py), read back."""
