@@ -8,6 +8,7 @@ and what the server would list afterwards is read with the server's own function
 
 from __future__ import annotations
 
+import re
 import asyncio
 import json
 import subprocess
@@ -250,8 +251,10 @@ async def test_migrate_down_all_asks_unless_yes(env: dict[str, str], admin: asyn
     assert await admin.fetchval("SELECT count(*) FROM schema_migrations") == 0
 
 
-@pytest.mark.parametrize("command", [["workspace", "list"], ["migrate", "down"], ["member"], ["agent", "list"], []])
-def test_flag_help_shows_no_type(command: list[str]) -> None:
+@pytest.mark.parametrize("command", [["workspace", "list"], ["migrate", "down"], ["member"], ["agent", "list"], ["serve"], ["quickstart"], ["backup"], []])
+def test_help_names_values_not_types(command: list[str]) -> None:
     result = tandem(*command, "--help", env=server_env())
     assert result.returncode == 0, result.stderr
-    assert "--help" in result.stdout and "<bool>" not in result.stdout
+    assert "--help" in result.stdout
+    options = [line for line in result.stdout.splitlines() if "--" in line]
+    assert not [line for line in options if re.search(r"<(bool|str|int|float|path)>", line)], result.stdout

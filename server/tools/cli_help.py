@@ -1,8 +1,10 @@
-"""Help that shows real metavars: a flag takes no value, so `--help` shows none for it.
+"""Help that shows real metavars: a flag takes no value, so `--help` shows none for it, and an
+option's value is named after the option (`--port PORT`), not after its type.
 
-Typer labels every option with its type, flags too (`--json <bool>`, `--help <bool>`). The
-command and group classes here give flags an empty metavar; `use_real_metavars(app)` makes
-every command and group of an app (registered so far, recursively) use them.
+Typer labels every option with its type, flags too (`--json <bool>`, `--port <int>`). The
+command and group classes here give flags an empty metavar and other options their name;
+`use_real_metavars(app)` makes every command and group of an app (registered so far,
+recursively) use them.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from server.tools.cli_shared import TandemGroup
 
 
 class FlagsTakeNoValue:
-    """Before help or parsing reads the parameters, flags get an empty metavar."""
+    """Before help or parsing reads the parameters, flags get an empty metavar and options
+    without one their own name in capitals."""
 
     def get_params(self, ctx: click.Context) -> list[Any]:
         params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
         for param in params:
-            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
-                param.metavar = ""
+            if isinstance(param, TyperOption) and param.metavar is None:
+                param.metavar = "" if param.is_flag else (param.name or "value").upper()
         return params
 
 
