@@ -1,8 +1,10 @@
 """The /v1 app's contract without a server: its OpenAPI document validates (OpenAPI 3.1, by
 openapi-spec-validator) and lists every route it serves, and every error code of the protocol
-has exactly one HTTP status (server/http/problems.py `STATUS`)."""
+has exactly one HTTP status (server/http/problems.py `STATUS`), as docs/http.md lists them."""
 
 from __future__ import annotations
+
+import re
 
 from fastapi.routing import APIRoute
 from openapi_spec_validator import validate
@@ -10,6 +12,9 @@ from openapi_spec_validator import validate
 from server.core.errors import ErrorCode
 from server.http import api as http_api
 from server.http.problems import STATUS, problem_response
+from tests.serverproc import REPO
+
+DOCS = "/workspaces/{workspace_id}/documents"
 
 
 def test_the_openapi_document_validates_and_lists_every_route() -> None:
@@ -58,3 +63,23 @@ def test_a_problem_is_rfc_9457_json_with_the_code() -> None:
         problem_response(ErrorCode.UNAUTHORIZED).headers["www-authenticate"]
         == 'Bearer realm="tandem"'
     )
+
+
+def test_docs_http_lists_every_route_and_the_status_of_every_code() -> None:
+    text = (REPO / "docs" / "http.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| (\d{3}) \|$", text, re.MULTILINE))
+    assert {code: int(status) for code, status in rows.items()} == {
+        c.value: s for c, s in STATUS.items()
+    }
+    documented = set(re.findall(r"^\| `(GET|POST) ([^`?\[]+)", text, re.MULTILINE))
+    documented = {
+        (method.lower(), path.replace("/v1", "", 1).replace(".../documents", DOCS))
+        for method, path in documented
+    }
+    routes = [
+        route
+        for router in http_api.ROUTERS
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
+    assert documented == {(m.lower(), r.path) for r in routes for m in r.methods}
