@@ -22,7 +22,7 @@ import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import health, welcome
@@ -37,6 +37,7 @@ from server.db.dbserver import EXPECTED_ERRORS, StartupError, database_server, e
 from server.documents.checker import UpdateChecker
 from server.documents.committer import Committer
 from server.documents.rooms import RoomRegistry
+from server.http import api as http_api
 from server.transport import agent, connection, yws
 from server.transport import websocket as transport
 from server.transport.node import Node
@@ -269,9 +270,11 @@ def create_app(settings: Settings) -> Starlette:
     metrics = Metrics(redis_configured=bool(settings.redis_url))
     metrics.node.info({"node_id": settings.node_id, "embedded": str(not settings.database_url).lower()})
     state = AppState(settings=settings, node_id=settings.node_id, metrics=metrics, supervisor=Supervisor(metrics))
+    api = http_api.create_api(lambda: state.node)
     app = Starlette(
         routes=[
             Route("/healthz", health.healthz, methods=["GET"]),
+            Mount(http_api.PREFIX, app=http_api.mountable(api, settings)),
             Route("/metrics", health.metrics, methods=["GET"]),
             WebSocketRoute("/ws", agent.websocket_endpoint),
             WebSocketRoute("/yjs/{workspace_id}/{doc_id}", yws.endpoint),

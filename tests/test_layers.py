@@ -9,7 +9,7 @@ from pathlib import Path
 
 SERVER = Path(__file__).resolve().parent.parent / "server"
 # Lowest first. A module may import its own package and those listed before it.
-LAYERS = ("core", "wire", "db", "cluster", "documents", "workspaces", "transport", "app", "tools")
+LAYERS = ("core", "wire", "db", "cluster", "documents", "workspaces", "transport", "http", "app", "tools")
 TOP_MODULES = {"app": "app", "health": "app", "welcome": "app", "__main__": "tools", "__init__": "core"}
 
 
@@ -58,4 +58,10 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
 def test_the_document_model_imports_no_server_code() -> None:
     crdt = SERVER.parent / "crdt"
     wrong = [f"{p.name}: {t}" for p in sorted(crdt.rglob("*.py")) for t in imports(p) if layer_of(t) is not None]
+    assert wrong == []
+
+
+def test_the_http_api_sits_beside_transport_and_imports_none_of_it() -> None:
+    http = SERVER / "http"
+    wrong = [f"{p.name}: {t}" for p in sorted(http.rglob("*.py")) for t in imports(p) if layer_of(t) == "transport"]
     assert wrong == []

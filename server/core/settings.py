@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_leeway_s: float = 5.0
     max_token_bytes: int = 8192
+    http_max_body_bytes: int = 1_048_576  # one /v1 request body; larger: limit_exceeded (413)
     token_ttl_s: float = 3600.0  # default lifetime of tokens `tandem token issue` makes
 
     # The durable path (server/documents/committer.py, server/documents/rooms.py).

@@ -1,0 +1,102 @@
+"""Who is asking and what they may read: the bearer token checked by the node's own rule (as
+/ws and /yjs check it), and workspace access by the directory's rules (server/workspaces).
+
+`admit` is the /yjs endpoint's rule (server/transport/yws.py `_join`): a member is admitted; a
+non-member of a team or public workspace joins it, as `workspace.join` admits it; a private
+workspace is `forbidden`; an unknown, deleted or other tenant's id is a bare `not_found`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import asyncpg
+from fastapi import Request, Security
+from fastapi.security import HTTPBearer
+
+from server.core.auth import Principal, Refusal
+from server.core.errors import ErrorCode, TandemError
+from server.core.settings import Settings
+from server.db import store
+from server.workspaces import directory
+from server.workspaces.directory import DocumentInfo
+
+
+class NodeView(Protocol):
+    """What the API needs of the running node (server/transport/node.py `Node` has it)."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+
+    def authenticate(
+        self, query: Mapping[str, str], headers: Mapping[str, str]
+    ) -> Principal | Refusal: ...
+
+
+NodeGetter = Callable[[], NodeView | None]
+
+
+def node_of(request: Request) -> NodeView:
+    """The node serving this request; `unavailable` while it is starting or stopping."""
+    node = request.app.state.node_of()
+    if node is None:
+        raise TandemError(ErrorCode.UNAVAILABLE, "the server is starting or stopping")
+    return node
+
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="A Tandem token (`tandem token issue`), as /ws takes it.",
+)
+
+
+async def principal(
+    request: Request, _credentials: object = Security(bearer)
+) -> Principal:
+    """The caller from `Authorization: Bearer <token>` alone (no `?token=` over HTTP): refused as
+    the WebSocket endpoints refuse it, the problem naming the refusal's class."""
+    node = node_of(request)
+    authorization = request.headers.get("authorization")
+    verdict = node.authenticate(
+        {}, {"authorization": authorization} if authorization else {}
+    )
+    if isinstance(verdict, Refusal):
+        raise TandemError(
+            verdict.code, f"{verdict.close_reason}", {"reason": verdict.reason.value}
+        )
+    return verdict
+
+
+@asynccontextmanager
+async def transaction(
+    request: Request, who: Principal
+) -> AsyncIterator[asyncpg.Connection]:
+    """A tenant transaction of the caller's tenant, the caller recorded as the actor."""
+    client = request.client.host if request.client else None
+    async with store.tenant_transaction(
+        node_of(request).pool, who.tenant_id, who.agent_id, client
+    ) as conn:
+        yield conn
+
+
+async def admit(
+    conn: asyncpg.Connection, agent_id: str, workspace_id: uuid.UUID
+) -> None:
+    """The caller may read the workspace: a member, or admitted to a team or public one by
+    `workspace.join`'s rule (it becomes a member); raises `forbidden` / `not_found` otherwise."""
+    if await directory.membership(conn, agent_id, workspace_id) is None:
+        await directory.join_workspace(conn, agent_id, workspace_id, 1)
+
+
+async def readable_document(
+    conn: asyncpg.Connection, agent_id: str, workspace_id: uuid.UUID, doc_id: uuid.UUID
+) -> DocumentInfo:
+    """A live document of this workspace that the caller may read (as /yjs opens one)."""
+    info = await directory.get_document(conn, doc_id)
+    if info is None or info.workspace_id != workspace_id:
+        raise TandemError(ErrorCode.NOT_FOUND)
+    await admit(conn, agent_id, workspace_id)
+    return info
