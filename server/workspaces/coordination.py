@@ -28,7 +28,8 @@ from server.db import store
 from server.documents.room import LockView
 from server.documents.rooms import RoomRegistry
 from server.wire import protocol_coordination as pc
-from server.workspaces import locks, state, tasks
+from server.wire import protocol_executions as pe
+from server.workspaces import executions, locks, state, tasks
 
 log = structlog.get_logger("tandem.coordination")
 
@@ -151,6 +152,9 @@ class Coordination:
                     return {"state": current.state, "version": current.version}
                 if kind == "task":
                     return {"task": (await tasks.get_task(conn, uuid.UUID(ref_id))).to_wire()}
+                if kind == "execution":
+                    found, _ = await executions.get(conn, workspace_id, uuid.UUID(ref_id), 1)
+                    return {"execution": found.to_wire()}
             except TandemError:
                 return None  # deleted meanwhile
         raise ValueError(f"unknown event reference {kind!r}")
@@ -257,3 +261,18 @@ def member_event(tenant_id: uuid.UUID, workspace_id: uuid.UUID, member: dict[str
     """To the workspace, and to the member itself (a removed member has left it)."""
     message = pc.MemberChanged(workspace_id=workspace_id, member=member, change=change, agent_id=agent_id)  # type: ignore[arg-type]
     return Event(tenant_id, workspace_id, message, frozenset({member["agent_id"]}))
+
+
+def execution_events(tenant_id: uuid.UUID, out: executions.Outcome, agent_id: str) -> list[Event]:
+    """One engine run's events, in the order they happened: each step task it created, gave out
+    or cancelled (`task.changed`, by `system`), then `workflow.execution.changed` to the
+    workspace and the agent that started the execution."""
+    found = [task_event(tenant_id, task, action, executions.ENGINE, delegation) for task, action, delegation in out.tasks]
+    ex = out.execution
+    if ex is not None and ex.workspace_id is not None and out.action is not None:
+        message = pe.WorkflowExecutionChanged(
+            execution=ex.to_wire(), action=str(out.action), previous_status=out.previous_status, agent_id=agent_id
+        )
+        ref = ("execution", str(ex.execution_id), "execution")
+        found.append(Event(tenant_id, ex.workspace_id, message, frozenset({ex.triggered_by}), ref=ref))
+    return found
