@@ -29,7 +29,7 @@ from server.tools.cli_ops import (
 )
 from server.tools.cli_shared import DataDir, Tenant, fail, out, run_admin, settings_from
 from server.workspaces import executions, workflows
-from server.workspaces.coordination import execution_events
+from server.workspaces.workspace_events import execution_events
 
 WorkflowId = Annotated[
     uuid.UUID,

@@ -13,7 +13,7 @@ import asyncpg
 from server.cluster.events import Event
 from server.wire import protocol_executions as pe
 from server.workspaces import executions
-from server.workspaces.coordination import execution_events
+from server.workspaces.workspace_events import execution_events
 
 if TYPE_CHECKING:
     from server.transport.agent import AgentConnection

@@ -28,8 +28,8 @@ from server.db import store
 from server.documents.room import LockView
 from server.documents.rooms import RoomRegistry
 from server.wire import protocol_coordination as pc
-from server.wire import protocol_executions as pe
 from server.workspaces import executions, locks, state, tasks
+from server.workspaces.workspace_events import task_event
 
 log = structlog.get_logger("tandem.coordination")
 
@@ -241,17 +241,6 @@ def lock_event(tenant_id: uuid.UUID, type_: str, lock: locks.Lock, reason: str |
     return Event(tenant_id, lock.resource.workspace_id, message)
 
 
-def task_event(
-    tenant_id: uuid.UUID, task: Any, action: str, agent_id: str, delegation: Any = None, also: frozenset[str] = frozenset()
-) -> Event:
-    """To the task's workspace, its creator and its assignee (and `also`: a previous assignee)."""
-    message = pc.TaskChanged(
-        task=task.to_wire(), action=action, agent_id=agent_id, delegation=None if delegation is None else delegation.to_wire()
-    )
-    agents = frozenset({task.created_by} | ({task.assigned_to} if task.assigned_to else set())) | also
-    return Event(tenant_id, task.workspace_id, message, agents, ref=("task", str(task.task_id), "task"))
-
-
 def state_event(tenant_id: uuid.UUID, workspace_id: uuid.UUID, version: int, value: dict[str, Any], agent_id: str) -> Event:
     message = pc.StateChanged(workspace_id=workspace_id, version=version, state=value, agent_id=agent_id)
     return Event(tenant_id, workspace_id, message, ref=("state", str(workspace_id), "state"))
@@ -262,17 +251,3 @@ def member_event(tenant_id: uuid.UUID, workspace_id: uuid.UUID, member: dict[str
     message = pc.MemberChanged(workspace_id=workspace_id, member=member, change=change, agent_id=agent_id)  # type: ignore[arg-type]
     return Event(tenant_id, workspace_id, message, frozenset({member["agent_id"]}))
 
-
-def execution_events(tenant_id: uuid.UUID, out: executions.Outcome, agent_id: str) -> list[Event]:
-    """One engine run's events, in the order they happened: each step task it created, gave out
-    or cancelled (`task.changed`, by `system`), then `workflow.execution.changed` to the
-    workspace and the agent that started the execution."""
-    found = [task_event(tenant_id, task, action, executions.ENGINE, delegation) for task, action, delegation in out.tasks]
-    ex = out.execution
-    if ex is not None and ex.workspace_id is not None and out.action is not None:
-        message = pe.WorkflowExecutionChanged(
-            execution=ex.to_wire(), action=str(out.action), previous_status=out.previous_status, agent_id=agent_id
-        )
-        ref = ("execution", str(ex.execution_id), "execution")
-        found.append(Event(tenant_id, ex.workspace_id, message, frozenset({ex.triggered_by}), ref=ref))
-    return found
