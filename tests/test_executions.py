@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 
 from server.core.errors import ErrorCode
-from server.workspaces import workflows
+from server.workspaces import executions, workflows
 from tests.conftest import TENANT_B
 from tests.execution_helpers import (
     control,
@@ -248,6 +248,25 @@ async def test_a_step_with_no_free_agent_waits_and_is_given_out_when_a_slot_free
         "assign",
         "automatic",
     )
+
+
+async def test_another_tenants_execution_is_not_found_and_unchanged(env) -> None:
+    await register(env, "alice", ["write"])
+    flow = await define(env, "mine", {"type": "sequential", "steps": [step("a")]})
+    ex_id = (await start(env, flow)).execution.execution_id
+    async with tx(env.pool, "beth", TENANT_B) as conn:
+        await refused(executions.get(conn, None, ex_id, 10), ErrorCode.NOT_FOUND)
+        for action in ("pause", "cancel"):
+            await refused(
+                executions.control(conn, "owner", env.ws_b, ex_id, action, 60.0),
+                ErrorCode.NOT_FOUND,
+            )
+        assert await executions.list_executions(conn, env.ws_a, None, None, 10) == (
+            [],
+            False,
+        )
+    ex, found = await execution(env, ex_id)
+    assert ex.status == "running" and [t.status for t in found] == ["assigned"]
 
 
 async def test_bad_starts_are_refused_and_store_nothing(env) -> None:
