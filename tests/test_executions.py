@@ -10,9 +10,11 @@ from __future__ import annotations
 import uuid
 
 from server.core.errors import ErrorCode
-from server.workspaces import executions, workflows
+from server.workspaces import executions, tasks, workflows
 from tests.conftest import TENANT_B
 from tests.execution_helpers import (
+    SEEN_S,
+    act,
     control,
     define,
     execution,
@@ -298,3 +300,32 @@ async def test_bad_starts_are_refused_and_store_nothing(env) -> None:
         )
         == 0
     )
+
+
+async def test_a_step_task_that_times_out_is_retried_by_the_sweep_s_transaction(
+    env,
+) -> None:
+    await register(env, "alice", ["write"])
+    flow = await define(env, "slow", {"type": "sequential", "steps": [
+        step("slow", task={"title": "slow", "timeout_s": 1, "max_retries": 1}),
+    ]})  # fmt: skip
+    first = (await start(env, flow)).tasks[0][0]
+    await act(env, "alice", first.task_id, "accept")
+    await act(env, "alice", first.task_id, "start")
+    await env.admin.execute(
+        "UPDATE tasks SET started_at = started_at - interval '1 hour' WHERE id = $1",
+        first.task_id,
+    )
+    async with tx(
+        env.pool, "system"
+    ) as conn:  # what each node's sweep does, tenant by tenant
+        [(task_id, _)] = await tasks.sweep_timeouts(conn, 10)
+        out = await executions.after_outcome(
+            conn, await tasks.get_task(conn, task_id), "timeout", SEEN_S
+        )
+    [(retry, action, _)] = out.tasks
+    assert (retry.step_id, retry.attempt, action) == ("slow", 2, "create")
+    assert out.execution.step_states["slow"]["status"] == "running"
+    assert out.execution.step_states["slow"]["attempt"] == 2
+    done = await finish(env, retry, ok=True)
+    assert done.execution.status == "completed"

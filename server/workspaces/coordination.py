@@ -29,7 +29,7 @@ from server.documents.room import LockView
 from server.documents.rooms import RoomRegistry
 from server.wire import protocol_coordination as pc
 from server.workspaces import executions, locks, state, tasks
-from server.workspaces.workspace_events import task_event
+from server.workspaces.workspace_events import execution_events, task_event
 
 log = structlog.get_logger("tandem.coordination")
 
@@ -217,9 +217,16 @@ class Coordination:
                 for task_id, workspace_id in marked:
                     if workspace_id is None:
                         continue  # a task of no workspace has nobody to tell
-                    event = task_event(tenant_id, await tasks.get_task(conn, task_id), "timeout", "system")
+                    task = await tasks.get_task(conn, task_id)
+                    event = task_event(tenant_id, task, "timeout", "system")
                     await self.publish(conn, event)
                     events.append(event)
+                    # A workflow step's task: its execution retries or moves on in this transaction.
+                    run = await executions.after_outcome(conn, task, "timeout", self.settings.presence_ttl_s)
+                    if run is not None:
+                        for step_event in execution_events(tenant_id, run, "system"):
+                            await self.publish(conn, step_event)
+                            events.append(step_event)
             swept += len(marked)
             for event in events:
                 self.deliver(event)

@@ -23,14 +23,21 @@ import asyncpg
 from server.core.errors import ErrorCode, TandemError
 from server.db import store
 from server.db.store import Q
+from server.workspaces import execution_agents, tasks
 from server.workspaces import execution_rules as rules
-from server.workspaces import tasks
 from server.workspaces.directory import WRITE_ROLES, rfc3339
 from server.workspaces.execution_rules import Action, Status
 
-ENGINE = "system"  # the from_agent_id of the engine's delegations
+ENGINE = execution_agents.ENGINE
 STEP_TASK_TYPE = "workflow_step"
 MAX_WAITING_ASSIGNED = 16  # waiting step tasks given to agents per freed slot check
+# Task actions that end a step attempt, and how a failure other than `fail` is described.
+OUTCOMES = {
+    "complete": "completed",
+    "fail": "failed",
+    "cancel": "cancelled",
+    "timeout": "timed out",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,33 +167,44 @@ async def after_task(
 ) -> Outcome | None:
     """Record a step task's outcome and advance its execution (None: not a step's outcome).
 
-    The result goes into `step_results[step]`; a failure (a cancel counts as one) retries while
-    the step's `max_retries` allow, then follows `on_failure` or fails the execution. A stale
-    outcome (not the step's running attempt) and one of a finished execution change no step.
-    The agent that did the task has a free slot now: waiting step tasks are given out."""
-    task = change.task
-    if (
-        task.execution_id is None
-        or task.step_id is None
-        or change.action not in ("complete", "fail", "cancel")
-    ):
+    The result goes into `step_results[step]`; a failure (a cancel or a timeout counts as one)
+    retries while the step's `max_retries` allow, then follows `on_failure` or fails the
+    execution. A stale outcome (not the step's running attempt) and one of a finished execution
+    change no step. The agent that did the task has a free slot now: waiting step tasks are
+    given out."""
+    return await after_outcome(conn, change.task, change.action, seen_within_s)
+
+
+async def after_outcome(
+    conn: asyncpg.Connection, task: tasks.Task, action: str, seen_within_s: float
+) -> Outcome | None:
+    """`after_task` for a task already moved by `action` (`complete`, `fail`, `cancel`, or the
+    sweep's `timeout`), in the transaction that moved it."""
+    if task.execution_id is None or task.step_id is None or action not in OUTCOMES:
         return None
     out = Outcome()
     ex = await _lock(conn, task.execution_id, None)
     if ex.status not in rules.TERMINAL:
-        ok = change.action == "complete"
+        ok = action == "complete"
+        error = task.error if action == "fail" else f"the task was {OUTCOMES[action]}"
+        definition = await _definition(conn, ex)
         states = rules.record_outcome(
-            (await _definition(conn, ex))["steps"], ex.step_states, task.step_id, task.attempt or 0, ok,
-            task.error if change.action == "fail" else "the task was cancelled",
-        )  # fmt: skip
+            definition["steps"],
+            ex.step_states,
+            task.step_id,
+            task.attempt or 0,
+            ok,
+            error,
+        )
         if states is not None:
             results = dict(ex.step_results)
             if ok:
                 results[task.step_id] = task.result or {}
             out.previous_status, out.action = ex.status, "advance"
             if ex.status == Status.RUNNING:
-                out.execution = await _advance(conn, ex, await _definition(conn, ex), states, results, out,
-                                               seen_within_s)  # fmt: skip
+                out.execution = await _advance(
+                    conn, ex, definition, states, results, out, seen_within_s
+                )
             else:  # paused: recorded now, decided on resume
                 out.execution = await _save(conn, ex, ex.status, states, results)
     await _assign_waiting(conn, out, seen_within_s)
@@ -275,7 +293,7 @@ async def _start_step(
     assignee, kind = (
         (step["agent"], None)
         if "agent" in step
-        else await _pick(conn, step["capability"], seen_within_s)
+        else await execution_agents.pick(conn, step["capability"], seen_within_s)
     )
     row = await conn.fetchrow(
         Q["execution_task_create"], ex.workspace_id, template["title"], STEP_TASK_TYPE, template.get("description"),
@@ -285,30 +303,10 @@ async def _start_step(
     task = tasks._task(row)
     delegation = None
     if kind is not None:
-        delegation = await _delegate(
+        delegation = await execution_agents.delegate(
             conn, task, assignee, kind, f"step {step['id']} needs {step['capability']}"
         )
     return task, delegation
-
-
-async def _pick(
-    conn: asyncpg.Connection, capability: str, seen_within_s: float
-) -> tuple[str | None, str | None]:
-    """The agent to give a `capability` step to and the delegation type: `automatic` when it was
-    the only free one, `load_balance` when chosen among several; (None, None): none is free."""
-    row = await conn.fetchrow(Q["execution_pick_agent"], seen_within_s, capability)
-    if row is None:
-        return None, None
-    return row["agent_id"], "load_balance" if row["candidates"] > 1 else "automatic"
-
-
-async def _delegate(
-    conn: asyncpg.Connection, task: tasks.Task, to: str | None, kind: str, reason: str
-) -> tasks.Delegation:
-    row = await conn.fetchrow(
-        Q["task_insert_delegation"], task.task_id, ENGINE, to, kind, reason
-    )
-    return tasks.Delegation(**dict(row))
 
 
 async def _assign_waiting(
@@ -328,7 +326,9 @@ async def _assign_waiting(
         step = next(s for s in definitions[key]["steps"] if s["id"] == task.step_id)
         if "capability" not in step:
             continue
-        agent, kind = await _pick(conn, step["capability"], seen_within_s)
+        agent, kind = await execution_agents.pick(
+            conn, step["capability"], seen_within_s
+        )
         if agent is None or kind is None:
             continue
         assigned = tasks._task(
@@ -336,7 +336,11 @@ async def _assign_waiting(
         )
         reason = f"step {step['id']} needs {step['capability']}; a slot freed"
         out.tasks.append(
-            (assigned, "assign", await _delegate(conn, assigned, agent, kind, reason))
+            (
+                assigned,
+                "assign",
+                await execution_agents.delegate(conn, assigned, agent, kind, reason),
+            )
         )
 
 
