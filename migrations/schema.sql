@@ -642,9 +642,13 @@ CREATE TABLE public.tasks (
     updated_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP,
     deleted_at timestamp with time zone,
     workspace_id uuid,
+    execution_id uuid,
+    step_id character varying(64),
+    attempt integer,
     CONSTRAINT parameters_is_object CHECK ((jsonb_typeof(parameters) = 'object'::text)),
     CONSTRAINT result_is_object CHECK (((result IS NULL) OR (jsonb_typeof(result) = 'object'::text))),
     CONSTRAINT retry_count_valid CHECK (((retry_count >= 0) AND (retry_count <= max_retries))),
+    CONSTRAINT tasks_execution_step_complete CHECK ((((execution_id IS NULL) AND (step_id IS NULL) AND (attempt IS NULL)) OR ((execution_id IS NOT NULL) AND (step_id IS NOT NULL) AND (attempt >= 1)))),
     CONSTRAINT title_not_empty CHECK ((btrim((title)::text, '
 '::text) <> ''::text)),
     CONSTRAINT valid_max_retries CHECK (((max_retries >= 0) AND (max_retries <= 10))),
@@ -673,9 +677,12 @@ CREATE TABLE public.workflow_executions (
     completed_at timestamp with time zone,
     execution_metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     workflow_version integer,
+    workspace_id uuid,
+    step_states jsonb DEFAULT '{}'::jsonb NOT NULL,
     CONSTRAINT valid_context CHECK ((jsonb_typeof(context) = 'object'::text)),
     CONSTRAINT valid_input CHECK ((jsonb_typeof(input) = 'object'::text)),
-    CONSTRAINT valid_step_results CHECK ((jsonb_typeof(step_results) = 'object'::text))
+    CONSTRAINT valid_step_results CHECK ((jsonb_typeof(step_results) = 'object'::text)),
+    CONSTRAINT valid_step_states CHECK ((jsonb_typeof(step_states) = 'object'::text))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.05', autovacuum_analyze_scale_factor='0.02');
 
@@ -889,10 +896,16 @@ ALTER TABLE ONLY public.task_delegations
     ADD CONSTRAINT task_delegations_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.tasks
+    ADD CONSTRAINT tasks_execution_step_attempt_key UNIQUE (execution_id, step_id, attempt);
+
+ALTER TABLE ONLY public.tasks
     ADD CONSTRAINT tasks_id_tenant_id_key UNIQUE (id, tenant_id);
 
 ALTER TABLE ONLY public.tasks
     ADD CONSTRAINT tasks_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.workflow_executions
+    ADD CONSTRAINT workflow_executions_id_tenant_id_key UNIQUE (id, tenant_id);
 
 ALTER TABLE ONLY public.workflow_executions
     ADD CONSTRAINT workflow_executions_pkey PRIMARY KEY (id);
@@ -973,6 +986,8 @@ CREATE INDEX idx_executions_triggered_by ON public.workflow_executions USING btr
 
 CREATE INDEX idx_executions_workflow_id ON public.workflow_executions USING btree (workflow_id);
 
+CREATE INDEX idx_executions_workspace_started ON public.workflow_executions USING btree (workspace_id, started_at DESC);
+
 CREATE INDEX idx_operations_parent_id ON public.document_operations USING btree (parent_operation_id) WHERE (parent_operation_id IS NOT NULL);
 
 CREATE INDEX idx_operations_tenant_id ON public.document_operations USING btree (tenant_id);
@@ -986,6 +1001,8 @@ CREATE INDEX idx_tasks_assigned_to ON public.tasks USING btree (assigned_to) WHE
 CREATE INDEX idx_tasks_created_at ON public.tasks USING btree (created_at DESC);
 
 CREATE INDEX idx_tasks_created_by ON public.tasks USING btree (created_by) WHERE (deleted_at IS NULL);
+
+CREATE INDEX idx_tasks_execution_waiting ON public.tasks USING btree (tenant_id, created_at) WHERE ((execution_id IS NOT NULL) AND (status = 'pending'::public.task_status) AND (assigned_to IS NULL) AND (deleted_at IS NULL));
 
 CREATE INDEX idx_tasks_in_progress ON public.tasks USING btree (started_at) WHERE ((status = 'in_progress'::public.task_status) AND (deleted_at IS NULL));
 
@@ -1061,6 +1078,8 @@ CREATE TRIGGER audit_task_delegations AFTER INSERT OR DELETE OR UPDATE ON public
 
 CREATE TRIGGER audit_tasks AFTER INSERT OR DELETE OR UPDATE ON public.tasks FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id');
 
+CREATE TRIGGER audit_workflow_executions AFTER INSERT OR DELETE OR UPDATE ON public.workflow_executions FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id');
+
 CREATE TRIGGER audit_workflow_versions AFTER INSERT OR DELETE OR UPDATE ON public.workflow_versions FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('workflow_id');
 
 CREATE TRIGGER audit_workflows AFTER INSERT OR DELETE OR UPDATE ON public.workflows FOR EACH ROW EXECUTE FUNCTION public.audit_trigger_function('id');
@@ -1101,6 +1120,9 @@ ALTER TABLE ONLY public.task_delegations
     ADD CONSTRAINT task_delegations_task_id_fkey FOREIGN KEY (task_id, tenant_id) REFERENCES public.tasks(id, tenant_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.tasks
+    ADD CONSTRAINT tasks_execution_id_fkey FOREIGN KEY (execution_id, tenant_id) REFERENCES public.workflow_executions(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.tasks
     ADD CONSTRAINT tasks_parent_task_id_fkey FOREIGN KEY (parent_task_id, tenant_id) REFERENCES public.tasks(id, tenant_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.tasks
@@ -1111,6 +1133,9 @@ ALTER TABLE ONLY public.workflow_executions
 
 ALTER TABLE ONLY public.workflow_executions
     ADD CONSTRAINT workflow_executions_workflow_version_fkey FOREIGN KEY (workflow_id, tenant_id, workflow_version) REFERENCES public.workflow_versions(workflow_id, tenant_id, version);
+
+ALTER TABLE ONLY public.workflow_executions
+    ADD CONSTRAINT workflow_executions_workspace_id_fkey FOREIGN KEY (workspace_id, tenant_id) REFERENCES public.workspaces(id, tenant_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.workflow_versions
     ADD CONSTRAINT workflow_versions_workflow_id_fkey FOREIGN KEY (workflow_id, tenant_id) REFERENCES public.workflows(id, tenant_id) ON DELETE CASCADE;

@@ -20,8 +20,9 @@ from server.transport.agent_coordination import member_wire
 from server.wire import protocol as p
 from server.wire import protocol_agents as pa
 from server.wire import protocol_coordination as pc
+from server.wire import protocol_executions as pe
 from server.wire import protocol_workflows as pw
-from server.workspaces import agents, locks, tasks, workflows
+from server.workspaces import agents, executions, locks, tasks, workflows
 from server.workspaces import directory as workspaces
 
 PATH = Path(__file__).with_name("golden_frames.json")
@@ -31,6 +32,7 @@ WS = uuid.UUID("6f1c2a3b-4d5e-4f60-8a71-9b8c7d6e5f40")
 DOC = uuid.UUID("0b9d8c7a-6b5c-4d3e-8f2a-1b0c9d8e7f61")
 TASK = uuid.UUID("7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d")
 WORKFLOW = uuid.UUID("3e4f5a6b-7c8d-4e9f-8a0b-1c2d3e4f5a6b")
+EXECUTION = uuid.UUID("5c6d7e8f-9a0b-4c1d-8e2f-3a4b5c6d7e8f")
 CONN = uuid.UUID("1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f")
 DELEGATION = uuid.UUID("2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f60")
 AT = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
@@ -56,8 +58,15 @@ def _objects() -> dict[str, Any]:
     agent = agents.Agent(
         "writer-2", "Writer", "llm", ["write", "review"], 2, {"model": "m-1"}, "active", AT, 1, 3, 1, 0, AT, AT
     )
+    execution = executions.Execution(
+        EXECUTION, WORKFLOW, 1, WS, "running", "owner-1", {"topic": "cats"}, {}, {
+            "a": {"status": "completed", "attempt": 1, "task_id": str(TASK), "error": None},
+            "b": {"status": "running", "attempt": 1, "task_id": str(DELEGATION), "error": None},
+        }, {"a": {"words": 10}}, None, None, AT, None,
+    )  # fmt: skip
     return {
         "agent": agent.to_wire(),
+        "execution": execution.to_wire(),
         "workspace": workspace, "document": document, "member": member, "lock": lock.to_wire(),
         "task": task.to_wire(), "delegation": delegation.to_wire(), "presence": presence,
         "member_wire": member_wire(member),
@@ -137,6 +146,13 @@ def messages() -> list[Any]:
         pw.WorkflowDeactivateOk(re=35, workflow=o["workflow_summary"]),
         pc.DocDeleted(workspace_id=WS, doc_id=DOC, agent_id="tandem-cli"),
         pc.WorkspaceDeleted(workspace_id=WS, agent_id="tandem-cli"),
+        pe.WorkflowStartOk(re=36, execution=o["execution"]),
+        pe.WorkflowPauseOk(re=37, execution={**o["execution"], "status": "paused"}),
+        pe.WorkflowResumeOk(re=38, execution=o["execution"]),
+        pe.WorkflowCancelOk(re=39, execution={**o["execution"], "status": "cancelled", "completed_at": "2026-01-02T03:04:05.678000Z"}),
+        pe.WorkflowExecutionGetOk(re=40, execution=o["execution"], tasks=[task]),
+        pe.WorkflowExecutionListOk(re=41, workspace_id=WS, executions=[o["execution"]], truncated=False),
+        pe.WorkflowExecutionChanged(execution=o["execution"], action="advance", previous_status="running", agent_id="writer-2"),
         ErrorMessage(re=28, code=ErrorCode.LIMIT_EXCEEDED, message=ErrorCode.LIMIT_EXCEEDED.message, details={"limit": "max_open_docs", "value": 100}),
     ]  # fmt: skip
     return found

@@ -103,6 +103,12 @@ VALID = {
     "workflow.get": {"type": "workflow.get", "workspace_id": WS, "workflow_id": DOC, "version": 2},
     "workflow.list": {"type": "workflow.list", "workspace_id": WS, "include_inactive": True, "limit": 10},
     "workflow.deactivate": {"type": "workflow.deactivate", "workspace_id": WS, "workflow_id": DOC},
+    "workflow.start": {"type": "workflow.start", "workspace_id": WS, "workflow_id": DOC, "input": {"topic": "x"}},
+    "workflow.pause": {"type": "workflow.pause", "workspace_id": WS, "execution_id": DOC},
+    "workflow.resume": {"type": "workflow.resume", "workspace_id": WS, "execution_id": DOC},
+    "workflow.cancel": {"type": "workflow.cancel", "workspace_id": WS, "execution_id": DOC},
+    "workflow.execution.get": {"type": "workflow.execution.get", "workspace_id": WS, "execution_id": DOC},
+    "workflow.execution.list": {"type": "workflow.execution.list", "workspace_id": WS, "status": ["running"]},
 }  # fmt: skip
 
 

@@ -136,3 +136,44 @@ async def test_workflow_list_and_show(env: dict[str, str], pool: asyncpg.Pool) -
             )
         )
         assert "not found in tenant" in error
+
+
+async def test_workflow_start_runs_and_cancel(env: dict[str, str], pool: asyncpg.Pool, admin: asyncpg.Connection) -> None:  # noqa: F811
+    settings = Settings()
+    async with store.tenant_transaction(pool, TENANT_A, "olga") as conn:
+        ws = await workspaces.create_workspace(conn, TENANT_A, "olga", "Runs")
+        reviewer = pa.AgentRegister(name="Reviewer", capabilities=["review"])
+        await agents.register(conn, "reviewer", reviewer, settings.presence_ttl_s)
+        flow = await workflows.define(
+            conn, "olga", "owner", ws.workspace_id, "review", {"type": "parallel", "steps": STEPS}, None, settings
+        )
+    tenant, flow_id = str(TENANT_A), flow["workflow_id"]
+
+    [started] = json_lines(
+        tandem("workflow", "start", "--tenant", tenant, flow_id, "--input", '{"topic": "cats"}', "--json", env=env)
+    )
+    assert (started["status"], started["input"], started["triggered_by"]) == ("running", {"topic": "cats"}, "tandem-cli")
+    assert started["step_states"]["draft"]["status"] == "running"
+    assert await admin.fetchval("SELECT assigned_to FROM tasks WHERE execution_id = $1", started["execution_id"]) == "writer"
+
+    listed = lines(tandem("workflow", "runs", "--tenant", tenant, str(ws.workspace_id), env=env))
+    assert len(listed) == 1 and listed[0].split()[:3] == [started["execution_id"], "running", "v1"]
+
+    [cancelled] = json_lines(tandem("workflow", "cancel", "--tenant", tenant, started["execution_id"], "--json", env=env))
+    assert cancelled["status"] == "cancelled" and cancelled["completed_at"] is not None
+    assert await admin.fetchval("SELECT status::text FROM tasks WHERE execution_id = $1", started["execution_id"]) == "cancelled"
+    shown = lines(tandem("workflow", "runs", "--tenant", tenant, str(ws.workspace_id), "--status", "running", env=env))
+    assert shown == []
+
+    # Refusals: one error line, exit 1, nothing stored.
+    again = one_line_error(tandem("workflow", "cancel", "--tenant", tenant, started["execution_id"], env=env))
+    assert "invalid_transition" in again
+    for args in (
+        (flow_id, "--input", "[1]"),
+        (flow_id, "--input", "{oops"),
+        ("00000000-0000-4000-8000-000000000000",),
+    ):
+        one_line_error(tandem("workflow", "start", "--tenant", tenant, *args, env=env))
+    other = one_line_error(tandem("workflow", "start", "--tenant", str(TENANT_B), flow_id, env=env))
+    assert "not_found" in other
+    assert await admin.fetchval("SELECT count(*) FROM workflow_executions WHERE workflow_id = $1", flow_id) == 1

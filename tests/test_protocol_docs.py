@@ -54,7 +54,8 @@ def test_replies_carry_re_and_events_do_not():
     # docs/protocol.md#3-framing-and-encoding (requests, replies, events)
     events = {"hello", "doc.op", "session.closing", "presence.joined", "presence.left", "presence.changed",
               "awareness.changed", "presence.stale", "presence.batch", "lock.acquired", "lock.renewed", "lock.released",
-              "state.changed", "task.changed", "member.changed", "doc.deleted", "workspace.deleted"}  # fmt: skip
+              "state.changed", "task.changed", "member.changed", "doc.deleted", "workspace.deleted",
+              "workflow.execution.changed"}  # fmt: skip
     for type_, model in p.SERVER_MESSAGES.items():
         assert ("re" in model.model_fields) is (type_ not in events), type_
 

@@ -66,7 +66,7 @@ def test_malformed_json_gets_bad_json(text):
     assert err.code is ErrorCode.BAD_JSON and err.re is None and err.close_code is None
 
 
-@pytest.mark.parametrize("type_", ["workflow.start", "presence.update", "task.update", "doc.delete", "DOC.UPDATE", ""])
+@pytest.mark.parametrize("type_", ["workflow.trigger", "presence.update", "task.update", "doc.delete", "DOC.UPDATE", ""])
 def test_unknown_type_gets_unknown_type_with_re(type_):
     # docs/protocol.md#10-reserved-for-later-issues: reserved families are unknown in protocol 1
     err = p.parse(frame(type=type_, id=9), MAX)

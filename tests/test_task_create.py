@@ -37,7 +37,8 @@ async def test_create_returns_the_task_with_defaults_and_wire_shape(env) -> None
     assert list(wire) == [
         "task_id", "workspace_id", "title", "task_type", "description", "status", "priority", "created_by",
         "assigned_to", "parent_task_id", "parameters", "result", "error", "max_retries", "retry_count",
-        "timeout_s", "created_at", "assigned_at", "started_at", "completed_at", "updated_at",
+        "timeout_s", "created_at", "assigned_at", "started_at", "completed_at", "updated_at", "execution_id", "step_id",
+        "attempt",
     ]  # fmt: skip
     assert wire["task_id"] == str(task.task_id) and wire["workspace_id"] == str(env.ws_a)
     assert wire["created_at"].endswith("Z") and datetime.fromisoformat(wire["created_at"]) == task.created_at

@@ -146,6 +146,20 @@ CROSS_TENANT_CHILDREN = {
         "INSERT INTO tasks (tenant_id, type, title, created_by, parent_task_id) VALUES ($1, 't', 'x', 'b', $2)",
         "task_id",
     ),
+    "tasks.execution_id": (  # 0025: a step's task belongs to an execution of its own tenant
+        (
+            "INSERT INTO tasks (tenant_id, type, title, created_by, execution_id, step_id, attempt)"
+            " VALUES ($1, 't', 'x', 'b', $2, 's', 1)"
+        ),
+        "execution_id",
+    ),
+    "workflow_executions.workspace_id": (  # 0025: an execution runs in a workspace of its own tenant
+        (
+            "INSERT INTO workflow_executions (tenant_id, workflow_id, triggered_by, workspace_id)"
+            " SELECT $1, id, 'b', $2 FROM workflows LIMIT 1"
+        ),
+        "workspace_id",
+    ),
     "task_delegations.task_id": (
         "INSERT INTO task_delegations (tenant_id, task_id, from_agent_id, to_agent_id) VALUES ($1, $2, 'b', 'b')",
         "task_id",

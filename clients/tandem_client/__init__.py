@@ -34,10 +34,12 @@ from tandem_client.wire import (  # noqa: E402
     LockInfo,
     Member,
     Task,
+    Execution,
     Workflow,
     WorkflowSummary,
     WorkspaceInfo,
 )
+from tandem_client.executions import ExecutionEvent, Run  # noqa: E402
 from tandem_client.workflows import Workflows  # noqa: E402
 from tandem_client.workspace import Workspace  # noqa: E402
 
@@ -60,6 +62,9 @@ __all__ = [
     "Task",
     "TaskEvent",
     "Tasks",
+    "Execution",
+    "ExecutionEvent",
+    "Run",
     "Workflow",
     "WorkflowSummary",
     "Workflows",

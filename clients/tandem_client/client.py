@@ -21,6 +21,7 @@ from tandem_client.connection import Connection, TokenSource
 from tandem_client.coordination import EventStream, Streams
 from tandem_client.document import Document
 from tandem_client.errors import ClientError, ConnectionLost, error_from_code
+from tandem_client.executions import ExecutionEvent
 from tandem_client.options import Options
 from tandem_client.presence import EVENT_TYPES
 from tandem_client.tasks import TaskEvent
@@ -209,6 +210,11 @@ class Client:
             if workspace is not None:
                 workspace.tasks._on_event(event)
             self._task_streams.put(event)
+        elif frame["type"] == "workflow.execution.changed":
+            run = ExecutionEvent.from_wire(frame)
+            workspace = self._workspaces.get(run.execution.workspace_id or "")
+            if workspace is not None:
+                workspace.workflows._on_event(run)
         # Other event types (later protocol versions) are ignored, as section 3 asks.
 
     async def _restore(self) -> None:

@@ -173,6 +173,9 @@ class Task(_Wire):
     started_at: str | None
     completed_at: str | None
     updated_at: str
+    execution_id: str | None  # a workflow step's task: its execution, step and attempt (section 12.9)
+    step_id: str | None
+    attempt: int | None
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,30 @@ class Workflow(_Wire):
     description: str | None
     created_by: str
     created_at: str
+
+
+@dataclass(frozen=True)
+class Execution(_Wire):
+    """A workflow execution (docs/protocol.md section 12.9), as of the reply or event that carried it."""
+
+    execution_id: str
+    workflow_id: str
+    workflow_version: int | None
+    workspace_id: str | None
+    status: str  # pending, running, paused, completed, failed, cancelled
+    triggered_by: str
+    input: dict[str, Any]
+    context: dict[str, Any]
+    step_states: dict[str, Any]
+    step_results: dict[str, Any]
+    output: Any
+    error: str | None
+    started_at: str | None
+    completed_at: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled", "timeout")
 
 
 @dataclass(frozen=True)

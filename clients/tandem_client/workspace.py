@@ -243,6 +243,7 @@ class Workspace:
         self.presence._close()
         self.state._streams.close()
         self.tasks._streams.close()
+        self.workflows._streams.close()
 
     def _check(self) -> None:
         if self.left:

@@ -30,6 +30,7 @@ from server.cluster import hints
 from server.db.store import Q
 from server.wire import protocol as p
 from server.wire import protocol_coordination as pc
+from server.wire import protocol_executions as pe
 
 log = structlog.get_logger("tandem.events")
 
@@ -46,7 +47,7 @@ class Listener(Protocol):
 class Event:
     tenant_id: uuid.UUID
     workspace_id: uuid.UUID
-    message: pc.WorkspaceEvent  # the wire message (docs/protocol.md#126); the frame is its encoding
+    message: pe.WorkspaceEvent  # the wire message (docs/protocol.md#126); the frame is its encoding
     agents: frozenset[str] = field(default_factory=frozenset)  # reached even if not joined
     # (kind, id, field): when the message is too large for NOTIFY, `field` is left out and other
     # nodes read the current value back by kind ("state", "task") and id.
@@ -152,10 +153,10 @@ class Events:
             self.deliver(Event(hint.tenant_id, hint.workspace_id, message, hint.agents))
 
 
-def _message(data: Any) -> pc.WorkspaceEvent | None:
+def _message(data: Any) -> pe.WorkspaceEvent | None:
     """Another node's event message as its model; None (logged) when it is not one."""
     try:
-        return pc.EVENTS.validate_python(data)
+        return pe.EVENTS.validate_python(data)
     except ValidationError as exc:
         log.error("events.invalid_message", errors=exc.errors(include_url=False, include_input=False))
         return None

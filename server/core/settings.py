@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     task_sweep_batch: int = 100  # tasks marked per sweep statement
     max_workflow_steps: int = 100  # steps in one workflow definition
     max_workflow_bytes: int = 65_536  # one workflow definition, as compact JSON
+    max_execution_input_bytes: int = 65_536  # one execution's input (and context), as compact JSON
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -194,7 +194,8 @@ app.add_typer(member_app, name="member")
 app.add_typer(document_app, name="document")
 app.add_typer(agent_app, name="agent")
 workflow_app = typer.Typer(
-    help="List and show workflow definitions (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True
+    help="List and show workflow definitions, start and cancel executions (DATABASE_URL, else the embedded PostgreSQL).",
+    no_args_is_help=True,
 )
 app.add_typer(workflow_app, name="workflow")
 
@@ -373,6 +374,9 @@ member_app.command("remove")(cli_ops.member_remove)
 agent_app.command("list")(cli_ops.agent_list)
 workflow_app.command("list")(cli_workflows.workflow_list)
 workflow_app.command("show")(cli_workflows.workflow_show)
+workflow_app.command("start")(cli_workflows.workflow_start)
+workflow_app.command("cancel")(cli_workflows.workflow_cancel)
+workflow_app.command("runs")(cli_workflows.workflow_runs)
 app.command("status")(cli_ops.status_command)
 app.command("backup")(backup.backup_command)
 app.command("restore")(backup.restore_command)

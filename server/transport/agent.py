@@ -19,6 +19,7 @@ from server.core.errors import ErrorCode, TandemError
 from server.db import store
 from server.documents.room import Room
 from server.transport.agent_coordination import CoordinationHandlers
+from server.transport.agent_executions import ExecutionHandlers
 from server.transport.agent_registry import AgentRegistryHandlers
 from server.transport.agent_workflows import WorkflowHandlers
 from server.transport.connection import Connection
@@ -31,7 +32,9 @@ SERVER_VERSION = "0.1.0"
 MAX_BATCH_BYTES = 65_536  # characters of messages joined into one batched frame (a larger one goes alone)
 
 
-class AgentConnection(Connection[str], CoordinationHandlers, AgentRegistryHandlers, WorkflowHandlers):
+class AgentConnection(
+    Connection[str], CoordinationHandlers, AgentRegistryHandlers, WorkflowHandlers, ExecutionHandlers
+):
     """One agent connection: the JSON codec and the handlers. `send_text` is the rooms' and the
     presence's non-blocking way in (a Subscriber). The lifecycle (reading, sending, the update
     pipeline, closing) is `Connection`'s; coordination handlers are in agent_coordination.py, the

@@ -14,7 +14,7 @@ from server.core.errors import ErrorCode, TandemError
 from server.wire import protocol as p
 from server.wire import protocol_coordination as pc
 from server.workspaces import directory as workspaces
-from server.workspaces import locks, members, state, tasks
+from server.workspaces import executions, locks, members, state, tasks
 from server.workspaces.coordination import (
     lock_event,
     member_event,
@@ -191,12 +191,17 @@ class CoordinationHandlers(_Base):
         async with self._tx() as conn:
             workspace_id = (await tasks.get_task(conn, msg.task_id)).workspace_id
             self._joined_writer(workspace_id)
-            change = await tasks.transition(conn, agent, self.roles.get(workspace_id, "member"), msg)
+            # A workflow step's task advances its execution in this same transaction.
+            change, run = await executions.transition_task(
+                conn, agent, self.roles.get(workspace_id, "member"), msg, self.node.settings.presence_ttl_s
+            )
             previous = {change.previous.assigned_to} - {None, change.task.assigned_to}
             event = task_event(self.principal.tenant_id, change.task, action, agent, change.delegation, frozenset(previous))
             await self.node.coordination.publish(conn, event)
+            run_events = await self._publish_run(conn, run)
         self.reply(pc.TASK_REPLIES[action](re=msg.id, task=change.task.to_wire()))
         self.node.coordination.deliver(event)
+        self._deliver_run(run_events)
 
     on_task_assign = on_task_accept = on_task_reject = on_task_start = _task_action
     on_task_complete = on_task_fail = on_task_cancel = on_task_delegate = _task_action

@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, Field, StrictBool, TypeAdapter
 from server.core.errors import RequestId
 from server.wire import protocol_agents as agents
 from server.wire import protocol_coordination as coordination
+from server.wire import protocol_executions as executions
 from server.wire import protocol_workflows as workflows
 from server.wire.fields import (
     EMPTY_STATE_VECTOR,
@@ -152,6 +153,7 @@ ClientMessage = Union[  # type: ignore[valid-type]
         *coordination.CLIENT_MESSAGES,  # locks, state, tasks, members (docs/protocol.md section 12)
         *agents.CLIENT_MESSAGES,  # the agent registry (docs/protocol.md#127)
         *workflows.CLIENT_MESSAGES,  # workflow definitions (docs/protocol.md section 12.8)
+        *executions.CLIENT_MESSAGES,  # workflow executions (docs/protocol.md section 12.9)
     )
 ]  # fmt: skip
 CLIENT_MESSAGES: dict[str, type[BaseModel]] = {
@@ -338,7 +340,7 @@ SERVER_MESSAGES: dict[str, type[BaseModel]] = {
         DocResyncOk, DocOp, SessionClosing, PresenceListOk, AwarenessSetOk, PresenceJoined,
         PresenceLeft, PresenceChanged, AwarenessChanged, PresenceStale, PresenceBatch,
         *coordination.SERVER_MESSAGES, *agents.SERVER_MESSAGES,
-        *coordination.SERVER_MESSAGES, *workflows.SERVER_MESSAGES,
+        *coordination.SERVER_MESSAGES, *workflows.SERVER_MESSAGES, *executions.SERVER_MESSAGES,
     )
 }  # fmt: skip
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from server.wire import protocol_agents as agents  # noqa: F401
 from server.wire import protocol_coordination as coordination  # noqa: F401
+from server.wire import protocol_executions as executions  # noqa: F401
 from server.wire import protocol_workflows as workflows  # noqa: F401
 from server.wire.fields import (  # noqa: F401 - re-exported: the protocol's field types live in server/wire/fields.py
     B64,

@@ -18,6 +18,7 @@ from uuid import UUID
 from server.core.errors import CLOSE_INTERNAL_ERROR, ErrorCode, RequestId
 from server.wire import protocol_agents as agents
 from server.wire import protocol_coordination as coordination
+from server.wire import protocol_executions as executions
 from server.wire import protocol_workflows as workflows
 from server.wire.fields import PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from server.wire.messages import (
@@ -90,6 +91,7 @@ RULES: dict[str, Rule] = {
     **{type_: Rule(rule) for type_, rule in coordination.RULES.items()},
     **{type_: Rule(rule) for type_, rule in agents.RULES.items()},
     **{type_: Rule(rule) for type_, rule in workflows.RULES.items()},
+    **{type_: Rule(rule) for type_, rule in executions.RULES.items()},
 }
 
 

@@ -28,7 +28,8 @@ from server.db import store
 from server.documents.room import LockView
 from server.documents.rooms import RoomRegistry
 from server.wire import protocol_coordination as pc
-from server.workspaces import locks, state, tasks
+from server.workspaces import executions, locks, state, tasks
+from server.workspaces.workspace_events import execution_events, task_event
 
 log = structlog.get_logger("tandem.coordination")
 
@@ -170,6 +171,9 @@ class Coordination:
                     return {"state": current.state, "version": current.version}
                 if kind == "task":
                     return {"task": (await tasks.get_task(conn, uuid.UUID(ref_id))).to_wire()}
+                if kind == "execution":
+                    found, _ = await executions.get(conn, workspace_id, uuid.UUID(ref_id), 1)
+                    return {"execution": found.to_wire()}
             except TandemError:
                 return None  # deleted meanwhile
         raise ValueError(f"unknown event reference {kind!r}")
@@ -232,9 +236,16 @@ class Coordination:
                 for task_id, workspace_id in marked:
                     if workspace_id is None:
                         continue  # a task of no workspace has nobody to tell
-                    event = task_event(tenant_id, await tasks.get_task(conn, task_id), "timeout", "system")
+                    task = await tasks.get_task(conn, task_id)
+                    event = task_event(tenant_id, task, "timeout", "system")
                     await self.publish(conn, event)
                     events.append(event)
+                    # A workflow step's task: its execution retries or moves on in this transaction.
+                    run = await executions.after_outcome(conn, task, "timeout", self.settings.presence_ttl_s)
+                    if run is not None:
+                        for step_event in execution_events(tenant_id, run, "system"):
+                            await self.publish(conn, step_event)
+                            events.append(step_event)
             swept += len(marked)
             for event in events:
                 self.deliver(event)
@@ -256,17 +267,6 @@ def lock_event(tenant_id: uuid.UUID, type_: str, lock: locks.Lock, reason: str |
     return Event(tenant_id, lock.resource.workspace_id, message)
 
 
-def task_event(
-    tenant_id: uuid.UUID, task: Any, action: str, agent_id: str, delegation: Any = None, also: frozenset[str] = frozenset()
-) -> Event:
-    """To the task's workspace, its creator and its assignee (and `also`: a previous assignee)."""
-    message = pc.TaskChanged(
-        task=task.to_wire(), action=action, agent_id=agent_id, delegation=None if delegation is None else delegation.to_wire()
-    )
-    agents = frozenset({task.created_by} | ({task.assigned_to} if task.assigned_to else set())) | also
-    return Event(tenant_id, task.workspace_id, message, agents, ref=("task", str(task.task_id), "task"))
-
-
 def state_event(tenant_id: uuid.UUID, workspace_id: uuid.UUID, version: int, value: dict[str, Any], agent_id: str) -> Event:
     message = pc.StateChanged(workspace_id=workspace_id, version=version, state=value, agent_id=agent_id)
     return Event(tenant_id, workspace_id, message, ref=("state", str(workspace_id), "state"))
@@ -276,3 +276,4 @@ def member_event(tenant_id: uuid.UUID, workspace_id: uuid.UUID, member: dict[str
     """To the workspace, and to the member itself (a removed member has left it)."""
     message = pc.MemberChanged(workspace_id=workspace_id, member=member, change=change, agent_id=agent_id)  # type: ignore[arg-type]
     return Event(tenant_id, workspace_id, message, frozenset({member["agent_id"]}))
+

@@ -53,6 +53,9 @@ class Task:
     started_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+    execution_id: uuid.UUID | None = None  # a workflow step's task: its execution, step and attempt
+    step_id: str | None = None
+    attempt: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The task object: every field in order, ids as strings, times in RFC 3339 (docs/protocol.md#3)."""

@@ -18,7 +18,7 @@ coalesce(priority, 'normal')::text AS priority, created_by, assigned_to, parent_
 parameters::text AS parameters, result::text AS result, error,
 coalesce(max_retries, 3) AS max_retries, coalesce(retry_count, 0) AS retry_count,
 coalesce(timeout_seconds, 3600) AS timeout_s,
-created_at, assigned_at, started_at, completed_at, updated_at
+created_at, assigned_at, started_at, completed_at, updated_at, execution_id, step_id, attempt
 
 -- projection: workspace
 -- A workspace (server/workspaces/directory.py `Workspace`).
@@ -41,3 +41,9 @@ agent_listed_status(status, last_seen_at, $1, CURRENT_TIMESTAMP) AS status, last
 coalesce((SELECT w.pending_tasks + w.active_tasks FROM v_agent_workload w
           WHERE w.agent_id = agents.agent_id), 0)::integer AS load,
 tasks_completed, tasks_failed, consecutive_failures, created_at, updated_at
+
+-- projection: execution
+-- A workflow execution (server/workspaces/executions.py `Execution`); jsonb as text.
+id AS execution_id, workflow_id, workflow_version, workspace_id, status::text AS status, triggered_by,
+input::text AS input, context::text AS context, step_states::text AS step_states,
+step_results::text AS step_results, output::text AS output, error, started_at, completed_at

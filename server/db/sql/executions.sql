@@ -1,0 +1,108 @@
+-- ============================================================================================
+-- Workflow executions (server/workspaces/executions.py, docs/protocol.md section 12.9)
+-- Run as the application role inside tenant_transaction(). The engine reads and writes an
+-- execution only under its row lock (execution_lock), so two nodes never advance one at once.
+-- jsonb travels as text ($n::text::jsonb in, ::text out).
+-- ============================================================================================
+
+-- name: execution_insert
+-- A running execution of version $2 of workflow $1 in workspace $3, started by $4 with input $5 and context $6.
+INSERT INTO workflow_executions (tenant_id, workflow_id, workflow_version, workspace_id, status, triggered_by,
+                                 input, context)
+VALUES (current_tenant_id(), $1, $2, $3, 'running', $4, $5::text::jsonb, $6::text::jsonb)
+RETURNING {execution};
+
+-- name: execution_get
+-- Execution $1 of workspace $2 (null: any, for `tandem`).
+SELECT {execution}
+FROM workflow_executions WHERE id = $1 AND ($2::uuid IS NULL OR workspace_id = $2);
+
+-- name: execution_lock
+-- Execution $1 of workspace $2 (null: any) under a row lock held until commit.
+SELECT {execution}
+FROM workflow_executions WHERE id = $1 AND ($2::uuid IS NULL OR workspace_id = $2)
+FOR UPDATE;
+
+-- name: execution_save
+-- Execution $1 after the engine decided: $2 status, $3 step_states, $4 step_results, $5 output, $6 error;
+-- completed_at is stamped when the status is terminal.
+UPDATE workflow_executions
+SET status = $2::workflow_status,
+    step_states = $3::text::jsonb,
+    step_results = $4::text::jsonb,
+    output = $5::text::jsonb,
+    error = $6,
+    completed_at = CASE WHEN $2 IN ('completed', 'failed', 'cancelled') THEN CURRENT_TIMESTAMP END
+WHERE id = $1
+RETURNING {execution};
+
+-- name: execution_list
+-- Executions of workspace $1, of workflow $2 and with status in $3 (null: any), newest first; at most $4.
+SELECT {execution}
+FROM workflow_executions
+WHERE workspace_id = $1
+  AND ($2::uuid IS NULL OR workflow_id = $2)
+  AND ($3::text[] IS NULL OR status::text = ANY($3::text[]))
+ORDER BY started_at DESC, id
+LIMIT $4;
+
+-- name: execution_definition
+-- The steps and config of version $2 of workflow $1.
+SELECT type::text AS type, steps::text AS steps, config::text AS config
+FROM workflow_versions WHERE workflow_id = $1 AND version = $2;
+
+-- name: execution_task_create
+-- The task of attempt $12 of step $11 of execution $10 in workspace $1: $2 title, $3 type, $4 description,
+-- $5 priority, $6 creator, $7 assignee (null: pending until an agent is free), $8 parameters, $9 timeout.
+-- max_retries is 0: the step's retries are new attempts, made by the engine.
+INSERT INTO tasks (tenant_id, workspace_id, title, type, description, priority, created_by, assigned_to,
+                   assigned_at, status, parameters, timeout_seconds, max_retries, execution_id, step_id, attempt)
+VALUES (current_tenant_id(), $1, $2, $3, $4, $5::task_priority, $6, $7::text,
+        CASE WHEN $7::text IS NULL THEN NULL ELSE CURRENT_TIMESTAMP END,
+        CASE WHEN $7::text IS NULL THEN 'pending' ELSE 'assigned' END::task_status,
+        $8::text::jsonb, $9, 0, $10, $11, $12)
+RETURNING {task};
+
+-- name: execution_pick_agent
+-- The least-loaded agent with capability $2 that is listed active (presence TTL $1) and has a free slot,
+-- and how many such agents there were.
+SELECT agent_id, count(*) OVER () AS candidates
+FROM (
+    SELECT agent_id, max_concurrent_tasks,
+           coalesce((SELECT w.pending_tasks + w.active_tasks FROM v_agent_workload w
+                     WHERE w.agent_id = agents.agent_id), 0) AS load
+    FROM agents
+    WHERE capabilities @> ARRAY[$2::text]
+      AND agent_listed_status(status, last_seen_at, $1, CURRENT_TIMESTAMP) = 'active'
+) a
+WHERE load < max_concurrent_tasks
+ORDER BY load, agent_id
+LIMIT 1;
+
+-- name: execution_waiting_tasks
+-- At most $1 step tasks of the current tenant waiting for an agent, oldest first, locked (others skip them).
+SELECT {task}
+FROM tasks
+WHERE execution_id IS NOT NULL AND status = 'pending' AND assigned_to IS NULL
+ORDER BY created_at, id
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- name: execution_assign_task
+-- Give waiting task $1 to agent $2.
+UPDATE tasks SET status = 'assigned', assigned_to = $2, assigned_at = CURRENT_TIMESTAMP
+WHERE id = $1
+RETURNING {task};
+
+-- name: execution_cancel_tasks
+-- Cancel every open task of execution $1.
+UPDATE tasks SET status = 'cancelled', completed_at = CURRENT_TIMESTAMP
+WHERE execution_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')
+RETURNING {task};
+
+-- name: execution_tasks
+-- Tasks of execution $1, oldest first; at most $2.
+SELECT {task}
+FROM tasks WHERE execution_id = $1
+ORDER BY created_at, id
+LIMIT $2;

@@ -1,0 +1,63 @@
+"""Exactly once under concurrency (docs/protocol.md section 12.9): two transactions complete
+the last two parallel tasks of an execution at the same time, 100 times; the join step's task
+is created once each time. Both transactions hold their own task's row lock and wait for each
+other before the engine runs, so both reach the execution's row lock while the other is open.
+"""
+
+# ruff: noqa: F811  (each test takes the imported `env` fixture as its parameter)
+
+from __future__ import annotations
+
+import asyncio
+
+from server.workspaces import executions, tasks
+from tests.execution_helpers import SEEN_S, act, define, register, start, step
+from tests.task_helpers import ROLES, env, request, tx  # noqa: F401  (env: the fixture the tests take)
+
+ROUNDS = 100
+BARRIER_TIMEOUT_S = 30.0  # a bound on the wait, never a measurement
+
+
+async def test_two_transactions_completing_the_last_two_branches_create_the_join_once(
+    env,
+) -> None:
+    await register(env, "alice", ["left"], slots=ROUNDS * 2)
+    await register(env, "bob", ["right"], slots=ROUNDS * 2)
+    flow = await define(env, "race", {"type": "parallel", "steps": [
+        step("a", capability="left"), step("b", capability="right"), step("join", depends_on=["a", "b"], agent="carl"),
+    ]})  # fmt: skip
+
+    async def complete(
+        task: tasks.Task, barrier: asyncio.Barrier
+    ) -> executions.Outcome | None:
+        agent = task.assigned_to
+        async with tx(env.pool, agent) as conn:
+            message = request(
+                "task.complete", task_id=task.task_id, result={"by": agent}
+            )
+            change = await tasks.transition(conn, agent, ROLES[agent], message)
+            async with asyncio.timeout(BARRIER_TIMEOUT_S):
+                await (
+                    barrier.wait()
+                )  # both transactions are open and past their task's lock
+            return await executions.after_task(conn, change, SEEN_S)
+
+    for _ in range(ROUNDS):
+        out = await start(env, flow)
+        branch = [t for t, _, _ in out.tasks]
+        for task in branch:
+            await act(env, task.assigned_to, task.task_id, "accept")
+            await act(env, task.assigned_to, task.task_id, "start")
+        barrier = asyncio.Barrier(2)
+        outcomes = await asyncio.gather(*(complete(t, barrier) for t in branch))
+        joins = [t for o in outcomes for t, action, _ in o.tasks if action == "create"]
+        assert [t.step_id for t in joins] == ["join"]
+        count = await env.admin.fetchval(
+            "SELECT count(*) FROM tasks WHERE execution_id = $1 AND step_id = 'join'",
+            out.execution.execution_id,
+        )
+        assert count == 1
+        async with tx(env.pool, "olivia") as conn:
+            ex, _ = await executions.get(conn, env.ws_a, out.execution.execution_id, 10)
+        assert ex.step_results == {"a": {"by": "alice"}, "b": {"by": "bob"}}
+        assert ex.step_states["join"]["status"] == "running"
