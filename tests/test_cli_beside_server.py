@@ -89,3 +89,20 @@ def test_token_issue_uses_the_secret_of_the_running_server(servers: Servers) -> 
 
     secret = (data_dir / "jwt_secret").read_text().strip()
     assert isinstance(auth.verify_token(secret, token), auth.Principal)
+
+
+def test_status_beside_a_running_embedded_server_reads_its_database(servers: Servers) -> None:
+    data_dir = servers.data_dir()
+    env = server_env(TANDEM_DATA_DIR=str(data_dir))
+    server = servers.start(env=env, ready_timeout_s=240)
+    postmasters = postgres_pids(data_dir)
+
+    result = tandem("status", "--json", env=env)
+    status = json.loads(ok(result))
+
+    assert status["database"] == "reachable", status
+    assert status["schema_version"] is not None and status["pending_migrations"] == []
+    assert len(status["nodes"]) >= 1, "the running server's pool is connected"
+    assert "PostgreSQL is embedded" not in result.stderr, "status started its own PostgreSQL"
+    assert set(postgres_pids(data_dir)) == set(postmasters)
+    assert server.get("/healthz").status_code == 200
