@@ -13,6 +13,7 @@ import contextlib
 import functools
 import gc
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import health, welcome
+from server import health, listen, welcome
 from server.cluster import fanout, presence
 from server.core import auth
 from server.core.logs import bind_ids, get_logger
@@ -294,10 +295,19 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.tandem = state
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Once listening, an embedded server records where in its data folder (server/listen.py)."""
+        await super().startup(sockets)
+        db = self.tandem.database
+        if self.started and db is not None and db.embedded and sockets:
+            port = sockets[0].getsockname()[1]
+            listen.record(self.tandem.settings.data_dir, self.tandem.settings.host, port)
+
     async def shutdown(self, sockets: list[Any] | None = None) -> None:
         """Stop accepting, then let every client connection settle what it received and close
         with `server_shutdown` (1012) before uvicorn closes what is left; all within
         `shutdown_timeout_s` (docs/operations.md, "Shutdown")."""
+        listen.forget(self.tandem.settings.data_dir)  # no longer a place for quickstart to point at
         for server in self.servers:
             server.close()
         started = time.monotonic()
@@ -340,9 +350,22 @@ def tune_gc() -> None:
 def run(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then finish in-flight requests and close everything.
 
-    Raises `StartupError` (one-line message) when the lifespan failed for an expected reason.
+    The listen socket is bound first, before the database or any output: a taken port fails at
+    once. Raises `StartupError` (one-line message) for that and when the lifespan failed for an
+    expected reason.
     """
-    settings = with_node_id(settings)
+    try:
+        sock = listen.bind(settings)
+    except listen.PortError as exc:
+        raise StartupError(str(exc)) from exc
+    try:
+        _serve(with_node_id(settings), sock)
+    finally:
+        sock.close()
+        listen.forget(settings.data_dir)
+
+
+def _serve(settings: Settings, sock: socket.socket) -> None:
     bind_ids(node_id=settings.node_id)
     app = create_app(settings)
     config = uvicorn.Config(
@@ -365,9 +388,9 @@ def run(settings: Settings) -> None:
     state: AppState = app.state.tandem
     tune_gc()
     try:
-        server.run()
+        server.run(sockets=[sock])
     except SystemExit as exc:
-        # Uvicorn exits with STARTUP_FAILURE when the lifespan failed or the port is taken.
+        # Uvicorn exits with STARTUP_FAILURE when the lifespan failed (the socket is already bound).
         if state.startup_error is not None:
             raise StartupError(explain(state.startup_error)) from state.startup_error
         raise StartupError(f"the server did not start (exit {exc.code}); see the log above") from exc

@@ -85,8 +85,8 @@ def iso(at: datetime) -> str:
 
 
 def start_snippet(urls: Urls, token: str) -> list[str]:
-    """Three lines for `python -m asyncio` (top-level await) after `import tandem_client`: connect,
-    make a scratch workspace, write into a document of it."""
+    """Three lines for `.venv/bin/python -m asyncio` (top-level await) after `import
+    tandem_client`: connect, make a scratch workspace, write into a document of it."""
     return [
         f"client = await tandem_client.connect({urls.agent!r}, {token!r})",
         'ws = await client.join((await client.create_workspace("scratch")).workspace_id)',
@@ -96,10 +96,11 @@ def start_snippet(urls: Urls, token: str) -> list[str]:
 
 def sdk_script(urls: Urls, token: str, workspace_id: uuid.UUID, doc_id: uuid.UUID) -> str:
     """A whole Python program: join the workspace, append a line to the document, then wait for
-    an edit from another client (the browser editor) and print the text."""
+    another client (the browser editor) to finish a line (one more newline, and the text ends
+    with one, so the first keystroke does not end it) and print the text."""
     return f"""import asyncio
 
-import tandem_client  # pip install ./clients
+import tandem_client  # .venv/bin/pip install ./clients
 
 
 async def main() -> None:
@@ -108,9 +109,12 @@ async def main() -> None:
         doc = await ws.open({str(doc_id)!r})
         doc.text.insert(len(doc.text), "Hello from the Python SDK\\n")
         await doc.flushed()  # committed: every editor of the document now sees it
-        seen = str(doc.text)
-        print("waiting for an edit from another client ...", flush=True)
-        await doc.wait_for(lambda d: str(d.text) != seen, timeout_s=600)
+        lines = str(doc.text).count("\\n")
+        print("waiting for another client to finish a line (type in the page, then Enter) ...", flush=True)
+        # Done when a line was added and the text ends with it: not at the first keystroke.
+        await doc.wait_for(
+            lambda d: str(d.text).count("\\n") > lines and str(d.text).endswith("\\n"), timeout_s=600
+        )
         print(doc.text, flush=True)
 
 
@@ -201,7 +205,11 @@ class Welcome:
             ]
         else:
             lines.append("  tokens: tandem token issue --tenant T --agent A")
-        lines += ["", "Try the SDK (pip install ./clients; python -m asyncio; import tandem_client):"]
+        lines += [
+            "",
+            "Try the SDK (.venv/bin/pip install ./clients; .venv/bin/python -m asyncio;",
+            "then `import tandem_client` and paste):",
+        ]
         lines += [f"  {line}" for line in self.sdk]
         lines += [
             "",

@@ -6,6 +6,7 @@ server's PostgreSQL (no second cluster, no boot) and its token secret, and leave
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import time
 import uuid
@@ -89,3 +90,41 @@ def test_token_issue_uses_the_secret_of_the_running_server(servers: Servers) -> 
 
     secret = (data_dir / "jwt_secret").read_text().strip()
     assert isinstance(auth.verify_token(secret, token), auth.Principal)
+
+
+def test_status_beside_a_running_embedded_server_reads_its_database(servers: Servers) -> None:
+    data_dir = servers.data_dir()
+    env = server_env(TANDEM_DATA_DIR=str(data_dir))
+    server = servers.start(env=env, ready_timeout_s=240)
+    postmasters = postgres_pids(data_dir)
+
+    result = tandem("status", "--json", env=env)
+    status = json.loads(ok(result))
+
+    assert status["database"] == "reachable", status
+    assert status["schema_version"] is not None and status["pending_migrations"] == []
+    assert len(status["nodes"]) >= 1, "the running server's pool is connected"
+    assert "PostgreSQL is embedded" not in result.stderr, "status started its own PostgreSQL"
+    assert set(postgres_pids(data_dir)) == set(postmasters)
+    assert server.get("/healthz").status_code == 200
+
+
+def test_quickstart_names_the_port_the_running_server_listens_on(servers: Servers) -> None:
+    data_dir = servers.data_dir()
+    server = servers.start(env=server_env(TANDEM_DATA_DIR=str(data_dir)), ready_timeout_s=240)
+    record = data_dir / "server.json"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert json.loads(record.read_text()) == {"host": "127.0.0.1", "port": server.port, "pid": server.server_pid}
+
+    # No --port nor TANDEM_PORT: the URLs are the running server's, not the default 8000.
+    env = server_env(TANDEM_DATA_DIR=str(data_dir))
+    shown = json.loads(ok(tandem("quickstart", "--json", env=env)))
+    assert shown["urls"]["ws"] == f"ws://127.0.0.1:{server.port}/ws"
+    assert shown["urls"]["yjs"].startswith(f"ws://127.0.0.1:{server.port}/yjs/")
+    # A port that is given wins, from the flag or the environment.
+    assert json.loads(ok(tandem("quickstart", "--json", "--port", "9001", env=env)))["urls"]["ws"].endswith(":9001/ws")
+    port_env = {**env, "TANDEM_PORT": "9002"}
+    assert json.loads(ok(tandem("quickstart", "--json", env=port_env)))["urls"]["ws"].endswith(":9002/ws")
+
+    assert server.stop(timeout_s=30) == 0, server.log_tail()
+    assert not record.exists(), "a stopped server leaves no record behind"

@@ -10,7 +10,14 @@ from pathlib import Path
 SERVER = Path(__file__).resolve().parent.parent / "server"
 # Lowest first. A module may import its own package and those listed before it.
 LAYERS = ("core", "wire", "db", "cluster", "documents", "workspaces", "transport", "http", "app", "tools")
-TOP_MODULES = {"app": "app", "health": "app", "welcome": "app", "__main__": "tools", "__init__": "core"}
+TOP_MODULES = {
+    "app": "app",
+    "health": "app",
+    "welcome": "app",
+    "listen": "app",
+    "__main__": "tools",
+    "__init__": "core",
+}
 
 
 def layer_of(module: str) -> str | None:

@@ -16,7 +16,7 @@ if str(REPO / "clients") not in sys.path:  # the SDK is its own package; the sui
     sys.path.insert(0, str(REPO / "clients"))
 
 import tandem_client  # noqa: E402
-from tandem_client import explain  # noqa: E402
+from tandem_client import errors, explain  # noqa: E402
 from tandem_client.errors import error_from_frame  # noqa: E402
 
 
@@ -139,3 +139,26 @@ def test_missing_or_unknown_details_leave_the_plain_text(code: str, details: obj
 def test_detail_attributes_are_none_when_the_server_sent_none() -> None:
     error = tandem_client.Locked()
     assert (error.holder, error.expires_at, error.details) == (None, None, None)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("reason", "says"),
+    [
+        ("bad_signature", "bad_signature: the token was signed with another secret, or altered"),
+        ("malformed", "malformed: the token is not a JWT"),
+        ("expired", "expired: the token has expired"),
+        ("a_newer_class", "a_newer_class"),
+    ],
+)
+def test_unauthorized_says_why_the_token_was_refused(reason: str, says: str) -> None:
+    error = refused("unauthorized", {"reason": reason}, "Authentication failed.")
+    assert isinstance(error, tandem_client.Unauthorized)
+    assert error.reason == reason
+    assert str(error).startswith(f"unauthorized: Authentication failed: {says}")
+
+
+def test_a_close_reason_names_the_refusal_class() -> None:
+    assert errors.close_details("unauthorized: bad_signature") == {"reason": "bad_signature"}
+    assert errors.close_details("token_expired") is None and errors.close_details(None) is None
+    error = tandem_client.Unauthorized(None, errors.close_details("unauthorized: malformed"))
+    assert "malformed: the token is not a JWT" in str(error)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -111,6 +112,24 @@ def test_second_server_on_same_data_folder_exits_with_one_line_error(servers: Se
     assert "Traceback" not in log
     assert first.get("/healthz").status_code == 200, "the first server is unaffected"
     stop_cleanly(first)
+    assert postgres_pids(data_dir) == []
+
+
+def test_a_taken_port_fails_at_once_naming_it_before_anything_starts(servers: Servers) -> None:
+    data_dir = servers.data_dir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = servers.start(env=server_env(TANDEM_DATA_DIR=str(data_dir)), port=port, ready=False)
+        assert server.wait(timeout_s=STOP_TIMEOUT_S) == 1
+
+    log = server.log_text()
+    assert f"tandem: error: port {port} on 127.0.0.1 is in use; pass --port or TANDEM_PORT" in log
+    # Nothing started and nothing claimed the port: no welcome, no embedded PostgreSQL.
+    for absent in ("server.ready", "server.welcome", "Tandem is ready", "PostgreSQL is embedded", "Traceback"):
+        assert absent not in log, log
+    assert not (data_dir / "pgdata").exists()
     assert postgres_pids(data_dir) == []
 
 

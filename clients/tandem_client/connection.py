@@ -30,6 +30,7 @@ from tandem_client.errors import (
     ReconnectFailed,
     TandemError,
     close_code_error,
+    close_details,
     error_from_frame,
 )
 from tandem_client.options import Options
@@ -162,7 +163,7 @@ class Connection:
         if cls is None:
             return None
         if cls.code in PERMANENT_CLOSE_CODES or (cls.code == "token_expired" and isinstance(self._token, str)):
-            return cls(f"the server closed the session: {reason or cls.default_message}")
+            return cls(f"the server closed the session: {reason or cls.default_message}", close_details(reason))
         return None
 
     # --- connecting --------------------------------------------------------------------------
@@ -258,7 +259,9 @@ class Connection:
         except websockets.ConnectionClosed as exc:
             cls = close_code_error(exc.rcvd.code if exc.rcvd else None)
             if cls is not None:
-                raise cls(exc.rcvd.reason if exc.rcvd else None) from None
+                reason = exc.rcvd.reason if exc.rcvd else None
+                details = close_details(reason)  # `unauthorized: bad_signature`: say why
+                raise (cls(None, details) if details else cls(reason)) from None
             raise
 
     @staticmethod

@@ -122,6 +122,7 @@ __all__ = [
     "ConnectionLost",
     "ReconnectFailed",
     "TandemError",
+    "close_details",
     "error_from_code",
     "error_from_frame",
     *(cls.__name__ for cls in ERROR_CLASSES.values()),
@@ -140,6 +141,15 @@ def error_from_frame(frame: dict[str, Any]) -> TandemError:
     """The typed exception for an `error` frame."""
     details = frame.get("details")
     return error_from_code(str(frame.get("code")), frame.get("message"), details if isinstance(details, dict) else None)
+
+
+def close_details(reason: str | None) -> dict[str, Any] | None:
+    """The details a close reason carries: `unauthorized: bad_signature` (docs/protocol.md
+    section 2.2) gives `{"reason": "bad_signature"}`; a bare code gives None."""
+    if not reason or ":" not in reason:
+        return None
+    found = reason.split(":", 1)[1].strip()
+    return {"reason": found} if found else None
 
 
 def close_code_error(code: int | None) -> type[TandemError] | None:

@@ -29,6 +29,7 @@ DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
     "update_too_costly": ("reason",),
     "unsupported_version": ("supported",),
     "invalid_workflow": ("step", "pointer", "reason", "cycle", "limit"),
+    "unauthorized": ("reason",),
 }
 
 # Each task action, and the statuses it may leave (docs/protocol.md section 12.4).
@@ -135,6 +136,29 @@ def _reason(d: dict[str, Any]) -> str | None:
     return reason if isinstance(reason, str) and reason else None
 
 
+# Why a token was refused (`unauthorized`'s details.reason, docs/protocol.md section 2.2).
+TOKEN_REFUSALS: dict[str, str] = {
+    "missing": "no token was sent (the token query parameter or an Authorization: Bearer header)",
+    "too_long": "the token is longer than the server's max_token_bytes",
+    "malformed": "the token is not a JWT",
+    "wrong_algorithm": "the token is not signed with HS256",
+    "bad_signature": "the token was signed with another secret, or altered; issue one with the server's secret",
+    "wrong_issuer": "the token's iss is not the server's issuer (TANDEM_JWT_ISSUER)",
+    "wrong_audience": "the token's aud is not the server's audience (TANDEM_JWT_AUDIENCE)",
+    "invalid_claims": "a claim of the token is missing or of the wrong type",
+    "not_yet_valid": "the token's iat or nbf is in the future (are the clocks apart?)",
+    "expired": "the token has expired; issue a fresh one",
+}
+
+
+def _token(d: dict[str, Any]) -> str | None:
+    reason = d.get("reason")
+    if not isinstance(reason, str) or not reason:
+        return None
+    words = TOKEN_REFUSALS.get(reason)
+    return f"{reason}: {words}" if words else reason
+
+
 def _supported(d: dict[str, Any]) -> str | None:
     supported = d.get("supported")
     return None if not isinstance(supported, list) else f"the server speaks {_either([str(v) for v in supported] or ['none'])}"
@@ -152,6 +176,7 @@ _EXPLAIN: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "invalid_patch": _reason,
     "update_too_costly": _reason,
     "unsupported_version": _supported,
+    "unauthorized": _token,
 }
 
 

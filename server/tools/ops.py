@@ -208,7 +208,7 @@ async def status(settings: Settings) -> Status:
     unreachable database or Redis (the status says so)."""
     redis = await _redis_status(settings)
     try:
-        async with dbserver.database_server(settings) as (admin_url, _embedded):
+        async with dbserver.database_server(settings, share=True) as (admin_url, _embedded):
             conn = await asyncpg.connect(admin_url, timeout=CONNECT_TIMEOUT_S)
             try:
                 version = await _schema_version(conn)

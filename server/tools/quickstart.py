@@ -10,6 +10,7 @@ made like `tandem token issue`'s. The snippets are built in server/welcome.py.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 
-from server import welcome
+from server import listen, welcome
 from server.db import store
 from server.tools import admin
 from server.tools.cli_shared import DataDir, fail, out, run_admin, settings_from
@@ -74,8 +75,12 @@ def quickstart_command(
         float | None,
         typer.Option(parser=admin.parse_ttl, metavar="TTL", help="Token lifetime: 30s, 15m, 1h, 2d (default 1h)."),
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Server host for the URLs (env TANDEM_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Server port for the URLs (env TANDEM_PORT).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Server host for the URLs (env TANDEM_HOST; default: the running server's).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Server port for the URLs (env TANDEM_PORT; default: the running server's).")
+    ] = None,
     html: Annotated[
         Path | None, typer.Option("--html", metavar="PATH", help="Also write the browser editor page to PATH.")
     ] = None,
@@ -85,7 +90,9 @@ def quickstart_command(
     """Make (or reuse) a demo workspace and text document, and print a token and the snippets that
     join it: a Python SDK program and a browser editor page (yjs and y-websocket from esm.sh).
 
-    Works beside a running `tandem serve` on the same data folder, or with DATABASE_URL.
+    Works beside a running `tandem serve` on the same data folder, or with DATABASE_URL. The URLs
+    name where the embedded server of the data folder listens (its server.json) unless a host or
+    port is given.
     """
     if not 1 <= len(name) <= 255 or not 1 <= len(title) <= 255:
         raise typer.BadParameter("must be 1 to 255 characters", param_hint="--workspace-name/--title")
@@ -101,7 +108,7 @@ def quickstart_command(
         return await ensure_demo(pool, tenant, agent, name, title)
 
     demo = run_admin(settings, action)
-    urls = welcome.Urls.of(settings.host, settings.port)
+    urls = server_urls(settings.host, settings.port, settings.data_dir, given=host is not None or port is not None)
     ws_id, doc_id = demo.workspace.workspace_id, demo.document.doc_id
     script = welcome.sdk_script(urls, token, ws_id, doc_id)
     page = welcome.browser_html(urls, token, ws_id, doc_id)
@@ -112,6 +119,16 @@ def quickstart_command(
             fail(f"cannot write {html}: {exc.strerror or exc}")
     facts = Facts(tenant, agent, demo, urls, token, welcome.expiry(ttl_s, issued), script, page, html)
     out(json.dumps(facts.to_json()) if as_json else facts.text())
+
+
+def server_urls(host: str, port: int, data_dir: Path, *, given: bool) -> welcome.Urls:
+    """The URLs of the server running on `data_dir` (its record, server/listen.py) when neither
+    --host/--port nor TANDEM_HOST/TANDEM_PORT says otherwise; else of `host:port`."""
+    if not given and "TANDEM_HOST" not in os.environ and "TANDEM_PORT" not in os.environ:
+        running = listen.recorded(data_dir)
+        if running is not None:
+            return welcome.Urls.of(running.host, running.port)
+    return welcome.Urls.of(host, port)
 
 
 def made(created: bool) -> str:
@@ -165,7 +182,7 @@ class Facts:
                 f"agents:      {self.urls.agent}",
                 f"Yjs editors: {self.urls.yjs_server(ws.workspace_id)}  room {doc.doc_id}",
                 "",
-                "# --- Python SDK: save as demo.py, run with python demo.py (pip install ./clients) ---",
+                "# --- Python SDK: save as demo.py; .venv/bin/pip install ./clients; .venv/bin/python demo.py ---",
                 self.sdk.rstrip("\n"),
                 "",
                 f"<!-- --- browser editor: {page} --- -->",

@@ -120,12 +120,16 @@ async def test_quickstart_beside_the_server_joins_an_sdk_agent_and_a_yjs_editor_
     sdk = await run_python(first["sdk"], tmp_path, "demo.py")
     assert sdk.stdout is not None
     waiting = await asyncio.wait_for(sdk.stdout.readline(), SDK_TIMEOUT_S)
-    assert waiting.startswith(b"waiting for an edit"), waiting
+    assert waiting.startswith(b"waiting for another client to finish a line"), waiting
     await editor.wait_for(lambda e: "Hello from the Python SDK\n" in e.text)
-    await editor.insert("Hello from the browser\n")
+    # Typed a key at a time, as in the page: an unfinished line does not end the program.
+    await editor.type("Hello from the bro")
+    watcher = await editors.start_at(first["urls"]["yjs"], first["urls"]["yjs_room"], first["token"])
+    await watcher.wait_for(lambda e: e.text.endswith("Hello from the bro"))
+    await editor.type("wser\n")
     stdout, stderr = await asyncio.wait_for(sdk.communicate(), SDK_TIMEOUT_S)
     assert sdk.returncode == 0, stderr.decode()
-    assert "Hello from the Python SDK" in stdout.decode() and "Hello from the browser" in stdout.decode()
+    assert stdout.decode().endswith("Hello from the Python SDK\nHello from the browser\n\n"), stdout.decode()
 
     second = quickstart(env)
     assert (second["workspace_id"], second["doc_id"]) == (first["workspace_id"], first["doc_id"])

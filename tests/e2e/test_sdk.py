@@ -134,6 +134,7 @@ async def test_errors_are_typed_exceptions_carrying_code_and_message(server: Tan
     with pytest.raises(tandem_client.Unauthorized) as refused:
         await tandem_client.connect(url, "not-a-token", **FAST).start()
     assert refused.value.close_code == 4401
+    assert "malformed: the token is not a JWT" in str(refused.value), "the refusal says why"
     with pytest.raises(tandem_client.TokenExpired):
         await tandem_client.connect(url, token("alice", ttl_s=-60), **FAST).start()
     # A token source is asked again at each connect: an expired one is replaced by a fresh one.
