@@ -2,7 +2,9 @@
 (`limit_exceeded`, 413) and, when there is one, JSON (`unsupported_frame`, 415).
 
 A plain ASGI wrapper: the body is read here, bounded (a chunked body is read only up to the limit
-plus one byte), and handed on whole, so no route can be made to read more.
+plus one byte), and handed on whole, so no route can be made to read more. A body over the limit
+is read on, unkept, up to `DRAIN_BYTES` before the 413 is sent: a client still writing when the
+server answers and closes would otherwise see a reset instead of the problem.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from server.core.errors import ErrorCode
 from server.http.problems import problem_response
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+DRAIN_BYTES = 1 << 20  # most of a refused body read (and dropped) so its client hears the 413
 
 
 def is_json(content_type: str) -> bool:
@@ -38,6 +41,8 @@ class BodyGuard:
         limit = self.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            if declared.isdigit() and int(declared) <= DRAIN_BYTES:
+                await _drain(receive, DRAIN_BYTES)
             await self._too_large(scope, receive, send)
             return
         body = bytearray()
@@ -49,6 +54,8 @@ class BodyGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > limit:
+                if more:
+                    await _drain(receive, DRAIN_BYTES - len(body))
                 await self._too_large(scope, receive, send)
                 return
         has_body = body or "content-type" in headers
@@ -81,3 +88,14 @@ class BodyGuard:
             ErrorCode.LIMIT_EXCEEDED, detail, details, {"Connection": "close"}
         )
         await response(scope, receive, send)
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read and drop the rest of a request body, at most `budget` bytes of it."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
