@@ -353,7 +353,7 @@ class Document:
                 if error.code == "stale_fence" and self._lock is not None and self._lock.fence == fence:
                     self._lock._mark_lost(error)
                 self._fail(error)
-            else:  # doc_not_open (closed behind our back), internal_error: open again, send the diff
+            else:  # doc_not_open (closed behind our back), internal_error, unavailable, update_ahead: open again, send the diff
                 self._schedule_resync()
         self._kick()
 

@@ -51,6 +51,7 @@ ERROR_CODES: tuple[tuple[str, str, int | None], ...] = (
     ("invalid_utf8", "Text frames must be valid UTF-8.", 1007),
     ("update_too_costly", "Applying the update would cost the server too much; send smaller updates.", None),
     ("invalid_workflow", "The workflow definition is invalid.", None),
+    ("update_ahead", "The update builds on changes the server does not have; resync and send them.", None),
 )
 
 

@@ -63,6 +63,7 @@ class ErrorCode(StrEnum):
     INVALID_UTF8 = "invalid_utf8"
     UPDATE_TOO_COSTLY = "update_too_costly"
     INVALID_WORKFLOW = "invalid_workflow"
+    UPDATE_AHEAD = "update_ahead"
 
     @property
     def message(self) -> str:
@@ -107,6 +108,7 @@ _TABLE: dict[ErrorCode, tuple[str, int | None]] = {
     ErrorCode.INVALID_UTF8: ("Text frames must be valid UTF-8.", CLOSE_INVALID_DATA),
     ErrorCode.UPDATE_TOO_COSTLY: ("Applying the update would cost the server too much; send smaller updates.", None),
     ErrorCode.INVALID_WORKFLOW: ("The workflow definition is invalid.", None),
+    ErrorCode.UPDATE_AHEAD: ("The update builds on changes the server does not have; resync and send them.", None),
 }
 
 RequestId = str | int

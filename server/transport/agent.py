@@ -46,6 +46,9 @@ class AgentConnection(
         super().__init__(ws, node)
         self.session = p.ProtocolSession(p.Limits.from_settings(node.settings))
         self.rooms: dict[uuid.UUID, Room] = {}  # open documents
+        # Documents an update of which was refused since their last open or resync: this
+        # client's later updates there may build on it (answered `update_ahead`, not invalid).
+        self.refused_since_sync: set[uuid.UUID] = set()
         self.can_write: dict[uuid.UUID, bool] = {}  # joined workspace -> may this agent write
         self.roles: dict[uuid.UUID, str] = {}  # joined workspace -> this agent's role
         self.held_locks: dict[Any, Any] = {}  # locks.Resource -> locks.Lock taken in this session
@@ -244,6 +247,7 @@ class AgentConnection(
         await room.open(self, msg.state_vector, reply)
         # Open only once subscribed: a failed open leaves the session as it was.
         self.rooms[msg.doc_id] = room
+        self.refused_since_sync.discard(msg.doc_id)
         self.session.opened(msg.doc_id, room.workspace_id)
         return room
 
@@ -284,7 +288,18 @@ class AgentConnection(
     def update_unchanged(self, item: Update) -> None:
         self.reply(p.DocUpdateOk(re=item.re, doc_id=item.room.doc_id, seq=None))
 
+    def update_ahead(self, item: Update) -> bool:
+        """An update of a document this session had an update refused in since it last synced
+        builds on what the server never stored: `update_ahead` (the client resyncs and sends
+        what the server lacks; docs/protocol.md section 6.1). Otherwise it is invalid."""
+        if item.room.doc_id not in self.refused_since_sync:
+            return False
+        self.node.metrics.errors.labels(ErrorCode.UPDATE_AHEAD.value).inc()
+        self.error(p.ProtocolError(ErrorCode.UPDATE_AHEAD, item.re, None))
+        return True
+
     def update_refused(self, item: Update, code: ErrorCode, details: dict[str, Any] | None) -> None:
+        self.refused_since_sync.add(item.room.doc_id)
         err = p.ProtocolError(code, item.re, details)
         if code in (ErrorCode.INVALID_UPDATE, ErrorCode.UPDATE_TOO_COSTLY):  # both spend the budget
             counted = self.session.invalid_update(item.re, details)

@@ -105,9 +105,9 @@ class UpdatePipeline:
     def update_refused(self, item: Update, code: ErrorCode, details: dict[str, Any] | None) -> None: ...
 
     def update_ahead(self, item: Update) -> bool:
-        """The update goes on past clocks the room lacks even after reading the log: its writer
-        holds edits the server has not seen. True when the endpoint asked the writer for them
-        (the update comes again with them); False refuses it as invalid."""
+        """The update goes on past clocks the room lacks, or names ids it lacks, even after reading
+        the log: its writer holds edits the server has not seen. True when the endpoint answered
+        it (asked the writer for them, or told it to resync); False refuses it as invalid."""
         return False
 
     async def handle(self, item: Inbound) -> None:
@@ -238,7 +238,7 @@ class UpdatePipeline:
                 await self.node.rooms.catch_up(room)
                 await self._apply(item, verdict, retried=True)
                 return
-            if isinstance(exc, UpdateAhead) and self.update_ahead(item):
+            if isinstance(exc, OriginsMissing | UpdateAhead) and self.update_ahead(item):
                 self._settle(item, "ahead")
                 return
             if isinstance(exc, DocumentPanicked) and not exc.update_at_fault and not retried:

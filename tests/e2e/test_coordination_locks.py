@@ -9,6 +9,7 @@ task sweep and a short lock release grace period (tests/e2e/coordination_peers.p
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -301,3 +302,38 @@ async def test_lock_acquire_with_wait_ms_queues_first_come_first_served(tandem) 
         await c.request("lock.renew", workspace_id=ws_id, name="deploy", fence=got["lock"]["fence"], ttl_ms=200)
         taken = await b.request("lock.acquire", workspace_id=ws_id, name="deploy", wait_ms=5_000)
         assert taken["lock"]["holder"] == "b" and taken["lock"]["fence"] > got["lock"]["fence"]
+
+
+async def test_edits_built_on_a_refused_one_are_update_ahead_until_a_resync_sends_them(
+    server: Tandem, connect: Connect
+) -> None:
+    """An update refused (here `locked`) is kept by its writer, whose next edits build on it: the
+    server answers those `update_ahead`, not `invalid_update` (no budget spent), until the session
+    resyncs the document; the resync's diff stores them all (docs/protocol.md section 6.1)."""
+    a, b = await connect("a"), await connect("b")
+    ws_id, doc_id = await shared_doc(a.agent, b.agent)
+    da, db_ = await a.agent.open(doc_id), await b.agent.open(doc_id)
+    await da.edit(lambda t: t.insert(0, "start."))
+    await db_.wait_for(lambda d: str(d.text) == "start.")
+    await db_.edit(lambda t: t.insert(len(t), " B0."))  # the server knows B's clock from here
+    lock = (await a.request("lock.acquire", workspace_id=ws_id, doc_id=doc_id, ttl_ms=30_000))["lock"]
+    await b.take(lock_event("lock.acquired", a.id))
+    refused = await b.error("doc.update", doc_id=doc_id, update=wsclient.b64(db_.local_update(lambda t: t.insert(len(t), " B1."))))
+    assert refused["code"] == "locked"
+    await a.request("lock.release", workspace_id=ws_id, doc_id=doc_id, fence=lock["fence"])
+    await b.take(lock_event("lock.released", a.id))
+    rows = await operation_count(server.db, doc_id)
+    for label in ("B2. ", "B3. "):  # B's clock goes on past the refused update, placed elsewhere
+        ahead = await b.error("doc.update", doc_id=doc_id, update=wsclient.b64(db_.local_update(lambda t, s=label: t.insert(0, s))))
+        assert (ahead["code"], ahead["message"]) == ("update_ahead", "The update builds on changes the server does not have; resync and send them.")
+    assert await operation_count(server.db, doc_id) == rows
+
+    reply = await b.request("doc.resync", doc_id=doc_id, state_vector=wsclient.b64(db_.doc.get_state()))
+    missing = db_.doc.get_update(base64.b64decode(reply["state_vector"]))
+    assert (await b.request("doc.update", doc_id=doc_id, update=wsclient.b64(missing)))["seq"] is not None
+    await da.wait_for(lambda d: str(d.text) == "B3. B2. start. B0. B1.")
+    assert await replayed_text(server.db, doc_id) == "B3. B2. start. B0. B1."
+    # Synced again: an update that goes on past what the server has is invalid once more.
+    db_.local_update(lambda t: t.insert(len(t), " B4."))  # never sent
+    skipping = db_.local_update(lambda t: t.insert(0, "B5. "))
+    assert (await b.error("doc.update", doc_id=doc_id, update=wsclient.b64(skipping)))["code"] == "invalid_update"
