@@ -204,7 +204,9 @@ async def test_a_peer_that_never_reads_nor_answers_pings_is_let_go(
         "max_awareness_bytes": 1 << 20, "max_send_queue_bytes": 1 << 30, "max_messages_per_s": 1e6,
         "max_message_burst": 1_000_000,
     }  # fmt: skip
-    pings = {"ws_ping_interval": 0.5, "ws_ping_timeout": 0.5}
+    # A ping every 0.5 s, each to be answered within 3 s: the peer that never reads answers none
+    # and is let go; the writer must answer in time on a loaded machine too.
+    pings = {"ws_ping_interval": 0.5, "ws_ping_timeout": 3.0}
     async with serving(postgres, db, tmp_path, pings, **settings) as (url, node):
         alice, yjs = await team_document(url)
         peer = await never_reading_peer(yjs + wsclient.token(TENANT_A, "slow"))
