@@ -59,6 +59,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_UTF8: 400,
     ErrorCode.UPDATE_TOO_COSTLY: 422,
     ErrorCode.INVALID_WORKFLOW: 422,
+    ErrorCode.UPDATE_AHEAD: 409,
 }
 
 
