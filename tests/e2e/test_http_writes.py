@@ -27,7 +27,8 @@ OCTET = {"Content-Type": "application/octet-stream"}
 
 
 async def test_an_sdk_agent_and_an_http_client_edit_one_document(
-    http: httpx.AsyncClient, server: Tandem
+    http: httpx.AsyncClient,  # noqa: F811
+    server: Tandem,  # noqa: F811
 ) -> None:
     assert server.server is not None
     url = f"ws://{server.server.host}:{server.server.port}/ws"
@@ -100,7 +101,8 @@ async def test_an_sdk_agent_and_an_http_client_edit_one_document(
 
 
 async def test_bad_writes_are_typed_problems_that_store_nothing(
-    http: httpx.AsyncClient, server: Tandem
+    http: httpx.AsyncClient,  # noqa: F811
+    server: Tandem,  # noqa: F811
 ) -> None:
     ws = (
         await http.post(
@@ -172,7 +174,7 @@ async def test_bad_writes_are_typed_problems_that_store_nothing(
 
 
 async def test_workspace_state_by_json_patch_and_merge_patch_with_if_match(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient,  # noqa: F811
 ) -> None:
     ws = (
         await http.post("/workspaces", json={"name": "State"}, headers=bearer("sam"))
