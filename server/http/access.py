@@ -19,9 +19,13 @@ from fastapi.security import HTTPBearer
 
 from server.core.auth import Principal, Refusal
 from server.core.errors import ErrorCode, TandemError
+from server.core.metrics import Metrics
 from server.core.settings import Settings
 from server.db import store
+from server.documents.checker import UpdateChecker
+from server.documents.rooms import RoomRegistry
 from server.workspaces import directory
+from server.workspaces.coordination import Coordination
 from server.workspaces.directory import DocumentInfo
 
 
@@ -30,6 +34,10 @@ class NodeView(Protocol):
 
     settings: Settings
     pool: asyncpg.Pool
+    rooms: RoomRegistry
+    checker: UpdateChecker | None
+    metrics: Metrics
+    coordination: Coordination
 
     def authenticate(
         self, query: Mapping[str, str], headers: Mapping[str, str]

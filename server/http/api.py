@@ -8,13 +8,24 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from server.core.settings import Settings
-from server.http import content_routes, directory_routes, problems
+from server.http import (
+    content_routes,
+    directory_routes,
+    problems,
+    state_routes,
+    write_routes,
+)
 from server.http.access import NodeGetter
 from server.http.body import BodyGuard
 
 PREFIX = "/v1"
 VERSION = "1.0.0"
-ROUTERS = (directory_routes.router, content_routes.router)
+ROUTERS = (
+    directory_routes.router,
+    content_routes.router,
+    write_routes.router,
+    state_routes.router,
+)
 """Every route of /v1 (the OpenAPI test checks the document lists each of them)."""
 
 

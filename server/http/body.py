@@ -15,11 +15,19 @@ from server.core.errors import ErrorCode
 from server.http.problems import problem_response
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-DRAIN_BYTES = 1 << 20  # most of a refused body read (and dropped) so its client hears the 413
+OCTET = "application/octet-stream"
+RAW_SUFFIX = "/updates"  # the one route whose body is a Yjs update, not JSON
+DRAIN_BYTES = (
+    1 << 20
+)  # most of a refused body read (and dropped) so its client hears the 413
+
+
+def media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
+    media = media_type(content_type)
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
@@ -65,11 +73,21 @@ class BodyGuard:
             and not is_json(headers.get("content-type", ""))
         ):
             given = headers.get("content-type") or "none"
-            detail = f"the body must be application/json, not {given}"
+            wanted = "application/json"
+            if scope["path"].endswith(RAW_SUFFIX):
+                wanted = OCTET
+            if media_type(given) == wanted:
+                return await self._pass(scope, receive, send, body)
+            detail = f"the body must be {wanted}, not {given}"
             await problem_response(ErrorCode.UNSUPPORTED_FRAME, detail)(
                 scope, receive, send
             )
             return
+        await self._pass(scope, receive, send, body)
+
+    async def _pass(
+        self, scope: Scope, receive: Receive, send: Send, body: bytearray
+    ) -> None:
         sent = False
 
         async def replay() -> Message:

@@ -4,7 +4,7 @@ objects are the wire's own (server/wire/messages.py)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import Field
@@ -74,3 +74,48 @@ class Blame(Out):
     doc_id: UUID
     seq: int
     spans: list[BlameSpan]
+
+
+class InsertAt(Request):
+    index: Annotated[int, Field(ge=0)]  # in Unicode code points
+    text: Annotated[str, Field(min_length=1)]
+
+
+class DeleteRange(Request):
+    index: Annotated[int, Field(ge=0)]
+    length: Annotated[int, Field(ge=1)]
+
+
+class InsertEdit(Request):
+    insert: InsertAt
+
+
+class DeleteEdit(Request):
+    delete: DeleteRange
+
+
+class ReplaceText(Request):
+    text: str
+
+
+class ReplaceEdit(Request):
+    replace: ReplaceText
+
+
+TextEdit = InsertEdit | DeleteEdit | ReplaceEdit
+MAX_EDITS = 1000  # edits in one request
+
+
+class Written(Out):
+    """A write's outcome: the seq of its operation, or the head it already held (`changed`
+    false: the update or edits changed nothing and nothing was stored)."""
+
+    doc_id: UUID
+    seq: int
+    changed: bool
+
+
+class WorkspaceState(Out):
+    workspace_id: UUID
+    version: int
+    state: dict[str, Any]

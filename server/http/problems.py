@@ -59,7 +59,16 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_UTF8: 400,
     ErrorCode.UPDATE_TOO_COSTLY: 422,
     ErrorCode.INVALID_WORKFLOW: 422,
+    ErrorCode.UPDATE_AHEAD: 409,
 }
+
+
+class Stale(TandemError):
+    """`If-Match` named a seq or version that is no longer current: 412, code `conflict`,
+    `details` carrying the current one. Nothing was changed."""
+
+    def __init__(self, message: str, details: dict[str, Any]) -> None:
+        super().__init__(ErrorCode.CONFLICT, message, details)
 
 
 class Problem(BaseModel):
@@ -80,8 +89,10 @@ def problem_response(
     detail: str | None = None,
     details: dict[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
+    status: int | None = None,
 ) -> JSONResponse:
-    status = STATUS[code]
+    """`status` overrides the code's own (412: a stale `If-Match`, code `conflict`)."""
+    status = status or STATUS[code]
     problem = Problem(
         type=f"{TYPE_PREFIX}{code.value}",
         title=code.message,
@@ -100,7 +111,8 @@ def problem_response(
 
 
 def from_error(exc: TandemError) -> JSONResponse:
-    return problem_response(exc.code, exc.message, exc.details)
+    status = 412 if isinstance(exc, Stale) else None
+    return problem_response(exc.code, exc.message, exc.details, status=status)
 
 
 def _validation_errors(
@@ -168,3 +180,13 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     for status in (400, 401, 403, 404, 413, 415, 422)
 }
 """The failures every /v1 route may answer, for the OpenAPI document."""
+
+WRITE_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {
+        "model": Problem,
+        "content": {MEDIA_TYPE: {}},
+        "description": "A problem (RFC 9457) with its code",
+    }
+    for status in (409, 412, 423, 503)
+}
+"""What a write may answer besides: a conflict, a stale `If-Match`, a lock, a room rebuilding."""

@@ -191,6 +191,16 @@ async def get_state(conn: asyncpg.Connection, workspace_id: uuid.UUID) -> StateS
     return StateSnapshot(workspace_id, row["version"], json.loads(row["state"]))
 
 
+async def locked_state(conn: asyncpg.Connection, workspace_id: uuid.UUID) -> StateSnapshot:
+    """The workspace's state and version under the row lock `update_state` takes (held until
+    the caller commits): a change computed from it and written in the same transaction cannot
+    interleave with another writer's. Raises `not_found` as `get_state` does."""
+    row = await conn.fetchrow(Q["state_lock"], workspace_id)
+    if row is None:
+        raise TandemError(ErrorCode.NOT_FOUND)
+    return StateSnapshot(workspace_id, row["version"], json.loads(row["state"]))
+
+
 async def update_state(
     conn: asyncpg.Connection,
     agent_id: str,

@@ -1,0 +1,124 @@
+"""One update written by a short-lived writer (an HTTP request) through the rooms' write path.
+
+The steps and refusals are those of a connection's pipeline (server/transport/pipeline.py): the
+update checker's verdict and the room's bounds (`invalid_update`, `update_too_costly`), a room
+being rebuilt (`unavailable`), the document's lock (`locked`, `stale_fence`), then
+`Room.apply_update` and the group committer (`RoomRegistry.submit`). The writer waits for the
+commit and gets the new seq; subscribers on every node hear the operation as any other.
+
+`expect_head` (If-Match) is checked in the same synchronous step as the apply, with no await in
+between: the room holds exactly operations 1..head_seq (nothing of this node in flight, no seq
+known beyond it, after reading the log), so no writer on this node can slip in between the
+check and the apply. `build`, when given, makes the update from the document at that moment
+(text edits: server/documents/text_edits.py), so a replace is computed from the text it edits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from crdt.document import (
+    CorruptUpdate,
+    Document,
+    DocumentPanicked,
+    OriginsMissing,
+    UpdateAhead,
+)
+from server.core.errors import ErrorCode, TandemError
+from server.core.metrics import Metrics
+from server.documents.checker import UpdateChecker
+from server.documents.room import Room
+from server.documents.rooms import RoomRegistry
+from server.documents.update_bounds import UpdateBounds, against_room, judge
+
+Builder = Callable[[Document], bytes | None]
+
+
+class HeadMoved(TandemError):
+    """`If-Match` named a seq that is not the document's head: nothing was applied."""
+
+    def __init__(self, head: int) -> None:
+        super().__init__(
+            ErrorCode.CONFLICT, f"the document's head is {head}", {"head_seq": head}
+        )
+        self.head = head
+
+
+async def write(
+    rooms: RoomRegistry,
+    checker: UpdateChecker | None,
+    bounds: UpdateBounds,
+    metrics: Metrics | None,
+    room: Room,
+    agent_id: str,
+    *,
+    update: bytes | None = None,
+    build: Builder | None = None,
+    expect_head: int | None = None,
+    origin: str | None = None,
+    unavailable_after_s: float = 5.0,
+) -> int | None:
+    """Apply and commit `update` (or the one `build` makes); the seq it got, or None when it
+    changed nothing (then `room.head_seq` is the seq it was already part of). Raises
+    TandemError with the pipeline's codes, or `HeadMoved`."""
+    verdict = None
+    if update is not None and checker is not None:
+        (verdict,) = await checker.check_many([update])
+        verdict = await against_room(checker, bounds, room, update, verdict)
+    for attempt in range(2):
+        if expect_head is not None or attempt:
+            await rooms.catch_up(room)
+        await _writable(room, unavailable_after_s)
+        if room.broken:
+            raise TandemError(ErrorCode.INTERNAL_ERROR)
+        refused = room.write_refused(agent_id, None)
+        if refused is not None:
+            holder = room.lock.holder if room.lock is not None else None
+            raise TandemError(refused, details={"holder": holder} if holder else None)
+        # From here to `submit` nothing awaits: the head checked is the head applied upon.
+        if expect_head is not None:
+            head = room.head_seq if room.quiet else -1
+            if head != expect_head:
+                raise HeadMoved(room.known_seq if head < 0 else head)
+        data = update if build is None else build(room.document)
+        if data is None:
+            return None
+        if verdict is not None:
+            judged = judge(bounds, verdict, room.document)
+            if judged is not None:
+                code, reason = judged
+                if code is ErrorCode.INVALID_UPDATE and metrics is not None:
+                    metrics.invalid_updates.inc()
+                raise TandemError(code, details={"reason": reason[:200]})
+        try:
+            op = room.apply_update(agent_id, data, origin=origin)
+        except CorruptUpdate as exc:
+            retry = isinstance(exc, OriginsMissing | UpdateAhead) or (
+                isinstance(exc, DocumentPanicked) and not exc.update_at_fault
+            )
+            if retry and attempt == 0:
+                continue  # read the log (another node's recent commits) and try once more
+            if metrics is not None:
+                metrics.invalid_updates.inc()
+            raise TandemError(
+                ErrorCode.INVALID_UPDATE, details={"reason": str(exc)[:200]}
+            ) from None
+        if op is None:
+            return None
+        seq = await rooms.submit(room, op)
+        try:
+            return await asyncio.shield(seq)
+        except LookupError:
+            raise TandemError(ErrorCode.NOT_FOUND) from None
+    raise AssertionError("unreachable")
+
+
+async def _writable(room: Room, within_s: float) -> None:
+    if room.dirty is None:
+        return
+    try:
+        async with asyncio.timeout(within_s):
+            await room.writable()
+    except TimeoutError:
+        raise TandemError(ErrorCode.UNAVAILABLE) from None
