@@ -102,7 +102,7 @@ async def test_malformed_json_gets_bad_json_and_the_session_goes_on(scene: Scene
 
 async def test_unknown_type_gets_unknown_type(scene: Scene) -> None:
     rows = await scene.rows()
-    for type_ in ("doc.explode", "workflow.start"):  # workflow.* is reserved for a later issue
+    for type_ in ("doc.explode", "workflow.trigger"):  # workflow.trigger is reserved (docs/protocol.md section 10)
         error = await scene.writer.error(type_, doc_id=scene.doc_id)
         assert error["code"] == "unknown_type"
     await scene.assert_unaffected(rows)
