@@ -390,6 +390,21 @@ CREATE FUNCTION public.tandem_uuidv7() RETURNS uuid
                FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
 $$;
 
+CREATE FUNCTION public.tenants_with_orphaned_step_tasks(grace_s double precision, max_tenants integer) RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+    SELECT DISTINCT t.tenant_id
+      FROM public.tasks t
+      JOIN public.agents a ON a.tenant_id = t.tenant_id AND a.agent_id = t.assigned_to
+     WHERE t.execution_id IS NOT NULL AND t.deleted_at IS NULL
+       AND t.status IN ('assigned', 'accepted', 'in_progress')
+       AND (a.status IN ('error', 'maintenance')
+            OR a.last_seen_at IS NULL
+            OR a.last_seen_at < CURRENT_TIMESTAMP - grace_s * interval '1 second')
+     LIMIT max_tenants
+$$;
+
 CREATE FUNCTION public.tenants_with_overdue_tasks(max_tenants integer) RETURNS SETOF uuid
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public'
@@ -1002,6 +1017,8 @@ CREATE INDEX idx_tasks_created_at ON public.tasks USING btree (created_at DESC);
 
 CREATE INDEX idx_tasks_created_by ON public.tasks USING btree (created_by) WHERE (deleted_at IS NULL);
 
+CREATE INDEX idx_tasks_execution_open_assignee ON public.tasks USING btree (tenant_id, assigned_to) WHERE ((execution_id IS NOT NULL) AND (status = ANY (ARRAY['assigned'::public.task_status, 'accepted'::public.task_status, 'in_progress'::public.task_status])) AND (deleted_at IS NULL));
+
 CREATE INDEX idx_tasks_execution_waiting ON public.tasks USING btree (tenant_id, created_at) WHERE ((execution_id IS NOT NULL) AND (status = 'pending'::public.task_status) AND (assigned_to IS NULL) AND (deleted_at IS NULL));
 
 CREATE INDEX idx_tasks_in_progress ON public.tasks USING btree (started_at) WHERE ((status = 'in_progress'::public.task_status) AND (deleted_at IS NULL));
@@ -1261,6 +1278,9 @@ GRANT ALL ON FUNCTION public.tandem_ops_hint(p_doc uuid, p_seq bigint, p_node te
 
 REVOKE ALL ON FUNCTION public.tandem_uuidv7() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.tandem_uuidv7() TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.tenants_with_orphaned_step_tasks(grace_s double precision, max_tenants integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.tenants_with_orphaned_step_tasks(grace_s double precision, max_tenants integer) TO tandem_app;
 
 REVOKE ALL ON FUNCTION public.tenants_with_overdue_tasks(max_tenants integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.tenants_with_overdue_tasks(max_tenants integer) TO tandem_app;

@@ -64,8 +64,8 @@ VALUES (current_tenant_id(), $1, $2, $3, $4, $5::task_priority, $6, $7::text,
 RETURNING {task};
 
 -- name: execution_pick_agent
--- The least-loaded agent with capability $2 that is listed active (presence TTL $1) and has a free slot,
--- and how many such agents there were.
+-- The least-loaded agent with capability $2 that is listed active (presence TTL $1), has a free slot and
+-- is not $3 (null: any), and how many such agents there were.
 SELECT agent_id, count(*) OVER () AS candidates
 FROM (
     SELECT agent_id, max_concurrent_tasks,
@@ -74,6 +74,7 @@ FROM (
     FROM agents
     WHERE capabilities @> ARRAY[$2::text]
       AND agent_listed_status(status, last_seen_at, $1, CURRENT_TIMESTAMP) = 'active'
+      AND ($3::text IS NULL OR agent_id <> $3::text)
 ) a
 WHERE load < max_concurrent_tasks
 ORDER BY load, agent_id
@@ -106,3 +107,31 @@ SELECT {task}
 FROM tasks WHERE execution_id = $1
 ORDER BY created_at, id
 LIMIT $2;
+
+-- name: execution_orphaned_tenants
+-- At most $2 tenants with an open step task held by an agent gone for $1 s or in error/maintenance:
+-- ids only, across tenants (SECURITY DEFINER, migration 0026).
+SELECT t AS tenant_id FROM tenants_with_orphaned_step_tasks($1, $2) AS t;
+
+-- name: execution_orphaned_tasks
+-- At most $2 open step tasks of the current tenant held by an agent not stamped for $1 s or in error or
+-- maintenance, oldest assignment first, locked (another node's sweep skips them); with the holder's
+-- registered status and the capability their step asks for (null: the step names its agent).
+SELECT {task},
+       (SELECT a.status::text FROM agents a WHERE a.tenant_id = tasks.tenant_id AND a.agent_id = tasks.assigned_to) AS holder_status,
+       (SELECT s->>'capability'
+          FROM workflow_executions e
+          JOIN workflow_versions v ON v.workflow_id = e.workflow_id AND v.version = e.workflow_version,
+               jsonb_array_elements(v.steps) AS s
+         WHERE e.id = tasks.execution_id AND s->>'id' = tasks.step_id) AS capability
+FROM tasks
+WHERE execution_id IS NOT NULL AND deleted_at IS NULL
+  AND status IN ('assigned', 'accepted', 'in_progress')
+  AND EXISTS (SELECT 1 FROM agents a
+               WHERE a.tenant_id = tasks.tenant_id AND a.agent_id = tasks.assigned_to
+                 AND (a.status IN ('error', 'maintenance')
+                      OR a.last_seen_at IS NULL
+                      OR a.last_seen_at < CURRENT_TIMESTAMP - $1::double precision * interval '1 second'))
+ORDER BY assigned_at, id
+LIMIT $2
+FOR UPDATE SKIP LOCKED;

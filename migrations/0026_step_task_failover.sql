@@ -1,0 +1,34 @@
+-- migrate:up
+-- Failover of workflow step tasks (docs/protocol.md section 12.9). Every node's sweep first asks
+-- which tenants have a step task held by an agent that is gone or out of service, then fails
+-- those tasks over in that tenant's transaction (RLS applies there). This function is the one
+-- step across tenants: it runs as the owner and returns tenant ids only. "Gone": no node's
+-- heartbeat stamped the agent's registry entry for grace_s; out of service: status `error` or
+-- `maintenance`. Only steps given by capability count: a named agent has no stand-in.
+CREATE FUNCTION tenants_with_orphaned_step_tasks(grace_s double precision, max_tenants integer)
+    RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, public
+AS $$
+    SELECT DISTINCT t.tenant_id
+      FROM public.tasks t
+      JOIN public.agents a ON a.tenant_id = t.tenant_id AND a.agent_id = t.assigned_to
+     WHERE t.execution_id IS NOT NULL AND t.deleted_at IS NULL
+       AND t.status IN ('assigned', 'accepted', 'in_progress')
+       AND (a.status IN ('error', 'maintenance')
+            OR a.last_seen_at IS NULL
+            OR a.last_seen_at < CURRENT_TIMESTAMP - grace_s * interval '1 second')
+     LIMIT max_tenants
+$$;
+
+REVOKE ALL ON FUNCTION tenants_with_orphaned_step_tasks(double precision, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenants_with_orphaned_step_tasks(double precision, integer) TO tandem_app;
+
+-- Open step tasks by assignee, for the sweep's join on the agent registry.
+CREATE INDEX idx_tasks_execution_open_assignee ON tasks (tenant_id, assigned_to)
+    WHERE execution_id IS NOT NULL AND status IN ('assigned', 'accepted', 'in_progress') AND deleted_at IS NULL;
+
+-- migrate:down
+DROP INDEX idx_tasks_execution_open_assignee;
+REVOKE EXECUTE ON FUNCTION tenants_with_orphaned_step_tasks(double precision, integer) FROM tandem_app;
+DROP FUNCTION tenants_with_orphaned_step_tasks(double precision, integer);
