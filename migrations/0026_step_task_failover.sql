@@ -24,11 +24,26 @@ $$;
 REVOKE ALL ON FUNCTION tenants_with_orphaned_step_tasks(double precision, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenants_with_orphaned_step_tasks(double precision, integer) TO tandem_app;
 
+-- RLS is forced, so it binds the owner running that function too: these let it see open step
+-- tasks and the agent registry (it reads tenant ids out of them only; it changes nothing, and
+-- the app role gains nothing). Tasks in progress are visible to it already (migration 0017).
+CREATE POLICY tasks_failover_sweep_select ON tasks
+    FOR SELECT
+    TO tandem_owner
+    USING (execution_id IS NOT NULL AND status IN ('assigned', 'accepted') AND deleted_at IS NULL);
+
+CREATE POLICY agents_failover_sweep_select ON agents
+    FOR SELECT
+    TO tandem_owner
+    USING (true);
+
 -- Open step tasks by assignee, for the sweep's join on the agent registry.
 CREATE INDEX idx_tasks_execution_open_assignee ON tasks (tenant_id, assigned_to)
     WHERE execution_id IS NOT NULL AND status IN ('assigned', 'accepted', 'in_progress') AND deleted_at IS NULL;
 
 -- migrate:down
+DROP POLICY agents_failover_sweep_select ON agents;
+DROP POLICY tasks_failover_sweep_select ON tasks;
 DROP INDEX idx_tasks_execution_open_assignee;
 REVOKE EXECUTE ON FUNCTION tenants_with_orphaned_step_tasks(double precision, integer) FROM tandem_app;
 DROP FUNCTION tenants_with_orphaned_step_tasks(double precision, integer);

@@ -1168,6 +1168,8 @@ ALTER TABLE ONLY public.workspace_members
 
 ALTER TABLE public.agents ENABLE ROW LEVEL SECURITY;
 
+CREATE POLICY agents_failover_sweep_select ON public.agents FOR SELECT TO tandem_owner USING (true);
+
 CREATE POLICY agents_tenant_isolation ON public.agents USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
 
 ALTER TABLE public.audit_log ENABLE ROW LEVEL SECURITY;
@@ -1201,6 +1203,8 @@ CREATE POLICY snapshots_tenant_isolation ON public.document_snapshots USING ((te
 ALTER TABLE public.task_delegations ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.tasks ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY tasks_failover_sweep_select ON public.tasks FOR SELECT TO tandem_owner USING (((execution_id IS NOT NULL) AND (status = ANY (ARRAY['assigned'::public.task_status, 'accepted'::public.task_status])) AND (deleted_at IS NULL)));
 
 CREATE POLICY tasks_soft_delete ON public.tasks AS RESTRICTIVE FOR SELECT TO tandem_app USING ((deleted_at IS NULL));
 
