@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import time
 import uuid
@@ -36,10 +37,14 @@ import tandem_client
 from bench.common import (
     Postgres,
     cleanup_dir,
+    cpu_percent,
+    cpu_seconds,
     jwt_secret,
     machine,
+    machine_busy_seconds,
     start_nodes,
     summarize,
+    tree_pids,
     workdir,
 )
 from server.core.auth import issue_token
@@ -113,14 +118,34 @@ async def driver(ws: tandem_client.Workspace, flow: tandem_client.Workflow, in_f
     await asyncio.gather(*(one() for _ in range(in_flight)))
 
 
+class Cpu:
+    """CPU used in the measured window by the nodes, PostgreSQL, this process and the rest."""
+
+    def __init__(self, node_pids: list[int], pg_pid: int) -> None:
+        self.groups = {
+            "nodes": lambda: node_pids,
+            "postgres": lambda: tree_pids(pg_pid),
+            "client": lambda: [os.getpid()],
+        }
+        self.before = {name: cpu_seconds(pids()) for name, pids in self.groups.items()}
+        self.busy, self.started = machine_busy_seconds(), time.perf_counter()
+
+    def report(self) -> str:
+        wall = time.perf_counter() - self.started
+        used = {
+            name: cpu_percent(self.before[name], cpu_seconds(pids()), wall)
+            for name, pids in self.groups.items()
+        }
+        other = 100.0 * (machine_busy_seconds() - self.busy) / wall - sum(used.values())
+        return "cpu % of one core: " + "  ".join(
+            f"{k} {v:.0f}" for k, v in {**used, "other": other}.items()
+        )
+
+
 async def run(
-    urls: list[str],
-    secret: str,
-    count: int,
-    in_flight: int,
-    warmup: int,
-    time_limit_s: float,
-) -> None:
+    urls: list[str], secret: str, count: int, in_flight: int, warmup: int, time_limit_s: float,
+    pids: tuple[list[int], int],
+) -> None:  # fmt: skip
     tenant = uuid.uuid4()
 
     def connect(agent: str, node: int) -> tandem_client.Client:
@@ -162,6 +187,7 @@ async def run(
             done: list[float] = []
             quota = [count]
             started = time.perf_counter()
+            cpu = Cpu(*pids)
             deadline = time.monotonic() + time_limit_s
             shares = [in_flight - in_flight // 2, in_flight // 2]  # drivers per node
             await asyncio.gather(
@@ -172,6 +198,7 @@ async def run(
                 )
             )
             wall = time.perf_counter() - started
+            used = cpu.report()
         finally:
             stop.set()
             for job in workers:
@@ -187,6 +214,7 @@ async def run(
         f"step advance (complete sent -> next task at its agent), ms, n={len(clock.advances)}: "
         f"p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}"
     )
+    print(used)
 
 
 def main() -> None:
@@ -222,9 +250,16 @@ def main() -> None:
         secret = jwt_secret()
         nodes = start_nodes(2, pg.admin_url, secret, work, SERVER_ENV)
         urls = [n.ws_url for n in nodes]
+        pids = ([n.pid for n in nodes], pg.postmaster_pid)
         asyncio.run(
             run(
-                urls, secret, args.count, args.in_flight, args.warmup, args.time_limit_s
+                urls,
+                secret,
+                args.count,
+                args.in_flight,
+                args.warmup,
+                args.time_limit_s,
+                pids,
             )
         )
     finally:

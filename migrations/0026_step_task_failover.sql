@@ -37,13 +37,14 @@ CREATE POLICY agents_failover_sweep_select ON agents
     TO tandem_owner
     USING (true);
 
--- Open step tasks by assignee, for the sweep's join on the agent registry.
-CREATE INDEX idx_tasks_execution_open_assignee ON tasks (tenant_id, assigned_to)
-    WHERE execution_id IS NOT NULL AND status IN ('assigned', 'accepted', 'in_progress') AND deleted_at IS NULL;
+-- Open tasks by assignee: an agent's load when the engine picks one (execution_pick_agent counts
+-- them here instead of grouping the agent's whole task history through v_agent_workload).
+CREATE INDEX idx_tasks_open_assignee ON tasks (tenant_id, assigned_to)
+    WHERE status IN ('assigned', 'accepted', 'in_progress') AND deleted_at IS NULL;
 
 -- migrate:down
 DROP POLICY agents_failover_sweep_select ON agents;
 DROP POLICY tasks_failover_sweep_select ON tasks;
-DROP INDEX idx_tasks_execution_open_assignee;
+DROP INDEX idx_tasks_open_assignee;
 REVOKE EXECUTE ON FUNCTION tenants_with_orphaned_step_tasks(double precision, integer) FROM tandem_app;
 DROP FUNCTION tenants_with_orphaned_step_tasks(double precision, integer);

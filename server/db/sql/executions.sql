@@ -65,12 +65,14 @@ RETURNING {task};
 
 -- name: execution_pick_agent
 -- The least-loaded agent with capability $2 that is listed active (presence TTL $1), has a free slot and
--- is not $3 (null: any), and how many such agents there were.
+-- is not $3 (null: any), and how many such agents there were. Load: its open tasks, as v_agent_workload
+-- counts them (assigned, accepted, in progress), read through idx_tasks_open_assignee.
 SELECT agent_id, count(*) OVER () AS candidates
 FROM (
     SELECT agent_id, max_concurrent_tasks,
-           coalesce((SELECT w.pending_tasks + w.active_tasks FROM v_agent_workload w
-                     WHERE w.agent_id = agents.agent_id), 0) AS load
+           (SELECT count(*) FROM tasks t
+             WHERE t.tenant_id = agents.tenant_id AND t.assigned_to = agents.agent_id
+               AND t.status IN ('assigned', 'accepted', 'in_progress') AND t.deleted_at IS NULL) AS load
     FROM agents
     WHERE capabilities @> ARRAY[$2::text]
       AND agent_listed_status(status, last_seen_at, $1, CURRENT_TIMESTAMP) = 'active'
