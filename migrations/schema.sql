@@ -390,18 +390,16 @@ CREATE FUNCTION public.tandem_uuidv7() RETURNS uuid
                FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
 $$;
 
-CREATE FUNCTION public.tenants_with_orphaned_step_tasks(grace_s double precision, max_tenants integer) RETURNS SETOF uuid
+CREATE FUNCTION public.tenants_with_open_step_tasks(after uuid, max_tenants integer) RETURNS SETOF uuid
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public'
     AS $$
     SELECT DISTINCT t.tenant_id
       FROM public.tasks t
-      JOIN public.agents a ON a.tenant_id = t.tenant_id AND a.agent_id = t.assigned_to
-     WHERE t.execution_id IS NOT NULL AND t.deleted_at IS NULL
+     WHERE t.execution_id IS NOT NULL AND t.assigned_to IS NOT NULL AND t.deleted_at IS NULL
        AND t.status IN ('assigned', 'accepted', 'in_progress')
-       AND (a.status IN ('error', 'maintenance')
-            OR a.last_seen_at IS NULL
-            OR a.last_seen_at < CURRENT_TIMESTAMP - grace_s * interval '1 second')
+       AND (after IS NULL OR t.tenant_id > after)
+     ORDER BY t.tenant_id
      LIMIT max_tenants
 $$;
 
@@ -1168,8 +1166,6 @@ ALTER TABLE ONLY public.workspace_members
 
 ALTER TABLE public.agents ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY agents_failover_sweep_select ON public.agents FOR SELECT TO tandem_owner USING (true);
-
 CREATE POLICY agents_tenant_isolation ON public.agents USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
 
 ALTER TABLE public.audit_log ENABLE ROW LEVEL SECURITY;
@@ -1283,8 +1279,8 @@ GRANT ALL ON FUNCTION public.tandem_ops_hint(p_doc uuid, p_seq bigint, p_node te
 REVOKE ALL ON FUNCTION public.tandem_uuidv7() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.tandem_uuidv7() TO tandem_app;
 
-REVOKE ALL ON FUNCTION public.tenants_with_orphaned_step_tasks(grace_s double precision, max_tenants integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.tenants_with_orphaned_step_tasks(grace_s double precision, max_tenants integer) TO tandem_app;
+REVOKE ALL ON FUNCTION public.tenants_with_open_step_tasks(after uuid, max_tenants integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.tenants_with_open_step_tasks(after uuid, max_tenants integer) TO tandem_app;
 
 REVOKE ALL ON FUNCTION public.tenants_with_overdue_tasks(max_tenants integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.tenants_with_overdue_tasks(max_tenants integer) TO tandem_app;

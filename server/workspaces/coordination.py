@@ -121,6 +121,7 @@ class Coordination:
         self.events.observers.append(self._observe_deletes)
         self.background: set[asyncio.Task[None]] = set()
         self.swept = 0
+        self._failover_after: uuid.UUID | None = None  # where the next failover sweep goes on
 
     # --- events ----------------------------------------------------------------------------------
 
@@ -255,16 +256,18 @@ class Coordination:
         return swept
 
     async def failover_once(self) -> int:
-        """Fail over at most `task_sweep_batch` step tasks (server/workspaces/execution_failover.py),
-        tenant by tenant, each tenant's moves and their `task.changed` events (by `system`, to
-        the new and the previous holder too) in one transaction of that tenant."""
+        """Fail over at most `task_sweep_batch` step tasks (server/workspaces/execution_failover.py)
+        of up to `task_sweep_batch` tenants with open step tasks, taken in turn across sweeps:
+        each tenant's moves and their `task.changed` events (by `system`, to the new and the
+        previous holder too) commit in one transaction of that tenant."""
         budget, grace = self.settings.task_sweep_batch, self.settings.agent_failover_grace_s
         async with self.pool.acquire() as conn:
-            tenants = await execution_failover.orphaned_tenants(conn, grace, budget)
+            tenants = await execution_failover.open_step_tenants(conn, self._failover_after, budget)
         moved = 0
         for tenant_id in tenants:
             if moved >= budget:
                 break
+            self._failover_after = tenant_id
             events: list[Event] = []
             async with store.tenant_transaction(self.pool, tenant_id) as conn:
                 found = await execution_failover.fail_over(conn, grace, self.settings.presence_ttl_s, budget - moved)
@@ -277,6 +280,8 @@ class Coordination:
             moved += len(found)
             for event in events:
                 self.deliver(event)
+        if moved < budget and len(tenants) < budget:
+            self._failover_after = None  # every tenant was looked at: the next sweep starts over
         if moved:
             log.info("coordination.failed_over", tasks=moved)
         return moved

@@ -32,12 +32,13 @@ class Failover:
     previous: str
 
 
-async def orphaned_tenants(
-    conn: asyncpg.Connection, grace_s: float, max_tenants: int
+async def open_step_tenants(
+    conn: asyncpg.Connection, after: uuid.UUID | None, max_tenants: int
 ) -> list[uuid.UUID]:
-    """At most `max_tenants` tenants with a step task to fail over. On a plain pooled connection,
-    outside `tenant_transaction`: the sweep's one step across tenants (ids only)."""
-    rows = await conn.fetch(Q["execution_orphaned_tenants"], grace_s, max_tenants)
+    """At most `max_tenants` tenants with open step tasks, in id order after `after` (None: from
+    the first). On a plain pooled connection, outside `tenant_transaction`: the sweep's one step
+    across tenants (ids only); which tasks to move is decided in each tenant's transaction."""
+    rows = await conn.fetch(Q["execution_open_step_tenants"], after, max_tenants)
     return [r["tenant_id"] for r in rows]
 
 

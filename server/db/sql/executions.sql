@@ -110,10 +110,10 @@ FROM tasks WHERE execution_id = $1
 ORDER BY created_at, id
 LIMIT $2;
 
--- name: execution_orphaned_tenants
--- At most $2 tenants with an open step task held by an agent gone for $1 s or in error/maintenance:
--- ids only, across tenants (SECURITY DEFINER, migration 0026).
-SELECT t AS tenant_id FROM tenants_with_orphaned_step_tasks($1, $2) AS t;
+-- name: execution_open_step_tenants
+-- At most $2 tenants with an open step task held by an agent, in id order after $1 (null: from the
+-- first): ids only, across tenants (SECURITY DEFINER, migration 0026).
+SELECT t AS tenant_id FROM tenants_with_open_step_tasks($1, $2) AS t;
 
 -- name: execution_orphaned_tasks
 -- At most $2 open step tasks of the current tenant held by an agent not stamped for $1 s or in error or
