@@ -55,8 +55,7 @@ async def fail_over(
             values.pop("capability"),
         )
         task = tasks._task(values)
-        if capability is None or task.assigned_to is None:
-            continue  # a step that names its agent has no stand-in
+        assert capability is not None and task.assigned_to is not None  # the query's conditions
         status = check(task.status, Action.DELEGATE, {Actor.SYSTEM}, retries_left=False)
         agent, _ = await execution_agents.pick(
             conn, capability, seen_within_s, exclude=task.assigned_to

@@ -117,10 +117,11 @@ SELECT t AS tenant_id FROM tenants_with_open_step_tasks($1, $2) AS t;
 
 -- name: execution_orphaned_tasks
 -- At most $2 open step tasks of the current tenant held by an agent not stamped for $1 s or in error or
--- maintenance, oldest assignment first, locked (another node's sweep skips them); with the holder's
--- registered status and the capability their step asks for (null: the step names its agent).
+-- maintenance, of steps given by capability (a step naming its agent has no stand-in), oldest assignment
+-- first, locked (another node's sweep skips them); with the holder's registered status and the capability.
 SELECT {task},
-       (SELECT a.status::text FROM agents a WHERE a.tenant_id = tasks.tenant_id AND a.agent_id = tasks.assigned_to) AS holder_status,
+       (SELECT a.status::text FROM agents a
+         WHERE a.tenant_id = tasks.tenant_id AND a.agent_id = tasks.assigned_to) AS holder_status,
        (SELECT s->>'capability'
           FROM workflow_executions e
           JOIN workflow_versions v ON v.workflow_id = e.workflow_id AND v.version = e.workflow_version,
@@ -134,6 +135,11 @@ WHERE execution_id IS NOT NULL AND deleted_at IS NULL
                  AND (a.status IN ('error', 'maintenance')
                       OR a.last_seen_at IS NULL
                       OR a.last_seen_at < CURRENT_TIMESTAMP - $1::double precision * interval '1 second'))
+  AND EXISTS (SELECT 1
+                FROM workflow_executions e
+                JOIN workflow_versions v ON v.workflow_id = e.workflow_id AND v.version = e.workflow_version,
+                     jsonb_array_elements(v.steps) AS s
+               WHERE e.id = tasks.execution_id AND s->>'id' = tasks.step_id AND s ? 'capability')
 ORDER BY assigned_at, id
 LIMIT $2
 FOR UPDATE SKIP LOCKED;
