@@ -55,7 +55,8 @@ async def fail_over(
             values.pop("capability"),
         )
         task = tasks._task(values)
-        assert capability is not None and task.assigned_to is not None  # the query's conditions
+        # The query takes only held tasks of steps given by capability.
+        assert capability is not None and task.assigned_to is not None
         status = check(task.status, Action.DELEGATE, {Actor.SYSTEM}, retries_left=False)
         agent, _ = await execution_agents.pick(
             conn, capability, seen_within_s, exclude=task.assigned_to
