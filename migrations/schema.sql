@@ -396,8 +396,9 @@ CREATE FUNCTION public.tenants_with_open_step_tasks(after uuid, max_tenants inte
     AS $$
     SELECT DISTINCT t.tenant_id
       FROM public.tasks t
-     WHERE t.execution_id IS NOT NULL AND t.assigned_to IS NOT NULL AND t.deleted_at IS NULL
-       AND t.status IN ('assigned', 'accepted', 'in_progress')
+     WHERE t.execution_id IS NOT NULL AND t.deleted_at IS NULL
+       AND ((t.assigned_to IS NOT NULL AND t.status IN ('assigned', 'accepted', 'in_progress'))
+            OR (t.assigned_to IS NULL AND t.status = 'pending'))
        AND (after IS NULL OR t.tenant_id > after)
      ORDER BY t.tenant_id
      LIMIT max_tenants
@@ -1200,7 +1201,7 @@ ALTER TABLE public.task_delegations ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.tasks ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY tasks_failover_sweep_select ON public.tasks FOR SELECT TO tandem_owner USING (((execution_id IS NOT NULL) AND (status = ANY (ARRAY['assigned'::public.task_status, 'accepted'::public.task_status])) AND (deleted_at IS NULL)));
+CREATE POLICY tasks_failover_sweep_select ON public.tasks FOR SELECT TO tandem_owner USING (((execution_id IS NOT NULL) AND (status = ANY (ARRAY['pending'::public.task_status, 'assigned'::public.task_status, 'accepted'::public.task_status])) AND (deleted_at IS NULL)));
 
 CREATE POLICY tasks_soft_delete ON public.tasks AS RESTRICTIVE FOR SELECT TO tandem_app USING ((deleted_at IS NULL));
 

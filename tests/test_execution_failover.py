@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from server.core.errors import ErrorCode
 from server.workspaces import agents, execution_failover, tasks
+from tests.conftest import TENANT_A
 from tests.execution_helpers import SEEN_S, act, define, register, start, step
 from tests.task_helpers import env, refused, tx  # noqa: F401  (env: the fixture the tests take)
 
@@ -123,3 +124,33 @@ async def test_maintenance_moves_at_once_and_what_must_stay_stays(env) -> None:
         "bob",
         "alice",
     )
+
+
+async def test_the_sweeps_tenant_list_holds_tenants_with_held_or_waiting_step_tasks_only(
+    env,
+) -> None:
+    async with env.pool.acquire() as conn:
+        assert await execution_failover.open_step_tenants(conn, None, 10) == []
+    await register(env, "alice", ["write"], slots=1)
+    flow = await define(env, "one", {"type": "sequential", "steps": [step("draft")]})
+    held = (await start(env, flow)).tasks[0][0]
+    waiting = (await start(env, flow)).tasks[0][0]
+    assert (held.assigned_to, waiting.assigned_to) == ("alice", None)
+    async with env.pool.acquire() as conn:
+        assert await execution_failover.open_step_tenants(conn, None, 10) == [TENANT_A]
+        assert (
+            await execution_failover.open_step_tenants(conn, TENANT_A, 10) == []
+        )  # in turn, after A
+    await act(env, "alice", held.task_id, "accept")
+    await act(env, "alice", held.task_id, "start")
+    out = await act(env, "alice", held.task_id, "complete", result={})
+    assert [(t.task_id, t.assigned_to) for t, _, _ in out.tasks] == [
+        (waiting.task_id, "alice")
+    ]
+    await act(env, "alice", waiting.task_id, "accept")
+    await act(env, "alice", waiting.task_id, "start")
+    await act(env, "alice", waiting.task_id, "complete", result={})
+    async with env.pool.acquire() as conn:
+        assert (
+            await execution_failover.open_step_tenants(conn, None, 10) == []
+        )  # nothing open

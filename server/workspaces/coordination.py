@@ -257,9 +257,10 @@ class Coordination:
 
     async def failover_once(self) -> int:
         """Fail over at most `task_sweep_batch` step tasks (server/workspaces/execution_failover.py)
-        of up to `task_sweep_batch` tenants with open step tasks, taken in turn across sweeps:
-        each tenant's moves and their `task.changed` events (by `system`, to the new and the
-        previous holder too) commit in one transaction of that tenant."""
+        of up to `task_sweep_batch` tenants with open step tasks, taken in turn across sweeps,
+        and hand out their waiting step tasks: each tenant's moves and their `task.changed`
+        events (by `system`, to the new and the previous holder too) commit in one transaction
+        of that tenant."""
         budget, grace = self.settings.task_sweep_batch, self.settings.agent_failover_grace_s
         async with self.pool.acquire() as conn:
             tenants = await execution_failover.open_step_tenants(conn, self._failover_after, budget)
@@ -275,6 +276,11 @@ class Coordination:
                     event = task_event(
                         tenant_id, one.task, "delegate", executions.ENGINE, one.delegation, frozenset({one.previous})
                     )
+                    await self.publish(conn, event)
+                    events.append(event)
+                # Waiting step tasks too: an agent may be back (or free) without registering again.
+                waiting = await executions.hand_out_waiting(conn, self.settings.presence_ttl_s)
+                for event in execution_events(tenant_id, waiting, executions.ENGINE):
                     await self.publish(conn, event)
                     events.append(event)
             moved += len(found)

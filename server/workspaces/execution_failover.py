@@ -35,7 +35,7 @@ class Failover:
 async def open_step_tenants(
     conn: asyncpg.Connection, after: uuid.UUID | None, max_tenants: int
 ) -> list[uuid.UUID]:
-    """At most `max_tenants` tenants with open step tasks, in id order after `after` (None: from
+    """At most `max_tenants` tenants with step tasks held or waiting, in id order after `after` (None: from
     the first). On a plain pooled connection, outside `tenant_transaction`: the sweep's one step
     across tenants (ids only); which tasks to move is decided in each tenant's transaction."""
     rows = await conn.fetch(Q["execution_open_step_tenants"], after, max_tenants)

@@ -111,8 +111,8 @@ ORDER BY created_at, id
 LIMIT $2;
 
 -- name: execution_open_step_tenants
--- At most $2 tenants with an open step task held by an agent, in id order after $1 (null: from the
--- first): ids only, across tenants (SECURITY DEFINER, migration 0026).
+-- At most $2 tenants with an open step task held by an agent or waiting for one, in id order after $1
+-- (null: from the first): ids only, across tenants (SECURITY DEFINER, migration 0026).
 SELECT t AS tenant_id FROM tenants_with_open_step_tasks($1, $2) AS t;
 
 -- name: execution_orphaned_tasks
