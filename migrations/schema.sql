@@ -390,6 +390,20 @@ CREATE FUNCTION public.tandem_uuidv7() RETURNS uuid
                FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
 $$;
 
+CREATE FUNCTION public.tenants_with_open_step_tasks(after uuid, max_tenants integer) RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+    SELECT DISTINCT t.tenant_id
+      FROM public.tasks t
+     WHERE t.execution_id IS NOT NULL AND t.deleted_at IS NULL
+       AND ((t.assigned_to IS NOT NULL AND t.status IN ('assigned', 'accepted', 'in_progress'))
+            OR (t.assigned_to IS NULL AND t.status = 'pending'))
+       AND (after IS NULL OR t.tenant_id > after)
+     ORDER BY t.tenant_id
+     LIMIT max_tenants
+$$;
+
 CREATE FUNCTION public.tenants_with_overdue_tasks(max_tenants integer) RETURNS SETOF uuid
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public'
@@ -1008,6 +1022,8 @@ CREATE INDEX idx_tasks_in_progress ON public.tasks USING btree (started_at) WHER
 
 CREATE INDEX idx_tasks_list_covering ON public.tasks USING btree (tenant_id, assigned_to, status) INCLUDE (title, priority, created_at) WHERE (deleted_at IS NULL);
 
+CREATE INDEX idx_tasks_open_assignee ON public.tasks USING btree (tenant_id, assigned_to) WHERE ((status = ANY (ARRAY['assigned'::public.task_status, 'accepted'::public.task_status, 'in_progress'::public.task_status])) AND (deleted_at IS NULL));
+
 CREATE INDEX idx_tasks_parent_id ON public.tasks USING btree (parent_task_id) WHERE (parent_task_id IS NOT NULL);
 
 CREATE INDEX idx_tasks_status ON public.tasks USING btree (status) WHERE ((status <> ALL (ARRAY['completed'::public.task_status, 'failed'::public.task_status, 'cancelled'::public.task_status])) AND (deleted_at IS NULL));
@@ -1185,6 +1201,8 @@ ALTER TABLE public.task_delegations ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.tasks ENABLE ROW LEVEL SECURITY;
 
+CREATE POLICY tasks_failover_sweep_select ON public.tasks FOR SELECT TO tandem_owner USING (((execution_id IS NOT NULL) AND (status = ANY (ARRAY['pending'::public.task_status, 'assigned'::public.task_status, 'accepted'::public.task_status])) AND (deleted_at IS NULL)));
+
 CREATE POLICY tasks_soft_delete ON public.tasks AS RESTRICTIVE FOR SELECT TO tandem_app USING ((deleted_at IS NULL));
 
 CREATE POLICY tasks_tenant_isolation ON public.tasks USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
@@ -1261,6 +1279,9 @@ GRANT ALL ON FUNCTION public.tandem_ops_hint(p_doc uuid, p_seq bigint, p_node te
 
 REVOKE ALL ON FUNCTION public.tandem_uuidv7() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.tandem_uuidv7() TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.tenants_with_open_step_tasks(after uuid, max_tenants integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.tenants_with_open_step_tasks(after uuid, max_tenants integer) TO tandem_app;
 
 REVOKE ALL ON FUNCTION public.tenants_with_overdue_tasks(max_tenants integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.tenants_with_overdue_tasks(max_tenants integer) TO tandem_app;

@@ -143,6 +143,7 @@ async def test_notes11_app_role_has_exactly_the_privileges_it_needs(admin_conn) 
         "tandem_maintain_partitions", "lock_allows_write", "sweep_task_timeouts", "tandem_append_batch",
         "tandem_uuidv7", "tenants_with_overdue_tasks", "tandem_ops_hint",  # 0022: called by tandem_append_batch
         "agent_listed_status",  # 0023
+        "tenants_with_open_step_tasks",  # 0026: the failover sweep's tenant ids
     }
     schema = await admin_conn.fetchrow(
         "SELECT has_schema_privilege('tandem_app', 'public', 'USAGE') AS usage,"

@@ -44,7 +44,7 @@ EXPECTED_ACTORS: dict[str, set[str]] = {
     "complete": {"assignee"},
     "fail": {"assignee"},
     "cancel": {"creator", "manager"},
-    "delegate": {"assignee", "creator", "manager"},
+    "delegate": {"assignee", "creator", "manager", "system"},
     "timeout": {"system"},
 }
 
@@ -109,6 +109,14 @@ def test_only_the_sweep_times_a_task_out() -> None:
     assert check("in_progress", "timeout", {Actor.SYSTEM}, False) is Status.TIMEOUT
     with pytest.raises(TandemError):
         check("in_progress", "timeout", {Actor.CREATOR, Actor.ASSIGNEE, Actor.MANAGER, Actor.SELF_CLAIM}, False)
+
+
+def test_failover_sends_an_open_task_back_to_assigned_and_never_a_finished_one() -> None:
+    for status in ("assigned", "accepted", "in_progress"):
+        assert check(status, "delegate", {Actor.SYSTEM}, False) is Status.ASSIGNED
+    for status in ("completed", "failed", "cancelled"):
+        with pytest.raises(TandemError):
+            check(status, "delegate", {Actor.SYSTEM}, False)
 
 
 def test_unknown_names_are_invalid_transitions_not_crashes() -> None:

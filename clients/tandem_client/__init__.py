@@ -42,9 +42,11 @@ from tandem_client.wire import (  # noqa: E402
 from tandem_client.executions import ExecutionEvent, Run  # noqa: E402
 from tandem_client.workflows import Workflows  # noqa: E402
 from tandem_client.workspace import Workspace  # noqa: E402
+from tandem_client.work import AssignedTasks  # noqa: E402
 
 __all__ = [
     "Agent",
+    "AssignedTasks",
     "Agents",
     "REMOTE",
     "Client",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tandem_client import wire
 from tandem_client.coordination import EventStream, Streams
+from tandem_client.work import AssignedTasks
 
 if TYPE_CHECKING:
     from tandem_client.workspace import Workspace
@@ -143,6 +144,12 @@ class Tasks:
         self.workspace._check()
         frame = await self.workspace.client._idempotent("task.stats", {"workspace_id": self.workspace.workspace_id})
         return {"workload": frame["workload"], "statistics": frame["statistics"]}
+
+    def assigned_to_me(self, *, relist_s: float = 30.0, max_queue: int | None = None) -> AssignedTasks:
+        """The tasks assigned to this agent here, open ones first, then each new assignment as
+        it happens (tandem_client/work.py): `async with ws.tasks.assigned_to_me() as mine:
+        async for task in mine:` accept, start, complete."""
+        return AssignedTasks(self, relist_s=relist_s, max_queue=max_queue)
 
     def events(self, max_queue: int | None = None) -> EventStream[TaskEvent]:
         """`task.changed` events of this workspace from now on, this client's own changes

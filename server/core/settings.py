@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     max_state_bytes: int = 262_144  # workspace state, as compact JSON
     task_sweep_interval_s: float = 1.0  # how often this node looks for tasks past their timeout
     task_sweep_batch: int = 100  # tasks marked per sweep statement
+    # A step task's holder not stamped by any node's heartbeat (every presence_ttl_s / 3) for
+    # this long is gone: the sweep fails its tasks over to another capable agent.
+    agent_failover_grace_s: float = 30.0
     max_workflow_steps: int = 100  # steps in one workflow definition
     max_workflow_bytes: int = 65_536  # one workflow definition, as compact JSON
     max_execution_input_bytes: int = 65_536  # one execution's input (and context), as compact JSON

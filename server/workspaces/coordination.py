@@ -28,7 +28,7 @@ from server.db import store
 from server.documents.room import LockView
 from server.documents.rooms import RoomRegistry
 from server.wire import protocol_coordination as pc
-from server.workspaces import executions, locks, state, tasks
+from server.workspaces import execution_failover, executions, locks, state, tasks
 from server.workspaces.workspace_events import execution_events, task_event
 
 log = structlog.get_logger("tandem.coordination")
@@ -121,6 +121,7 @@ class Coordination:
         self.events.observers.append(self._observe_deletes)
         self.background: set[asyncio.Task[None]] = set()
         self.swept = 0
+        self._failover_after: uuid.UUID | None = None  # where the next failover sweep goes on
 
     # --- events ----------------------------------------------------------------------------------
 
@@ -211,12 +212,14 @@ class Coordination:
     # --- task timeouts ---------------------------------------------------------------------------
 
     async def sweep_forever(self) -> None:
-        """Every `task_sweep_interval_s`: mark overdue tasks `timeout` (safe on every node)."""
+        """Every `task_sweep_interval_s`: mark overdue tasks `timeout` and fail over step tasks
+        of agents gone or out of service (both safe on every node)."""
         while True:
             await asyncio.sleep(self.settings.task_sweep_interval_s)
             self.known_locks.prune()
             try:
                 await self.sweep_once()
+                await self.failover_once()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("coordination.sweep_failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -251,6 +254,43 @@ class Coordination:
                 self.deliver(event)
         self.swept += swept
         return swept
+
+    async def failover_once(self) -> int:
+        """Fail over at most `task_sweep_batch` step tasks (server/workspaces/execution_failover.py)
+        of up to `task_sweep_batch` tenants with open step tasks, taken in turn across sweeps,
+        and hand out their waiting step tasks: each tenant's moves and their `task.changed`
+        events (by `system`, to the new and the previous holder too) commit in one transaction
+        of that tenant."""
+        budget, grace = self.settings.task_sweep_batch, self.settings.agent_failover_grace_s
+        async with self.pool.acquire() as conn:
+            tenants = await execution_failover.open_step_tenants(conn, self._failover_after, budget)
+        moved = 0
+        for tenant_id in tenants:
+            if moved >= budget:
+                break
+            self._failover_after = tenant_id
+            events: list[Event] = []
+            async with store.tenant_transaction(self.pool, tenant_id) as conn:
+                found = await execution_failover.fail_over(conn, grace, self.settings.presence_ttl_s, budget - moved)
+                for one in found:
+                    event = task_event(
+                        tenant_id, one.task, "delegate", executions.ENGINE, one.delegation, frozenset({one.previous})
+                    )
+                    await self.publish(conn, event)
+                    events.append(event)
+                # Waiting step tasks too: an agent may be back (or free) without registering again.
+                waiting = await executions.hand_out_waiting(conn, self.settings.presence_ttl_s)
+                for event in execution_events(tenant_id, waiting, executions.ENGINE):
+                    await self.publish(conn, event)
+                    events.append(event)
+            moved += len(found)
+            for event in events:
+                self.deliver(event)
+        if moved < budget and len(tenants) < budget:
+            self._failover_after = None  # every tenant was looked at: the next sweep starts over
+        if moved:
+            log.info("coordination.failed_over", tasks=moved)
+        return moved
 
 
 # --- the events (docs/protocol.md#126), each built by its model --------------------------------------

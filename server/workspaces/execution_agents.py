@@ -14,11 +14,12 @@ ENGINE = "system"  # the from_agent_id of the engine's delegations
 
 
 async def pick(
-    conn: asyncpg.Connection, capability: str, seen_within_s: float
+    conn: asyncpg.Connection, capability: str, seen_within_s: float, exclude: str | None = None
 ) -> tuple[str | None, str | None]:
-    """The agent to give a `capability` step to and the delegation type: `automatic` when it was
-    the only free one, `load_balance` when chosen among several; (None, None): none is free."""
-    row = await conn.fetchrow(Q["execution_pick_agent"], seen_within_s, capability)
+    """The agent other than `exclude` to give a `capability` step to and the delegation type:
+    `automatic` when it was the only free one, `load_balance` when chosen among several;
+    (None, None): none is free."""
+    row = await conn.fetchrow(Q["execution_pick_agent"], seen_within_s, capability, exclude)
     if row is None:
         return None, None
     return row["agent_id"], "load_balance" if row["candidates"] > 1 else "automatic"

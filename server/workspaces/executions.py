@@ -211,6 +211,14 @@ async def after_outcome(
     return out
 
 
+async def hand_out_waiting(conn: asyncpg.Connection, seen_within_s: float) -> Outcome:
+    """Give waiting step tasks to free agents now: when an agent registers or becomes `active`
+    again, it may be the one they wait for. The tasks given out are in the outcome."""
+    out = Outcome()
+    await _assign_waiting(conn, out, seen_within_s)
+    return out
+
+
 # --- queries -----------------------------------------------------------------------------------
 
 

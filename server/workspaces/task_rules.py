@@ -47,7 +47,7 @@ class Actor(StrEnum):
     ASSIGNEE = "assignee"
     MANAGER = "manager"  # the workspace's owner or an admin
     SELF_CLAIM = "self_claim"  # a writer assigning the task to itself
-    SYSTEM = "system"  # the timeout sweep, never a client
+    SYSTEM = "system"  # the timeout and failover sweeps, never a client
 
 
 S, A = Status, Action
@@ -88,7 +88,7 @@ ACTORS: dict[Action, frozenset[Actor]] = {
     A.COMPLETE: frozenset({Actor.ASSIGNEE}),
     A.FAIL: frozenset({Actor.ASSIGNEE}),
     A.CANCEL: frozenset({Actor.CREATOR, Actor.MANAGER}),
-    A.DELEGATE: frozenset({Actor.ASSIGNEE, Actor.CREATOR, Actor.MANAGER}),
+    A.DELEGATE: frozenset({Actor.ASSIGNEE, Actor.CREATOR, Actor.MANAGER, Actor.SYSTEM}),
     A.TIMEOUT: frozenset({Actor.SYSTEM}),
 }
 

@@ -64,16 +64,19 @@ VALUES (current_tenant_id(), $1, $2, $3, $4, $5::task_priority, $6, $7::text,
 RETURNING {task};
 
 -- name: execution_pick_agent
--- The least-loaded agent with capability $2 that is listed active (presence TTL $1) and has a free slot,
--- and how many such agents there were.
+-- The least-loaded agent with capability $2 that is listed active (presence TTL $1), has a free slot and
+-- is not $3 (null: any), and how many such agents there were. Load: its open tasks, as v_agent_workload
+-- counts them (assigned, accepted, in progress), read through idx_tasks_open_assignee.
 SELECT agent_id, count(*) OVER () AS candidates
 FROM (
     SELECT agent_id, max_concurrent_tasks,
-           coalesce((SELECT w.pending_tasks + w.active_tasks FROM v_agent_workload w
-                     WHERE w.agent_id = agents.agent_id), 0) AS load
+           (SELECT count(*) FROM tasks t
+             WHERE t.tenant_id = agents.tenant_id AND t.assigned_to = agents.agent_id
+               AND t.status IN ('assigned', 'accepted', 'in_progress') AND t.deleted_at IS NULL) AS load
     FROM agents
     WHERE capabilities @> ARRAY[$2::text]
       AND agent_listed_status(status, last_seen_at, $1, CURRENT_TIMESTAMP) = 'active'
+      AND ($3::text IS NULL OR agent_id <> $3::text)
 ) a
 WHERE load < max_concurrent_tasks
 ORDER BY load, agent_id
@@ -106,3 +109,37 @@ SELECT {task}
 FROM tasks WHERE execution_id = $1
 ORDER BY created_at, id
 LIMIT $2;
+
+-- name: execution_open_step_tenants
+-- At most $2 tenants with an open step task held by an agent or waiting for one, in id order after $1
+-- (null: from the first): ids only, across tenants (SECURITY DEFINER, migration 0026).
+SELECT t AS tenant_id FROM tenants_with_open_step_tasks($1, $2) AS t;
+
+-- name: execution_orphaned_tasks
+-- At most $2 open step tasks of the current tenant held by an agent not stamped for $1 s or in error or
+-- maintenance, of steps given by capability (a step naming its agent has no stand-in), oldest assignment
+-- first, locked (another node's sweep skips them); with the holder's registered status and the capability.
+SELECT {task},
+       (SELECT a.status::text FROM agents a
+         WHERE a.tenant_id = tasks.tenant_id AND a.agent_id = tasks.assigned_to) AS holder_status,
+       (SELECT s->>'capability'
+          FROM workflow_executions e
+          JOIN workflow_versions v ON v.workflow_id = e.workflow_id AND v.version = e.workflow_version,
+               jsonb_array_elements(v.steps) AS s
+         WHERE e.id = tasks.execution_id AND s->>'id' = tasks.step_id) AS capability
+FROM tasks
+WHERE execution_id IS NOT NULL AND deleted_at IS NULL
+  AND status IN ('assigned', 'accepted', 'in_progress')
+  AND EXISTS (SELECT 1 FROM agents a
+               WHERE a.tenant_id = tasks.tenant_id AND a.agent_id = tasks.assigned_to
+                 AND (a.status IN ('error', 'maintenance')
+                      OR a.last_seen_at IS NULL
+                      OR a.last_seen_at < CURRENT_TIMESTAMP - $1::double precision * interval '1 second'))
+  AND EXISTS (SELECT 1
+                FROM workflow_executions e
+                JOIN workflow_versions v ON v.workflow_id = e.workflow_id AND v.version = e.workflow_version,
+                     jsonb_array_elements(v.steps) AS s
+               WHERE e.id = tasks.execution_id AND s->>'id' = tasks.step_id AND s ? 'capability')
+ORDER BY assigned_at, id
+LIMIT $2
+FOR UPDATE SKIP LOCKED;

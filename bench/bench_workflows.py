@@ -1,0 +1,273 @@
+"""Workflow benchmark: executions of a 5-step workflow done by 10 SDK agents on two nodes.
+
+Starts its own PostgreSQL (fsync on) and two `tandem serve` nodes on it. The workflow:
+`a`, then `b` and `c` in parallel, then `d` (joins them), then `e`; every step needs the
+capability `work`. Ten SDK agents (five per node) register it and work through
+`ws.tasks.assigned_to_me()`: accept, start, complete each task given to them, concurrently up to
+their slots. A driver on each node keeps `--in-flight` executions running (starts one when one
+ends) until `--count` executions completed or `--time-limit-s` passed. Measured:
+- executions completed per second (and step transitions per second: 5 per execution);
+- step-advance latency: from sending `task.complete` of a step's task (the last of a join's)
+  until the next step's task arrives at the agent it was assigned to (its `task.changed`), in
+  milliseconds, p50/p95/p99 over every advance.
+All clients run in this one process (the client side shares the machine's cores with the nodes
+and PostgreSQL). Prints the figures; asserts nothing; stops what it started, by pid.
+
+    .venv/bin/python bench/bench_workflows.py [--count 300] [--in-flight 10] [--time-limit-s 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+for path in (REPO, REPO / "clients"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import tandem_client
+
+from bench.common import (
+    Postgres,
+    cleanup_dir,
+    cpu_percent,
+    cpu_seconds,
+    jwt_secret,
+    machine,
+    machine_busy_seconds,
+    start_nodes,
+    summarize,
+    tree_pids,
+    workdir,
+)
+from server.core.auth import issue_token
+
+SERVER_ENV = {
+    "TANDEM_MAX_MESSAGES_PER_S": "100000",
+    "TANDEM_MAX_MESSAGE_BURST": "100000",
+}
+AGENTS, SLOTS = 10, 8
+STEPS = [
+    {"id": "a", "task": {"title": "A"}, "capability": "work"},
+    {"id": "b", "task": {"title": "B"}, "capability": "work", "depends_on": ["a"]},
+    {"id": "c", "task": {"title": "C"}, "capability": "work", "depends_on": ["a"]},
+    {"id": "d", "task": {"title": "D"}, "capability": "work", "depends_on": ["b", "c"]},
+    {"id": "e", "task": {"title": "E"}, "capability": "work", "depends_on": ["d"]},
+]
+DEPENDS = {s["id"]: s.get("depends_on", []) for s in STEPS}
+WAIT_S = 60.0  # one execution's deadline
+
+
+class Clock:
+    """When each step task's completion was sent, and the advances measured from them."""
+
+    def __init__(self) -> None:
+        self.completed: dict[tuple[str, str], float] = {}
+        self.advances: list[float] = []
+        self.measuring = False
+
+    def arrived(self, task: tandem_client.Task, now: float) -> None:
+        deps = DEPENDS.get(task.step_id or "", [])
+        sent = [self.completed.get((task.execution_id or "", d)) for d in deps]
+        if self.measuring and deps and all(t is not None for t in sent):
+            self.advances.append((now - max(t for t in sent if t is not None)) * 1000)
+
+
+async def worker(
+    client: tandem_client.Client, ws_id: str, clock: Clock, stop: asyncio.Event
+) -> None:
+    ws = await client.join(ws_id)
+    running: set[asyncio.Task[None]] = set()
+
+    async def do(task: tandem_client.Task) -> None:
+        with contextlib.suppress(tandem_client.InvalidTransition):
+            await ws.tasks.accept(task)
+            await ws.tasks.start(task)
+            clock.completed[(task.execution_id or "", task.step_id or "")] = (
+                time.perf_counter()
+            )
+            await ws.tasks.complete(task, {"by": client.agent_id})
+
+    async with ws.tasks.assigned_to_me() as mine:
+        async for task in mine:
+            clock.arrived(task, time.perf_counter())
+            if stop.is_set():
+                break
+            job = asyncio.create_task(do(task))
+            running.add(job)
+            job.add_done_callback(running.discard)
+
+
+async def driver(ws: tandem_client.Workspace, flow: tandem_client.Workflow, in_flight: int, quota: list[int],
+                 deadline: float, done: list[float]) -> None:  # fmt: skip
+    async def one() -> None:
+        while quota[0] > 0 and time.monotonic() < deadline:
+            quota[0] -= 1
+            run = await ws.workflows.start(flow, input={})
+            final = await run.wait(timeout_s=WAIT_S)
+            if final.status == "completed":
+                done.append(time.perf_counter())
+
+    await asyncio.gather(*(one() for _ in range(in_flight)))
+
+
+class Cpu:
+    """CPU used in the measured window by the nodes, PostgreSQL, this process and the rest."""
+
+    def __init__(self, node_pids: list[int], pg_pid: int) -> None:
+        self.groups = {
+            "nodes": lambda: node_pids,
+            "postgres": lambda: tree_pids(pg_pid),
+            "client": lambda: [os.getpid()],
+        }
+        self.before = {name: cpu_seconds(pids()) for name, pids in self.groups.items()}
+        self.busy, self.started = machine_busy_seconds(), time.perf_counter()
+
+    def report(self) -> str:
+        wall = time.perf_counter() - self.started
+        used = {
+            name: cpu_percent(self.before[name], cpu_seconds(pids()), wall)
+            for name, pids in self.groups.items()
+        }
+        other = 100.0 * (machine_busy_seconds() - self.busy) / wall - sum(used.values())
+        return "cpu % of one core: " + "  ".join(
+            f"{k} {v:.0f}" for k, v in {**used, "other": other}.items()
+        )
+
+
+async def run(
+    urls: list[str], secret: str, count: int, in_flight: int, warmup: int, time_limit_s: float,
+    pids: tuple[list[int], int],
+) -> None:  # fmt: skip
+    tenant = uuid.uuid4()
+
+    def connect(agent: str, node: int) -> tandem_client.Client:
+        return tandem_client.connect(
+            urls[node], issue_token(secret, tenant, agent, 3600)
+        )
+
+    async with contextlib.AsyncExitStack() as stack:
+        owners = [
+            await stack.enter_async_context(connect(f"owner-{n}", n)) for n in range(2)
+        ]
+        info = await owners[0].create_workspace("bench", visibility="team")
+        spaces = [await o.join(info.workspace_id) for o in owners]
+        agents = [
+            await stack.enter_async_context(connect(f"agent-{i}", i % 2))
+            for i in range(AGENTS)
+        ]
+        for agent in agents:
+            await agent.agents.register(
+                agent.agent_id or "", capabilities=["work"], max_concurrent_tasks=SLOTS
+            )
+        flow = await spaces[0].workflows.define("bench", "parallel", STEPS)
+        clock, stop = Clock(), asyncio.Event()
+        workers = [
+            asyncio.create_task(worker(a, info.workspace_id, clock, stop))
+            for a in agents
+        ]
+        try:
+            warm: list[float] = []
+            await driver(
+                spaces[0],
+                flow,
+                in_flight,
+                [warmup],
+                time.monotonic() + time_limit_s,
+                warm,
+            )
+            clock.measuring = True
+            done: list[float] = []
+            quota = [count]
+            started = time.perf_counter()
+            cpu = Cpu(*pids)
+            deadline = time.monotonic() + time_limit_s
+            shares = [in_flight - in_flight // 2, in_flight // 2]  # drivers per node
+            await asyncio.gather(
+                *(
+                    driver(s, flow, n, quota, deadline, done)
+                    for s, n in zip(spaces, shares, strict=True)
+                    if n
+                )
+            )
+            wall = time.perf_counter() - started
+            used = cpu.report()
+        finally:
+            stop.set()
+            for job in workers:
+                job.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+    per_s = len(done) / wall if wall else 0.0
+    lat = summarize(clock.advances)
+    print(
+        f"executions completed: {len(done)} in {wall:.1f} s ({in_flight} in flight, over 2 nodes, {AGENTS} agents)"
+    )
+    print(f"executions/s: {per_s:.1f}   step transitions/s: {per_s * len(STEPS):.0f}")
+    print(
+        f"step advance (complete sent -> next task at its agent), ms, n={len(clock.advances)}: "
+        f"p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}"
+    )
+    print(used)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--count", type=int, default=300, help="executions measured (at most)"
+    )
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=10,
+        help="executions running at once, over both nodes",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="executions run before measuring"
+    )
+    parser.add_argument(
+        "--time-limit-s",
+        type=float,
+        default=120.0,
+        help="bound on the warm-up and on the measurement",
+    )
+    args = parser.parse_args()
+    for key, value in machine().items():
+        print(f"{key}: {value}")
+    work = workdir("tandem-bench-workflows-")
+    pg = Postgres(work).start()
+    nodes = []
+    try:
+        print(
+            f"postgres: {pg.version()} (fsync on); server rate limit raised: {SERVER_ENV}"
+        )
+        secret = jwt_secret()
+        nodes = start_nodes(2, pg.admin_url, secret, work, SERVER_ENV)
+        urls = [n.ws_url for n in nodes]
+        pids = ([n.pid for n in nodes], pg.postmaster_pid)
+        asyncio.run(
+            run(
+                urls,
+                secret,
+                args.count,
+                args.in_flight,
+                args.warmup,
+                args.time_limit_s,
+                pids,
+            )
+        )
+    finally:
+        for node in nodes:
+            node.stop()
+        pg.destroy()
+        cleanup_dir(work)
+
+
+if __name__ == "__main__":
+    main()
