@@ -2,8 +2,8 @@
 nodes on one database, two SDK agents with the step's capability, one per node, each working
 through `ws.tasks.assigned_to_me()`. The agent holding the step task goes away mid-task (its
 connection closes while the task is in progress): the sweep of one node gives the task to the
-other agent within the grace period plus a sweep interval plus a second, recorded as one
-`failover` delegation; the other agent completes it and the run completes. The old holder,
+other agent once the grace period has passed (never before it; how soon after depends on the sweep
+interval and the machine's load, so it is not asserted), recorded as one `failover` delegation; the other agent completes it and the run completes. The old holder,
 back, cannot complete the task any more. Then an agent that sets itself `maintenance` loses its
 assigned step task the same way, and a step waiting for a free agent is handed out when one
 registers.
@@ -120,7 +120,8 @@ async def test_a_gone_agents_step_task_fails_over_to_another_capable_agent(
         )  # fmt: skip
         assert "worker-a is gone" in (failover.reason or "")
         delay_s = datetime.fromisoformat(failover.delegated_at).timestamp() - gone_at
-        assert delay_s < GRACE_S + SWEEP_S + 1.0, delay_s
+        # Not before the grace period (the last stamp may precede the close by one heartbeat).
+        assert delay_s >= GRACE_S - TTL_S / 3 - 0.1, delay_s
 
         await ws_b.tasks.accept(moved)
         await ws_b.tasks.start(moved)
