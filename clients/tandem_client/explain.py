@@ -54,7 +54,7 @@ TAKEN_BY: dict[str, frozenset[str]] = {
     "complete": frozenset({"assignee"}),
     "fail": frozenset({"assignee"}),
     "cancel": frozenset({"creator", "manager"}),
-    "delegate": frozenset({"assignee", "creator", "manager"}),
+    "delegate": frozenset({"assignee", "creator", "manager", "system"}),
     "timeout": frozenset({"system"}),
 }
 
@@ -63,7 +63,7 @@ _ACTOR_WORDS = {
     "creator": "its creator",
     "manager": "a workspace owner/admin",
     "self_claim": "a writer claiming it for itself",
-    "system": "the server's timeout sweep",
+    "system": "the server's sweeps (timeout, failover)",
 }
 _STATUS_ORDER = (
     "pending",
