@@ -11,7 +11,7 @@ from pycrdt import Doc, Text
 from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.conftest import Tandem
-from tests.e2e.test_http import (  # noqa: F401 (fixtures)
+from tests.e2e.http_peers import (  # noqa: F401 (fixtures)
     FAST,
     assert_problem,
     bearer,
