@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import asyncpg
@@ -183,7 +185,7 @@ def workflow_start(
         fail("--input must be a JSON object")
 
     async def action(pool: asyncpg.Pool) -> Any:
-        try:
+        with _refused(f"workflow {workflow} not started"):
             async with store.tenant_transaction(pool, tenant, ACTOR) as conn:
                 found = await workflows.get(conn, None, workflow, None)
                 run = await executions.start(
@@ -191,14 +193,19 @@ def workflow_start(
                     max_input_bytes=settings.max_execution_input_bytes, seen_within_s=settings.presence_ttl_s,
                 )  # fmt: skip
                 await _published(conn, tenant, run)
-        except TandemError as exc:
-            raise AdminError(
-                f"workflow {workflow} not started: {exc.code.value}: {exc.message}"
-            ) from None
         assert run.execution is not None
         return run.execution.to_wire()
 
     _print_execution(run_admin(settings, action), as_json)
+
+
+@contextmanager
+def _refused(what: str) -> Iterator[None]:
+    """A refusal of the action (a `TandemError`) as one line: WHAT: code: message."""
+    try:
+        yield
+    except TandemError as exc:
+        raise AdminError(f"{what}: {exc.code.value}: {exc.message}") from None
 
 
 def workflow_cancel(
@@ -211,23 +218,12 @@ def workflow_cancel(
     settings = settings_from(data_dir=data_dir)
 
     async def action(pool: asyncpg.Pool) -> Any:
-        try:
+        with _refused(f"execution {execution} not cancelled"):
             async with store.tenant_transaction(pool, tenant, ACTOR) as conn:
                 found, _ = await executions.get(conn, None, execution, 1)
                 assert found.workspace_id is not None
-                run = await executions.control(
-                    conn,
-                    "owner",
-                    found.workspace_id,
-                    execution,
-                    "cancel",
-                    settings.presence_ttl_s,
-                )
+                run = await executions.control(conn, "owner", found.workspace_id, execution, "cancel", settings.presence_ttl_s)
                 await _published(conn, tenant, run)
-        except TandemError as exc:
-            raise AdminError(
-                f"execution {execution} not cancelled: {exc.code.value}: {exc.message}"
-            ) from None
         assert run.execution is not None
         return run.execution.to_wire()
 
