@@ -262,6 +262,7 @@ class AgentConnection(
         room = self.rooms.pop(msg.doc_id, None)
         if room is not None:
             room.close(self.conn_id)
+        self.refused_since_sync.discard(msg.doc_id)  # bounded by the documents open now
         self.session.closed_doc(msg.doc_id)
         self.reply(p.DocCloseOk(re=msg.id, doc_id=msg.doc_id))
         if room is not None:
