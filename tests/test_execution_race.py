@@ -61,3 +61,26 @@ async def test_two_transactions_completing_the_last_two_branches_create_the_join
             ex, _ = await executions.get(conn, env.ws_a, out.execution.execution_id, 10)
         assert ex.step_results == {"a": {"by": "alice"}, "b": {"by": "bob"}}
         assert ex.step_states["join"]["status"] == "running"
+
+
+async def test_two_transactions_starting_steps_for_an_agent_with_one_free_slot_give_it_one(
+    env,
+) -> None:
+    # Each start counts the agent's open tasks in its own snapshot; without a lock between the
+    # count and the commit both see the free slot and the agent gets two tasks for one slot.
+    await register(env, "alice", ["solo"], slots=1)
+    flow = await define(env, "one slot", {"type": "sequential", "steps": [step("a", capability="solo")]})
+
+    async def start_and_wait(barrier: asyncio.Barrier) -> executions.Outcome:
+        async with tx(env.pool, "olivia") as conn:
+            async with asyncio.timeout(BARRIER_TIMEOUT_S):
+                await barrier.wait()  # both transactions are open before either picks
+            return await executions.start(
+                conn, "olivia", ROLES["olivia"], env.ws_a, flow, None, {}, {},
+                max_input_bytes=1 << 20, seen_within_s=SEEN_S,
+            )  # fmt: skip
+
+    barrier = asyncio.Barrier(2)
+    await asyncio.gather(start_and_wait(barrier), start_and_wait(barrier))
+    rows = await env.admin.fetch("SELECT assigned_to, status FROM tasks WHERE step_id = 'a' ORDER BY created_at")
+    assert sorted((r["status"], r["assigned_to"] or "") for r in rows) == [("assigned", "alice"), ("pending", "")]

@@ -18,7 +18,9 @@ async def pick(
 ) -> tuple[str | None, str | None]:
     """The agent other than `exclude` to give a `capability` step to and the delegation type:
     `automatic` when it was the only free one, `load_balance` when chosen among several;
-    (None, None): none is free."""
+    (None, None): none is free. Picks of one tenant wait for each other's commit (a lock held
+    to the end of the transaction), so a slot counted free is not filled twice."""
+    await conn.execute(Q["execution_lock_agent_slots"])
     row = await conn.fetchrow(Q["execution_pick_agent"], seen_within_s, capability, exclude)
     if row is None:
         return None, None

@@ -63,6 +63,11 @@ VALUES (current_tenant_id(), $1, $2, $3, $4, $5::task_priority, $6, $7::text,
         $8::text::jsonb, $9, 0, $10, $11, $12)
 RETURNING {task};
 
+-- name: execution_lock_agent_slots
+-- Held until commit by a transaction that gives out step tasks, so that the next one's pick
+-- counts the tasks it assigned: two transactions never fill the same free slot.
+SELECT pg_advisory_xact_lock(hashtextextended('tandem.agent_slots:' || current_tenant_id()::text, 0));
+
 -- name: execution_pick_agent
 -- The least-loaded agent with capability $2 that is listed active (presence TTL $1), has a free slot and
 -- is not $3 (null: any), and how many such agents there were. Load: its open tasks, as v_agent_workload
