@@ -16,6 +16,9 @@ import pytest
 import tandem_client
 import websockets
 from pycrdt import Doc, Text, get_update
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
 
 from tests import wsclient
 from tests.conftest import TENANT_A
@@ -216,7 +219,7 @@ async def test_sigterm_settles_what_was_received_then_closes_with_1012_and_every
         await docs[1].wait_for(lambda d: str(d.text) == final, timeout_s=30)
         for editor in yjs:
             await editor.wait_for(lambda c: c.text == final, timeout_s=30)
-            assert (1012, "server_shutdown") in editor.closes
+            assert (1012, "server_shutdown") in editor.closes, (editor.closes, server.log_tail())
         assert miscounted(final, markers) == {}
         rows = await operation_rows(tandem.db, doc_id)
         assert await replayed_text(tandem.db, doc_id) == final
@@ -247,3 +250,61 @@ async def test_sigterm_commits_and_acknowledges_what_was_read_of_a_burst_before_
     (closed,) = log_events(server, "connections.closed")
     assert closed["still_open"] == 0 and closed["unsettled"] == 0
     print(f"read before SIGTERM: {len(stored)} of {len(updates)}; settled after reading stopped: {closed['updates']}")
+
+
+def slow_closing_client(url: str, reply_after_s: float, deadline_s: float = 30) -> dict:
+    """A client like an editor on a busy machine: it keeps writing (a ping every 10 ms) and
+    answers the server's close frame only `reply_after_s` later. Returns what it saw."""
+    uri = parse_uri(url)
+    proto = ClientProtocol(uri)
+    sock = socket.create_connection((uri.host, uri.port), timeout=10)
+    proto.send_request(proto.connect())
+    sock.sendall(b"".join(proto.data_to_send()))
+    ping = Frame(Opcode.PING, b"").serialize(mask=True, extensions=[])  # websockets masks as a client must
+    seen: dict = {"close": None, "write_error": None, "end": None}
+    closed_at = None
+    sock.setblocking(False)
+    started = time.monotonic()
+    while time.monotonic() - started < deadline_s:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            data = None
+        except OSError as exc:
+            seen["end"] = type(exc).__name__
+            return seen
+        if data == b"":
+            seen["end"] = "eof"
+            return seen
+        if data:
+            proto.receive_data(data)
+            for event in proto.events_received():
+                if isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                    seen["close"] = proto.close_rcvd.code if proto.close_rcvd else None
+                    closed_at = time.monotonic()
+        try:
+            if closed_at is None or time.monotonic() - closed_at < reply_after_s:
+                sock.send(ping)
+            elif (reply := b"".join(proto.data_to_send())):  # the close reply, sent once
+                sock.send(reply)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            seen["write_error"] = type(exc).__name__
+        time.sleep(0.01)
+    return seen
+
+
+async def test_sigterm_waits_for_a_slow_client_s_close_reply_before_closing_its_connection(tandem: Tandem) -> None:
+    # A node that closed the TCP connection right after its close frame, while the client was
+    # still writing, reset it: a browser (or Node) editor that had not yet read the close frame
+    # lost it and saw 1006 instead of 1012, so it could not tell a restart from a crash.
+    server = tandem.start()
+    async with tandem.agent(TENANT_A, "alice") as alice:
+        ws_id, doc_id = await shared_doc(alice)
+    url = f"{base_url(tandem)}/yjs/{ws_id}/{doc_id}?token={tok('editor')}"
+    client = asyncio.create_task(asyncio.to_thread(slow_closing_client, url, reply_after_s=0.5))
+    await eventually(lambda: log_events(server, "yws.joined") != [])
+    assert await asyncio.to_thread(server.stop) == 0, server.log_tail()
+    seen = await client
+    assert seen == {"close": 1012, "write_error": None, "end": "eof"}, server.log_tail()
