@@ -659,9 +659,11 @@ CREATE TABLE public.tasks (
     execution_id uuid,
     step_id character varying(64),
     attempt integer,
+    collaborator character varying(255),
     CONSTRAINT parameters_is_object CHECK ((jsonb_typeof(parameters) = 'object'::text)),
     CONSTRAINT result_is_object CHECK (((result IS NULL) OR (jsonb_typeof(result) = 'object'::text))),
     CONSTRAINT retry_count_valid CHECK (((retry_count >= 0) AND (retry_count <= max_retries))),
+    CONSTRAINT tasks_collaborator_of_a_step CHECK (((collaborator IS NULL) OR (execution_id IS NOT NULL))),
     CONSTRAINT tasks_execution_step_complete CHECK ((((execution_id IS NULL) AND (step_id IS NULL) AND (attempt IS NULL)) OR ((execution_id IS NOT NULL) AND (step_id IS NOT NULL) AND (attempt >= 1)))),
     CONSTRAINT title_not_empty CHECK ((btrim((title)::text, '
 '::text) <> ''::text)),
@@ -910,9 +912,6 @@ ALTER TABLE ONLY public.task_delegations
     ADD CONSTRAINT task_delegations_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.tasks
-    ADD CONSTRAINT tasks_execution_step_attempt_key UNIQUE (execution_id, step_id, attempt);
-
-ALTER TABLE ONLY public.tasks
     ADD CONSTRAINT tasks_id_tenant_id_key UNIQUE (id, tenant_id);
 
 ALTER TABLE ONLY public.tasks
@@ -1067,6 +1066,8 @@ CREATE INDEX idx_workspaces_owner_id ON public.workspaces USING btree (owner_id)
 CREATE INDEX idx_workspaces_tenant_id ON public.workspaces USING btree (tenant_id);
 
 CREATE INDEX idx_workspaces_type ON public.workspaces USING btree (type) WHERE (deleted_at IS NULL);
+
+CREATE UNIQUE INDEX tasks_execution_step_attempt_key ON public.tasks USING btree (execution_id, step_id, attempt, COALESCE(collaborator, ''::character varying));
 
 ALTER INDEX public.idx_audit_log_changed_at ATTACH PARTITION public.audit_log_default_changed_at_idx;
 

@@ -31,6 +31,14 @@ def step(step_id: str, **fields: Any) -> dict[str, Any]:
     }
 
 
+DOC = "6f1c2d3e-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
+
+
+def collab(step_id: str, **fields: Any) -> dict[str, Any]:
+    """A step done by two agents together on one document."""
+    return {"id": step_id, "task": {"title": f"Do {step_id}"}, "agents": ["x", "y"], "document_id": DOC, **fields}
+
+
 def refusal(definition: Any, **limits: int) -> dict[str, Any]:
     with pytest.raises(TandemError) as info:
         workflow_rules.check_definition(definition, **{**LIMITS, **limits})
@@ -81,6 +89,23 @@ BAD: dict[str, tuple[dict[str, Any], str | None, str, str]] = {
     ),
     "neither agent nor capability": (
         {"type": "sequential", "steps": [{"id": "a", "task": {"title": "A"}}]}, "a", "/steps/0/agent", "exactly one of",
+    ),
+    "agent and agents": (
+        {"type": "collaborative", "steps": [step("a", agents=["x", "y"], document_id=DOC)]}, "a", "/steps/0/agents",
+        "exactly one of",
+    ),
+    "agents in a sequential workflow": (
+        {"type": "sequential", "steps": [collab("a")]}, "a", "/steps/0/agents", "only allowed in collaborative",
+    ),
+    "agents with no shared document": (
+        {"type": "collaborative", "steps": [{k: v for k, v in collab("a").items() if k != "document_id"}]}, "a",
+        "/steps/0/document_id", "needs 'document_id'",
+    ),
+    "one agent in agents": (
+        {"type": "collaborative", "steps": [collab("a", agents=["x"])]}, "a", "/steps/0/agents", "too short",
+    ),
+    "an agent twice in agents": (
+        {"type": "collaborative", "steps": [collab("a", agents=["x", "x"])]}, "a", "/steps/0/agents", "non-unique",
     ),
     "invalid CEL": (
         {"type": "conditional", "steps": [step("a", condition="input.x >")]}, "a", "/steps/0/condition", "not valid CEL",

@@ -1,9 +1,15 @@
-"""Who does a workflow step (docs/protocol.md section 12.9): the least-loaded free agent with
-a capability, from the agent registry (section 12.7), and the delegation that records the choice.
+"""Who does a workflow step (docs/protocol.md section 12.9) and the tasks that start it: its
+named agent, each of its agents (a collaborative step), or the least-loaded free agent with a
+capability from the agent registry (section 12.7) with the delegation that records the choice.
 Called by server/workspaces/executions.py inside the engine's transaction.
 """
 
 from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import asyncpg
 
@@ -11,17 +17,54 @@ from server.db.store import Q
 from server.workspaces import tasks
 
 ENGINE = "system"  # the from_agent_id of the engine's delegations
+STEP_TASK_TYPE = "workflow_step"
+
+
+async def start_step(
+    conn: asyncpg.Connection, execution_id: uuid.UUID, workspace_id: uuid.UUID | None, created_by: str,
+    step: Mapping[str, Any], attempt: int, seen_within_s: float,
+) -> list[tuple[tasks.Task, tasks.Delegation | None]]:  # fmt: skip
+    """Create attempt `attempt` of a step from its task template: one task assigned to its
+    named agent, one to each of its `agents` (all on its document), or one to the least-loaded
+    active agent with its capability and a free slot (none: left pending), with a delegation."""
+    template = step["task"]
+    parameters = dict(template.get("parameters", {}))
+    if "document_id" in step:
+        parameters.setdefault("document_id", step["document_id"])
+    if "capability" in step:
+        who = [await pick(conn, step["capability"], seen_within_s)]
+    else:
+        who = [(agent, None) for agent in step.get("agents", [step.get("agent")])]
+    made = []
+    for assignee, kind in who:
+        row = await conn.fetchrow(
+            Q["execution_task_create"], workspace_id, template["title"], STEP_TASK_TYPE, template.get("description"),
+            template.get("priority", "normal"), created_by, assignee, json.dumps(parameters),
+            template.get("timeout_s", 3600), execution_id, step["id"], attempt, assignee if "agents" in step else None,
+        )  # fmt: skip
+        task = tasks._task(row)
+        delegation = None
+        if kind is not None:
+            reason = f"step {step['id']} needs {step['capability']}"
+            delegation = await delegate(conn, task, assignee, kind, reason)
+        made.append((task, delegation))
+    return made
 
 
 async def pick(
-    conn: asyncpg.Connection, capability: str, seen_within_s: float, exclude: str | None = None
+    conn: asyncpg.Connection,
+    capability: str,
+    seen_within_s: float,
+    exclude: str | None = None,
 ) -> tuple[str | None, str | None]:
     """The agent other than `exclude` to give a `capability` step to and the delegation type:
     `automatic` when it was the only free one, `load_balance` when chosen among several;
     (None, None): none is free. Picks of one tenant wait for each other's commit (a lock held
     to the end of the transaction), so a slot counted free is not filled twice."""
     await conn.execute(Q["execution_lock_agent_slots"])
-    row = await conn.fetchrow(Q["execution_pick_agent"], seen_within_s, capability, exclude)
+    row = await conn.fetchrow(
+        Q["execution_pick_agent"], seen_within_s, capability, exclude
+    )
     if row is None:
         return None, None
     return row["agent_id"], "load_balance" if row["candidates"] > 1 else "automatic"

@@ -99,10 +99,15 @@ def record_outcome(
     attempt: int,
     ok: bool,
     error: str | None,
+    task_id: str | None = None,
+    result: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]] | None:
-    """The step states after attempt `attempt` of `step_id` completed (`ok`) or failed; None when
-    that attempt is not the step's running one (a stale outcome changes nothing). A failure
-    with retries left (attempts so far <= the template's max_retries) is `retry`, else `failed`."""
+    """The step states after task `task_id` of attempt `attempt` of `step_id` completed (`ok`,
+    with `result`) or failed; None when that attempt is not the step's running one (a stale
+    outcome changes nothing). A step of several agents has a task for each (`task_ids`, by
+    agent) and completes once each completed: until then their results wait in its state
+    (`results`, by agent, whoever the task was delegated to). A failure with retries left
+    (attempts so far <= the template's max_retries) is `retry`, else `failed`."""
     current = states.get(step_id)
     if (
         current is None
@@ -111,10 +116,24 @@ def record_outcome(
     ):
         return None
     new = {k: dict(v) for k, v in states.items()}
+    step = _step(steps, step_id)
+    if ok and "agents" in step:
+        agent = next(
+            (a for a, t in current.get("task_ids", {}).items() if t == task_id), None
+        )
+        if agent is None:
+            return None
+        results = {**current.get("results", {}), agent: dict(result or {})}
+        done = set(results) >= set(step["agents"])
+        new[step_id].update(
+            status=COMPLETED if done else RUNNING, error=None, results=results
+        )
+        return new
     if ok:
         new[step_id].update(status=COMPLETED, error=None)
         return new
-    budget = _step(steps, step_id)["task"].get("max_retries", 0)
+    new[step_id].pop("results", None)
+    budget = step["task"].get("max_retries", 0)
     new[step_id].update(status=RETRY if attempt <= budget else FAILED, error=error)
     return new
 
@@ -207,6 +226,14 @@ def plan(
     if all(_settled(steps, new, s["id"]) for s in steps):
         out.finish = Action.COMPLETE
     return out
+
+
+def step_result(
+    step: Mapping[str, Any], state: Mapping[str, Any], result: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What a completed step puts in `step_results`: its task's result, or for a step of several
+    agents their results by agent."""
+    return dict(state["results"]) if "agents" in step else dict(result or {})
 
 
 def _settled(

@@ -29,7 +29,6 @@ from server.workspaces.directory import WRITE_ROLES, rfc3339
 from server.workspaces.execution_rules import Action, Status
 
 ENGINE = execution_agents.ENGINE
-STEP_TASK_TYPE = "workflow_step"
 MAX_WAITING_ASSIGNED = 16  # waiting step tasks given to agents per freed slot check
 # Task actions that end a step attempt, and how a failure other than `fail` is described.
 OUTCOMES = {
@@ -189,17 +188,25 @@ async def after_outcome(
         error = task.error if action == "fail" else f"the task was {OUTCOMES[action]}"
         definition = await _definition(conn, ex)
         states = rules.record_outcome(
-            definition["steps"],
-            ex.step_states,
-            task.step_id,
-            task.attempt or 0,
-            ok,
-            error,
-        )
+            definition["steps"], ex.step_states, task.step_id, task.attempt or 0, ok, error, str(task.task_id),
+            task.result,
+        )  # fmt: skip
         if states is not None:
             results = dict(ex.step_results)
-            if ok:
-                results[task.step_id] = task.result or {}
+            step = next(s for s in definition["steps"] if s["id"] == task.step_id)
+            if states[task.step_id]["status"] == rules.COMPLETED:
+                results[task.step_id] = rules.step_result(
+                    step, states[task.step_id], task.result
+                )
+            elif not ok and "agents" in step:
+                # A collaborative step's attempt failed: its agents' other tasks end with it.
+                for row in await conn.fetch(
+                    Q["execution_cancel_step_tasks"],
+                    task.execution_id,
+                    task.step_id,
+                    task.attempt,
+                ):
+                    out.tasks.append((tasks._task(row), "cancel", None))
             out.previous_status, out.action = ex.status, "advance"
             if ex.status == Status.RUNNING:
                 out.execution = await _advance(
@@ -268,11 +275,18 @@ async def _advance(
     else:
         by_id = {s["id"]: s for s in steps}
         for step_id, attempt in plan.start:
-            task, delegation = await _start_step(
-                conn, ex, by_id[step_id], attempt, seen_within_s
-            )
-            plan.states[step_id]["task_id"] = str(task.task_id)
-            out.tasks.append((task, "create", delegation))
+            made = await execution_agents.start_step(
+                conn, ex.execution_id, ex.workspace_id, ex.triggered_by, by_id[step_id], attempt, seen_within_s
+            )  # fmt: skip
+            state = plan.states[step_id]
+            if "agents" in by_id[step_id]:
+                state.update(
+                    task_id=None,
+                    task_ids={t.assigned_to: str(t.task_id) for t, _ in made},
+                )
+            else:
+                state["task_id"] = str(made[0][0].task_id)
+            out.tasks.extend((task, "create", delegation) for task, delegation in made)
     if plan.finish is not None:
         status = rules.check(status, plan.finish)
         out.action, error = plan.finish, plan.error
@@ -283,38 +297,6 @@ async def _advance(
     if status == Status.FAILED:
         await _cancel_open_tasks(conn, ex.execution_id, out, seen_within_s)
     return saved
-
-
-async def _start_step(
-    conn: asyncpg.Connection,
-    ex: Execution,
-    step: Mapping[str, Any],
-    attempt: int,
-    seen_within_s: float,
-) -> tuple[tasks.Task, tasks.Delegation | None]:
-    """Create the step's task from its template, assigned by the step's rule: its named agent,
-    or the least-loaded active agent with its capability and a free slot (none: left pending)."""
-    template = step["task"]
-    parameters = dict(template.get("parameters", {}))
-    if "document_id" in step:
-        parameters.setdefault("document_id", step["document_id"])
-    assignee, kind = (
-        (step["agent"], None)
-        if "agent" in step
-        else await execution_agents.pick(conn, step["capability"], seen_within_s)
-    )
-    row = await conn.fetchrow(
-        Q["execution_task_create"], ex.workspace_id, template["title"], STEP_TASK_TYPE, template.get("description"),
-        template.get("priority", "normal"), ex.triggered_by, assignee, json.dumps(parameters),
-        template.get("timeout_s", 3600), ex.execution_id, step["id"], attempt,
-    )  # fmt: skip
-    task = tasks._task(row)
-    delegation = None
-    if kind is not None:
-        delegation = await execution_agents.delegate(
-            conn, task, assignee, kind, f"step {step['id']} needs {step['capability']}"
-        )
-    return task, delegation
 
 
 async def _assign_waiting(

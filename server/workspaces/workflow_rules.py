@@ -2,8 +2,9 @@
 
 Three passes, each stopping at the first fault: the size limits, the JSON Schema (Draft 2020-12,
 `jsonschema`), then the graph: unique step ids, known ids in `depends_on` and `on_failure`, no
-cycle, and conditions (only in `conditional` workflows) that compile as CEL (`cel-python`, parsed
-and never evaluated here) and read only `input`, `context` and the results of upstream steps.
+cycle, steps with several agents (only in `collaborative` workflows, on a document), and
+conditions (only in `conditional` workflows) that compile as CEL (`cel-python`, parsed and never
+evaluated here) and read only `input`, `context` and the results of upstream steps.
 A fault is `invalid_workflow` whose details name the step, the field (a JSON pointer into the
 definition) and the reason. Pure: no I/O.
 """
@@ -23,6 +24,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from server.core.errors import ErrorCode, TandemError
 
 TYPES = ("sequential", "parallel", "conditional", "collaborative")  # enum workflow_type
+WHO = ("agent", "capability", "agents")  # who does a step: exactly one of these fields
 VARIABLES = frozenset({"input", "context", "steps"})  # what a condition may read
 # Names a CEL expression may use that are not variables: type denotations.
 _CEL_TYPE_NAMES = frozenset(
@@ -45,6 +47,7 @@ _MACROS = frozenset(
 )  # bind their first argument
 # A step id is a CEL identifier, so a condition can say `steps.review.approved`.
 STEP_ID_PATTERN = "^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_COLLABORATORS = 16  # agents of one collaborative step
 UUID_PATTERN = (
     "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
@@ -90,6 +93,13 @@ SCHEMA: dict[str, Any] = {
                     },
                     "agent": {**_TEXT, "maxLength": 255},
                     "capability": {**_TEXT, "maxLength": 100},
+                    "agents": {
+                        "type": "array",
+                        "minItems": 2,
+                        "maxItems": MAX_COLLABORATORS,
+                        "uniqueItems": True,
+                        "items": {**_TEXT, "maxLength": 255},
+                    },
                     "document_id": {"type": "string", "pattern": UUID_PATTERN},
                     "depends_on": {
                         "type": "array",
@@ -99,8 +109,13 @@ SCHEMA: dict[str, Any] = {
                     "condition": {**_TEXT, "maxLength": 2000},
                     "on_failure": {"type": "string", "pattern": STEP_ID_PATTERN},
                 },
-                # Who does the step: a named agent, or any agent with a capability; never both.
-                "oneOf": [{"required": ["agent"]}, {"required": ["capability"]}],
+                # Who does the step: a named agent, any agent with a capability, or several
+                # named agents together (a collaborative step); exactly one of them.
+                "oneOf": [
+                    {"required": ["agent"]},
+                    {"required": ["capability"]},
+                    {"required": ["agents"]},
+                ],
             },
         },
     },
@@ -190,9 +205,9 @@ def _reason(error: ValidationError, path: list[str | int]) -> str:
         path.append(extra)
         return f"{extra!r} is not allowed here"
     if error.validator == "oneOf":
-        both = "agent" in error.instance and "capability" in error.instance
-        path.append("capability" if both else "agent")
-        return "give exactly one of 'agent' and 'capability'"
+        given = [k for k in WHO if k in error.instance]
+        path.append(given[1] if len(given) > 1 else WHO[0])
+        return "give exactly one of 'agent', 'capability' and 'agents'"
     if error.validator == "pattern" and error.schema.get("pattern") == STEP_ID_PATTERN:
         return "a step id is a letter or underscore, then up to 63 letters, digits or underscores"
     return error.message
@@ -239,6 +254,8 @@ def _check_graph(definition: Mapping[str, Any]) -> None:
             pointer("steps", index[cycle[0]], "depends_on", k), cycle[0], cycle=cycle,
         )  # fmt: skip
     for i, step in enumerate(steps):
+        if "agents" in step:
+            _check_collaborative(definition["type"], step, i)
         if "condition" in step:
             where = pointer("steps", i, "condition")
             if definition["type"] != "conditional":
@@ -250,6 +267,23 @@ def _check_graph(definition: Mapping[str, Any]) -> None:
             _check_condition(
                 step["condition"], where, step["id"], _upstream(steps, index, i)
             )
+
+
+def _check_collaborative(workflow_type: str, step: Mapping[str, Any], i: int) -> None:
+    """A step done by several agents together: only in `collaborative` workflows, and on a
+    document they share."""
+    if workflow_type != "collaborative":
+        raise invalid(
+            "steps with several agents are only allowed in collaborative workflows",
+            pointer("steps", i, "agents"),
+            step["id"],
+        )
+    if "document_id" not in step:
+        raise invalid(
+            "a step with several agents needs 'document_id', the document they share",
+            pointer("steps", i, "document_id"),
+            step["id"],
+        )
 
 
 def _find_cycle(steps: list[dict[str, Any]]) -> list[str] | None:

@@ -54,13 +54,15 @@ FROM workflow_versions WHERE workflow_id = $1 AND version = $2;
 -- name: execution_task_create
 -- The task of attempt $12 of step $11 of execution $10 in workspace $1: $2 title, $3 type, $4 description,
 -- $5 priority, $6 creator, $7 assignee (null: pending until an agent is free), $8 parameters, $9 timeout.
+-- $13: the agent of a collaborative step it is made for (null: any other step).
 -- max_retries is 0: the step's retries are new attempts, made by the engine.
 INSERT INTO tasks (tenant_id, workspace_id, title, type, description, priority, created_by, assigned_to,
-                   assigned_at, status, parameters, timeout_seconds, max_retries, execution_id, step_id, attempt)
+                   assigned_at, status, parameters, timeout_seconds, max_retries, execution_id, step_id, attempt,
+                   collaborator)
 VALUES (current_tenant_id(), $1, $2, $3, $4, $5::task_priority, $6, $7::text,
         CASE WHEN $7::text IS NULL THEN NULL ELSE CURRENT_TIMESTAMP END,
         CASE WHEN $7::text IS NULL THEN 'pending' ELSE 'assigned' END::task_status,
-        $8::text::jsonb, $9, 0, $10, $11, $12)
+        $8::text::jsonb, $9, 0, $10, $11, $12, $13)
 RETURNING {task};
 
 -- name: execution_lock_agent_slots
@@ -106,6 +108,12 @@ RETURNING {task};
 -- Cancel every open task of execution $1.
 UPDATE tasks SET status = 'cancelled', completed_at = CURRENT_TIMESTAMP
 WHERE execution_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')
+RETURNING {task};
+
+-- name: execution_cancel_step_tasks
+-- Cancel the open tasks of attempt $3 of step $2 of execution $1 (one of a collaborative step's failed).
+UPDATE tasks SET status = 'cancelled', completed_at = CURRENT_TIMESTAMP
+WHERE execution_id = $1 AND step_id = $2 AND attempt = $3 AND status NOT IN ('completed', 'failed', 'cancelled')
 RETURNING {task};
 
 -- name: execution_tasks
