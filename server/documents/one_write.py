@@ -1,9 +1,9 @@
 """One update written by a short-lived writer (an HTTP request) through the rooms' write path.
 
-The steps and refusals are those of a connection's pipeline (server/transport/pipeline.py): the
-update checker's verdict and the room's bounds (`invalid_update`, `update_too_costly`), a room
-being rebuilt (`unavailable`), the document's lock (`locked`, `stale_fence`), then
-`Room.apply_update` and the group committer (`RoomRegistry.submit`). The writer waits for the
+The steps and refusals are those of a connection's pipeline (server/transport/pipeline.py), from
+server/documents/write_rules.py: a room being rebuilt (`unavailable`), the document's lock
+(`locked`, `stale_fence`), the update checker's verdict and the room's bounds (`invalid_update`,
+`update_too_costly`), then `Room.apply_update` and the group committer (`RoomRegistry.submit`). The writer waits for the
 commit and gets the new seq; subscribers on every node hear the operation as any other.
 
 `expect_head` (If-Match) is checked in the same synchronous step as the apply, with no await in
@@ -18,19 +18,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from crdt.document import (
-    CorruptUpdate,
-    Document,
-    DocumentPanicked,
-    OriginsMissing,
-    UpdateAhead,
-)
+from crdt.document import CorruptUpdate, Document
 from server.core.errors import ErrorCode, TandemError
 from server.core.metrics import Metrics
+from server.documents import write_rules
 from server.documents.checker import UpdateChecker
 from server.documents.room import Room
 from server.documents.rooms import RoomRegistry
-from server.documents.update_bounds import UpdateBounds, against_room, judge
+from server.documents.update_bounds import UpdateBounds, against_room
 
 Builder = Callable[[Document], bytes | None]
 
@@ -69,13 +64,11 @@ async def write(
     for attempt in range(2):
         if expect_head is not None or attempt:
             await rooms.catch_up(room)
-        await _writable(room, unavailable_after_s)
-        if room.broken:
-            raise TandemError(ErrorCode.INTERNAL_ERROR)
-        refused = room.write_refused(agent_id, None)
+        refused = await write_rules.until_writable(room, unavailable_after_s)
+        if refused is None:
+            refused = write_rules.lock_refusal(room, agent_id, None)
         if refused is not None:
-            holder = room.lock.holder if room.lock is not None else None
-            raise TandemError(refused, details={"holder": holder} if holder else None)
+            raise TandemError(refused[0], details=refused[1])
         # From here to `submit` nothing awaits: the head checked is the head applied upon.
         if expect_head is not None:
             head = room.head_seq if room.quiet else -1
@@ -84,20 +77,13 @@ async def write(
         data = update if build is None else build(room.document)
         if data is None:
             return None
-        if verdict is not None:
-            judged = judge(bounds, verdict, room.document)
-            if judged is not None:
-                code, reason = judged
-                if code is ErrorCode.INVALID_UPDATE and metrics is not None:
-                    metrics.invalid_updates.inc()
-                raise TandemError(code, details={"reason": reason[:200]})
+        refused = write_rules.bounds_refusal(bounds, verdict, room, metrics)
+        if refused is not None:
+            raise TandemError(refused[0], details=refused[1])
         try:
             op = room.apply_update(agent_id, data, origin=origin)
         except CorruptUpdate as exc:
-            retry = isinstance(exc, OriginsMissing | UpdateAhead) or (
-                isinstance(exc, DocumentPanicked) and not exc.update_at_fault
-            )
-            if retry and attempt == 0:
+            if write_rules.worth_retrying(exc) and attempt == 0:
                 continue  # read the log (another node's recent commits) and try once more
             if metrics is not None:
                 metrics.invalid_updates.inc()
@@ -112,13 +98,3 @@ async def write(
         except LookupError:
             raise TandemError(ErrorCode.NOT_FOUND) from None
     raise AssertionError("unreachable")
-
-
-async def _writable(room: Room, within_s: float) -> None:
-    if room.dirty is None:
-        return
-    try:
-        async with asyncio.timeout(within_s):
-            await room.writable()
-    except TimeoutError:
-        raise TandemError(ErrorCode.UNAVAILABLE) from None

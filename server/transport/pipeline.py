@@ -23,9 +23,10 @@ import structlog
 from crdt.document import CorruptUpdate, DocumentPanicked, OriginsMissing, UpdateAhead
 from server.core.auth import Principal
 from server.core.errors import ErrorCode, TandemError
+from server.documents import write_rules
 from server.documents.checker_wire import Verdict
 from server.documents.room import Room
-from server.documents.update_bounds import UpdateBounds, against_room, judge
+from server.documents.update_bounds import UpdateBounds, against_room
 from server.transport.mailbox import Mailbox
 from server.wire.protocol import TokenBucket
 
@@ -204,48 +205,26 @@ class UpdatePipeline:
         room = item.room
         if verdict is not None and self.node.checker is not None and not retried:  # docs/protocol.md#7-limits
             verdict = await against_room(self.node.checker, self.update_bounds, room, item.update, verdict)
-        if room.dirty is not None:  # it is being rebuilt from the log (a failed commit, a panic)
-            try:
-                async with asyncio.timeout(self.node.settings.commit_unavailable_after_s):
-                    await room.writable()
-            except TimeoutError:
-                self._refuse(item, ErrorCode.UNAVAILABLE)
-                return
-        if room.broken:  # its rebuild failed: the client's resync (or reconnect) loads it afresh
-            self._refuse(item, ErrorCode.INTERNAL_ERROR)
-            return
-        if not self.may_write(item):
-            self._refuse(item, ErrorCode.FORBIDDEN)
-            return
-        refused = room.write_refused(self.principal.agent_id, item.fence)
-        if refused is not None:  # the document's lock (docs/protocol.md#121): nothing applied
-            holder = room.lock.holder if room.lock is not None else None
-            self._refuse(item, refused, {"holder": holder} if holder else None)
-            return
-        judged = None if verdict is None else judge(self.update_bounds, verdict, room.document)
-        if judged is not None:
-            code, reason = judged
-            if code is ErrorCode.INVALID_UPDATE:
-                self.node.metrics.invalid_updates.inc()
-            self._refuse(item, code, {"reason": reason[:200]})
+        refused = await write_rules.until_writable(room, self.node.settings.commit_unavailable_after_s)
+        if refused is None and not self.may_write(item):
+            refused = ErrorCode.FORBIDDEN, None
+        if refused is None:
+            refused = write_rules.lock_refusal(room, self.principal.agent_id, item.fence)
+        if refused is None:
+            refused = write_rules.bounds_refusal(self.update_bounds, verdict, room, self.node.metrics)
+        if refused is not None:
+            self._refuse(item, *refused)
             return
         try:
             op = room.apply_update(self.principal.agent_id, item.update, origin=self.conn_id, request_id=item.re, fence=item.fence)
         except CorruptUpdate as exc:
-            if isinstance(exc, OriginsMissing | UpdateAhead) and not retried:
-                # It names items this node's room has not read from the log yet (written on
-                # another node a moment ago): read up to the log's head and try once more.
-                await self.node.rooms.catch_up(room)
+            if write_rules.worth_retrying(exc) and not retried:
+                if not isinstance(exc, DocumentPanicked):  # a panicked room is rebuilt already
+                    await self.node.rooms.catch_up(room)
                 await self._apply(item, verdict, retried=True)
                 return
             if isinstance(exc, OriginsMissing | UpdateAhead) and self.update_ahead(item):
                 self._settle(item, "ahead")
-                return
-            if isinstance(exc, DocumentPanicked) and not exc.update_at_fault and not retried:
-                # yrs panicked: the room may have diverged from the log before this update came
-                # (it is being rebuilt: `Room.apply_update`), so the update is tried once more on
-                # the rebuilt room before it counts against the writer as invalid.
-                await self._apply(item, verdict, retried=True)
                 return
             self.node.metrics.invalid_updates.inc()
             self._refuse(item, ErrorCode.INVALID_UPDATE, {"reason": str(exc)[:200]})
