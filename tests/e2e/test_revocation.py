@@ -7,6 +7,7 @@ PostgreSQL, real y-websocket editors (tests/node/yclient.mjs), the real `tandem`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -19,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import jwt
 import pytest
+import tandem_client
 
 from server.core.auth import issue_token
 from tests import wsclient
 from tests.conftest import TENANT_A, TENANT_B
 from tests.e2e.conftest import admin_fetch, shared_doc
 from tests.e2e.editors import Editors, YClient, tok
+from tests.e2e.http_peers import FAST
 from tests.e2e.multinode_helpers import Nodes
 from tests.serverproc import REPO, TANDEM, ServerProcess, server_env, servers_for
 
@@ -255,3 +258,25 @@ async def test_bad_revocations_get_typed_errors_and_store_nothing(
         done = revoke_cli(db, "--tenant", str(TENANT_A), "--jti", by_operator)
         assert done.returncode == 0 and done.stdout == f"revoked token {by_operator}\n", done.stderr
     assert await revocation_rows(db) == 2
+
+
+async def test_the_sdk_raises_token_revoked_for_a_revoked_fixed_token(
+    nodes: Nodes, db: TestDatabase, http: httpx.AsyncClient
+) -> None:
+    (node,) = nodes.start(1)
+    token = tok("ed")
+    client = tandem_client.connect(nodes.url(0), token, **FAST)
+    await client.start()
+    try:
+        assert await client.workspaces() == []
+        response = await http.post(f"{base(node)}/v1/tokens/revoke", headers=bearer(token), json={"agent_id": "ed"})
+        assert response.status_code == 200, response.text
+        with pytest.raises(tandem_client.TokenRevoked) as revoked:
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                while True:  # each call before the close arrives may still be answered
+                    await client.ping()
+        assert revoked.value.close_code == 4401
+    finally:
+        await client.close()
+    with pytest.raises(tandem_client.TokenRevoked):
+        await tandem_client.connect(nodes.url(0), token, **FAST).start()
