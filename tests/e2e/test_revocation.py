@@ -34,7 +34,9 @@ from tests.serverproc import REPO, TANDEM, ServerProcess, server_env, servers_fo
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.conftest import TestDatabase
 
-CLOSE_WAIT_S = 10.0  # generous: the server closes within about a second; the measure is printed
+CLOSE_WAIT_S = (
+    10.0  # generous: the server closes within about a second; the measure is printed
+)
 REVOKED = (4401, "token_revoked")
 
 
@@ -76,14 +78,19 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
 
 async def revocation_rows(db: TestDatabase) -> int:
     rows = await admin_fetch(
-        db, "SELECT (SELECT count(*) FROM token_revocations) + (SELECT count(*) FROM agent_token_revocations) AS n"
+        db,
+        "SELECT (SELECT count(*) FROM token_revocations) + (SELECT count(*) FROM agent_token_revocations) AS n",
     )
     return int(rows[0]["n"])
 
 
-async def closed_with(agent: wsclient.Agent) -> tuple[dict[str, Any], tuple[int | None, str | None]]:
+async def closed_with(
+    agent: wsclient.Agent,
+) -> tuple[dict[str, Any], tuple[int | None, str | None]]:
     """The `session.closing` an agent got, and its close code and reason."""
-    closing = await agent.event(lambda f: f["type"] == "session.closing", timeout_s=CLOSE_WAIT_S)
+    closing = await agent.event(
+        lambda f: f["type"] == "session.closing", timeout_s=CLOSE_WAIT_S
+    )
     return closing, await agent.wait_closed(CLOSE_WAIT_S)
 
 
@@ -96,7 +103,10 @@ async def test_a_revoked_token_is_closed_on_two_nodes_and_both_endpoints_and_ref
     nodes: Nodes, db: TestDatabase, editors: Editors, http: httpx.AsyncClient
 ) -> None:
     one, two = nodes.start(2)
-    revoked, other = tok("ed"), tok("ed")  # two tokens of one agent: only the first is revoked
+    revoked, other = (
+        tok("ed"),
+        tok("ed"),
+    )  # two tokens of one agent: only the first is revoked
     alice = wsclient.Agent(nodes.url(0), tok("alice"))
     ed_ws = [wsclient.Agent(nodes.url(i), revoked) for i in (0, 1)]
     ed_other = wsclient.Agent(nodes.url(0), other)
@@ -104,21 +114,40 @@ async def test_a_revoked_token_is_closed_on_two_nodes_and_both_endpoints_and_ref
         await agent.connect()
     try:
         ws_id, doc_id = await shared_doc(alice, *ed_ws)
-        ed_yjs = [await editors.start(yjs_base(node), ws_id, doc_id, revoked) for node in (one, two)]
+        ed_yjs = [
+            await editors.start(yjs_base(node), ws_id, doc_id, revoked)
+            for node in (one, two)
+        ]
 
         started = time.monotonic()
-        response = await http.post(f"{base(two)}/v1/tokens/revoke", headers=bearer(revoked), json={"jti": jti_of(revoked)})
+        response = await http.post(
+            f"{base(two)}/v1/tokens/revoke",
+            headers=bearer(revoked),
+            json={"jti": jti_of(revoked)},
+        )
         assert response.status_code == 200, response.text
-        assert response.json()["jti"] == jti_of(revoked) and response.json()["agent_id"] == "ed"
+        assert (
+            response.json()["jti"] == jti_of(revoked)
+            and response.json()["agent_id"] == "ed"
+        )
         after_s: dict[str, float] = {}
-        for name, agent in (("/ws node-1 (NOTIFY)", ed_ws[0]), ("/ws node-2 (revoking node)", ed_ws[1])):
+        for name, agent in (
+            ("/ws node-1 (NOTIFY)", ed_ws[0]),
+            ("/ws node-2 (revoking node)", ed_ws[1]),
+        ):
             closing, close = await closed_with(agent)
             after_s[name] = time.monotonic() - started
             assert (closing["code"], closing["reason"]) == REVOKED and close == REVOKED
-        for name, editor in (("/yjs node-1 (NOTIFY)", ed_yjs[0]), ("/yjs node-2 (revoking node)", ed_yjs[1])):
+        for name, editor in (
+            ("/yjs node-1 (NOTIFY)", ed_yjs[0]),
+            ("/yjs node-2 (revoking node)", ed_yjs[1]),
+        ):
             assert await editor_closed(editor) == REVOKED
             after_s[name] = time.monotonic() - started
-        print("revoked sessions closed after:", {k: f"{v * 1000:.0f} ms" for k, v in after_s.items()})
+        print(
+            "revoked sessions closed after:",
+            {k: f"{v * 1000:.0f} ms" for k, v in after_s.items()},
+        )
 
         # The agent's other token and other agents are untouched.
         assert (await ed_other.request("workspace.list"))["type"] == "workspace.list.ok"
@@ -130,12 +159,24 @@ async def test_a_revoked_token_is_closed_on_two_nodes_and_both_endpoints_and_ref
             assert (refusal.code, refusal.reason) == REVOKED
             assert refusal.frames[-1]["type"] == "session.closing"
             error = next(f for f in refusal.frames if f["type"] == "error")
-            assert error["code"] == "token_revoked" and error["details"] == {"reason": "revoked"}
-            again = await editors.start(yjs_base(node), ws_id, doc_id, revoked, synced=False)
+            assert error["code"] == "token_revoked" and error["details"] == {
+                "reason": "revoked"
+            }
+            again = await editors.start(
+                yjs_base(node), ws_id, doc_id, revoked, synced=False
+            )
             assert await editor_closed(again) == REVOKED
-            body = assert_problem(await http.get(f"{base(node)}/v1/workspaces", headers=bearer(revoked)), 401, "token_revoked")
-            assert body["detail"] == "token_revoked" and body["details"] == {"reason": "revoked"}
-            assert (await http.get(f"{base(node)}/v1/workspaces", headers=bearer(other))).status_code == 200
+            body = assert_problem(
+                await http.get(f"{base(node)}/v1/workspaces", headers=bearer(revoked)),
+                401,
+                "token_revoked",
+            )
+            assert body["detail"] == "token_revoked" and body["details"] == {
+                "reason": "revoked"
+            }
+            assert (
+                await http.get(f"{base(node)}/v1/workspaces", headers=bearer(other))
+            ).status_code == 200
     finally:
         for agent in (alice, *ed_ws, ed_other):
             await agent.close()
@@ -160,7 +201,10 @@ async def test_revoking_an_agent_revokes_all_its_tokens_but_not_one_issued_after
     )  # fmt: skip
     other_tenant = tok("ed", tenant=TENANT_B)  # the same agent id in another tenant
     alice = wsclient.Agent(nodes.url(0), tok("alice"))
-    eds = [wsclient.Agent(nodes.url(i), t) for i, t in ((0, first), (1, second), (1, without_id))]
+    eds = [
+        wsclient.Agent(nodes.url(i), t)
+        for i, t in ((0, first), (1, second), (1, without_id))
+    ]
     ed_b = wsclient.Agent(nodes.url(0), other_tenant)
     for agent in (alice, *eds, ed_b):
         await agent.connect()
@@ -183,22 +227,38 @@ async def test_revoking_an_agent_revokes_all_its_tokens_but_not_one_issued_after
 
         # A token issued after the cut-off works on both endpoints and over HTTP; the old ones do not.
         cut_off = datetime.fromisoformat(shown["revoked_before"])
-        fresh = issue_token(wsclient.SECRET, TENANT_A, "ed", 600, now=max(cut_off, datetime.now(UTC)))
+        fresh = issue_token(
+            wsclient.SECRET, TENANT_A, "ed", 600, now=max(cut_off, datetime.now(UTC))
+        )
         for node in (one, two):
             for old in (first, second, without_id):
-                assert (await wsclient.refused(f"{yjs_base(node)}/ws", old)).reason == "token_revoked"
-                assert_problem(await http.get(f"{base(node)}/v1/workspaces", headers=bearer(old)), 401, "token_revoked")
+                assert (
+                    await wsclient.refused(f"{yjs_base(node)}/ws", old)
+                ).reason == "token_revoked"
+                assert_problem(
+                    await http.get(f"{base(node)}/v1/workspaces", headers=bearer(old)),
+                    401,
+                    "token_revoked",
+                )
             async with wsclient.Agent(f"{yjs_base(node)}/ws", fresh) as again:
-                assert (await again.request("workspace.list"))["type"] == "workspace.list.ok"
-            assert (await http.get(f"{base(node)}/v1/workspaces", headers=bearer(fresh))).status_code == 200
+                assert (await again.request("workspace.list"))[
+                    "type"
+                ] == "workspace.list.ok"
+            assert (
+                await http.get(f"{base(node)}/v1/workspaces", headers=bearer(fresh))
+            ).status_code == 200
             new_editor = await editors.start(yjs_base(node), ws_id, doc_id, fresh)
             await new_editor.insert("<after>")
             assert new_editor.closed is None
 
         # A node started later loads the revocation from the database.
         three = nodes.start(1)[0]
-        assert (await wsclient.refused(f"{yjs_base(three)}/ws", second)).reason == "token_revoked"
-        assert (await http.get(f"{base(three)}/v1/workspaces", headers=bearer(fresh))).status_code == 200
+        assert (
+            await wsclient.refused(f"{yjs_base(three)}/ws", second)
+        ).reason == "token_revoked"
+        assert (
+            await http.get(f"{base(three)}/v1/workspaces", headers=bearer(fresh))
+        ).status_code == 200
     finally:
         for agent in (alice, *eds, ed_b):
             await agent.close()
@@ -211,8 +271,16 @@ async def test_bad_revocations_get_typed_errors_and_store_nothing(
     token = tok("ed")
     url = f"{base(node)}/v1/tokens/revoke"
     cases: list[tuple[Any, int, str]] = [
-        ({"jti": str(uuid.uuid4())}, 404, "not_found"),  # an id the server cannot know is this agent's
-        ({"jti": jti_of(tok("ed"))}, 404, "not_found"),  # another token of the same agent: by agent_id
+        (
+            {"jti": str(uuid.uuid4())},
+            404,
+            "not_found",
+        ),  # an id the server cannot know is this agent's
+        (
+            {"jti": jti_of(tok("ed"))},
+            404,
+            "not_found",
+        ),  # another token of the same agent: by agent_id
         ({"agent_id": "alice"}, 403, "forbidden"),  # another agent of the tenant
         ({"jti": "nope"}, 422, "invalid_message"),
         ({"agent_id": ""}, 422, "invalid_message"),
@@ -223,14 +291,26 @@ async def test_bad_revocations_get_typed_errors_and_store_nothing(
         ([jti_of(token)], 422, "invalid_message"),
     ]
     for body, status, code in cases:
-        assert_problem(await http.post(url, headers=bearer(token), json=body), status, code)
+        assert_problem(
+            await http.post(url, headers=bearer(token), json=body), status, code
+        )
     json_type = {**bearer(token), "Content-Type": "application/json"}
-    assert_problem(await http.post(url, headers=json_type, content=b"{"), 400, "bad_json")
-    assert_problem(await http.post(url, headers=bearer(token), content=b"{}"), 415, "unsupported_frame")
+    assert_problem(
+        await http.post(url, headers=json_type, content=b"{"), 400, "bad_json"
+    )
+    assert_problem(
+        await http.post(url, headers=bearer(token), content=b"{}"),
+        415,
+        "unsupported_frame",
+    )
     assert_problem(await http.post(url, json={"agent_id": "ed"}), 401, "unauthorized")
     # The same agent id in another tenant is another agent: its token revokes only its own.
     other_tenant = tok("ed", tenant=TENANT_B)
-    assert_problem(await http.post(url, headers=bearer(other_tenant), json={"jti": jti_of(token)}), 404, "not_found")
+    assert_problem(
+        await http.post(url, headers=bearer(other_tenant), json={"jti": jti_of(token)}),
+        404,
+        "not_found",
+    )
     assert await revocation_rows(db) == 0
     async with wsclient.Agent(nodes.url(0), token) as still:
         assert (await still.request("workspace.list"))["type"] == "workspace.list.ok"
@@ -243,20 +323,34 @@ async def test_bad_revocations_get_typed_errors_and_store_nothing(
         (["--tenant", str(TENANT_A), "--agent", ""], 2, "--agent"),
     ):
         done = revoke_cli(db, *args)
-        assert done.returncode == exit_code and says in done.stderr, (args, done.returncode, done.stderr)
+        assert done.returncode == exit_code and says in done.stderr, (
+            args,
+            done.returncode,
+            done.stderr,
+        )
     assert await revocation_rows(db) == 0
 
     # Revoking one's own token: accepted, then the token is refused, for this call too. The
     # operator's command takes any well-formed id, twice as once.
     response = await http.post(url, headers=bearer(token), json={"jti": jti_of(token)})
     assert response.status_code == 200, response.text
-    assert_problem(await http.post(url, headers=bearer(token), json={"jti": jti_of(token)}), 401, "token_revoked")
-    expires = (await admin_fetch(db, "SELECT expires_at FROM token_revocations"))[0]["expires_at"]
-    assert abs(expires - (datetime.now(UTC) + timedelta(seconds=3600))) < timedelta(seconds=120)
+    assert_problem(
+        await http.post(url, headers=bearer(token), json={"jti": jti_of(token)}),
+        401,
+        "token_revoked",
+    )
+    expires = (await admin_fetch(db, "SELECT expires_at FROM token_revocations"))[0][
+        "expires_at"
+    ]
+    assert abs(expires - (datetime.now(UTC) + timedelta(seconds=3600))) < timedelta(
+        seconds=120
+    )
     by_operator = jti_of(tok("ed"))
     for _ in range(2):
         done = revoke_cli(db, "--tenant", str(TENANT_A), "--jti", by_operator)
-        assert done.returncode == 0 and done.stdout == f"revoked token {by_operator}\n", done.stderr
+        assert (
+            done.returncode == 0 and done.stdout == f"revoked token {by_operator}\n"
+        ), done.stderr
     assert await revocation_rows(db) == 2
 
 
@@ -269,7 +363,11 @@ async def test_the_sdk_raises_token_revoked_for_a_revoked_fixed_token(
     await client.start()
     try:
         assert await client.workspaces() == []
-        response = await http.post(f"{base(node)}/v1/tokens/revoke", headers=bearer(token), json={"agent_id": "ed"})
+        response = await http.post(
+            f"{base(node)}/v1/tokens/revoke",
+            headers=bearer(token),
+            json={"agent_id": "ed"},
+        )
         assert response.status_code == 200, response.text
         with pytest.raises(tandem_client.TokenRevoked) as revoked:
             async with asyncio.timeout(CLOSE_WAIT_S):
