@@ -149,6 +149,21 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION public.live_token_revocations() RETURNS TABLE(tenant_id uuid, agent_id character varying, jti uuid, revoked_before timestamp with time zone, expires_at timestamp with time zone)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+BEGIN
+    DELETE FROM public.token_revocations r WHERE r.expires_at < CURRENT_TIMESTAMP;
+    RETURN QUERY
+        SELECT r.tenant_id, r.agent_id, r.jti, NULL::timestamptz, r.expires_at
+          FROM public.token_revocations r
+        UNION ALL
+        SELECT a.tenant_id, a.agent_id, NULL::uuid, a.revoked_before, NULL::timestamptz
+          FROM public.agent_token_revocations a;
+END;
+$$;
+
 CREATE FUNCTION public.lock_allows_write(locked boolean, holder text, expires_at timestamp with time zone, lock_fence bigint, writer text, fence bigint) RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
@@ -431,6 +446,15 @@ CREATE FUNCTION public.validate_jsonb_keys(data jsonb, required_keys text[]) RET
     SELECT data ?& required_keys
 $$;
 
+CREATE TABLE public.agent_token_revocations (
+    tenant_id uuid NOT NULL,
+    agent_id character varying(255) NOT NULL,
+    revoked_before timestamp with time zone NOT NULL,
+    revoked_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL
+);
+
+ALTER TABLE ONLY public.agent_token_revocations FORCE ROW LEVEL SECURITY;
+
 CREATE TABLE public.agents (
     tenant_id uuid NOT NULL,
     agent_id character varying(255) NOT NULL,
@@ -676,6 +700,16 @@ ALTER TABLE ONLY public.tasks FORCE ROW LEVEL SECURITY;
 
 COMMENT ON TABLE public.tasks IS 'Core task management table supporting delegation and distributed execution';
 
+CREATE TABLE public.token_revocations (
+    tenant_id uuid NOT NULL,
+    jti uuid NOT NULL,
+    agent_id character varying(255),
+    revoked_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    expires_at timestamp with time zone
+);
+
+ALTER TABLE ONLY public.token_revocations FORCE ROW LEVEL SECURITY;
+
 CREATE TABLE public.workflow_executions (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     workflow_id uuid NOT NULL,
@@ -869,6 +903,9 @@ COMMENT ON TABLE public.workspace_locks IS 'Leased named locks of a workspace, w
 
 ALTER TABLE ONLY public.audit_log ATTACH PARTITION public.audit_log_default DEFAULT;
 
+ALTER TABLE ONLY public.agent_token_revocations
+    ADD CONSTRAINT agent_token_revocations_pkey PRIMARY KEY (tenant_id, agent_id);
+
 ALTER TABLE ONLY public.agents
     ADD CONSTRAINT agents_id_key UNIQUE (id);
 
@@ -916,6 +953,9 @@ ALTER TABLE ONLY public.tasks
 
 ALTER TABLE ONLY public.tasks
     ADD CONSTRAINT tasks_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.token_revocations
+    ADD CONSTRAINT token_revocations_pkey PRIMARY KEY (tenant_id, jti);
 
 ALTER TABLE ONLY public.workflow_executions
     ADD CONSTRAINT workflow_executions_id_tenant_id_key UNIQUE (id, tenant_id);
@@ -1032,6 +1072,8 @@ CREATE INDEX idx_tasks_tenant_id ON public.tasks USING btree (tenant_id);
 CREATE INDEX idx_tasks_tenant_status_priority ON public.tasks USING btree (tenant_id, status, priority) WHERE ((status = ANY (ARRAY['pending'::public.task_status, 'assigned'::public.task_status])) AND (deleted_at IS NULL));
 
 CREATE INDEX idx_tasks_workspace_status_priority ON public.tasks USING btree (workspace_id, status, priority) WHERE (deleted_at IS NULL);
+
+CREATE INDEX idx_token_revocations_expires_at ON public.token_revocations USING btree (expires_at);
 
 CREATE INDEX idx_workflow_versions_tenant_id ON public.workflow_versions USING btree (tenant_id);
 
@@ -1166,6 +1208,12 @@ ALTER TABLE ONLY public.workspace_locks
 ALTER TABLE ONLY public.workspace_members
     ADD CONSTRAINT workspace_members_workspace_id_fkey FOREIGN KEY (workspace_id, tenant_id) REFERENCES public.workspaces(id, tenant_id) ON DELETE CASCADE;
 
+ALTER TABLE public.agent_token_revocations ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY agent_token_revocations_load_select ON public.agent_token_revocations FOR SELECT TO tandem_owner USING (true);
+
+CREATE POLICY agent_token_revocations_tenant_isolation ON public.agent_token_revocations USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
 ALTER TABLE public.agents ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY agents_tenant_isolation ON public.agents USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
@@ -1209,6 +1257,14 @@ CREATE POLICY tasks_soft_delete ON public.tasks AS RESTRICTIVE FOR SELECT TO tan
 CREATE POLICY tasks_tenant_isolation ON public.tasks USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
 
 CREATE POLICY tasks_timeout_sweep_select ON public.tasks FOR SELECT TO tandem_owner USING (((status = ANY (ARRAY['in_progress'::public.task_status, 'timeout'::public.task_status])) AND (deleted_at IS NULL)));
+
+ALTER TABLE public.token_revocations ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY token_revocations_load_select ON public.token_revocations FOR SELECT TO tandem_owner USING (true);
+
+CREATE POLICY token_revocations_sweep_delete ON public.token_revocations FOR DELETE TO tandem_owner USING ((expires_at < CURRENT_TIMESTAMP));
+
+CREATE POLICY token_revocations_tenant_isolation ON public.token_revocations USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
 
 ALTER TABLE public.workflow_executions ENABLE ROW LEVEL SECURITY;
 
@@ -1258,6 +1314,9 @@ GRANT ALL ON FUNCTION public.current_tenant_id() TO tandem_app;
 REVOKE ALL ON FUNCTION public.jsonb_merge_recursive(target jsonb, source jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.jsonb_merge_recursive(target jsonb, source jsonb) TO tandem_app;
 
+REVOKE ALL ON FUNCTION public.live_token_revocations() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.live_token_revocations() TO tandem_app;
+
 REVOKE ALL ON FUNCTION public.lock_allows_write(locked boolean, holder text, expires_at timestamp with time zone, lock_fence bigint, writer text, fence bigint) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.lock_allows_write(locked boolean, holder text, expires_at timestamp with time zone, lock_fence bigint, writer text, fence bigint) TO tandem_app;
 
@@ -1292,6 +1351,8 @@ REVOKE ALL ON FUNCTION public.update_updated_at_column() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.validate_jsonb_keys(data jsonb, required_keys text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.validate_jsonb_keys(data jsonb, required_keys text[]) TO tandem_app;
 
+GRANT SELECT,INSERT,UPDATE ON TABLE public.agent_token_revocations TO tandem_app;
+
 GRANT SELECT,INSERT,UPDATE ON TABLE public.agents TO tandem_app;
 
 GRANT SELECT ON TABLE public.audit_log TO tandem_app;
@@ -1309,6 +1370,8 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.shared_documents TO tandem_app
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.task_delegations TO tandem_app;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.tasks TO tandem_app;
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.token_revocations TO tandem_app;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.workflow_executions TO tandem_app;
 

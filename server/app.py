@@ -192,16 +192,21 @@ async def start_node(
     start_background(stack, supervisor, "tasks.sweep", coordination.sweep_forever)
     liveness = AgentLiveness(db.pool, coordination.events.connected_agents, settings)
     start_background(stack, supervisor, "agents.heartbeat", liveness.run)
-    start_background(stack, supervisor, "fanout.listen", listener.run)
     # Presence closes after its tasks stop (the stack runs in reverse); Redis stays optional.
     members = presence.create_presence(settings, settings.node_id, metrics)
     stack.push_async_callback(members.close)
     for name, factory in members.background():
         start_background(stack, supervisor, name, factory)
-    return Node(
+    node = Node(
         settings, settings.node_id, db.pool, rooms, committer, secret, metrics, checker, listener, members, coordination,
         supervisor,
     )  # fmt: skip
+    # Revocations are read before any token is checked; the fan-out reads them again at every
+    # (re)connect of its LISTEN connection and feeds it those it hears of.
+    await node.reload()
+    listener.revocations = node
+    start_background(stack, supervisor, "fanout.listen", listener.run)
+    return node
 
 
 def _lifespan(state: AppState) -> Any:

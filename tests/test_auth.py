@@ -32,12 +32,31 @@ def claims(**overrides) -> dict:
 def test_issue_and_verify_round_trip():
     # docs/protocol.md#21-tokens
     token = issue_token(SECRET, TENANT, "writer-1", ttl_s=600, scopes=["docs:write", "docs:read"], now=NOW)
-    assert verify_token(SECRET, token, now=NOW + timedelta(seconds=599)) == Principal(
+    verified = verify_token(SECRET, token, now=NOW + timedelta(seconds=599))
+    assert isinstance(verified, Principal) and verified.jti is not None
+    assert verified == Principal(
         tenant_id=TENANT,
         agent_id="writer-1",
         scopes=frozenset({"docs:write", "docs:read"}),
         expires_at=NOW + timedelta(seconds=600),
+        jti=verified.jti,
+        issued_at=NOW.timestamp(),
     )
+
+
+def test_each_issued_token_has_its_own_id_and_tokens_without_one_still_verify():
+    # docs/protocol.md#21-tokens (jti: optional; tandem token issue always sets one)
+    first, second = (verify_token(SECRET, issue_token(SECRET, TENANT, "a", ttl_s=60, now=NOW), now=NOW) for _ in range(2))
+    assert isinstance(first, Principal) and isinstance(second, Principal)
+    assert first.jti is not None and second.jti is not None and first.jti != second.jti
+    older = verify_token(SECRET, signed(claims()), now=NOW)
+    assert isinstance(older, Principal) and older.jti is None and older.issued_at == NOW.timestamp()
+
+
+def test_a_jti_that_is_not_a_uuid_is_invalid_claims():
+    refused = auth.check_token(SECRET, signed(claims(jti="token-7")), now=NOW)
+    assert isinstance(refused, auth.Refusal)
+    assert (refused.code, refused.reason) == (ErrorCode.UNAUTHORIZED, auth.RefusalReason.INVALID_CLAIMS)
 
 
 def test_scopes_are_optional():

@@ -10,6 +10,7 @@ import uuid
 import asyncpg
 
 from server.cluster import hints
+from server.core.revocations import Revocation
 from server.db import store
 from server.db.database import create_pool
 from tests.conftest import TENANT_A
@@ -102,7 +103,8 @@ async def test_append_batch_notifies_the_hint_tandem_ops_hint_builds(db) -> None
 
 def test_each_key_has_one_meaning() -> None:
     keys = [hints.KIND, hints.NODE, hints.DOC, hints.SEQ, hints.AT, hints.OPS, hints.TENANT, hints.WORKSPACE,
-            hints.AGENTS, hints.EVENT, hints.REF]  # fmt: skip
+            hints.AGENTS, hints.EVENT, hints.REF, hints.AGENT, hints.JTI, hints.REVOKED_BEFORE,
+            hints.EXPIRES]  # fmt: skip
     assert len(set(keys)) == len(keys)
 
 
@@ -123,8 +125,23 @@ def test_event_round_trips_and_a_large_one_travels_as_a_reference() -> None:
     assert hint.ref == ("state", "w", "value")
 
 
+def test_revocations_round_trip() -> None:
+    tenant, jti = uuid.uuid4(), uuid.uuid4()
+    for revocation in (
+        Revocation(tenant, "writer", jti, None, 1_800_000_000.0),
+        Revocation(tenant, None, jti),
+        Revocation(tenant, "writer", None, 1_700_000_001.0),
+    ):
+        payload = hints.encode_revoked(NODE, revocation)
+        assert hints.decode(payload, NODE) is None
+        assert hints.decode(payload, "reader") == hints.RevokedHint(NODE, revocation)
+
+
 def test_malformed_or_unknown_payloads_are_bad_hints() -> None:
-    for payload in ("not json", '{"k":"ops","n":"x"}', '{"k":"zz","n":"x"}', '{"k":"ev","n":"x","tn":"nope"}'):
+    for payload in (
+        "not json", '{"k":"ops","n":"x"}', '{"k":"zz","n":"x"}', '{"k":"ev","n":"x","tn":"nope"}',
+        '{"k":"rev","n":"x","tn":"nope"}', f'{{"k":"rev","n":"x","tn":"{uuid.uuid4()}","j":"nope"}}',
+    ):  # fmt: skip
         try:
             hints.decode(payload, NODE)
         except hints.BadHint:

@@ -150,7 +150,7 @@ def test_worked_example_frames_are_exact():
 
 
 def test_worked_example_token_expiry_matches_the_closing_sequence():
-    # docs/protocol.md#23-expiry-during-a-session and #9-worked-example (last frames)
+    # docs/protocol.md#23-expiry-and-revocation-during-a-session and #9-worked-example (last frames)
     session = ready()
     closing = session.fail(ErrorCode.TOKEN_EXPIRED)
     assert closing is not None

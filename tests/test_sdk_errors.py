@@ -162,3 +162,12 @@ def test_a_close_reason_names_the_refusal_class() -> None:
     assert errors.close_details("token_expired") is None and errors.close_details(None) is None
     error = tandem_client.Unauthorized(None, errors.close_details("unauthorized: malformed"))
     assert "malformed: the token is not a JWT" in str(error)
+
+
+def test_a_close_with_4401_is_token_revoked_when_the_reason_says_so() -> None:
+    # docs/protocol.md#23: 4401 is shared by unauthorized and token_revoked; the reason tells them apart.
+    assert errors.close_code_error(4401, "token_revoked") is tandem_client.TokenRevoked
+    assert errors.close_code_error(4401, "unauthorized: bad_signature") is tandem_client.Unauthorized
+    assert errors.close_code_error(4401, None) is tandem_client.Unauthorized
+    assert errors.close_code_error(4440, "token_revoked") is tandem_client.TokenExpired
+    assert tandem_client.TokenRevoked().close_code == 4401

@@ -43,6 +43,8 @@ ReplyCallback = Callable[[wire.Frame | ClientError], None]
 
 # Sessions ended with these codes are not retried: the same token would be refused again.
 PERMANENT_CLOSE_CODES = {"unauthorized", "unsupported_version"}
+# Sessions ended with these are retried only with a token source, which may give a fresh token.
+TOKEN_CLOSE_CODES = {"token_expired", "token_revoked"}
 
 
 class Signal:
@@ -159,10 +161,10 @@ class Connection:
         self.changed.notify()
 
     def _permanent_error(self, code: int | None, reason: str | None) -> ClientError | None:
-        cls = close_code_error(code)
+        cls = close_code_error(code, reason)
         if cls is None:
             return None
-        if cls.code in PERMANENT_CLOSE_CODES or (cls.code == "token_expired" and isinstance(self._token, str)):
+        if cls.code in PERMANENT_CLOSE_CODES or (cls.code in TOKEN_CLOSE_CODES and isinstance(self._token, str)):
             return cls(f"the server closed the session: {reason or cls.default_message}", close_details(reason))
         return None
 
@@ -195,7 +197,7 @@ class Connection:
         if self.closing:
             return False
         if isinstance(exc, TandemError):
-            if exc.code == "token_expired":
+            if exc.code in TOKEN_CLOSE_CODES:
                 return not isinstance(self._token, str)  # a token source can give a fresh one
             return exc.code not in PERMANENT_CLOSE_CODES
         if isinstance(exc, websockets.InvalidStatus):
@@ -257,9 +259,9 @@ class Connection:
                 raise self._refusal(ws, reply)
             return hello
         except websockets.ConnectionClosed as exc:
-            cls = close_code_error(exc.rcvd.code if exc.rcvd else None)
+            reason = exc.rcvd.reason if exc.rcvd else None
+            cls = close_code_error(exc.rcvd.code if exc.rcvd else None, reason)
             if cls is not None:
-                reason = exc.rcvd.reason if exc.rcvd else None
                 details = close_details(reason)  # `unauthorized: bad_signature`: say why
                 raise (cls(None, details) if details else cls(reason)) from None
             raise

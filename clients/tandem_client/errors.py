@@ -52,6 +52,7 @@ ERROR_CODES: tuple[tuple[str, str, int | None], ...] = (
     ("update_too_costly", "Applying the update would cost the server too much; send smaller updates.", None),
     ("invalid_workflow", "The workflow definition is invalid.", None),
     ("update_ahead", "The update builds on changes the server does not have; resync and send them.", None),
+    ("token_revoked", "The token has been revoked.", 4401),
 )
 
 
@@ -153,8 +154,13 @@ def close_details(reason: str | None) -> dict[str, Any] | None:
     return {"reason": found} if found else None
 
 
-def close_code_error(code: int | None) -> type[TandemError] | None:
-    """The error class whose close code is `code` (4401 -> Unauthorized), if any."""
+def close_code_error(code: int | None, reason: str | None = None) -> type[TandemError] | None:
+    """The error class a close names: the code at the start of `reason` when its class closes
+    with `code` (4401 `token_revoked` -> TokenRevoked), else the first class whose close code is
+    `code` (4401 -> Unauthorized), if any."""
+    named = ERROR_CLASSES.get((reason or "").split(":", 1)[0].strip())
+    if named is not None and named.close_code is not None and named.close_code == code:
+        return named
     for cls in ERROR_CLASSES.values():
         if cls.close_code is not None and cls.close_code == code:
             return cls

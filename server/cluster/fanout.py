@@ -11,7 +11,8 @@ node's, the room reads what it lacks from `document_operations` (`seq > head_seq
 it in order. NOTIFY is only a hint, the log is the truth: at start, after every reconnect of the
 LISTEN connection (with backoff), and every `fanout_check_interval_s`, each open room compares
 its head with the document's `head_seq` and catches up. Workspace events (locks, state, tasks,
-members) share the channel (server/cluster/events.py).
+members) share the channel (server/cluster/events.py), and so do token revocations (read
+back in full at every (re)connect, before the rooms' check).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 from server.cluster import hints
 from server.cluster.events import Events
 from server.core.metrics import Metrics
+from server.core.revocations import Revocation
 from server.db import store
 
 log = structlog.get_logger("tandem.fanout")
@@ -49,6 +51,18 @@ class Followers(Protocol):
         ...
 
 
+class RevocationFollower(Protocol):
+    """The node's revocations (server/transport/node.py), as the fan-out feeds them."""
+
+    def on_revoked(self, revocation: Revocation) -> None:
+        """Another node (or `tandem token revoke`) committed `revocation`."""
+        ...
+
+    async def reload(self) -> None:
+        """Read every revocation in force: hints sent while nobody listened are lost."""
+        ...
+
+
 class Fanout:
     """Owns the LISTEN connection and the periodic check. `run()` until cancelled."""
 
@@ -65,6 +79,7 @@ class Fanout:
         self.connected = False
         self.reconnects = 0
         self.events: Events | None = None  # workspace events (server/cluster/events.py), set by the app
+        self.revocations: RevocationFollower | None = None  # token revocations, set by the app
 
     # --- hints -------------------------------------------------------------------------------
 
@@ -85,6 +100,10 @@ class Fanout:
                 self.metrics.notifications.labels(hints.KIND_EVENT).inc()
                 if self.events is not None:
                     self.events.on_remote(hint)
+            elif isinstance(hint, hints.RevokedHint):
+                self.metrics.notifications.labels(hints.KIND_REVOKED).inc()
+                if self.revocations is not None:
+                    self.revocations.on_revoked(hint.revocation)
         except (ValueError, KeyError, TypeError):  # hints.BadHint among them
             log.warning("fanout.bad_payload", payload=payload[:200])
 
@@ -101,6 +120,8 @@ class Fanout:
                 self.metrics.listen_up.set(1)
                 log.info("fanout.listening", reconnects=self.reconnects)
                 # Hints sent while nobody listened are lost: the log is read instead.
+                if self.revocations is not None:
+                    await self.revocations.reload()
                 await self.check_all()
                 await self._watch(conn, lost)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

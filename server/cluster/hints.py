@@ -1,10 +1,12 @@
 """The NOTIFY payloads nodes send each other on one channel: their keys, size limits, and
-encoding and decoding into typed hints. Pure: imports no asyncpg, Starlette or server module.
+encoding and decoding into typed hints. Pure: imports no asyncpg or Starlette, and of the server
+only server/core's `Revocation`.
 
-Two kinds share the channel, told apart by `"k"`; each key has one meaning in both:
+Three kinds share the channel, told apart by `"k"`; each key has one meaning in all:
 - `"ops"`, a document's operations committed (server/cluster/fanout.py). Built in SQL by
   `tandem_ops_hint` (migration 0022) in the appending transaction; decoded here.
 - `"ev"`, a workspace event (server/cluster/events.py). Encoded and decoded here.
+- `"rev"`, a token revocation (server/core/revocations.py). Encoded and decoded here.
 A hint is not the truth: a receiver that cannot decode one catches up from the log.
 """
 
@@ -15,10 +17,12 @@ import json
 import uuid
 from typing import Any, NamedTuple
 
+from server.core.revocations import Revocation
+
 CHANNEL = "tandem"
 
 # Both kinds.
-KIND = "k"  # "ops" | "ev"
+KIND = "k"  # "ops" | "ev" | "rev"
 NODE = "n"  # the sending node's id: a node ignores its own hints
 # Document operations ("ops").
 DOC = "d"  # doc_id
@@ -31,9 +35,15 @@ WORKSPACE = "w"  # workspace_id
 AGENTS = "a"  # agents reached even if not joined
 EVENT = "e"  # the wire message (docs/protocol.md#126)
 REF = "r"  # [kind, id, field]: `field` left out of EVENT, to be read back by the receiver
+# Token revocations ("rev"), with TENANT.
+AGENT = "ag"  # the agent whose token (or every token issued before REVOKED_BEFORE) is revoked
+JTI = "j"  # the revoked token's id; absent: the agent's tokens issued before REVOKED_BEFORE
+REVOKED_BEFORE = "b"  # seconds since the epoch
+EXPIRES = "x"  # when the revoked token expires, seconds since the epoch (absent: unknown)
 
 KIND_OPS = "ops"
 KIND_EVENT = "ev"
+KIND_REVOKED = "rev"
 
 # PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more; this leaves room for the envelope.
 MAX_NOTIFY_BYTES = 7900
@@ -74,7 +84,26 @@ class EventHint(NamedTuple):
     ref: tuple[str, str, str] | None  # (kind, id, field): `field` is missing from `message`
 
 
-Hint = OpsHint | EventHint
+class RevokedHint(NamedTuple):
+    node_id: str
+    revocation: Revocation
+
+
+Hint = OpsHint | EventHint | RevokedHint
+
+
+def encode_revoked(node_id: str, revocation: Revocation) -> str:
+    """Compact JSON, well under MAX_NOTIFY_BYTES (an agent id is at most 255 characters)."""
+    body: dict[str, Any] = {KIND: KIND_REVOKED, NODE: node_id, TENANT: str(revocation.tenant_id)}
+    if revocation.agent_id is not None:
+        body[AGENT] = revocation.agent_id
+    if revocation.jti is not None:
+        body[JTI] = str(revocation.jti)
+    if revocation.revoked_before is not None:
+        body[REVOKED_BEFORE] = revocation.revoked_before
+    if revocation.expires_at is not None:
+        body[EXPIRES] = revocation.expires_at
+    return json.dumps(body, separators=(",", ":"))
 
 
 def encode_event(
@@ -116,6 +145,13 @@ def decode(payload: str, own_node_id: str) -> Hint | None:
                 node_id, uuid.UUID(body[DOC]), int(body[SEQ]), float(at) if isinstance(at, int | float) else None,
                 tuple(CarriedOperation(agent, base64.b64decode(update), op_type) for agent, update, op_type in body.get(OPS) or ()),
             )  # fmt: skip
+        if kind == KIND_REVOKED:
+            jti, before, expires = body.get(JTI), body.get(REVOKED_BEFORE), body.get(EXPIRES)
+            agent = body.get(AGENT)
+            return RevokedHint(node_id, Revocation(
+                uuid.UUID(body[TENANT]), None if agent is None else str(agent), None if jti is None else uuid.UUID(jti),
+                None if before is None else float(before), None if expires is None else float(expires),
+            ))  # fmt: skip
         if kind == KIND_EVENT:
             ref = body.get(REF)
             return EventHint(

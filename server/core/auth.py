@@ -2,7 +2,8 @@
 
 `check_token` turns a token into a `Principal` or a `Refusal` (the error code and the class of
 the problem: bad signature, expired, wrong audience, ...) and never raises for client input;
-`verify_token` gives only the error code. `issue_token` makes one (tests, `tandem token issue`).
+`verify_token` gives only the error code. `issue_token` makes one (tests, `tandem token issue`),
+with a random `jti` so it can be revoked alone (server/core/revocations.py).
 `load_or_create_secret` keeps the embedded/dev signing secret in the data dir (the server creates
 it; `find_secret` only reads it). No I/O beyond that one file; no web framework here.
 """
@@ -17,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -41,6 +42,8 @@ class Principal:
     agent_id: str
     scopes: frozenset[str]
     expires_at: datetime
+    jti: UUID | None = None  # the token's id; tokens without one are revoked only per agent
+    issued_at: float = 0.0  # `iat`, seconds since the epoch (per-agent revocation compares it)
 
 
 class RefusalReason(StrEnum):
@@ -56,6 +59,7 @@ class RefusalReason(StrEnum):
     INVALID_CLAIMS = "invalid_claims"  # missing or mistyped claims
     NOT_YET_VALID = "not_yet_valid"  # iat or nbf in the future
     EXPIRED = "expired"
+    REVOKED = "revoked"  # its id or its agent revoked (server/core/revocations.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +72,8 @@ class Refusal:
     @property
     def close_reason(self) -> str:
         """The WebSocket close reason: the error code, then the class (`unauthorized: bad_signature`);
-        `token_expired` alone, as when a token expires during a session."""
-        if self.reason is RefusalReason.EXPIRED:
+        `token_expired` / `token_revoked` alone, as when that happens during a session."""
+        if self.reason in (RefusalReason.EXPIRED, RefusalReason.REVOKED):
             return self.code.value
         return f"{self.code.value}: {self.reason.value}"
 
@@ -97,7 +101,7 @@ def _refused(reason: RefusalReason) -> Refusal:
 
 
 class _Claims(BaseModel):
-    """The claims Tandem reads; others (iss, aud, nbf, jti, ...) are allowed and ignored here."""
+    """The claims Tandem reads; others (iss, aud, ...) are allowed and ignored here."""
 
     model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
@@ -108,6 +112,8 @@ class _Claims(BaseModel):
     iat: Annotated[int | float, Field(ge=0, le=_MAX_EPOCH_S)]
     nbf: Annotated[int | float, Field(ge=0, le=_MAX_EPOCH_S)] | None = None
     scopes: list[Annotated[str, StringConstraints(min_length=1, max_length=255)]] = Field(default_factory=list, max_length=100)
+    # Optional: tokens issued before ids existed still verify. When present, a UUID string.
+    jti: Annotated[str, StringConstraints(min_length=32, max_length=36)] | None = None
 
 
 def _check_secret(secret: str | bytes) -> bytes:
@@ -137,6 +143,7 @@ def issue_token(
         "sub": agent_id,
         "iat": int(issued.timestamp()),
         "exp": int((issued + timedelta(seconds=ttl_s)).timestamp()),
+        "jti": str(uuid4()),
     }
     if scopes := list(scopes):
         claims["scopes"] = scopes
@@ -205,6 +212,7 @@ def check_token(
     try:
         claims = _Claims.model_validate(payload)
         tenant_id = UUID(claims.tenant)
+        jti = None if claims.jti is None else UUID(claims.jti)
     except (ValidationError, ValueError, TypeError):
         return _refused(RefusalReason.INVALID_CLAIMS)
     at = (now or datetime.now(UTC)).timestamp()
@@ -217,6 +225,8 @@ def check_token(
         agent_id=claims.sub,
         scopes=frozenset(claims.scopes),
         expires_at=datetime.fromtimestamp(claims.exp, UTC),
+        jti=jti,
+        issued_at=float(claims.iat),
     )
 
 

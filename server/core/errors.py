@@ -64,6 +64,7 @@ class ErrorCode(StrEnum):
     UPDATE_TOO_COSTLY = "update_too_costly"
     INVALID_WORKFLOW = "invalid_workflow"
     UPDATE_AHEAD = "update_ahead"
+    TOKEN_REVOKED = "token_revoked"
 
     @property
     def message(self) -> str:
@@ -109,6 +110,8 @@ _TABLE: dict[ErrorCode, tuple[str, int | None]] = {
     ErrorCode.UPDATE_TOO_COSTLY: ("Applying the update would cost the server too much; send smaller updates.", None),
     ErrorCode.INVALID_WORKFLOW: ("The workflow definition is invalid.", None),
     ErrorCode.UPDATE_AHEAD: ("The update builds on changes the server does not have; resync and send them.", None),
+    # 4401 as `unauthorized`: the token is no good any more; the reason tells it from a bad one.
+    ErrorCode.TOKEN_REVOKED: ("The token has been revoked.", CLOSE_UNAUTHORIZED),
 }
 
 RequestId = str | int

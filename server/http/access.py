@@ -20,6 +20,7 @@ from fastapi.security import HTTPBearer
 from server.core.auth import Principal, Refusal
 from server.core.errors import ErrorCode, TandemError
 from server.core.metrics import Metrics
+from server.core.revocations import Revocation
 from server.core.settings import Settings
 from server.db import store
 from server.documents.checker import UpdateChecker
@@ -33,6 +34,7 @@ class NodeView(Protocol):
     """What the API needs of the running node (server/transport/node.py `Node` has it)."""
 
     settings: Settings
+    node_id: str
     pool: asyncpg.Pool
     rooms: RoomRegistry
     checker: UpdateChecker | None
@@ -42,6 +44,8 @@ class NodeView(Protocol):
     def authenticate(
         self, query: Mapping[str, str], headers: Mapping[str, str]
     ) -> Principal | Refusal: ...
+
+    def on_revoked(self, revocation: Revocation) -> None: ...
 
 
 NodeGetter = Callable[[], NodeView | None]

@@ -36,6 +36,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_VERSION: 400,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.TOKEN_REVOKED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.NOT_MEMBER: 403,

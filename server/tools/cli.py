@@ -175,7 +175,10 @@ def schema_dump_command(
 
 # --- operator commands: token, workspace, member, document -----------------------------------
 
-token_app = typer.Typer(help="Issue access tokens (no database needed).", no_args_is_help=True)
+token_app = typer.Typer(
+    help="Issue access tokens (no database needed) and revoke them (DATABASE_URL, else the embedded PostgreSQL).",
+    no_args_is_help=True,
+)
 workspace_app = typer.Typer(
     help="Create, list, show and delete workspaces (DATABASE_URL, else the embedded PostgreSQL).", no_args_is_help=True
 )
@@ -372,6 +375,7 @@ document_app.command("delete")(cli_ops.document_delete)
 member_app.command("list")(cli_ops.member_list)
 member_app.command("remove")(cli_ops.member_remove)
 agent_app.command("list")(cli_ops.agent_list)
+token_app.command("revoke")(cli_ops.token_revoke)
 workflow_app.command("list")(cli_workflows.workflow_list)
 workflow_app.command("show")(cli_workflows.workflow_show)
 workflow_app.command("start")(cli_workflows.workflow_start)

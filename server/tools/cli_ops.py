@@ -1,5 +1,6 @@
 """The operator's everyday commands: `workspace list|show|delete`, `document list|show|delete`,
-`member list|remove`, `agent list` and `status` (bodies in server/tools/ops.py).
+`member list|remove`, `agent list`, `token revoke` and `status` (bodies in server/tools/ops.py,
+and server/workspaces/revocations.py for revocations).
 
 Each prints a few plain columns, or with `--json` one JSON object per line (lists) or one object;
 deletes are soft (`deleted_at`). server/tools/cli.py registers these functions on its groups.
@@ -16,16 +17,19 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 
+from server.db import store
 from server.tools import ops
-from server.tools.admin import check_agent_id
+from server.tools.admin import ACTOR, check_agent_id
 from server.tools.cli_shared import (
     DataDir,
     Tenant,
     expected_failures,
+    fail,
     out,
     run_admin,
     settings_from,
 )
+from server.workspaces import revocations
 from server.workspaces.directory import rfc3339
 from server.workspaces.members import member_to_wire
 
@@ -218,6 +222,51 @@ def member_remove(
         echo_json({"workspace_id": str(workspace), **member_to_wire(removed)})
     else:
         out(f"removed {removed.agent_id} {removed.role}")
+
+
+# --- token ---------------------------------------------------------------------------------
+
+
+def token_revoke(
+    tenant: Tenant,
+    jti: Annotated[
+        uuid.UUID | None,
+        typer.Option("--jti", metavar="ID", help="Revoke the token with this id (its jti claim, a UUID).", show_default=False),
+    ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            "--agent", parser=check_agent_id, metavar="AGENT", show_default=False,
+            help="With --jti: whose token it is (recorded). Alone: revoke every token of AGENT issued up to now.",
+        ),
+    ] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke one token (--jti) or every token of an agent issued up to now (--agent alone).
+
+    Running servers close the sessions of the revoked tokens on both endpoints at once (token_revoked) and refuse them from then on, over HTTP too. A token issued in the same second as an agent's revocation is revoked with it. The server keeps no list of issued tokens, so any well-formed id is accepted.
+    """
+    if jti is None and agent is None:
+        fail("give --jti ID or --agent AGENT")
+    settings = settings_from(data_dir=data_dir)
+
+    async def action(pool: asyncpg.Pool) -> dict[str, Any]:
+        async with store.tenant_transaction(pool, tenant, ACTOR) as conn:
+            if jti is not None:
+                revocation, at = await revocations.revoke_token(conn, ACTOR, tenant, jti, agent)
+                return {"tenant_id": str(tenant), "agent_id": revocation.agent_id, "jti": str(jti), "revoked_at": rfc3339(at)}
+            assert agent is not None
+            _revocation, before = await revocations.revoke_agent(conn, ACTOR, tenant, agent)
+            return {"tenant_id": str(tenant), "agent_id": agent, "revoked_before": rfc3339(before)}
+
+    revoked = run_admin(settings, action)
+    if as_json:
+        echo_json(revoked)
+    elif jti is not None:
+        out(f"revoked token {jti}")
+    else:
+        out(f"revoked every token of {agent} issued before {revoked['revoked_before']}")
 
 
 # --- status ----------------------------------------------------------------------------------

@@ -193,6 +193,8 @@ class Connection(UpdatePipeline, Generic[Frame]):
         node = self.node
         node.connections.add(self)
         node.metrics.sessions.inc()
+        if node.revocations.revoked(verdict):  # revoked after the check above, before this set held it
+            self.end(ErrorCode.TOKEN_REVOKED)
         sender = asyncio.create_task(self._sender())
         pipeline = asyncio.create_task(self._pipeline())
         ttl_s = (verdict.expires_at - datetime.now(timezone.utc)).total_seconds() + node.settings.jwt_leeway_s

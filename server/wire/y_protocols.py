@@ -45,6 +45,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.INVALID_UPDATE: 4422,
     ErrorCode.UPDATE_TOO_COSTLY: 4422,
     ErrorCode.TOKEN_EXPIRED: 4440,
+    ErrorCode.TOKEN_REVOKED: 4401,
     ErrorCode.INTERNAL_ERROR: 1011,
     ErrorCode.SERVER_SHUTDOWN: 1012,  # "service restart": y-websocket reconnects and resyncs
     ErrorCode.SLOW_CONSUMER: 1013,  # "try again later": y-websocket reconnects and resyncs
