@@ -3,7 +3,7 @@
 A token is revoked when its `jti` is listed for its tenant, or when its agent has a cut-off
 (`revoked_before`, seconds since the epoch) and the token was issued (`iat`) before it. The
 node loads the unexpired rows at start and after every reconnect of its LISTEN connection, and
-adds each revocation it hears of (migration 0027, server/cluster/hints.py), so checking a token
+adds each revocation it hears of (migration 0028, server/cluster/hints.py), so checking a token
 reads no database. Pure: no I/O, no asyncio.
 """
 

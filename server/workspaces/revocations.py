@@ -1,4 +1,4 @@
-"""Revoking tokens: the rows of migration 0027 and the NOTIFY that commits with them.
+"""Revoking tokens: the rows of migration 0028 and the NOTIFY that commits with them.
 
 `revoke_token` and `revoke_agent` take a connection inside `store.tenant_transaction` (RLS
 scopes them to one tenant), write the revocation and NOTIFY it in that transaction, so every

@@ -1,5 +1,5 @@
 -- ============================================================================================
--- Token revocation (server/workspaces/revocations.py, migration 0027)
+-- Token revocation (server/workspaces/revocations.py, migration 0028)
 -- Run as the application role inside tenant_transaction(), except revocations_live (every
 -- tenant's, through the owner's function).
 -- ============================================================================================
