@@ -33,7 +33,7 @@ class WorkspaceList(Out):
 
 class WorkspaceOne(Out):
     workspace: WorkspaceInfo
-    role: str  # the caller's role in it
+    role: str | None  # the caller's role in it; None: not a member (team or public)
 
 
 class DocumentMeta(DocumentInfo):

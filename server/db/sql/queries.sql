@@ -77,6 +77,12 @@ FROM workspaces w
 WHERE w.id = $1 AND w.deleted_at IS NULL
 FOR NO KEY UPDATE;
 
+-- name: ws_get_workspace
+-- Live workspace $1, read without a lock (a reader's access check).
+SELECT {workspace}
+FROM workspaces w
+WHERE w.id = $1 AND w.deleted_at IS NULL;
+
 -- name: ws_rejoin_member
 -- A member ($2) of live workspace $1 came back: its last_seen_at moves, and so does the
 -- workspace's activity unless a join moved it within the last second. The workspace row is not
