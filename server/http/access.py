@@ -114,6 +114,20 @@ async def may_read(
     return await directory.read_access(conn, agent_id, workspace_id)
 
 
+async def member_of(
+    conn: asyncpg.Connection, agent_id: str, workspace_id: uuid.UUID, *, write: bool
+) -> Member:
+    """Before a task or lock request: the caller's membership, as the agent endpoint asks a
+    session to have joined the workspace (`not_member` otherwise; unknown, deleted and other
+    tenants' ids the bare `not_found`), and with `write` a role that writes (`forbidden`)."""
+    _, member = await directory.workspace_and_membership(conn, agent_id, workspace_id)
+    if member is None:
+        raise TandemError(ErrorCode.NOT_MEMBER)
+    if write and not directory.can_write(member):
+        raise TandemError(ErrorCode.FORBIDDEN)
+    return member
+
+
 async def readable_document(
     conn: asyncpg.Connection, agent_id: str, workspace_id: uuid.UUID, doc_id: uuid.UUID
 ) -> DocumentInfo:

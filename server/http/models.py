@@ -115,6 +115,30 @@ class Written(Out):
     changed: bool
 
 
+class TaskOne(Out):
+    task: dict[str, Any]  # the task object of docs/protocol.md#124
+
+
+class TaskDetail(Out):
+    task: dict[str, Any]
+    delegations: list[dict[str, Any]]  # oldest first
+
+
+class TaskList(Out):
+    workspace_id: UUID
+    tasks: list[dict[str, Any]]
+    truncated: bool
+
+
+class LockOne(Out):
+    lock: dict[str, Any]  # the lock object of docs/protocol.md#121
+
+
+class LockList(Out):
+    workspace_id: UUID
+    locks: list[dict[str, Any]]
+
+
 class WorkspaceState(Out):
     workspace_id: UUID
     version: int
