@@ -33,7 +33,7 @@ def _type_of(model: type[BaseModel]) -> str:
 def _refuse(field: str, message: str, kind: str = "extra_forbidden") -> TandemError:
     return TandemError(
         ErrorCode.INVALID_MESSAGE,
-        f"{field}: {message}",
+        f"{field}: {message}" if field else message,
         {"errors": [{"field": field, "type": kind, "message": message}]},
     )
 
