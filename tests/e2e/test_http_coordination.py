@@ -152,6 +152,21 @@ async def test_a_task_life_cycle_over_http_is_the_agent_endpoints(
         assert [
             (d["from_agent_id"], d["to_agent_id"]) for d in detail["delegations"]
         ] == [("alice", "bob")]
+        # A worker claims a pending task by assigning it to itself, as on /ws.
+        third = (
+            await http.post(
+                f"/workspaces/{ws_id}/tasks",
+                json={"title": "Open"},
+                headers=bearer("alice"),
+            )
+        ).json()["task"]["task_id"]
+        claimed = await http.post(
+            f"/tasks/{third}/assign", json={"agent_id": "bob"}, headers=bearer("bob")
+        )
+        assert (
+            claimed.status_code == 200
+            and claimed.json()["task"]["assigned_to"] == "bob"
+        )
     finally:
         await bob_ws.close()
 
