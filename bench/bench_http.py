@@ -6,10 +6,13 @@ GET content over keep-alive connections (httpx) at 1 and `--concurrency` request
 - head: the text at the head (a replay from the newest snapshot plus the log after it);
 - seq: the text at the middle seq;
 - 304: the head with `If-None-Match` naming it (no replay).
-Prints requests/s and p50/p95/p99/max latency in milliseconds; asserts nothing. Each measurement
-is bounded by `--count` requests and `--time-limit-s`.
+Prints requests/s and p50/p95/p99/max latency in milliseconds. Then HTTP edit -> seen: one edit
+at a time is posted (`POST .../edits`, an insert at the start) while an SDK client on /ws has the
+document open; it prints the latency until the response (committed) and until the SDK client's
+text shows the edit. Asserts nothing. Each measurement is bounded by `--count` requests (edits:
+`--edits`) and `--time-limit-s`.
 
-    .venv/bin/python bench/bench_http.py [--ops 500] [--count 1000] [--concurrency 8] [--time-limit-s 60]
+    .venv/bin/python bench/bench_http.py [--ops 500] [--count 1000] [--concurrency 8] [--edits 300] [--time-limit-s 60]
 """
 
 from __future__ import annotations
@@ -87,6 +90,40 @@ async def measure(
     return len(latencies), time.perf_counter() - started, latencies
 
 
+async def edits_seen(
+    client: httpx.AsyncClient,
+    ws_url: str,
+    token: str,
+    workspace_id: str,
+    doc_id: str,
+    count: int,
+    limit_s: float,
+) -> tuple[list[float], list[float]]:
+    """(ms until committed, ms until seen on /ws) of up to `count` HTTP edits, one at a time."""
+    edits_url = f"/v1/workspaces/{workspace_id}/documents/{doc_id}/edits"
+    auth = {"Authorization": f"Bearer {token}"}
+    acked: list[float] = []
+    seen: list[float] = []
+    async with tandem_client.connect(ws_url, token) as watcher:
+        ws = await watcher.join(workspace_id)
+        doc = await ws.open(doc_id, create=False)
+        deadline = time.monotonic() + limit_s
+        for i in range(count):
+            if time.monotonic() >= deadline:
+                break
+            word = f"edit{i} "
+            started = time.perf_counter()
+            r = await client.post(
+                edits_url, json=[{"insert": {"index": 0, "text": word}}], headers=auth
+            )
+            acked.append((time.perf_counter() - started) * 1000)
+            if r.status_code != 201:
+                raise RuntimeError(f"POST edits: {r.status_code} {r.text[:200]}")
+            await doc.wait_for(lambda d, w=word: str(d.text).startswith(w), 30)
+            seen.append((time.perf_counter() - started) * 1000)
+    return acked, seen
+
+
 async def run(base: str, ws_url: str, secret: str, args: argparse.Namespace) -> None:
     token = issue_token(secret, TENANT, "bench", 3600)
     workspace_id, doc_id = await write_document(ws_url, token, args.ops)
@@ -127,6 +164,16 @@ async def run(base: str, ws_url: str, secret: str, args: argparse.Namespace) -> 
                     f"{name:<6} {concurrency:>9} {n:>8} {n / wall_s:>8.0f} {s['p50']:>7.2f} {s['p95']:>7.2f} "
                     f"{s['p99']:>7.2f} {s['max']:>7.2f}"
                 )
+        client.base_url = httpx.URL(base)
+        acked, seen = await edits_seen(
+            client, ws_url, token, workspace_id, doc_id, args.edits, args.time_limit_s
+        )
+        print(f"{'edit':<16} {'edits':>6} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}")
+        for name, latencies in (("committed", acked), ("seen on /ws", seen)):
+            s = summarize(latencies)
+            print(
+                f"{name:<16} {len(latencies):>6} {s['p50']:>7.2f} {s['p95']:>7.2f} {s['p99']:>7.2f} {s['max']:>7.2f}"
+            )
 
 
 def main() -> None:
@@ -139,6 +186,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--concurrency", type=int, default=8, help="requests in flight (second run)"
+    )
+    parser.add_argument(
+        "--edits", type=int, default=300, help="HTTP edits timed until seen on /ws"
     )
     parser.add_argument(
         "--time-limit-s", type=float, default=60.0, help="bound on each measurement"

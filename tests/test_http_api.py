@@ -32,10 +32,11 @@ def test_the_openapi_document_validates_and_lists_every_route() -> None:
     }
     listed = {(path, method) for path, item in spec["paths"].items() for method in item}
     assert served == listed
-    assert len(served) == 14
+    assert len(served) == 29
     assert ("/tokens/revoke", "post") in served
     for path, method in [(f"{DOCS}/{{doc_id}}/updates", "post"), (f"{DOCS}/{{doc_id}}/edits", "post"),
-                         ("/workspaces/{workspace_id}/state", "patch")]:  # fmt: skip
+                         ("/workspaces/{workspace_id}/state", "patch"), ("/tasks/{task_id}/start", "post"),
+                         ("/workspaces/{workspace_id}/locks/acquire", "post")]:  # fmt: skip
         assert {"409", "412", "423"} <= set(spec["paths"][path][method]["responses"])
     assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
         "type": "http",

@@ -299,3 +299,41 @@ async def test_operation_ids_are_time_ordered_uuids_so_appends_fill_the_id_index
         assert len({r["id"] for r in rows}) == 20
     finally:
         await pool.close()
+
+
+async def test_an_expected_head_is_checked_under_the_row_lock_and_refused_when_it_moved(db) -> None:
+    """Migration 0029: an operation carrying the head its writer expects is stored only when it
+    is the document's head and the operation is its document's first in the batch; otherwise
+    `head_moved` with the head found, and nothing of it is stored. Others in the batch go on."""
+    pool = await create_pool(db.app_url, min_size=1, max_size=2)
+    try:
+        doc_id = await _make_document(pool, TENANT_A)
+        other = await _make_document(pool, TENANT_A)
+
+        async def append(ops: list[tuple[uuid.UUID, int | None]]) -> list[tuple]:
+            async with pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    store.Q["append_batch_expecting"], [TENANT_A] * len(ops), [o[0] for o in ops], ["a"] * len(ops),
+                    [None] * len(ops), ["insert"] * len(ops), ["{}"] * len(ops),
+                    [f"u{i}".encode() for i in range(len(ops))], None, [o[1] for o in ops],
+                )  # fmt: skip
+            return [(r["seq"], r["refused"], r["head"]) for r in rows]
+
+        assert await append([(doc_id, 0), (doc_id, None)]) == [(1, None, None), (2, None, None)]
+        # A stale expectation: refused with the head; the plain write after it and another
+        # document's write are stored.
+        assert await append([(doc_id, 1), (doc_id, None), (other, 0)]) == [
+            (None, "head_moved", 2), (3, None, None), (1, None, None),
+        ]  # fmt: skip
+        # Right head but not the document's first operation of the batch: refused too.
+        assert await append([(doc_id, None), (doc_id, 3)]) == [(4, None, None), (None, "head_moved", 4)]
+        # Two writers that read the same head: exactly one is stored.
+        outcomes = await asyncio.gather(append([(doc_id, 4)]), append([(doc_id, 4)]))
+        assert sorted((o[0] for o in outcomes), key=str) == [(5, None, None), (None, "head_moved", 5)]
+        async with store.tenant_transaction(pool, TENANT_A) as conn:
+            seqs = await conn.fetch(
+                "SELECT sequence_number FROM document_operations WHERE document_id = $1 ORDER BY 1", doc_id
+            )
+        assert [r["sequence_number"] for r in seqs] == [1, 2, 3, 4, 5]
+    finally:
+        await pool.close()

@@ -65,6 +65,9 @@ class NewOperation(NamedTuple):
     origin: str | None = None
     request_id: str | int | None = None
     fence: int | None = None  # the fencing token the writer presented (docs/protocol.md#121)
+    # The head the writer expects the document to have (an HTTP If-Match): the append refuses
+    # the operation with `head_moved` unless it is the head in the log (migration 0029).
+    expect_head: int | None = None
 
 
 @dataclass(frozen=True)

@@ -325,11 +325,17 @@ class Committer:
         # tells its own operations from other nodes' in the log by the operations it has in
         # flight (`Room.on_log_rows`).
         assert shard.conn is not None
-        rows = await shard.conn.fetch(
-            store.Q["append_batch"],
+        args = [
             [p.tenant_id for p in batch], [p.doc_id for p in batch], [p.op.agent_id for p in batch],
             [p.op.fence for p in batch], [p.op.op_type for p in batch], [p.op.vector_clock for p in batch],
             [p.op.update for p in batch], self.node_id if self.hints else None,
+        ]  # fmt: skip
+        query = "append_batch"
+        if any(p.op.expect_head is not None for p in batch):  # an If-Match write is in the batch
+            query = "append_batch_expecting"
+            args.append([p.op.expect_head for p in batch])
+        rows = await shard.conn.fetch(
+            store.Q[query], *args,
             timeout=self.timeout_s + CLIENT_GRACE_S,  # the server's statement_timeout ends it first
         )  # fmt: skip
         shard.committed_at = time.monotonic()
@@ -339,7 +345,7 @@ class Committer:
         for p, row in zip(batch, rows):
             seq = row["seq"]
             if seq is None:
-                p.decide(None, _refusal(row["refused"], row["holder"], p.doc_id))
+                p.decide(None, _refusal(row["refused"], row["holder"], p.doc_id, row.get("head")))
                 continue
             p.decide(seq)
             committed.append(Committed(p.tenant_id, p.doc_id, seq, p.op))
@@ -351,8 +357,20 @@ class Committer:
             p.decide(None, exc or RuntimeError("commit failed"))
 
 
-def _refusal(refused: str, holder: str | None, doc_id: uuid.UUID) -> Exception:
-    """Why the batch call stored an operation not: its document's lock, or no such document."""
+class HeadMoved(TandemError):
+    """The document's head was not the one its writer expected (`If-Match`): nothing was
+    stored. `head` is the head found (in the room, or in the log under the row lock)."""
+
+    def __init__(self, head: int) -> None:
+        super().__init__(ErrorCode.CONFLICT, f"the document's head is {head}", {"head_seq": head})
+        self.head = head
+
+
+def _refusal(refused: str, holder: str | None, doc_id: uuid.UUID, head: int | None = None) -> Exception:
+    """Why the batch call stored an operation not: its document's lock, the head its writer
+    expected, or no such document."""
     if refused == "not_found":
         return LookupError(f"document {doc_id} not found")
+    if refused == "head_moved":
+        return HeadMoved(head if head is not None else -1)
     return TandemError(ErrorCode(refused), details={"holder": holder} if holder is not None else None)

@@ -9,7 +9,10 @@ commit and gets the new seq; subscribers on every node hear the operation as any
 `expect_head` (If-Match) is checked in the same synchronous step as the apply, with no await in
 between: the room holds exactly operations 1..head_seq (nothing of this node in flight, no seq
 known beyond it, after reading the log), so no writer on this node can slip in between the
-check and the apply. `build`, when given, makes the update from the document at that moment
+check and the apply. Another node may have passed the same check; the operation carries the
+expectation into the append (migration 0027), which refuses it under the document's row lock
+when the head moved: `HeadMoved`, nothing stored, and the room is rebuilt from the log.
+`build`, when given, makes the update from the document at that moment
 (text edits: server/documents/text_edits.py), so a replace is computed from the text it edits.
 """
 
@@ -23,21 +26,12 @@ from server.core.errors import ErrorCode, TandemError
 from server.core.metrics import Metrics
 from server.documents import write_rules
 from server.documents.checker import UpdateChecker
+from server.documents.committer import HeadMoved
 from server.documents.room import Room
 from server.documents.rooms import RoomRegistry
 from server.documents.update_bounds import UpdateBounds, against_room
 
 Builder = Callable[[Document], bytes | None]
-
-
-class HeadMoved(TandemError):
-    """`If-Match` named a seq that is not the document's head: nothing was applied."""
-
-    def __init__(self, head: int) -> None:
-        super().__init__(
-            ErrorCode.CONFLICT, f"the document's head is {head}", {"head_seq": head}
-        )
-        self.head = head
 
 
 async def write(
@@ -92,6 +86,11 @@ async def write(
             ) from None
         if op is None:
             return None
+        if expect_head is not None:
+            # The room's check holds on this node only; the append checks it again under the
+            # document's row lock, so a write of another node on the same head cannot pass too.
+            op = op._replace(expect_head=expect_head)
+            room.in_flight[op.update] = op
         seq = await rooms.submit(room, op)
         try:
             return await asyncio.shield(seq)

@@ -1,9 +1,12 @@
 """Who is asking and what they may read: the bearer token checked by the node's own rule (as
 /ws and /yjs check it), and workspace access by the directory's rules (server/workspaces).
 
-`admit` is the /yjs endpoint's rule (server/transport/yws.py `_join`): a member is admitted; a
-non-member of a team or public workspace joins it, as `workspace.join` admits it; a private
-workspace is `forbidden`; an unknown, deleted or other tenant's id is a bare `not_found`.
+Reads (`may_read`, `readable_document`) change nothing: a member reads, and so does a non-member
+of a team or public workspace (the workspaces `workspace.list` shows it), without becoming a
+member; a private workspace is `forbidden` to non-members. Writes go through `admit`, the /yjs
+endpoint's rule (server/transport/yws.py `_join`): a non-member of a team or public workspace
+joins it, as `workspace.join` admits it, before its role is checked. An unknown, deleted or
+other tenant's id is a bare `not_found` either way.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from server.documents.checker import UpdateChecker
 from server.documents.rooms import RoomRegistry
 from server.workspaces import directory
 from server.workspaces.coordination import Coordination
-from server.workspaces.directory import DocumentInfo
+from server.workspaces.directory import DocumentInfo, Member, Workspace
 
 
 class NodeView(Protocol):
@@ -96,19 +99,45 @@ async def transaction(
 
 async def admit(
     conn: asyncpg.Connection, agent_id: str, workspace_id: uuid.UUID
-) -> None:
-    """The caller may read the workspace: a member, or admitted to a team or public one by
-    `workspace.join`'s rule (it becomes a member); raises `forbidden` / `not_found` otherwise."""
-    if await directory.membership(conn, agent_id, workspace_id) is None:
+) -> Member:
+    """Before a write: the caller's membership, a non-member of a team or public workspace
+    joining it by `workspace.join`'s rule; raises `forbidden` / `not_found` otherwise."""
+    member = await directory.membership(conn, agent_id, workspace_id)
+    if member is None:
         await directory.join_workspace(conn, agent_id, workspace_id, 1)
+        member = await directory.membership(conn, agent_id, workspace_id)
+        assert member is not None
+    return member
+
+
+async def may_read(
+    conn: asyncpg.Connection, agent_id: str, workspace_id: uuid.UUID
+) -> tuple[Workspace, Member | None]:
+    """Before a read: the workspace and the caller's membership (None: a non-member reading a
+    team or public workspace); nothing is written (`directory.read_access`)."""
+    return await directory.read_access(conn, agent_id, workspace_id)
+
+
+async def member_of(
+    conn: asyncpg.Connection, agent_id: str, workspace_id: uuid.UUID, *, write: bool
+) -> Member:
+    """Before a task or lock request: the caller's membership, as the agent endpoint asks a
+    session to have joined the workspace (`not_member` otherwise; unknown, deleted and other
+    tenants' ids the bare `not_found`), and with `write` a role that writes (`forbidden`)."""
+    _, member = await directory.workspace_and_membership(conn, agent_id, workspace_id)
+    if member is None:
+        raise TandemError(ErrorCode.NOT_MEMBER)
+    if write and not directory.can_write(member):
+        raise TandemError(ErrorCode.FORBIDDEN)
+    return member
 
 
 async def readable_document(
     conn: asyncpg.Connection, agent_id: str, workspace_id: uuid.UUID, doc_id: uuid.UUID
 ) -> DocumentInfo:
-    """A live document of this workspace that the caller may read (as /yjs opens one)."""
+    """A live document of this workspace that the caller may read (`may_read`), read only."""
     info = await directory.get_document(conn, doc_id)
     if info is None or info.workspace_id != workspace_id:
         raise TandemError(ErrorCode.NOT_FOUND)
-    await admit(conn, agent_id, workspace_id)
+    await may_read(conn, agent_id, workspace_id)
     return info

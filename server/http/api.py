@@ -11,8 +11,10 @@ from server.core.settings import Settings
 from server.http import (
     content_routes,
     directory_routes,
+    lock_routes,
     problems,
     state_routes,
+    task_routes,
     token_routes,
     write_routes,
 )
@@ -26,6 +28,8 @@ ROUTERS = (
     content_routes.router,
     write_routes.router,
     state_routes.router,
+    task_routes.router,
+    lock_routes.router,
     token_routes.router,
 )
 """Every route of /v1 (the OpenAPI test checks the document lists each of them)."""

@@ -5,11 +5,20 @@ Content is served as the document's text (`text/plain`; `application/json` for a
 whose text parses), or as one Yjs update of the whole state when `Accept` asks for
 `application/octet-stream`. `ETag` is the seq served (`"12"`); an `If-None-Match` naming it gets
 304 without a replay when the seq is known beforehand (the head, or `?seq=`).
+
+The head is served from the node's room of the document (server/documents/rooms.py), opened
+if it is not (the snapshot and the log after it read once, then kept current by the fan-out
+and unloaded when idle, as for a WebSocket reader), so a head read does not replay the log:
+the room first reads what the log holds past the head this request saw, and serves its
+document when it holds exactly operations 1..its head (nothing of this node in flight). A room
+that is not settled so (writes of this node in flight, being rebuilt) leaves the read to a
+replay, as for `?seq=` and `?at=`.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,6 +110,28 @@ def _representation(content_type: str, text: str) -> tuple[str, bytes]:
     return "text/plain; charset=utf-8", text.encode()
 
 
+async def _from_room(
+    request: Request, who: Principal, doc_id: uuid.UUID, head: int
+) -> tuple[int, str | bytes] | None:
+    """The head from the node's room: its seq and its text (or its state as one Yjs update,
+    when asked for), read in one step with no await between; None when the room is not settled
+    at `head` or past it."""
+    rooms = node_of(request).rooms
+    try:
+        room = await rooms.get(who.tenant_id, doc_id)
+    except LookupError:
+        raise TandemError(ErrorCode.NOT_FOUND) from None
+    if room.head_seq < head:
+        await rooms.catch_up(room)
+    if room.broken or not room.quiet or room.head_seq < head:
+        return None
+    if not room.subscriptions and room.idle_since is not None:
+        room.idle_since = time.monotonic()  # read: stays open for the next read a while
+    if _wants_update(request):
+        return room.head_seq, room.document.encode_state()
+    return room.head_seq, room.document.text()
+
+
 @router.get(
     DOC + "/content",
     response_class=Response,
@@ -138,6 +169,15 @@ async def content(
     vary = {"Vary": "Accept"}
     if known is not None and not_modified(request, known):
         return Response(status_code=304, headers={"ETag": etag(known), **vary})
+    if seq is None and at is None:
+        served = await _from_room(request, who, doc_id, info.head_seq)
+        if served is not None:
+            served_seq, payload = served
+            headers = {"ETag": etag(served_seq), **vary}
+            if isinstance(payload, bytes):
+                return Response(payload, media_type=OCTET, headers=headers)
+            media_type, body = _representation(info.content_type, payload)
+            return Response(body, media_type=media_type, headers=headers)
     with _log_errors(doc_id):
         replayed = await log_reader.replay(
             node_of(request).pool,

@@ -13,7 +13,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from server.core.auth import Principal
 from server.core.errors import ErrorCode, TandemError
-from server.http.access import admit, node_of, principal, readable_document, transaction
+from server.http.access import (
+    admit,
+    may_read,
+    node_of,
+    principal,
+    readable_document,
+    transaction,
+)
 from server.http.models import (
     DocumentCreate,
     DocumentList,
@@ -105,11 +112,13 @@ async def create_workspace(
 async def get_workspace(
     request: Request, workspace_id: uuid.UUID, who: Caller
 ) -> WorkspaceOne:
-    """As `workspace.join` admits the caller: a non-member of a team or public workspace joins it."""
+    """A member, or any agent of the tenant for a team or public workspace (`role` null: not a
+    member); reading it joins nobody."""
     async with transaction(request, who) as conn:
-        joined = await directory.join_workspace(conn, who.agent_id, workspace_id, 1)
+        workspace, member = await may_read(conn, who.agent_id, workspace_id)
     return WorkspaceOne(
-        workspace=WorkspaceInfo(**joined.workspace.to_wire()), role=joined.role
+        workspace=WorkspaceInfo(**workspace.to_wire()),
+        role=member.role if member is not None else None,
     )
 
 
@@ -122,7 +131,7 @@ async def list_documents(
     request: Request, workspace_id: uuid.UUID, who: Caller, limit: Limit = None
 ) -> DocumentList:
     async with transaction(request, who) as conn:
-        await admit(conn, who.agent_id, workspace_id)
+        await may_read(conn, who.agent_id, workspace_id)
         docs, truncated = await directory.list_documents(
             conn, workspace_id, _limit(request, limit)
         )

@@ -33,7 +33,7 @@ class WorkspaceList(Out):
 
 class WorkspaceOne(Out):
     workspace: WorkspaceInfo
-    role: str  # the caller's role in it
+    role: str | None  # the caller's role in it; None: not a member (team or public)
 
 
 class DocumentMeta(DocumentInfo):
@@ -113,6 +113,30 @@ class Written(Out):
     doc_id: UUID
     seq: int
     changed: bool
+
+
+class TaskOne(Out):
+    task: dict[str, Any]  # the task object of docs/protocol.md#124
+
+
+class TaskDetail(Out):
+    task: dict[str, Any]
+    delegations: list[dict[str, Any]]  # oldest first
+
+
+class TaskList(Out):
+    workspace_id: UUID
+    tasks: list[dict[str, Any]]
+    truncated: bool
+
+
+class LockOne(Out):
+    lock: dict[str, Any]  # the lock object of docs/protocol.md#121
+
+
+class LockList(Out):
+    workspace_id: UUID
+    locks: list[dict[str, Any]]
 
 
 class WorkspaceState(Out):

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from server.core.auth import Principal
 from server.core.errors import ErrorCode, TandemError
-from server.http.access import admit, node_of, principal, transaction
+from server.http.access import admit, may_read, node_of, principal, transaction
 from server.http.body import media_type
 from server.http.models import WorkspaceState
 from server.http.problems import PROBLEMS, WRITE_PROBLEMS, Stale
@@ -50,7 +50,7 @@ async def get_state(
     request: Request, response: Response, workspace_id: uuid.UUID, who: Caller
 ) -> WorkspaceState:
     async with transaction(request, who) as conn:
-        await admit(conn, who.agent_id, workspace_id)
+        await may_read(conn, who.agent_id, workspace_id)
         current = await state.get_state(conn, workspace_id)
     response.headers["ETag"] = f'"{current.version}"'
     return WorkspaceState(

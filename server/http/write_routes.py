@@ -15,7 +15,13 @@ from server.core.auth import Principal
 from server.core.errors import ErrorCode, TandemError
 from server.documents import one_write, text_edits
 from server.documents.update_bounds import UpdateBounds
-from server.http.access import node_of, principal, readable_document, transaction
+from server.http.access import (
+    admit,
+    node_of,
+    principal,
+    readable_document,
+    transaction,
+)
 from server.http.body import OCTET, media_type
 from server.http.models import (
     MAX_EDITS,
@@ -60,7 +66,7 @@ async def _write(
     expect = if_match(request)
     async with transaction(request, who) as conn:
         await readable_document(conn, who.agent_id, workspace_id, doc_id)
-        member = await directory.membership(conn, who.agent_id, workspace_id)
+        member = await admit(conn, who.agent_id, workspace_id)
     if not directory.can_write(member):
         raise TandemError(
             ErrorCode.FORBIDDEN, "a viewer (or a member without write) cannot edit"

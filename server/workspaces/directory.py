@@ -214,6 +214,28 @@ async def _join_result(conn: asyncpg.Connection, workspace: Workspace, member: M
 # --- members ---------------------------------------------------------------------------------
 
 
+async def workspace_and_membership(
+    conn: asyncpg.Connection, agent_id: str, workspace_id: uuid.UUID
+) -> tuple[Workspace, Member | None]:
+    """A live workspace of the tenant and the agent's membership of it (None: not a member);
+    unknown, deleted and other tenants' ids raise the bare `not_found`. Reads only."""
+    row = await conn.fetchrow(Q["ws_get_workspace"], workspace_id)
+    if row is None:
+        raise TandemError(ErrorCode.NOT_FOUND)
+    return _workspace(row), await membership(conn, agent_id, workspace_id)
+
+
+async def read_access(conn: asyncpg.Connection, agent_id: str, workspace_id: uuid.UUID) -> tuple[Workspace, Member | None]:
+    """The workspace and the agent's membership (None: not a member) when the agent may read it
+    without joining: a member, or anyone of the tenant for a team or public workspace (those are
+    the ones `workspace.list` shows a non-member). A private one raises `forbidden`; unknown,
+    deleted and other tenants' ids the bare `not_found`. Reads only: nothing is written."""
+    workspace, member = await workspace_and_membership(conn, agent_id, workspace_id)
+    if member is None and workspace.visibility == "private":
+        raise TandemError(ErrorCode.FORBIDDEN)
+    return workspace, member
+
+
 async def membership(conn: asyncpg.Connection, agent_id: str, workspace_id: uuid.UUID) -> Member | None:
     """The agent's membership of a live workspace of the current tenant, or None."""
     row = await conn.fetchrow(Q["ws_get_membership"], workspace_id, agent_id)

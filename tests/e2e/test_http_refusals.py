@@ -12,14 +12,16 @@ import httpx
 
 from tests import wsclient
 from tests.conftest import TENANT_A, TENANT_B
-from tests.e2e.conftest import Tandem
+from tests.e2e.conftest import Tandem, admin_fetch
 from tests.e2e.http_peers import MAX_BODY, assert_problem, bearer, count, doc_path, run
 from tests.e2e.http_peers import edited, http, server  # noqa: F401 (fixtures)
 from tests.serverproc import TANDEM, server_env
 
 
-async def test_private_workspace_is_forbidden_to_a_non_member_and_a_team_one_admits(
-    http: httpx.AsyncClient, edited: dict[str, Any]
+async def test_private_workspace_is_forbidden_to_a_non_member_and_a_team_one_is_read_without_joining(
+    http: httpx.AsyncClient,
+    edited: dict[str, Any],
+    server: Tandem,  # noqa: F811
 ) -> None:
     private = (
         await http.post("/workspaces", json={"name": "Secret"}, headers=bearer("carol"))
@@ -31,9 +33,25 @@ async def test_private_workspace_is_forbidden_to_a_non_member_and_a_team_one_adm
         assert_problem(
             await http.get(path, headers=bearer("mallory")), 403, "forbidden"
         )
-    # Alice's workspace is a team one: another agent of the tenant is admitted, as workspace.join admits.
+    # Alice's workspace is a team one: another agent of the tenant reads it through every GET
+    # and stays a non-member; no GET writes a row of workspace_members.
+    members = "SELECT workspace_id, agent_id, role, joined_at, last_seen_at FROM workspace_members ORDER BY 1, 2"
+    before = await admin_fetch(server.db, members)
+    ws_path = f"/workspaces/{edited['workspace_id']}"
     r = await http.get(doc_path(edited, "/content"), headers=bearer("dave"))
     assert r.status_code == 200 and r.text == edited["texts"][5]
+    got = await http.get(ws_path, headers=bearer("dave"))
+    assert got.status_code == 200 and got.json()["role"] is None
+    for path in (
+        ws_path + "/documents",
+        ws_path + "/state",
+        doc_path(edited),
+        doc_path(edited, "/history"),
+        doc_path(edited, "/blame"),
+    ):
+        assert (await http.get(path, headers=bearer("dave"))).status_code == 200, path
+    assert await admin_fetch(server.db, members) == before
+    assert "dave" not in {r["agent_id"] for r in before}
 
 
 async def test_another_tenants_ids_are_not_found(

@@ -10,7 +10,8 @@ from pycrdt import Doc, Text
 
 from tests import wsclient
 from tests.conftest import TENANT_A
-from tests.e2e.conftest import Tandem
+from tests.e2e.conftest import Tandem, eventually
+from tests.e2e.editors import Editors, base_url, tok
 from tests.e2e.http_peers import (  # noqa: F401 (fixtures)
     FAST,
     assert_problem,
@@ -224,3 +225,58 @@ async def test_workspace_state_by_json_patch_and_merge_patch_with_if_match(
     assert (await http.get(path, headers=bearer("sam"))).json()[
         "version"
     ] == version + 2
+
+
+async def test_a_whole_text_replace_keeps_a_yjs_editors_concurrent_insertions(
+    http: httpx.AsyncClient,  # noqa: F811
+    server: Tandem,  # noqa: F811
+    editors: Editors,
+) -> None:
+    """A stock Yjs editor (Node, y-websocket) types while offline, so its insertions are
+    concurrent with an HTTP replace of the whole text made meanwhile; once it reconnects both
+    sides hold the replace's change and every character it typed (the replace became the
+    minimal edit of the title line, not a delete of everything)."""
+    ws_id = (
+        await http.post(
+            "/workspaces",
+            json={"name": "Replace", "visibility": "team"},
+            headers=bearer("alice"),
+        )
+    ).json()["workspace"]["workspace_id"]
+    doc_id = (
+        await http.post(
+            f"/workspaces/{ws_id}/documents",
+            json={"title": "r"},
+            headers=bearer("alice"),
+        )
+    ).json()["doc_id"]
+    path = f"/workspaces/{ws_id}/documents/{doc_id}"
+    start = "Title: draft\nbody line\n"
+    first = await http.post(
+        path + "/edits",
+        json=[{"insert": {"index": 0, "text": start}}],
+        headers=bearer("alice"),
+    )
+    assert first.status_code == 201, first.text
+    editor = await editors.start(base_url(server), ws_id, doc_id, tok("ed"))
+    await editor.wait_for(lambda c: c.text == start)
+    await editor.send(cmd="disconnect")
+    await editor.wait_for(lambda c: len(c.closes) > 0)
+    await editor.type("typed offline")
+    await editor.insert(">> ", 0)
+    replaced = await http.post(
+        path + "/edits",
+        json=[{"replace": {"text": "Title: FINAL\nbody line\n"}}],
+        headers=bearer("alice"),
+    )
+    assert replaced.status_code == 201, replaced.text
+    await editor.send(cmd="reconnect", token=tok("ed"))
+    expected = ">> Title: FINAL\nbody line\ntyped offline"
+    await editor.wait_for(lambda c: c.text == expected)
+
+    async def served() -> bool:
+        return (
+            await http.get(path + "/content", headers=bearer("alice"))
+        ).text == expected
+
+    await eventually(served)  # the editor's updates commit, then the head serves them

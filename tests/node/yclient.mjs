@@ -15,6 +15,7 @@
 // update each, as fast as the editor can), {"cmd":"awareness","state":{...}|null},
 // {"cmd":"raw","b64":...} (send bytes as they are),
 // {"cmd":"reconnect","token":...} (connect again with a fresh token),
+// {"cmd":"disconnect"} (go offline, keeping the document: edits wait for the next connect),
 // {"cmd":"state","id":...}, {"cmd":"exit"}.
 import * as readline from 'node:readline'
 import WebSocket from 'ws'
@@ -82,6 +83,9 @@ rl.on('line', (line) => {
     case 'reconnect': // as after `closed` 4440: a fresh token, then connect again
       provider.params = { ...provider.params, token: cmd.token }
       provider.connect()
+      break
+    case 'disconnect':
+      provider.disconnect()
       break
     case 'raw':
       provider.ws.send(Buffer.from(cmd.b64, 'base64'))

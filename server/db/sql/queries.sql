@@ -28,6 +28,10 @@ SELECT tandem_maintain_partitions();
 -- Append a group-commit batch: parallel arrays (tenant, doc, agent, fence, type, clock, update), one row per operation in order; $8: node id for hints.
 SELECT seq, refused, holder FROM tandem_append_batch($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[]::jsonb[], $7::bytea[], $8::text);
 
+-- name: append_batch_expecting
+-- append_batch with $9: per operation, the head its writer expects (NULL: none); refused `head_moved` with the head found otherwise.
+SELECT seq, refused, holder, head FROM tandem_append_batch($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[]::jsonb[], $7::bytea[], $8::text, $9::bigint[]);
+
 -- name: operations_after
 -- The operations of document $1 with a sequence number in ($2, $2 + $3], in order. Seqs are
 -- contiguous, so the range is at most $3 rows and always an index range scan (a LIMIT alone
@@ -72,6 +76,12 @@ SELECT {workspace}
 FROM workspaces w
 WHERE w.id = $1 AND w.deleted_at IS NULL
 FOR NO KEY UPDATE;
+
+-- name: ws_get_workspace
+-- Live workspace $1, read without a lock (a reader's access check).
+SELECT {workspace}
+FROM workspaces w
+WHERE w.id = $1 AND w.deleted_at IS NULL;
 
 -- name: ws_rejoin_member
 -- A member ($2) of live workspace $1 came back: its last_seen_at moves, and so does the
