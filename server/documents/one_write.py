@@ -10,7 +10,7 @@ commit and gets the new seq; subscribers on every node hear the operation as any
 between: the room holds exactly operations 1..head_seq (nothing of this node in flight, no seq
 known beyond it, after reading the log), so no writer on this node can slip in between the
 check and the apply. Another node may have passed the same check; the operation carries the
-expectation into the append (migration 0027), which refuses it under the document's row lock
+expectation into the append (migration 0029), which refuses it under the document's row lock
 when the head moved: `HeadMoved`, nothing stored, and the room is rebuilt from the log.
 `build`, when given, makes the update from the document at that moment
 (text edits: server/documents/text_edits.py), so a replace is computed from the text it edits.

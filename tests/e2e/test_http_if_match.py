@@ -1,4 +1,4 @@
-"""If-Match on document writes across two nodes (docs/http.md, migration 0027): two `tandem serve`
+"""If-Match on document writes across two nodes (docs/http.md, migration 0029): two `tandem serve`
 nodes on one database each take an edit naming the same head at the same moment. Each node's
 room lets its own through, so only the append, checking the expected head under the document's
 row lock, can refuse one: exactly one commits, the other gets 412 and nothing of it is stored."""
