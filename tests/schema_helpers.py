@@ -34,6 +34,8 @@ APP_PRIVILEGES: dict[str, frozenset[str]] = {
     "audit_log": frozenset({"SELECT"}),
     "conflict_resolutions": frozenset({"SELECT", "INSERT", "UPDATE"}),
     "agents": frozenset({"SELECT", "INSERT", "UPDATE"}),  # 0023: registrations are never deleted
+    "token_revocations": frozenset({"SELECT", "INSERT", "UPDATE"}),  # 0028: swept by the owner only
+    "agent_token_revocations": frozenset({"SELECT", "INSERT", "UPDATE"}),
 }
 TABLES = sorted(APP_PRIVILEGES)
 VIEWS = ["v_active_workflows", "v_agent_workload", "v_task_statistics", "v_workspace_activity"]
@@ -54,7 +56,12 @@ UPDATE_SET: dict[str, str] = {
     "audit_log": "changed_by = 'changed'",
     "conflict_resolutions": "description = 'changed'",
     "agents": "name = 'changed'",
+    "token_revocations": "agent_id = 'changed'",
+    "agent_token_revocations": "revoked_before = 'epoch'",
 }
+# Tables whose every row the owner role reads, by a policy of its own: a node's load of the
+# revocations in force (migration 0028, `live_token_revocations`).
+OWNER_READS_ALL = frozenset({"token_revocations", "agent_token_revocations"})
 
 
 @asynccontextmanager
@@ -201,6 +208,13 @@ async def build_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> Tenant
             "INSERT INTO agents (tenant_id, agent_id, name, capabilities) VALUES ($1, 'agent-2', 'Agent', '{write}')",
             tenant_id,
         )
+        await c.execute(
+            "INSERT INTO token_revocations (tenant_id, jti, agent_id) VALUES ($1, $2, 'agent-1')", tenant_id, uuid.uuid4()
+        )
+        await c.execute(
+            "INSERT INTO agent_token_revocations (tenant_id, agent_id, revoked_before) VALUES ($1, 'agent-2', now())",
+            tenant_id,
+        )
     return TenantRows(
         tenant_id, task, subtask, delegation, workflow, execution, workspace, "agent-1", document, operation,
         child_operation, snapshot, conflict,
@@ -258,6 +272,11 @@ def insert_sql(table: str, rows: TenantRows) -> tuple[str, list[object]]:
             [t, new_id],
         ),
         "agents": ("INSERT INTO agents (tenant_id, agent_id, name) VALUES ($1, $2, 'a')", [t, f"agent-{new_id}"]),
+        "token_revocations": ("INSERT INTO token_revocations (tenant_id, jti) VALUES ($1, $2)", [t, new_id]),
+        "agent_token_revocations": (
+            "INSERT INTO agent_token_revocations (tenant_id, agent_id, revoked_before) VALUES ($1, $2, now())",
+            [t, f"agent-{new_id}"],
+        ),
     }
     return statements[table]
 
