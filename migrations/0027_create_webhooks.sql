@@ -86,6 +86,13 @@ CREATE POLICY webhook_outbox_tenant_isolation ON webhook_outbox
 CREATE POLICY webhook_deliveries_tenant_isolation ON webhook_deliveries
     FOR ALL USING (tenant_id = current_tenant_id()) WITH CHECK (tenant_id = current_tenant_id());
 
+-- What `tenants_with_due_webhooks` (below, run as the owner) may see across tenants: undelivered
+-- deliveries and enabled endpoints. It returns tenant ids only; the owner changes nothing.
+CREATE POLICY webhook_deliveries_due_select ON webhook_deliveries
+    FOR SELECT TO tandem_owner USING (status IN ('pending', 'failed'));
+CREATE POLICY webhook_endpoints_due_select ON webhook_endpoints
+    FOR SELECT TO tandem_owner USING (enabled);
+
 GRANT SELECT, INSERT, UPDATE, DELETE ON webhook_endpoints TO tandem_app;
 GRANT SELECT, INSERT, UPDATE ON webhook_outbox TO tandem_app;
 GRANT SELECT, INSERT, UPDATE ON webhook_deliveries TO tandem_app;
@@ -102,9 +109,12 @@ CREATE FUNCTION tandem_webhook_emit(p_workspace uuid, p_type text, p_payload jso
 AS $$
 DECLARE
     v_event bigint;
+    v_tenant uuid;  -- the workspace's, from its endpoint (also when no tenant is set: an admin's COPY)
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e
-                    WHERE e.workspace_id = p_workspace AND e.enabled AND p_type = ANY (e.event_types)) THEN
+    SELECT e.tenant_id INTO v_tenant FROM webhook_endpoints e
+     WHERE e.workspace_id = p_workspace AND e.enabled AND p_type = ANY (e.event_types)
+     LIMIT 1;
+    IF v_tenant IS NULL THEN
         RETURN NULL;
     END IF;
     IF p_document IS NOT NULL THEN
@@ -114,7 +124,7 @@ BEGIN
     END IF;
     IF v_event IS NULL THEN
         INSERT INTO webhook_outbox (tenant_id, workspace_id, type, document_id, payload)
-        VALUES (current_tenant_id(), p_workspace, p_type, p_document, p_payload)
+        VALUES (v_tenant, p_workspace, p_type, p_document, p_payload)
         RETURNING id INTO v_event;
     END IF;
     INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id)
@@ -182,6 +192,8 @@ REVOKE USAGE ON SEQUENCE webhook_outbox_id_seq, webhook_deliveries_id_seq FROM t
 REVOKE SELECT, INSERT, UPDATE ON webhook_deliveries FROM tandem_app;
 REVOKE SELECT, INSERT, UPDATE ON webhook_outbox FROM tandem_app;
 REVOKE SELECT, INSERT, UPDATE, DELETE ON webhook_endpoints FROM tandem_app;
+DROP POLICY webhook_endpoints_due_select ON webhook_endpoints;
+DROP POLICY webhook_deliveries_due_select ON webhook_deliveries;
 DROP TABLE webhook_deliveries;
 DROP TABLE webhook_outbox;
 DROP TABLE webhook_endpoints;

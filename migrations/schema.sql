@@ -416,9 +416,12 @@ CREATE FUNCTION public.tandem_webhook_emit(p_workspace uuid, p_type text, p_payl
     AS $$
 DECLARE
     v_event bigint;
+    v_tenant uuid;  -- the workspace's, from its endpoint (also when no tenant is set: an admin's COPY)
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e
-                    WHERE e.workspace_id = p_workspace AND e.enabled AND p_type = ANY (e.event_types)) THEN
+    SELECT e.tenant_id INTO v_tenant FROM webhook_endpoints e
+     WHERE e.workspace_id = p_workspace AND e.enabled AND p_type = ANY (e.event_types)
+     LIMIT 1;
+    IF v_tenant IS NULL THEN
         RETURN NULL;
     END IF;
     IF p_document IS NOT NULL THEN
@@ -428,7 +431,7 @@ BEGIN
     END IF;
     IF v_event IS NULL THEN
         INSERT INTO webhook_outbox (tenant_id, workspace_id, type, document_id, payload)
-        VALUES (current_tenant_id(), p_workspace, p_type, p_document, p_payload)
+        VALUES (v_tenant, p_workspace, p_type, p_document, p_payload)
         RETURNING id INTO v_event;
     END IF;
     INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id)
@@ -1382,9 +1385,13 @@ CREATE POLICY tasks_timeout_sweep_select ON public.tasks FOR SELECT TO tandem_ow
 
 ALTER TABLE public.webhook_deliveries ENABLE ROW LEVEL SECURITY;
 
+CREATE POLICY webhook_deliveries_due_select ON public.webhook_deliveries FOR SELECT TO tandem_owner USING ((status = ANY (ARRAY['pending'::text, 'failed'::text])));
+
 CREATE POLICY webhook_deliveries_tenant_isolation ON public.webhook_deliveries USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
 
 ALTER TABLE public.webhook_endpoints ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY webhook_endpoints_due_select ON public.webhook_endpoints FOR SELECT TO tandem_owner USING (enabled);
 
 CREATE POLICY webhook_endpoints_tenant_isolation ON public.webhook_endpoints USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
 

@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     max_workflow_steps: int = 100  # steps in one workflow definition
     max_workflow_bytes: int = 65_536  # one workflow definition, as compact JSON
     max_execution_input_bytes: int = 65_536  # one execution's input (and context), as compact JSON
+    # Webhooks (server/workspaces/webhook_delivery.py; docs/http.md, "Webhooks").
+    webhook_batch_size: int = 50  # deliveries one node claims per round (one per endpoint)
+    webhook_timeout_s: float = 10.0  # one POST to a receiver
+    webhook_lease_s: float = 30.0  # a claim's hold on a delivery; keep above webhook_timeout_s
+    webhook_poll_interval_s: float = 0.5  # how often an idle node looks for due deliveries
+    webhook_backoff_base_s: float = 5.0  # the first retry's delay; doubled per failed attempt
+    webhook_backoff_max_s: float = 3600.0  # longest delay between two attempts
+    webhook_max_age_s: float = 86_400.0  # an event not delivered this long after it happened is dead
+    webhook_max_failures: int = 20  # failed attempts in a row that disable an endpoint
 
 
 def load_settings(**overrides: object) -> Settings:

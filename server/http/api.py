@@ -13,6 +13,7 @@ from server.http import (
     directory_routes,
     problems,
     state_routes,
+    webhook_routes,
     write_routes,
 )
 from server.http.access import NodeGetter
@@ -25,6 +26,7 @@ ROUTERS = (
     content_routes.router,
     write_routes.router,
     state_routes.router,
+    webhook_routes.router,
 )
 """Every route of /v1 (the OpenAPI test checks the document lists each of them)."""
 

@@ -1,0 +1,98 @@
+-- Webhooks (migration 0027; docs/http.md, "Webhooks"). Every statement runs in a tenant
+-- transaction, so the tables' tenant policy scopes it.
+
+-- name: notify_and_emit
+-- A workspace event's NOTIFY and its webhook (tandem_webhook_emit, the one writer of the outbox),
+-- in the change's own transaction and one round trip.
+SELECT pg_notify('tandem', $1::text), tandem_webhook_emit($2::uuid, $3::text, $4::jsonb, NULL);
+
+-- name: webhook_create
+INSERT INTO webhook_endpoints (tenant_id, workspace_id, url, secret, event_types, created_by)
+VALUES (current_tenant_id(), $1, $2, $3, $4::text[], $5)
+RETURNING id, workspace_id, url, event_types, enabled, failures, disabled_reason, created_at;
+
+-- name: webhook_list
+SELECT id, workspace_id, url, event_types, enabled, failures, disabled_reason, created_at
+  FROM webhook_endpoints WHERE workspace_id = $1 ORDER BY created_at, id;
+
+-- name: webhook_get
+SELECT id, workspace_id, url, event_types, enabled, failures, disabled_reason, created_at
+  FROM webhook_endpoints WHERE id = $1 AND workspace_id = $2;
+
+-- name: webhook_delete
+DELETE FROM webhook_endpoints WHERE id = $1 AND workspace_id = $2 RETURNING id;
+
+-- name: webhook_deliveries
+-- An endpoint's deliveries, newest event first, from before event $2 (NULL: the newest).
+SELECT d.event_id, o.type, d.attempt, d.status, d.next_attempt_at, d.last_status_code, d.last_error,
+       d.delivered_at, o.created_at
+  FROM webhook_deliveries d JOIN webhook_outbox o ON o.id = d.event_id
+ WHERE d.endpoint_id = $1 AND ($2::bigint IS NULL OR d.event_id < $2)
+ ORDER BY d.event_id DESC
+ LIMIT $3;
+
+-- name: webhook_due_tenants
+SELECT t AS tenant_id FROM tenants_with_due_webhooks($1) AS t;
+
+-- name: webhook_claim
+-- Lease each enabled endpoint's first undelivered event when it is due and no lease holds it, at
+-- most $1 of them: the per-endpoint order (event N+1 waits while N is undelivered). The lease
+-- checks stand on `d` itself, so a row another node leased meanwhile fails their recheck under
+-- FOR UPDATE, and SKIP LOCKED passes over rows a claim is taking right now. Marking the event
+-- claimed ends its debounce; the payload is read from that update, after any debounce that
+-- committed first.
+WITH heads AS (
+    SELECT DISTINCT ON (d.endpoint_id) d.id
+      FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
+     WHERE d.status IN ('pending', 'failed')
+     ORDER BY d.endpoint_id, d.event_id
+), due AS (
+    SELECT d.id, d.event_id FROM webhook_deliveries d JOIN heads h ON h.id = d.id
+     WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at <= now()
+       AND (d.leased_until IS NULL OR d.leased_until <= now())
+     ORDER BY d.next_attempt_at
+     LIMIT $1
+       FOR UPDATE OF d SKIP LOCKED
+), events AS (
+    UPDATE webhook_outbox o SET claimed = true
+      FROM (SELECT DISTINCT due.event_id FROM due) u
+     WHERE o.id = u.event_id
+    RETURNING o.id, o.type, o.payload, o.created_at
+)
+UPDATE webhook_deliveries d
+   SET leased_until = now() + make_interval(secs => $2), lease_token = $3
+  FROM due, events ev, webhook_endpoints e
+ WHERE d.id = due.id AND ev.id = d.event_id AND e.id = d.endpoint_id
+RETURNING d.id, d.endpoint_id, d.event_id, d.attempt, e.url, e.secret, ev.type, ev.payload, ev.created_at;
+
+-- name: webhook_delivered
+WITH done AS (
+    UPDATE webhook_deliveries
+       SET status = 'delivered', attempt = attempt + 1, last_status_code = $3, last_error = NULL,
+           delivered_at = now(), leased_until = NULL, lease_token = NULL
+     WHERE id = $1 AND lease_token = $2
+    RETURNING endpoint_id
+)
+UPDATE webhook_endpoints e SET failures = 0 FROM done WHERE e.id = done.endpoint_id AND e.failures <> 0;
+
+-- name: webhook_failed
+-- A failed attempt: retried at $5 ('failed'), or given up on ('dead' when $6); the endpoint's run
+-- of failures grows, and reaching $7 disables it.
+WITH done AS (
+    UPDATE webhook_deliveries
+       SET status = CASE WHEN $6::boolean THEN 'dead' ELSE 'failed' END, attempt = attempt + 1,
+           last_status_code = $3, last_error = $4, next_attempt_at = $5,
+           leased_until = NULL, lease_token = NULL
+     WHERE id = $1 AND lease_token = $2
+    RETURNING endpoint_id
+)
+UPDATE webhook_endpoints e
+   SET failures = e.failures + 1,
+       enabled = e.failures + 1 < $7,
+       disabled_reason = CASE WHEN e.failures + 1 >= $7
+                              THEN format('%s failed attempts in a row', e.failures + 1) END
+  FROM done WHERE e.id = done.endpoint_id
+RETURNING e.id, e.enabled;
+
+-- name: webhook_workspace_live
+SELECT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = $1 AND w.deleted_at IS NULL);
