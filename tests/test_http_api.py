@@ -32,7 +32,7 @@ def test_the_openapi_document_validates_and_lists_every_route() -> None:
     }
     listed = {(path, method) for path, item in spec["paths"].items() for method in item}
     assert served == listed
-    assert len(served) == 13
+    assert len(served) == 17
     for path, method in [(f"{DOCS}/{{doc_id}}/updates", "post"), (f"{DOCS}/{{doc_id}}/edits", "post"),
                          ("/workspaces/{workspace_id}/state", "patch")]:  # fmt: skip
         assert {"409", "412", "423"} <= set(spec["paths"][path][method]["responses"])
@@ -74,7 +74,7 @@ def test_docs_http_lists_every_route_and_the_status_of_every_code() -> None:
     assert {code: int(status) for code, status in rows.items()} == {
         c.value: s for c, s in STATUS.items()
     }
-    documented = set(re.findall(r"^\| `(GET|POST|PATCH) ([^`?\[]+)", text, re.MULTILINE))
+    documented = set(re.findall(r"^\| `(GET|POST|PATCH|DELETE) ([^`?\[]+)", text, re.MULTILINE))
     documented = {
         (method.lower(), path.replace("/v1", "", 1).replace(".../documents", DOCS))
         for method, path in documented
