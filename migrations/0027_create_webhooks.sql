@@ -38,7 +38,9 @@ CREATE TABLE webhook_outbox (
     document_id uuid,  -- set for `document.changed` (its debounce key)
     payload jsonb NOT NULL,
     claimed boolean NOT NULL DEFAULT false,  -- a node took a delivery of it: no longer debounced
-    created_at timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP
+    created_at timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP,
+
+    CONSTRAINT webhook_payload_object CHECK (jsonb_typeof(payload) = 'object')
 );
 
 -- The debounce: one unclaimed `document.changed` per document.

@@ -949,7 +949,8 @@ CREATE TABLE public.webhook_outbox (
     document_id uuid,
     payload jsonb NOT NULL,
     claimed boolean DEFAULT false NOT NULL,
-    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    CONSTRAINT webhook_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text))
 );
 
 ALTER TABLE ONLY public.webhook_outbox FORCE ROW LEVEL SECURITY;

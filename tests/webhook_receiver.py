@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,9 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, fail_first: int = 0, hold_first: bool = False, hold_s: float = 30.0) -> None:
+    def __init__(
+        self, fail_first: int = 0, hold_first: bool = False, hold_s: float = 30.0
+    ) -> None:
         self.fail_first = fail_first
         self.hold_first = hold_first
         self.hold_s = hold_s
@@ -33,18 +35,22 @@ class Receiver:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+        )
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> Receiver:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(self, *_exc: Any) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self._release.set()
         self._server.shutdown()
         self._server.server_close()
@@ -58,7 +64,11 @@ class Receiver:
 
     def ok_ids(self, path: str | None = None) -> list[str]:
         """The `webhook-id` of each request answered 2xx, in arrival order."""
-        return [r.headers["webhook-id"] for r in self.snapshot() if r.status == 200 and path in (None, r.path)]
+        return [
+            r.headers["webhook-id"]
+            for r in self.snapshot()
+            if r.status == 200 and path in (None, r.path)
+        ]
 
     def _answer(self, path: str, headers: dict[str, str], body: bytes) -> int:
         with self._lock:

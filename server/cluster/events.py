@@ -17,7 +17,6 @@ Starlette.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -113,7 +112,7 @@ class Events:
         if kind is None:
             await conn.execute(Q["notify"], [self.payload(event)])
             return
-        data = json.dumps(event.message.model_dump(mode="json"), separators=(",", ":"))
+        data = event.message.model_dump(mode="json")  # jsonb: the pool's codec encodes it
         await conn.execute(Q["notify_and_emit"], self.payload(event), event.workspace_id, str(kind), data)
 
     def deliver(self, event: Event) -> int:

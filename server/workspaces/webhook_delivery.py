@@ -138,7 +138,7 @@ class WebhookDelivery:
 
     async def _post(self, client: httpx.AsyncClient, row: asyncpg.Record) -> Outcome:
         data = body(
-            row["event_id"], row["type"], json.loads(row["payload"]), row["created_at"]
+            row["event_id"], row["type"], row["payload"], row["created_at"]
         )
         headers = signed_headers(
             row["secret"], row["event_id"], data, datetime.now(UTC)
