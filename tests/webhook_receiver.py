@@ -3,7 +3,8 @@ thread, recording every request (path, headers, body, the status it answered) in
 
 It answers 500 to its first `fail_first` requests and 200 after. With `hold_first`, the first
 request waits (at most `hold_s`) until `release()` before it is answered: a sender killed while
-posting it never hears back.
+posting it never hears back. With `gate`, every request that arrives before `release()` waits
+so (the benchmark builds a backlog that way).
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ class Received:
 
 class Receiver:
     def __init__(
-        self, fail_first: int = 0, hold_first: bool = False, hold_s: float = 30.0
+        self,
+        fail_first: int = 0,
+        hold_first: bool = False,
+        hold_s: float = 30.0,
+        gate: bool = False,
     ) -> None:
         self.fail_first = fail_first
         self.hold_first = hold_first
+        self.gate = gate
         self.hold_s = hold_s
         self.received: list[Received] = []
         self.held = threading.Event()  # the held request arrived
@@ -73,7 +79,9 @@ class Receiver:
     def _answer(self, path: str, headers: dict[str, str], body: bytes) -> int:
         with self._lock:
             n = len(self.received)
-            hold = self.hold_first and n == 0
+            hold = (self.hold_first and n == 0) or (
+                self.gate and not self._release.is_set()
+            )
             status = 500 if n < self.fail_first else 200
             if not hold:
                 self.received.append(Received(path, headers, body, status))

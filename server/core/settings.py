@@ -129,7 +129,8 @@ class Settings(BaseSettings):
     max_workflow_bytes: int = 65_536  # one workflow definition, as compact JSON
     max_execution_input_bytes: int = 65_536  # one execution's input (and context), as compact JSON
     # Webhooks (server/workspaces/webhook_delivery.py; docs/http.md, "Webhooks").
-    webhook_batch_size: int = 50  # deliveries one node claims per round (one per endpoint)
+    webhook_batch_size: int = 100  # deliveries one node claims per round, in all
+    webhook_endpoint_run: int = 20  # of them to one endpoint: its next events, sent in order
     webhook_timeout_s: float = 10.0  # one POST to a receiver
     webhook_lease_s: float = 30.0  # a claim's hold on a delivery; keep above webhook_timeout_s
     webhook_poll_interval_s: float = 0.5  # how often an idle node looks for due deliveries

@@ -1,10 +1,13 @@
 """The node's webhook delivery loop: claims due deliveries, posts them signed, records the outcome.
 
 Each round asks which tenants have a delivery due (the one cross-tenant step, ids only), then per
-tenant claims at most `webhook_batch_size` of them in a short transaction of that tenant: each
-enabled endpoint's first undelivered event, leased for `webhook_lease_s` under `FOR UPDATE SKIP
-LOCKED` (so two nodes never take the same attempt), posts them (different endpoints at once), and
-records each outcome in a second transaction, only while its lease is still the claim's.
+tenant claims at most `webhook_batch_size` of them in a short transaction of that tenant: for
+each enabled endpoint whose first undelivered event is due, a run of its next events (at most
+`webhook_endpoint_run`), leased for `webhook_lease_s` under `FOR UPDATE SKIP LOCKED` (so two
+nodes never take the same attempt). It posts each run in event order (different endpoints at
+once), stopping at a failure or when the lease could end before the next post's timeout, and
+records the outcomes in a second transaction, only while the lease is still the claim's; what
+it did not send is released. Two commits per round, however many deliveries it holds.
 
 At least once: a node killed while posting leaves its leases to expire, and the next claim, on
 any node, sends those events again. Per endpoint, in event order: an event is not claimed while
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,24 +127,52 @@ class WebhookDelivery:
     async def _tenant_round(
         self, client: httpx.AsyncClient, tenant_id: uuid.UUID, budget: int
     ) -> int:
+        s = self.settings
         token = uuid.uuid4()
+        # Measured from before the claim, so this node stops posting before the lease can end.
+        lease_ends = time.monotonic() + s.webhook_lease_s
         async with store.tenant_transaction(self.pool, tenant_id) as conn:
             claimed = await conn.fetch(
-                Q["webhook_claim"], budget, self.settings.webhook_lease_s, token
+                Q["webhook_claim"],
+                budget,
+                s.webhook_lease_s,
+                token,
+                s.webhook_endpoint_run,
             )
         if not claimed:
             return 0
-        outcomes = await asyncio.gather(*(self._post(client, row) for row in claimed))
+        runs: dict[uuid.UUID, list[asyncpg.Record]] = defaultdict(list)
+        for row in sorted(claimed, key=lambda r: r["event_id"]):
+            runs[row["endpoint_id"]].append(row)
+        sent = await asyncio.gather(
+            *(self._send_run(client, run, lease_ends) for run in runs.values())
+        )
         now = datetime.now(UTC)
+        done = [pair for pairs in sent for pair in pairs]
+        unsent = {row["id"] for row in claimed} - {row["id"] for row, _ in done}
         async with store.tenant_transaction(self.pool, tenant_id) as conn:
-            for row, outcome in zip(claimed, outcomes):
+            for row, outcome in done:
                 await self._record(conn, row, token, outcome, now)
-        return len(claimed)
+            if unsent:
+                await conn.execute(Q["webhook_release"], list(unsent), token)
+        return len(done)
+
+    async def _send_run(
+        self, client: httpx.AsyncClient, run: list[asyncpg.Record], lease_ends: float
+    ) -> list[tuple[asyncpg.Record, Outcome]]:
+        """One endpoint's events in order, until one fails or the lease could end mid-post."""
+        done = []
+        for row in run:
+            if time.monotonic() + self.settings.webhook_timeout_s >= lease_ends:
+                break
+            outcome = await self._post(client, row)
+            done.append((row, outcome))
+            if not outcome.ok:
+                break
+        return done
 
     async def _post(self, client: httpx.AsyncClient, row: asyncpg.Record) -> Outcome:
-        data = body(
-            row["event_id"], row["type"], row["payload"], row["created_at"]
-        )
+        data = body(row["event_id"], row["type"], row["payload"], row["created_at"])
         headers = signed_headers(
             row["secret"], row["event_id"], data, datetime.now(UTC)
         )

@@ -35,24 +35,35 @@ SELECT d.event_id, o.type, d.attempt, d.status, d.next_attempt_at, d.last_status
 SELECT t AS tenant_id FROM tenants_with_due_webhooks($1) AS t;
 
 -- name: webhook_claim
--- Lease each enabled endpoint's first undelivered event when it is due and no lease holds it, at
--- most $1 of them: the per-endpoint order (event N+1 waits while N is undelivered). The lease
--- checks stand on `d` itself, so a row another node leased meanwhile fails their recheck under
--- FOR UPDATE, and SKIP LOCKED passes over rows a claim is taking right now. Marking the event
--- claimed ends its debounce; the payload is read from that update, after any debounce that
--- committed first.
-WITH heads AS (
-    SELECT DISTINCT ON (d.endpoint_id) d.id
+-- Lease, per enabled endpoint whose first undelivered event is due and free, a run of its first
+-- undelivered events (at most $4 per endpoint, $1 in all; past the first, only events never
+-- tried), to be sent in event order. A run is kept only as an unbroken prefix from that first
+-- event: a row another claim holds (SKIP LOCKED) or leased meanwhile (the lease checks stand on
+-- `d`, so they are rechecked under FOR UPDATE) ends its endpoint's run there, so no event is
+-- sent while an earlier one to its endpoint is undelivered or in flight elsewhere. Marking the
+-- events claimed ends their debounce; payloads are read from that update, after any debounce
+-- that committed first.
+WITH open AS (
+    SELECT d.id, d.endpoint_id, d.status, d.next_attempt_at, d.leased_until,
+           row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.event_id) AS rn
       FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
      WHERE d.status IN ('pending', 'failed')
-     ORDER BY d.endpoint_id, d.event_id
-), due AS (
-    SELECT d.id, d.event_id FROM webhook_deliveries d JOIN heads h ON h.id = d.id
+), picked AS (
+    SELECT o.id, o.rn
+      FROM open o JOIN open h ON h.endpoint_id = o.endpoint_id AND h.rn = 1
+     WHERE h.next_attempt_at <= now() AND (h.leased_until IS NULL OR h.leased_until <= now())
+       AND o.rn <= $4 AND (o.rn = 1 OR o.status = 'pending')
+), locked AS (
+    SELECT d.id, d.endpoint_id, d.event_id, p.rn
+      FROM webhook_deliveries d JOIN picked p ON p.id = d.id
      WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at <= now()
        AND (d.leased_until IS NULL OR d.leased_until <= now())
-     ORDER BY d.next_attempt_at
+     ORDER BY p.rn, d.next_attempt_at
      LIMIT $1
        FOR UPDATE OF d SKIP LOCKED
+), due AS (
+    SELECT l.id, l.event_id FROM locked l
+     WHERE l.rn = (SELECT count(*) FROM locked k WHERE k.endpoint_id = l.endpoint_id AND k.rn <= l.rn)
 ), events AS (
     UPDATE webhook_outbox o SET claimed = true
       FROM (SELECT DISTINCT due.event_id FROM due) u
@@ -64,6 +75,12 @@ UPDATE webhook_deliveries d
   FROM due, events ev, webhook_endpoints e
  WHERE d.id = due.id AND ev.id = d.event_id AND e.id = d.endpoint_id
 RETURNING d.id, d.endpoint_id, d.event_id, d.attempt, e.url, e.secret, ev.type, ev.payload, ev.created_at;
+
+-- name: webhook_release
+-- Leased deliveries not sent (an earlier one of their run failed, or the lease ran short):
+-- claimable again at once, no attempt counted.
+UPDATE webhook_deliveries SET leased_until = NULL, lease_token = NULL
+ WHERE id = ANY ($1::bigint[]) AND lease_token = $2;
 
 -- name: webhook_delivered
 WITH done AS (
