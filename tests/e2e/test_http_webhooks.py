@@ -180,6 +180,40 @@ async def test_document_changes_are_debounced_and_workspace_events_each_sent(
         assert in_order(receiver.ok_ids())
 
 
+async def test_an_endpoint_failing_max_failures_times_in_a_row_is_disabled(
+    tandem: Tandem,
+) -> None:
+    server = tandem.start(**FAST_HOOKS, TANDEM_WEBHOOK_MAX_FAILURES="3")
+    async with httpx.AsyncClient(base_url=f"{server.base_url}/v1", timeout=30) as http:
+        ws = await workspace(http)
+        with Receiver(fail_first=1000) as receiver:
+            hook = await register(http, ws, receiver.url)
+            await change_state(http, ws, 2)
+            path = f"/workspaces/{ws}/webhooks"
+
+            async def disabled() -> dict[str, Any] | None:
+                listed = (await http.get(path, headers=ALICE)).json()["webhooks"]
+                return None if listed[0]["enabled"] else listed[0]
+
+            endpoint = await eventually(disabled, timeout_s=20)
+            assert endpoint["failures"] == 3
+            assert endpoint["disabled_reason"] == "3 failed attempts in a row"
+            rows = await deliveries(http, ws, hook["id"])
+            assert [(d["status"], d["attempt"]) for d in rows] == [
+                ("pending", 0),
+                ("failed", 3),
+            ]
+            assert (
+                rows[1]["last_status_code"] == 500
+                and rows[1]["last_error"] == "HTTP 500"
+            )
+            # A disabled endpoint gets no delivery of a later event (written with the change).
+            await change_state(http, ws, 1)
+            assert len(await deliveries(http, ws, hook["id"])) == 2
+            ids = {r.headers["webhook-id"] for r in receiver.snapshot()}
+            assert ids == {str(rows[1]["event_id"])} and len(receiver.snapshot()) == 3
+
+
 async def test_a_rolled_back_change_never_produces_an_event(
     tandem: Tandem, http: httpx.AsyncClient
 ) -> None:
