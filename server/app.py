@@ -193,7 +193,7 @@ async def start_node(
     start_background(stack, supervisor, "tasks.sweep", coordination.sweep_forever)
     liveness = AgentLiveness(db.pool, coordination.events.connected_agents, settings)
     start_background(stack, supervisor, "agents.heartbeat", liveness.run)
-    webhooks = WebhookDelivery(db.pool, settings, settings.node_id)
+    webhooks = WebhookDelivery(db.pool, settings, metrics)
     start_background(stack, supervisor, "webhooks.deliver", webhooks.run)
     start_background(stack, supervisor, "fanout.listen", listener.run)
     # Presence closes after its tasks stop (the stack runs in reverse); Redis stays optional.

@@ -33,6 +33,7 @@ import httpx
 import structlog
 from standardwebhooks.webhooks import Webhook
 
+from server.core.metrics import Metrics
 from server.core.settings import Settings
 from server.db import store
 from server.db.store import Q
@@ -86,12 +87,12 @@ def retry_delay_s(attempt: int, base_s: float, max_s: float) -> float:
 class WebhookDelivery:
     """One node's delivery loop (`run`, under the node's supervisor)."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, node_id: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, settings: Settings, metrics: Metrics
+    ) -> None:
         self.pool = pool
         self.settings = settings
-        self.node_id = node_id
-        self.delivered = 0
-        self.failed = 0
+        self.metrics = metrics
 
     async def run(self) -> None:
         """Rounds until cancelled: at once after a round that sent something, else after
@@ -199,7 +200,7 @@ class WebhookDelivery:
             await conn.execute(
                 Q["webhook_delivered"], row["id"], token, outcome.status_code
             )
-            self.delivered += 1
+            self.metrics.webhook_attempts.labels("delivered").inc()
             log.debug(
                 "webhooks.delivered",
                 delivery=row["id"],
@@ -207,7 +208,6 @@ class WebhookDelivery:
                 attempt=row["attempt"] + 1,
             )
             return
-        self.failed += 1
         attempt = row["attempt"] + 1
         next_at = now + timedelta(
             seconds=retry_delay_s(
@@ -219,11 +219,13 @@ class WebhookDelivery:
             Q["webhook_failed"], row["id"], token, outcome.status_code, outcome.error, next_at, dead,
             s.webhook_max_failures,
         )  # fmt: skip
+        self.metrics.webhook_attempts.labels("dead" if dead else "failed").inc()
         log.info(
             "webhooks.attempt_failed", delivery=row["id"], event_id=row["event_id"], attempt=attempt,
             status_code=outcome.status_code, error=outcome.error, dead=dead,
         )  # fmt: skip
         if endpoint is not None and not endpoint["enabled"]:
+            self.metrics.webhook_endpoints_disabled.inc()
             log.warning(
                 "webhooks.endpoint_disabled",
                 endpoint=str(endpoint["id"]),

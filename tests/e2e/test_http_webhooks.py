@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -300,6 +301,22 @@ async def test_two_nodes_never_deliver_the_same_attempt_twice(
         assert len(seen) == 60 and set(seen.values()) == {1}
         for i in range(3):
             assert in_order(receiver.ok_ids(f"/{i}"))
+        # Each attempt is counted once, by the node that made it.
+        assert (
+            sum(
+                _delivered(node.get("/metrics").text) for node in tandem.servers.started
+            )
+            == 60
+        )
+
+
+def _delivered(metrics: str) -> float:
+    found = re.search(
+        r'^tandem_webhook_attempts_total\{outcome="delivered"\} (\S+)$',
+        metrics,
+        re.MULTILINE,
+    )
+    return float(found.group(1)) if found else 0.0
 
 
 async def test_bad_webhook_requests_are_typed_problems_and_store_nothing(
