@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import AnyHttpUrl, Field, TypeAdapter, ValidationError, field_validator
 
@@ -19,6 +20,7 @@ from server.wire.fields import Request as RequestBody
 from server.wire.webhook_types import WebhookEventType
 from server.workspaces import webhooks
 
+log = structlog.get_logger("tandem.webhooks")
 router = APIRouter(responses=PROBLEMS)
 Caller = Annotated[Principal, Depends(principal)]
 HOOKS = "/workspaces/{workspace_id}/webhooks"
@@ -110,6 +112,10 @@ async def create_webhook(
         endpoint, secret = await webhooks.create_endpoint(
             conn, who.agent_id, workspace_id, body.url, body.event_types
         )
+    log.info(
+        "webhooks.endpoint_created", tenant_id=str(who.tenant_id), workspace_id=str(workspace_id),
+        endpoint=str(endpoint.id), agent_id=who.agent_id,
+    )  # fmt: skip
     return WebhookCreated(**_out(endpoint).model_dump(), secret=secret)
 
 
@@ -136,6 +142,10 @@ async def delete_webhook(
     async with transaction(request, who) as conn:
         await webhooks.require_admin(conn, who.agent_id, workspace_id)
         await webhooks.delete_endpoint(conn, workspace_id, hook_id)
+    log.info(
+        "webhooks.endpoint_deleted", tenant_id=str(who.tenant_id), workspace_id=str(workspace_id),
+        endpoint=str(hook_id), agent_id=who.agent_id,
+    )  # fmt: skip
     return Response(status_code=204)
 
 

@@ -213,6 +213,14 @@ async def test_an_endpoint_failing_max_failures_times_in_a_row_is_disabled(
             assert len(await deliveries(http, ws, hook["id"])) == 2
             ids = {r.headers["webhook-id"] for r in receiver.snapshot()}
             assert ids == {str(rows[1]["event_id"])} and len(receiver.snapshot()) == 3
+        # Removing the endpoint removes its delivery log with it.
+        assert (
+            await http.delete(f"{path}/{hook['id']}", headers=ALICE)
+        ).status_code == 204
+        left = await admin_fetch(
+            tandem.db, "SELECT count(*) AS n FROM webhook_deliveries"
+        )
+        assert left[0]["n"] == 0
 
 
 async def test_a_rolled_back_change_never_produces_an_event(
