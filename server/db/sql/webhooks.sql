@@ -43,16 +43,24 @@ SELECT t AS tenant_id FROM tenants_with_due_webhooks($1) AS t;
 -- sent while an earlier one to its endpoint is undelivered or in flight elsewhere. Marking the
 -- events claimed ends their debounce; payloads are read from that update, after any debounce
 -- that committed first.
-WITH open AS (
-    SELECT d.id, d.endpoint_id, d.status, d.next_attempt_at, d.leased_until,
-           row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.event_id) AS rn
-      FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
-     WHERE d.status IN ('pending', 'failed')
+WITH runs AS (
+    -- Each enabled endpoint's first $4 undelivered events, read in order from the partial index.
+    SELECT r.id, r.endpoint_id, r.status, r.next_attempt_at, r.leased_until, r.rn
+      FROM webhook_endpoints e
+     CROSS JOIN LATERAL (
+           SELECT d.id, d.endpoint_id, d.status, d.next_attempt_at, d.leased_until,
+                  row_number() OVER (ORDER BY d.event_id) AS rn
+             FROM webhook_deliveries d
+            WHERE d.endpoint_id = e.id AND d.status IN ('pending', 'failed')
+            ORDER BY d.event_id
+            LIMIT $4
+           ) r
+     WHERE e.enabled
 ), picked AS (
     SELECT o.id, o.rn
-      FROM open o JOIN open h ON h.endpoint_id = o.endpoint_id AND h.rn = 1
+      FROM runs o JOIN runs h ON h.endpoint_id = o.endpoint_id AND h.rn = 1
      WHERE h.next_attempt_at <= now() AND (h.leased_until IS NULL OR h.leased_until <= now())
-       AND o.rn <= $4 AND (o.rn = 1 OR o.status = 'pending')
+       AND (o.rn = 1 OR o.status = 'pending')
 ), locked AS (
     SELECT d.id, d.endpoint_id, d.event_id, p.rn
       FROM webhook_deliveries d JOIN picked p ON p.id = d.id
