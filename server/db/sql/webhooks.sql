@@ -72,10 +72,17 @@ WITH runs AS (
 ), due AS (
     SELECT l.id, l.event_id FROM locked l
      WHERE l.rn = (SELECT count(*) FROM locked k WHERE k.endpoint_id = l.endpoint_id AND k.rn <= l.rn)
+), event_rows AS (
+    -- Locked in id order: two nodes claiming other endpoints' deliveries of the same events
+    -- wait for each other instead of deadlocking.
+    SELECT o.id FROM webhook_outbox o
+     WHERE o.id IN (SELECT due.event_id FROM due)
+     ORDER BY o.id
+       FOR UPDATE OF o
 ), events AS (
     UPDATE webhook_outbox o SET claimed = true
-      FROM (SELECT DISTINCT due.event_id FROM due) u
-     WHERE o.id = u.event_id
+      FROM event_rows r
+     WHERE o.id = r.id
     RETURNING o.id, o.type, o.payload, o.created_at
 )
 UPDATE webhook_deliveries d
