@@ -8,8 +8,10 @@ import re
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from server.core.settings import Settings
 from server.wire.webhook_types import WebhookEventType, of_event
 from server.workspaces.webhook_delivery import body, retry_delay_s, signed_headers
 from server.workspaces.webhooks import new_secret
@@ -64,3 +66,9 @@ def test_a_signed_request_verifies_with_the_library_and_a_changed_body_does_not(
         Webhook(secret).verify(data.replace("3}", "4}"), headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(new_secret()).verify(data, headers)
+
+
+def test_a_lease_no_longer_than_a_post_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match="TANDEM_WEBHOOK_LEASE_S must be greater"):
+        Settings(webhook_timeout_s=10, webhook_lease_s=10)
+    assert Settings(webhook_timeout_s=2, webhook_lease_s=3).webhook_lease_s == 3

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = 3600.0  # longest delay between two attempts
     webhook_max_age_s: float = 86_400.0  # an event not delivered this long after it happened is dead
     webhook_max_failures: int = 20  # failed attempts in a row that disable an endpoint
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_post(self) -> Settings:
+        # A node posts only while its lease outlasts the post's timeout: a shorter lease sends nothing.
+        if self.webhook_lease_s <= self.webhook_timeout_s:
+            raise ValueError("TANDEM_WEBHOOK_LEASE_S must be greater than TANDEM_WEBHOOK_TIMEOUT_S")
+        return self
 
 
 def load_settings(**overrides: object) -> Settings:

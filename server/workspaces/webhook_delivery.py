@@ -181,7 +181,12 @@ class WebhookDelivery:
             response = await client.post(
                 row["url"], content=data.encode(), headers=headers
             )
-        except httpx.HTTPError as exc:
+        except (
+            httpx.HTTPError,
+            httpx.InvalidURL,
+            OSError,
+            ValueError,
+        ) as exc:  # the receiver's fault: a failed attempt
             return Outcome(None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
         if 200 <= response.status_code < 300:
             return Outcome(response.status_code, None)
