@@ -223,6 +223,43 @@ async def test_an_endpoint_failing_max_failures_times_in_a_row_is_disabled(
         assert left[0]["n"] == 0
 
 
+async def test_an_event_past_its_max_age_is_dead_and_the_next_one_goes(
+    tandem: Tandem,
+) -> None:
+    server = tandem.start(
+        **FAST_HOOKS, TANDEM_WEBHOOK_MAX_AGE_S="0"
+    )  # no retry is ever in time
+    async with httpx.AsyncClient(base_url=f"{server.base_url}/v1", timeout=30) as http:
+        ws = await workspace(http)
+        with Receiver(fail_first=1) as receiver:
+            hook = await register(http, ws, receiver.url)
+            await change_state(http, ws, 2)
+            rows = await eventually(
+                lambda: _settled(http, ws, hook["id"], 2), timeout_s=20
+            )
+            assert [(d["status"], d["attempt"]) for d in rows] == [
+                ("delivered", 1),
+                ("dead", 1),
+            ]
+            assert [r.status for r in receiver.snapshot()] == [500, 200]
+            listed = (
+                await http.get(f"/workspaces/{ws}/webhooks", headers=ALICE)
+            ).json()
+            assert listed["webhooks"][0]["failures"] == 0  # the delivery ended the run
+            assert listed["webhooks"][0]["enabled"]
+
+
+async def _settled(
+    http: httpx.AsyncClient, ws: str, hook: str, n: int
+) -> list[dict[str, Any]] | None:
+    rows = await deliveries(http, ws, hook)
+    return (
+        rows
+        if len(rows) == n and all(d["status"] in ("delivered", "dead") for d in rows)
+        else None
+    )
+
+
 async def test_a_rolled_back_change_never_produces_an_event(
     tandem: Tandem, http: httpx.AsyncClient
 ) -> None:
