@@ -416,6 +416,70 @@ CREATE FUNCTION public.tandem_uuidv7() RETURNS uuid
                FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
 $$;
 
+CREATE FUNCTION public.tandem_webhook_documents_changed() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.enabled AND 'document.changed' = ANY (e.event_types)) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM tandem_webhook_emit(
+                d.workspace_id, 'document.changed',
+                jsonb_build_object('type', 'document.changed', 'workspace_id', d.workspace_id, 'doc_id', d.id,
+                                   'seq', n.head),
+                d.id)
+       FROM (SELECT o.document_id, max(o.sequence_number) AS head FROM new_ops o GROUP BY o.document_id) n
+       JOIN shared_documents d ON d.id = n.document_id
+      WHERE d.workspace_id IS NOT NULL;
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION public.tandem_webhook_emit(p_workspace uuid, p_type text, p_payload jsonb, p_document uuid DEFAULT NULL::uuid) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+DECLARE
+    v_event bigint;
+    v_tenant uuid;  -- the workspace's, from its endpoint (also when no tenant is set: an admin's COPY)
+BEGIN
+    SELECT e.tenant_id INTO v_tenant FROM webhook_endpoints e
+     WHERE e.workspace_id = p_workspace AND e.enabled AND p_type = ANY (e.event_types)
+     LIMIT 1;
+    IF v_tenant IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF p_document IS NOT NULL THEN
+        UPDATE webhook_outbox o SET payload = p_payload
+         WHERE o.document_id = p_document AND o.type = p_type AND NOT o.claimed
+        RETURNING o.id INTO v_event;
+    END IF;
+    IF v_event IS NULL THEN
+        INSERT INTO webhook_outbox (tenant_id, workspace_id, type, document_id, payload)
+        VALUES (v_tenant, p_workspace, p_type, p_document, p_payload)
+        RETURNING id INTO v_event;
+    END IF;
+    INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id)
+    SELECT e.tenant_id, e.id, v_event
+      FROM webhook_endpoints e
+     WHERE e.workspace_id = p_workspace AND e.enabled AND p_type = ANY (e.event_types)
+    ON CONFLICT ON CONSTRAINT webhook_delivery_once DO NOTHING;
+    RETURN v_event;
+END;
+$$;
+
+CREATE FUNCTION public.tenants_with_due_webhooks(max_tenants integer) RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+    SELECT DISTINCT d.tenant_id
+      FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.enabled
+     WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at <= now()
+       AND (d.leased_until IS NULL OR d.leased_until <= now())
+     LIMIT max_tenants
+$$;
+
 CREATE FUNCTION public.tenants_with_open_step_tasks(after uuid, max_tenants integer) RETURNS SETOF uuid
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'public'
@@ -876,6 +940,77 @@ CREATE VIEW public.v_workspace_activity WITH (security_invoker='true') AS
   WHERE (w.deleted_at IS NULL)
   GROUP BY w.id, w.tenant_id, w.name, w.type, w.state_version, w.last_activity_at;
 
+CREATE TABLE public.webhook_deliveries (
+    id bigint NOT NULL,
+    tenant_id uuid NOT NULL,
+    endpoint_id uuid NOT NULL,
+    event_id bigint NOT NULL,
+    attempt integer DEFAULT 0 NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    leased_until timestamp with time zone,
+    lease_token uuid,
+    last_status_code integer,
+    last_error text,
+    delivered_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    CONSTRAINT webhook_delivery_attempt_not_negative CHECK ((attempt >= 0)),
+    CONSTRAINT webhook_delivery_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'delivered'::text, 'failed'::text, 'dead'::text])))
+);
+
+ALTER TABLE ONLY public.webhook_deliveries FORCE ROW LEVEL SECURITY;
+
+CREATE SEQUENCE public.webhook_deliveries_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.webhook_deliveries_id_seq OWNED BY public.webhook_deliveries.id;
+
+CREATE TABLE public.webhook_endpoints (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    tenant_id uuid NOT NULL,
+    workspace_id uuid NOT NULL,
+    url text NOT NULL,
+    secret text NOT NULL,
+    event_types text[] NOT NULL,
+    enabled boolean DEFAULT true NOT NULL,
+    failures integer DEFAULT 0 NOT NULL,
+    disabled_reason text,
+    created_by character varying(255),
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    CONSTRAINT webhook_event_types_known CHECK ((((cardinality(event_types) >= 1) AND (cardinality(event_types) <= 16)) AND (event_types <@ ARRAY['document.changed'::text, 'task.changed'::text, 'state.changed'::text, 'lock.acquired'::text, 'lock.renewed'::text, 'lock.released'::text, 'member.changed'::text, 'workflow.execution.changed'::text]))),
+    CONSTRAINT webhook_failures_not_negative CHECK ((failures >= 0)),
+    CONSTRAINT webhook_url_http CHECK (((url ~ '^https?://'::text) AND (octet_length(url) <= 2048)))
+);
+
+ALTER TABLE ONLY public.webhook_endpoints FORCE ROW LEVEL SECURITY;
+
+CREATE TABLE public.webhook_outbox (
+    id bigint NOT NULL,
+    tenant_id uuid NOT NULL,
+    workspace_id uuid NOT NULL,
+    type text NOT NULL,
+    document_id uuid,
+    payload jsonb NOT NULL,
+    claimed boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT CURRENT_TIMESTAMP NOT NULL,
+    CONSTRAINT webhook_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text))
+);
+
+ALTER TABLE ONLY public.webhook_outbox FORCE ROW LEVEL SECURITY;
+
+CREATE SEQUENCE public.webhook_outbox_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.webhook_outbox_id_seq OWNED BY public.webhook_outbox.id;
+
 CREATE TABLE public.workflow_versions (
     workflow_id uuid NOT NULL,
     tenant_id uuid NOT NULL,
@@ -913,6 +1048,10 @@ ALTER TABLE ONLY public.workspace_locks FORCE ROW LEVEL SECURITY;
 COMMENT ON TABLE public.workspace_locks IS 'Leased named locks of a workspace, with fencing tokens';
 
 ALTER TABLE ONLY public.audit_log ATTACH PARTITION public.audit_log_default DEFAULT;
+
+ALTER TABLE ONLY public.webhook_deliveries ALTER COLUMN id SET DEFAULT nextval('public.webhook_deliveries_id_seq'::regclass);
+
+ALTER TABLE ONLY public.webhook_outbox ALTER COLUMN id SET DEFAULT nextval('public.webhook_outbox_id_seq'::regclass);
 
 ALTER TABLE ONLY public.agent_token_revocations
     ADD CONSTRAINT agent_token_revocations_pkey PRIMARY KEY (tenant_id, agent_id);
@@ -967,6 +1106,18 @@ ALTER TABLE ONLY public.tasks
 
 ALTER TABLE ONLY public.token_revocations
     ADD CONSTRAINT token_revocations_pkey PRIMARY KEY (tenant_id, jti);
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_delivery_once UNIQUE (endpoint_id, event_id);
+
+ALTER TABLE ONLY public.webhook_endpoints
+    ADD CONSTRAINT webhook_endpoints_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.webhook_outbox
+    ADD CONSTRAINT webhook_outbox_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.workflow_executions
     ADD CONSTRAINT workflow_executions_id_tenant_id_key UNIQUE (id, tenant_id);
@@ -1086,6 +1237,16 @@ CREATE INDEX idx_tasks_workspace_status_priority ON public.tasks USING btree (wo
 
 CREATE INDEX idx_token_revocations_expires_at ON public.token_revocations USING btree (expires_at);
 
+CREATE INDEX idx_webhook_deliveries_due ON public.webhook_deliveries USING btree (tenant_id, next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text]));
+
+CREATE INDEX idx_webhook_deliveries_event ON public.webhook_deliveries USING btree (event_id);
+
+CREATE INDEX idx_webhook_deliveries_open ON public.webhook_deliveries USING btree (endpoint_id, event_id) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text]));
+
+CREATE INDEX idx_webhook_endpoints_workspace ON public.webhook_endpoints USING btree (workspace_id) WHERE enabled;
+
+CREATE UNIQUE INDEX idx_webhook_outbox_debounce ON public.webhook_outbox USING btree (document_id, type) WHERE ((NOT claimed) AND (document_id IS NOT NULL));
+
 CREATE INDEX idx_workflow_versions_tenant_id ON public.workflow_versions USING btree (tenant_id);
 
 CREATE INDEX idx_workflows_name ON public.workflows USING btree (name) WHERE (deleted_at IS NULL);
@@ -1174,6 +1335,8 @@ CREATE TRIGGER update_workflows_updated_at BEFORE UPDATE ON public.workflows FOR
 
 CREATE TRIGGER update_workspaces_updated_at BEFORE UPDATE ON public.workspaces FOR EACH ROW EXECUTE FUNCTION public.update_updated_at_column();
 
+CREATE TRIGGER webhook_documents_changed AFTER INSERT ON public.document_operations REFERENCING NEW TABLE AS new_ops FOR EACH STATEMENT EXECUTE FUNCTION public.tandem_webhook_documents_changed();
+
 ALTER TABLE ONLY public.document_operations
     ADD CONSTRAINT document_operations_document_id_fkey FOREIGN KEY (document_id, tenant_id) REFERENCES public.shared_documents(id, tenant_id) ON DELETE CASCADE;
 
@@ -1197,6 +1360,18 @@ ALTER TABLE ONLY public.tasks
 
 ALTER TABLE ONLY public.tasks
     ADD CONSTRAINT tasks_workspace_id_fkey FOREIGN KEY (workspace_id, tenant_id) REFERENCES public.workspaces(id, tenant_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES public.webhook_endpoints(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_event_id_fkey FOREIGN KEY (event_id) REFERENCES public.webhook_outbox(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhook_endpoints
+    ADD CONSTRAINT webhook_endpoints_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES public.workspaces(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhook_outbox
+    ADD CONSTRAINT webhook_outbox_workspace_id_fkey FOREIGN KEY (workspace_id) REFERENCES public.workspaces(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.workflow_executions
     ADD CONSTRAINT workflow_executions_workflow_id_fkey FOREIGN KEY (workflow_id, tenant_id) REFERENCES public.workflows(id, tenant_id);
@@ -1277,6 +1452,22 @@ CREATE POLICY token_revocations_sweep_delete ON public.token_revocations FOR DEL
 
 CREATE POLICY token_revocations_tenant_isolation ON public.token_revocations USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
 
+ALTER TABLE public.webhook_deliveries ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY webhook_deliveries_due_select ON public.webhook_deliveries FOR SELECT TO tandem_owner USING ((status = ANY (ARRAY['pending'::text, 'failed'::text])));
+
+CREATE POLICY webhook_deliveries_tenant_isolation ON public.webhook_deliveries USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+ALTER TABLE public.webhook_endpoints ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY webhook_endpoints_due_select ON public.webhook_endpoints FOR SELECT TO tandem_owner USING (enabled);
+
+CREATE POLICY webhook_endpoints_tenant_isolation ON public.webhook_endpoints USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
+ALTER TABLE public.webhook_outbox ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY webhook_outbox_tenant_isolation ON public.webhook_outbox USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
+
 ALTER TABLE public.workflow_executions ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.workflow_versions ENABLE ROW LEVEL SECURITY;
@@ -1351,6 +1542,12 @@ GRANT ALL ON FUNCTION public.tandem_ops_hint(p_doc uuid, p_seq bigint, p_node te
 REVOKE ALL ON FUNCTION public.tandem_uuidv7() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.tandem_uuidv7() TO tandem_app;
 
+REVOKE ALL ON FUNCTION public.tandem_webhook_emit(p_workspace uuid, p_type text, p_payload jsonb, p_document uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.tandem_webhook_emit(p_workspace uuid, p_type text, p_payload jsonb, p_document uuid) TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.tenants_with_due_webhooks(max_tenants integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.tenants_with_due_webhooks(max_tenants integer) TO tandem_app;
+
 REVOKE ALL ON FUNCTION public.tenants_with_open_step_tasks(after uuid, max_tenants integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.tenants_with_open_step_tasks(after uuid, max_tenants integer) TO tandem_app;
 
@@ -1399,6 +1596,16 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.workspace_members TO tandem_ap
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.workspaces TO tandem_app;
 
 GRANT SELECT ON TABLE public.v_workspace_activity TO tandem_app;
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.webhook_deliveries TO tandem_app;
+
+GRANT USAGE ON SEQUENCE public.webhook_deliveries_id_seq TO tandem_app;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.webhook_endpoints TO tandem_app;
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.webhook_outbox TO tandem_app;
+
+GRANT USAGE ON SEQUENCE public.webhook_outbox_id_seq TO tandem_app;
 
 GRANT SELECT,INSERT ON TABLE public.workflow_versions TO tandem_app;
 

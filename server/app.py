@@ -44,6 +44,7 @@ from server.transport import websocket as transport
 from server.transport.node import Node
 from server.workspaces.agent_liveness import AgentLiveness
 from server.workspaces.coordination import Coordination
+from server.workspaces.webhook_delivery import WebhookDelivery
 
 log = get_logger("tandem.app")
 
@@ -192,6 +193,8 @@ async def start_node(
     start_background(stack, supervisor, "tasks.sweep", coordination.sweep_forever)
     liveness = AgentLiveness(db.pool, coordination.events.connected_agents, settings)
     start_background(stack, supervisor, "agents.heartbeat", liveness.run)
+    webhooks = WebhookDelivery(db.pool, settings, metrics)
+    start_background(stack, supervisor, "webhooks.deliver", webhooks.run)
     # Presence closes after its tasks stop (the stack runs in reverse); Redis stays optional.
     members = presence.create_presence(settings, settings.node_id, metrics)
     stack.push_async_callback(members.close)

@@ -32,7 +32,7 @@ def test_the_openapi_document_validates_and_lists_every_route() -> None:
     }
     listed = {(path, method) for path, item in spec["paths"].items() for method in item}
     assert served == listed
-    assert len(served) == 29
+    assert len(served) == 33
     assert ("/tokens/revoke", "post") in served
     for path, method in [(f"{DOCS}/{{doc_id}}/updates", "post"), (f"{DOCS}/{{doc_id}}/edits", "post"),
                          ("/workspaces/{workspace_id}/state", "patch"), ("/tasks/{task_id}/start", "post"),
@@ -76,7 +76,7 @@ def test_docs_http_lists_every_route_and_the_status_of_every_code() -> None:
     assert {code: int(status) for code, status in rows.items()} == {
         c.value: s for c, s in STATUS.items()
     }
-    documented = set(re.findall(r"^\| `(GET|POST|PATCH) ([^`?\[]+)", text, re.MULTILINE))
+    documented = set(re.findall(r"^\| `(GET|POST|PATCH|DELETE) ([^`?\[]+)", text, re.MULTILINE))
     documented = {
         (method.lower(), path.replace("/v1", "", 1).replace(".../documents", DOCS))
         for method, path in documented

@@ -2,7 +2,8 @@
 
 A change and its event commit together: `notify` runs `pg_notify` in the writer's transaction,
 so other nodes hear of it only if it commits, in commit order; after the commit the writer
-calls `deliver` for this node's sessions. Other nodes receive the NOTIFY through the fan-out's
+calls `deliver` for this node's sessions. The event's webhook is written to the outbox in
+that same transaction (migration 0030). Other nodes receive the NOTIFY through the fan-out's
 LISTEN connection (server/cluster/fanout.py; the payload's format is server/cluster/hints.py's) and call
 `on_remote`.
 
@@ -31,6 +32,7 @@ from server.db.store import Q
 from server.wire import protocol as p
 from server.wire import protocol_coordination as pc
 from server.wire import protocol_executions as pe
+from server.wire import webhook_types
 
 log = structlog.get_logger("tandem.events")
 
@@ -104,8 +106,14 @@ class Events:
         )  # fmt: skip
 
     async def notify(self, conn: asyncpg.Connection, event: Event) -> None:
-        """In the writer's transaction: other nodes hear of the event only if it commits."""
-        await conn.execute(Q["notify"], [self.payload(event)])
+        """In the writer's transaction: other nodes hear of the event only if it commits, and
+        its webhook (when it has a type endpoints subscribe to) enters the outbox with it."""
+        kind = webhook_types.of_event(event.message.type)
+        if kind is None:
+            await conn.execute(Q["notify"], [self.payload(event)])
+            return
+        data = event.message.model_dump(mode="json")  # jsonb: the pool's codec encodes it
+        await conn.execute(Q["notify_and_emit"], self.payload(event), event.workspace_id, str(kind), data)
 
     def deliver(self, event: Event) -> int:
         """After the commit: this node's listeners (each once) and observers. Never raises."""

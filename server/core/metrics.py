@@ -164,6 +164,16 @@ class Metrics:
         self.presence_expired = Counter(
             "tandem_presence_expired", "Entries of vanished sessions removed by this node's sweep.", registry=self.registry
         )
+        self.webhook_attempts = Counter(
+            "tandem_webhook_attempts",
+            "Webhook posts this node made, by outcome: `delivered`, `failed` (retried later), `dead` (given up).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_endpoints_disabled = Counter(
+            "tandem_webhook_endpoints_disabled", "Webhook endpoints this node disabled after their run of failures.",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -128,6 +128,23 @@ class Settings(BaseSettings):
     max_workflow_steps: int = 100  # steps in one workflow definition
     max_workflow_bytes: int = 65_536  # one workflow definition, as compact JSON
     max_execution_input_bytes: int = 65_536  # one execution's input (and context), as compact JSON
+    # Webhooks (server/workspaces/webhook_delivery.py; docs/http.md, "Webhooks").
+    webhook_batch_size: int = 100  # deliveries one node claims per round, in all
+    webhook_endpoint_run: int = 20  # of them to one endpoint: its next events, sent in order
+    webhook_timeout_s: float = 10.0  # one POST to a receiver
+    webhook_lease_s: float = 30.0  # a claim's hold on a delivery; keep above webhook_timeout_s
+    webhook_poll_interval_s: float = 0.5  # how often an idle node looks for due deliveries
+    webhook_backoff_base_s: float = 5.0  # the first retry's delay; doubled per failed attempt
+    webhook_backoff_max_s: float = 3600.0  # longest delay between two attempts
+    webhook_max_age_s: float = 86_400.0  # an event not delivered this long after it happened is dead
+    webhook_max_failures: int = 20  # failed attempts in a row that disable an endpoint
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_post(self) -> Settings:
+        # A node posts only while its lease outlasts the post's timeout: a shorter lease sends nothing.
+        if self.webhook_lease_s <= self.webhook_timeout_s:
+            raise ValueError("TANDEM_WEBHOOK_LEASE_S must be greater than TANDEM_WEBHOOK_TIMEOUT_S")
+        return self
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -16,6 +16,7 @@ from server.http import (
     state_routes,
     task_routes,
     token_routes,
+    webhook_routes,
     write_routes,
 )
 from server.http.access import NodeGetter
@@ -31,6 +32,7 @@ ROUTERS = (
     task_routes.router,
     lock_routes.router,
     token_routes.router,
+    webhook_routes.router,
 )
 """Every route of /v1 (the OpenAPI test checks the document lists each of them)."""
 
