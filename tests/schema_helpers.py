@@ -36,6 +36,9 @@ APP_PRIVILEGES: dict[str, frozenset[str]] = {
     "agents": frozenset({"SELECT", "INSERT", "UPDATE"}),  # 0023: registrations are never deleted
     "token_revocations": frozenset({"SELECT", "INSERT", "UPDATE"}),  # 0028: swept by the owner only
     "agent_token_revocations": frozenset({"SELECT", "INSERT", "UPDATE"}),
+    "webhook_endpoints": frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"}),  # 0030
+    "webhook_outbox": frozenset({"SELECT", "INSERT", "UPDATE"}),  # events are never removed by the app
+    "webhook_deliveries": frozenset({"SELECT", "INSERT", "UPDATE"}),
 }
 TABLES = sorted(APP_PRIVILEGES)
 VIEWS = ["v_active_workflows", "v_agent_workload", "v_task_statistics", "v_workspace_activity"]
@@ -58,10 +61,16 @@ UPDATE_SET: dict[str, str] = {
     "agents": "name = 'changed'",
     "token_revocations": "agent_id = 'changed'",
     "agent_token_revocations": "revoked_before = 'epoch'",
+    "webhook_endpoints": "disabled_reason = 'changed'",
+    "webhook_outbox": "claimed = true",
+    "webhook_deliveries": "last_error = 'changed'",
 }
-# Tables whose every row the owner role reads, by a policy of its own: a node's load of the
-# revocations in force (migration 0028, `live_token_revocations`).
-OWNER_READS_ALL = frozenset({"token_revocations", "agent_token_revocations"})
+# Tables whose rows of every tenant the owner role reads, by policies of its own: a node's load
+# of the revocations in force (migration 0028, `live_token_revocations`) and the webhook sweep's
+# tenants with due deliveries (migration 0030, `tenants_with_due_webhooks`, tenant ids only).
+OWNER_READS_ALL = frozenset(
+    {"token_revocations", "agent_token_revocations", "webhook_endpoints", "webhook_deliveries"}
+)
 
 
 @asynccontextmanager
@@ -117,6 +126,8 @@ class TenantRows:
     child_operation_id: uuid.UUID
     snapshot_id: uuid.UUID
     conflict_id: uuid.UUID
+    webhook_endpoint_id: uuid.UUID | None = None
+    webhook_event_id: int | None = None
 
 
 async def build_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> TenantRows:
@@ -215,9 +226,27 @@ async def build_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> Tenant
             "INSERT INTO agent_token_revocations (tenant_id, agent_id, revoked_before) VALUES ($1, 'agent-2', now())",
             tenant_id,
         )
+        endpoint = await c.fetchval(
+            "INSERT INTO webhook_endpoints (tenant_id, workspace_id, url, secret, event_types)"
+            " VALUES ($1, $2, 'https://example.test/hook', 'whsec_x', '{task.changed}') RETURNING id",
+            tenant_id,
+            workspace,
+        )
+        event = await c.fetchval(
+            "INSERT INTO webhook_outbox (tenant_id, workspace_id, type, payload)"
+            " VALUES ($1, $2, 'task.changed', '{}') RETURNING id",
+            tenant_id,
+            workspace,
+        )
+        await c.execute(
+            "INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id) VALUES ($1, $2, $3)",
+            tenant_id,
+            endpoint,
+            event,
+        )
     return TenantRows(
         tenant_id, task, subtask, delegation, workflow, execution, workspace, "agent-1", document, operation,
-        child_operation, snapshot, conflict,
+        child_operation, snapshot, conflict, endpoint, event,
     )
 
 
@@ -276,6 +305,20 @@ def insert_sql(table: str, rows: TenantRows) -> tuple[str, list[object]]:
         "agent_token_revocations": (
             "INSERT INTO agent_token_revocations (tenant_id, agent_id, revoked_before) VALUES ($1, $2, now())",
             [t, f"agent-{new_id}"],
+        ),
+        "webhook_endpoints": (
+            "INSERT INTO webhook_endpoints (tenant_id, workspace_id, url, secret, event_types)"
+            " VALUES ($1, $2, 'https://example.test/x', 'whsec_y', '{state.changed}')",
+            [t, rows.workspace_id],
+        ),
+        "webhook_outbox": (
+            "INSERT INTO webhook_outbox (tenant_id, workspace_id, type, payload) VALUES ($1, $2, 'state.changed', '{}')",
+            [t, rows.workspace_id],
+        ),
+        "webhook_deliveries": (
+            "INSERT INTO webhook_deliveries (tenant_id, endpoint_id, event_id)"
+            " SELECT $1, $2, id FROM webhook_outbox WHERE id <> $3 LIMIT 1",
+            [t, rows.webhook_endpoint_id, rows.webhook_event_id],
         ),
     }
     return statements[table]

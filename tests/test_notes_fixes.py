@@ -146,6 +146,9 @@ async def test_notes11_app_role_has_exactly_the_privileges_it_needs(admin_conn) 
         "agent_listed_status",  # 0023
         "tenants_with_open_step_tasks",  # 0026: the failover sweep's tenant ids
         "live_token_revocations",  # 0028: a node's cache of the revocations in force, of every tenant
+        "tandem_webhook_emit",  # 0030: the outbox's one writer, in the change's transaction
+        "tandem_webhook_documents_changed",  # 0030: the log's trigger (a trigger function)
+        "tenants_with_due_webhooks",  # 0030: the delivery loop's tenant ids
     }
     schema = await admin_conn.fetchrow(
         "SELECT has_schema_privilege('tandem_app', 'public', 'USAGE') AS usage,"
@@ -177,10 +180,11 @@ async def test_notes12_duplicate_sequence_number_in_a_document_is_rejected(app_c
 
 
 async def test_notes12_no_global_sequence_and_numbers_are_required(admin_conn) -> None:
-    # The only sequence is the locks' fencing tokens (migration 0017); operations number per document.
-    assert await admin_conn.fetch(
+    # Operations number per document. The sequences are the locks' fencing tokens (migration 0017)
+    # and the webhook events' and deliveries' ids (0030: an event id orders one endpoint's events).
+    assert sorted(r["relname"] for r in await admin_conn.fetch(
         "SELECT relname FROM pg_class WHERE relkind = 'S' AND relnamespace = 'public'::regnamespace"
-    ) == [("lock_fence_seq",)]
+    )) == ["lock_fence_seq", "webhook_deliveries_id_seq", "webhook_outbox_id_seq"]  # fmt: skip
     default = await admin_conn.fetchval(
         "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a"
         " ON a.attrelid = d.adrelid AND a.attnum = d.adnum"
