@@ -183,7 +183,36 @@ $$;
 REVOKE ALL ON FUNCTION tenants_with_due_webhooks(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenants_with_due_webhooks(integer) TO tandem_app;
 
+-- Retention: at most max_rows events of any tenant that happened before `before` and that no
+-- endpoint still waits for (every delivery delivered or dead), oldest first, deleted with their
+-- deliveries. Runs as the owner, which these policies let read and delete outbox rows (and see
+-- the undelivered deliveries by the policy above); it returns a count only.
+CREATE POLICY webhook_outbox_retention_select ON webhook_outbox FOR SELECT TO tandem_owner USING (true);
+CREATE POLICY webhook_outbox_retention_delete ON webhook_outbox FOR DELETE TO tandem_owner USING (true);
+CREATE FUNCTION sweep_webhook_outbox(before timestamptz, max_rows integer)
+    RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path = pg_catalog, public
+AS $$
+    WITH gone AS (
+        DELETE FROM public.webhook_outbox o
+         WHERE o.id IN (SELECT x.id FROM public.webhook_outbox x
+                         WHERE x.created_at < before
+                           AND NOT EXISTS (SELECT 1 FROM public.webhook_deliveries d
+                                            WHERE d.event_id = x.id AND d.status IN ('pending', 'failed'))
+                         ORDER BY x.id
+                         LIMIT max_rows)
+        RETURNING 1)
+    SELECT count(*)::integer FROM gone
+$$;
+REVOKE ALL ON FUNCTION sweep_webhook_outbox(timestamptz, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sweep_webhook_outbox(timestamptz, integer) TO tandem_app;
+
 -- migrate:down
+REVOKE EXECUTE ON FUNCTION sweep_webhook_outbox(timestamptz, integer) FROM tandem_app;
+DROP FUNCTION sweep_webhook_outbox(timestamptz, integer);
+DROP POLICY webhook_outbox_retention_delete ON webhook_outbox;
+DROP POLICY webhook_outbox_retention_select ON webhook_outbox;
 REVOKE EXECUTE ON FUNCTION tenants_with_due_webhooks(integer) FROM tandem_app;
 DROP FUNCTION tenants_with_due_webhooks(integer);
 DROP TRIGGER webhook_documents_changed ON document_operations;

@@ -209,6 +209,22 @@ CREATE FUNCTION public.sweep_task_timeouts(max_rows integer) RETURNS TABLE(task_
     RETURNING t.id, t.tenant_id, t.workspace_id
 $$;
 
+CREATE FUNCTION public.sweep_webhook_outbox(before timestamp with time zone, max_rows integer) RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+    WITH gone AS (
+        DELETE FROM public.webhook_outbox o
+         WHERE o.id IN (SELECT x.id FROM public.webhook_outbox x
+                         WHERE x.created_at < before
+                           AND NOT EXISTS (SELECT 1 FROM public.webhook_deliveries d
+                                            WHERE d.event_id = x.id AND d.status IN ('pending', 'failed'))
+                         ORDER BY x.id
+                         LIMIT max_rows)
+        RETURNING 1)
+    SELECT count(*)::integer FROM gone
+$$;
+
 CREATE FUNCTION public.tandem_append_batch(p_tenants uuid[], p_docs uuid[], p_agents text[], p_fences bigint[], p_types text[], p_clocks jsonb[], p_updates bytea[], p_node text, p_expects bigint[] DEFAULT NULL::bigint[]) RETURNS TABLE(seq bigint, refused text, holder text, head bigint)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'public'
@@ -1466,6 +1482,10 @@ CREATE POLICY webhook_endpoints_tenant_isolation ON public.webhook_endpoints USI
 
 ALTER TABLE public.webhook_outbox ENABLE ROW LEVEL SECURITY;
 
+CREATE POLICY webhook_outbox_retention_delete ON public.webhook_outbox FOR DELETE TO tandem_owner USING (true);
+
+CREATE POLICY webhook_outbox_retention_select ON public.webhook_outbox FOR SELECT TO tandem_owner USING (true);
+
 CREATE POLICY webhook_outbox_tenant_isolation ON public.webhook_outbox USING ((tenant_id = public.current_tenant_id())) WITH CHECK ((tenant_id = public.current_tenant_id()));
 
 ALTER TABLE public.workflow_executions ENABLE ROW LEVEL SECURITY;
@@ -1527,6 +1547,9 @@ GRANT ALL ON FUNCTION public.soft_delete_task(task_id uuid) TO tandem_app;
 
 REVOKE ALL ON FUNCTION public.sweep_task_timeouts(max_rows integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.sweep_task_timeouts(max_rows integer) TO tandem_app;
+
+REVOKE ALL ON FUNCTION public.sweep_webhook_outbox(before timestamp with time zone, max_rows integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.sweep_webhook_outbox(before timestamp with time zone, max_rows integer) TO tandem_app;
 
 REVOKE ALL ON FUNCTION public.tandem_append_batch(p_tenants uuid[], p_docs uuid[], p_agents text[], p_fences bigint[], p_types text[], p_clocks jsonb[], p_updates bytea[], p_node text, p_expects bigint[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.tandem_append_batch(p_tenants uuid[], p_docs uuid[], p_agents text[], p_fences bigint[], p_types text[], p_clocks jsonb[], p_updates bytea[], p_node text, p_expects bigint[]) TO tandem_app;

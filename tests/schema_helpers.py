@@ -66,10 +66,11 @@ UPDATE_SET: dict[str, str] = {
     "webhook_deliveries": "last_error = 'changed'",
 }
 # Tables whose rows of every tenant the owner role reads, by policies of its own: a node's load
-# of the revocations in force (migration 0028, `live_token_revocations`) and the webhook sweep's
-# tenants with due deliveries (migration 0030, `tenants_with_due_webhooks`, tenant ids only).
+# of the revocations in force (migration 0028, `live_token_revocations`), and the webhook loop's
+# tenants with due deliveries and its retention sweep (migration 0030, `tenants_with_due_webhooks`
+# and `sweep_webhook_outbox`, which return tenant ids and a count only).
 OWNER_READS_ALL = frozenset(
-    {"token_revocations", "agent_token_revocations", "webhook_endpoints", "webhook_deliveries"}
+    {"token_revocations", "agent_token_revocations", "webhook_endpoints", "webhook_deliveries", "webhook_outbox"}
 )
 
 

@@ -125,3 +125,41 @@ async def state(db: TestDatabase, delivery: int) -> tuple[str, int]:
     finally:
         await admin.close()
     return row["status"], row["attempt"]
+
+
+async def test_retention_deletes_old_events_every_endpoint_had_and_keeps_the_rest(
+    queued: tuple[TestDatabase, list[uuid.UUID]],
+) -> None:
+    # The first 10 events are old: 0-4 delivered to both endpoints, 5 delivered to one only, 6
+    # dead for both; 7-9 still pending. The newer ones stay whatever their state.
+    db, endpoints = queued
+    admin = await asyncpg.connect(db.admin_url)
+    try:
+        events = [r["id"] for r in await admin.fetch("SELECT id FROM webhook_outbox ORDER BY id")]
+        await admin.execute(
+            "UPDATE webhook_outbox SET created_at = now() - interval '8 days' WHERE id = ANY($1::bigint[])", events[:10]
+        )
+        await admin.execute(
+            "UPDATE webhook_deliveries SET status = 'delivered' WHERE event_id = ANY($1::bigint[])", events[:5]
+        )
+        await admin.execute(
+            "UPDATE webhook_deliveries SET status = 'delivered' WHERE event_id = $1 AND endpoint_id = $2",
+            events[5], endpoints[0],
+        )  # fmt: skip
+        await admin.execute("UPDATE webhook_deliveries SET status = 'dead' WHERE event_id = $1", events[6])
+        await admin.execute("UPDATE webhook_deliveries SET status = 'delivered' WHERE event_id = $1", events[20])
+        app = await asyncpg.connect(db.app_url)  # the node's role: no tenant needed, a count back
+        try:
+            week_ago = await app.fetchval("SELECT now() - interval '7 days'")
+            assert await app.fetchval(Q["webhook_sweep"], week_ago, 4) == 4  # at most max_rows
+            assert await app.fetchval(Q["webhook_sweep"], week_ago, 100) == 2
+            assert await app.fetchval(Q["webhook_sweep"], week_ago, 100) == 0
+        finally:
+            await app.close()
+        left = [r["id"] for r in await admin.fetch("SELECT id FROM webhook_outbox ORDER BY id")]
+        assert left == [events[5], *events[7:]]
+        assert await admin.fetchval(
+            "SELECT count(*) FROM webhook_deliveries WHERE event_id = ANY($1::bigint[])", events[:5] + [events[6]]
+        ) == 0  # fmt: skip
+    finally:
+        await admin.close()

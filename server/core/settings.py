@@ -138,6 +138,8 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = 3600.0  # longest delay between two attempts
     webhook_max_age_s: float = 86_400.0  # an event not delivered this long after it happened is dead
     webhook_max_failures: int = 20  # failed attempts in a row that disable an endpoint
+    webhook_retention_s: float = 7 * 86_400.0  # events sent (or dead) are kept this long, for the log
+    webhook_sweep_interval_s: float = 60.0  # how often a node deletes what is past retention
 
     @model_validator(mode="after")
     def _lease_outlasts_a_post(self) -> Settings:

@@ -14,7 +14,9 @@ any node, sends those events again. Per endpoint, in event order: an event is no
 an earlier one to that endpoint is undelivered (`pending` or `failed`). A failed attempt is
 retried after `webhook_backoff_base_s * 2^(attempt-1)` (at most `webhook_backoff_max_s`), until
 the event is `webhook_max_age_s` old (then `dead`); `webhook_max_failures` failed attempts in a
-row disable the endpoint.
+row disable the endpoint. Every `webhook_sweep_interval_s` the loop also deletes the events past
+`webhook_retention_s` that no endpoint waits for, with their deliveries, at most
+`webhook_batch_size` at a time (migration 0030's `sweep_webhook_outbox`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ log = structlog.get_logger("tandem.webhooks")
 
 EXPECTED = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 MAX_ERROR_CHARS = 500  # of a failure's text kept in the delivery log
+SWEEP_BATCHES = 10  # retention deletes per sweep, so that delivery waits for no long sweep
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,13 @@ class WebhookDelivery:
         """Rounds until cancelled: at once after a round that sent something, else after
         `webhook_poll_interval_s`."""
         timeout = httpx.Timeout(self.settings.webhook_timeout_s)
+        swept_at = float("-inf")
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
             while True:
                 try:
+                    if time.monotonic() - swept_at >= self.settings.webhook_sweep_interval_s:
+                        swept_at = time.monotonic()
+                        await self.sweep()
                     sent = await self.deliver_once(client)
                 except EXPECTED as exc:
                     log.warning(
@@ -109,6 +116,20 @@ class WebhookDelivery:
                     sent = 0
                 if not sent:
                     await asyncio.sleep(self.settings.webhook_poll_interval_s)
+
+    async def sweep(self) -> int:
+        """Delete what is past retention, a batch at a time; how many events went."""
+        before = datetime.now(UTC) - timedelta(seconds=self.settings.webhook_retention_s)
+        gone = 0
+        async with self.pool.acquire() as conn:
+            for _ in range(SWEEP_BATCHES):
+                count = await conn.fetchval(Q["webhook_sweep"], before, self.settings.webhook_batch_size)
+                gone += count
+                if count < self.settings.webhook_batch_size:
+                    break
+        if gone:
+            log.info("webhooks.swept", events=gone)
+        return gone
 
     async def deliver_once(self, client: httpx.AsyncClient) -> int:
         """One round: returns how many attempts it made."""

@@ -31,6 +31,11 @@ SELECT d.event_id, o.type, d.attempt, d.status, d.next_attempt_at, d.last_status
  ORDER BY d.event_id DESC
  LIMIT $3;
 
+-- name: webhook_sweep
+-- Retention: at most $2 events of every tenant that happened before $1 and that no endpoint
+-- waits for any more, with their deliveries (migration 0030). The count deleted.
+SELECT sweep_webhook_outbox($1, $2);
+
 -- name: webhook_due_tenants
 SELECT t AS tenant_id FROM tenants_with_due_webhooks($1) AS t;
 
