@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -112,10 +113,11 @@ class YjsBench:
     def __init__(self, pg: Postgres, secret: str, work: Path, args: argparse.Namespace) -> None:
         self.pg, self.secret, self.work, self.args = pg, secret, work, args
         self.tenant_id = uuid.uuid4()
-        self.node = start_nodes(1, pg.admin_url, secret, work, SERVER_ENV)[0]
+        self.node = start_nodes(1, pg.admin_url, secret, work, args.server_env)[0]
         self.reference = ReferenceServer(work / "reference.log").start()
         self.persisted: ReferenceServer | None = None
         self.workspaces = 0
+        self.profiled = False
 
     def token(self, agent_id: str) -> str:
         return auth.issue_token(self.secret, self.tenant_id, agent_id, 3600)
@@ -172,14 +174,26 @@ class YjsBench:
             "mode": "load", "base": base, "window": self.args.window, "rate": w.rate * w.rooms * w.editors, "deflate": deflate,
             "inserts": w.inserts, "timeoutS": 120, "rooms": self.rooms(side, w),
         }  # fmt: skip
-        r = self.drive(config, server.pid, timeout_s=240)
+        profile = None
+        if self.args.py_spy and side == "tandem" and w.key == "10x5" and not deflate and not self.profiled:
+            self.profiled = True  # the first such run: py-spy samples the server and its checker meanwhile
+            profile = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--subprocesses", "--rate", "250", "--format", "raw",
+                                        "--output", self.args.py_spy, "--nonblocking"], env=os.environ | {"PATH": str(Path(sys.executable).parent)},
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            time.sleep(1.0)  # until it is attached
+        try:
+            r = self.drive(config, server.pid, timeout_s=240)
+        finally:
+            if profile is not None:
+                profile.send_signal(signal.SIGINT)  # it writes what it sampled and exits
+                profile.wait(timeout=60)
         if not r["converged"] or r["closes"] or r["sent"] != w.rooms * w.editors * w.inserts:
             raise SystemExit(f"{side} {w.key}: converged {r['converged']}, sent {r['sent']}, closes {r['closes'][:5]}")
         lat = summarize(r["latencies"])
         return {"updates_per_s": r["updatesPerS"], "p50": lat["p50"], "p99": lat["p99"], "cpu_s": r["cpu_s"], "deflate": r["deflate"]}
 
     def join(self, base: str, room: dict[str, Any], server_pid: int, length: int) -> float:
-        j = self.drive({"mode": "join", "base": base, "timeoutS": 60, "rooms": [room]}, server_pid, 120)["joins"][0]
+        j = self.drive({"mode": "join", "base": base, "timeoutS": 60, "expectLength": length, "rooms": [room]}, server_pid, 120)["joins"][0]
         if j["length"] != length:
             raise SystemExit(f"the joining editor got {j['length']} characters, expected {length}")
         return float(j["ms"])
@@ -196,6 +210,9 @@ class YjsBench:
         self.persisted.start()
         out["reference restart"] = self.join(self.persisted.base, room, self.persisted.pid, length)
         out["reference memory"] = self.join(self.persisted.base, room, self.persisted.pid, length)
+        self.persisted.stop()  # y-leveldb merged the updates into one when it loaded them
+        self.persisted.start()
+        out["reference compacted"] = self.join(self.persisted.base, room, self.persisted.pid, length)
         # Tandem: the log written straight into document_operations (no snapshot), then restarts.
         ws_id, (doc_id,) = self.documents(1)
         asyncio.run(self.insert(doc_id, history))
@@ -242,7 +259,13 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated workloads: 1x2, 10x5, 1x50, join")
     parser.add_argument("--no-deflate", action="store_true", help="skip the runs with permessage-deflate offered")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs)")
+    parser.add_argument("--tandem-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more setting for Tandem (repeatable), to see what a stage costs")
+    parser.add_argument("--fsync", choices=("on", "off"), default="on", help="PostgreSQL's fsync (off: what the disk flush costs)")
+    parser.add_argument("--py-spy", default="", metavar="FILE",
+                        help="profile Tandem's first paced 10x5 run with py-spy (collapsed stacks into FILE)")
     args = parser.parse_args()
+    args.server_env = {**SERVER_ENV, **dict(kv.split("=", 1) for kv in args.tandem_env)}
     args.runs = min(max(args.runs, 1), 9)
     only = {part for part in args.only.split(",") if part}
     workloads = [w for w in WORKLOADS if not only or w.key in only]
@@ -257,7 +280,7 @@ def main() -> None:
     length = len(str(expected.get("content", type=Text)))
 
     work = workdir("tandem-bench-yjs-")
-    pg = Postgres(work, fsync=True).start()
+    pg = Postgres(work, fsync=args.fsync == "on").start()
     bench = None
     loads: dict[tuple[str, str, bool], list[dict[str, Any]]] = defaultdict(list)
     cold: dict[str, list[float]] = defaultdict(list)
@@ -270,8 +293,8 @@ def main() -> None:
             print(f"{k:>9}: {v}")
         print(f"reference: @y/websocket-server {package_version('@y/websocket-server')} (yjs {package_version('yjs')}), in memory;"
               f" cold join with y-leveldb {package_version('y-leveldb')}")
-        print(f"   tandem: 1 node, `tandem serve`, PostgreSQL {pg.version()} fsync=on synchronous_commit=on,"
-              f" env {' '.join(f'{k}={v}' for k, v in SERVER_ENV.items())}")
+        print(f"   tandem: 1 node, `tandem serve`, PostgreSQL {pg.version()} fsync={'on' if args.fsync == 'on' else 'off'} synchronous_commit=on,"
+              f" env {' '.join(f'{k}={v}' for k, v in args.server_env.items())}")
         print(f"   driver: one Node {node_version} process (yjs + y-websocket WebsocketProvider over ws), every editor"
               f" inserts ~25 characters at its own cursor; window {args.window} at max rate; medians of {args.runs} runs")
         print(f"     load: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min load average before the run)", flush=True)
@@ -313,9 +336,10 @@ def report(workloads: list[Workload], loads: dict[tuple[str, str, bool], list[di
         ref = median(cold["reference restart"])
         print(row(f"first open of a {HISTORY_OPS:,}-update document after a restart (reference: y-leveldb; Tandem: log replay)",
                   ref, median(cold["tandem replay"]), "ms"))
-        print(row("the same, Tandem from the snapshot its graceful stop wrote", ref, median(cold["tandem snapshot"]), "ms"))
+        print(row("the same after another restart (reference: y-leveldb merged the updates; Tandem: the snapshot its stop wrote)",
+                  median(cold["reference compacted"]), median(cold["tandem snapshot"]), "ms"))
         print(row("the same document, open again (in memory)", median(cold["reference memory"]), median(cold["tandem memory"]), "ms"))
-    if args.no_deflate:
+    if args.no_deflate or not workloads:
         return
     print()
     print("permessage-deflate offered (as browsers do): the server's CPU seconds per workload run")

@@ -14,7 +14,8 @@
 // the monotonic clock). Receivers parse tokens from remote text deltas: latency = receive time - t, per
 // receiving client. A writer keeps at most `window` updates that no other client of its room
 // has received yet (y-websocket has no acks, so "received by a peer" stands in for one).
-// join: one client per room entry; reports the time from creating the provider to `synced`.
+// join: one client per room entry; reports the time from creating the provider to `synced` and
+// its text holding `expectLength` characters (config, default 0).
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -65,6 +66,10 @@ async function join () {
     const t0 = nowUs()
     const client = connect(room, room.tokens[0])
     await untilSynced([client], cfg.timeoutS)
+    // A server may answer the sync before its document is loaded (the reference server's
+    // persistence loads it asynchronously, then sends it as an update): until it is all there.
+    const deadline = nowUs() + cfg.timeoutS * 1e6
+    while (client.text.length < (cfg.expectLength ?? 0) && nowUs() < deadline) await new Promise((resolve) => setImmediate(resolve))
     out.push({ ms: (nowUs() - t0) / 1000, length: client.text.length, closes: client.closes })
     client.provider.destroy()
   }
