@@ -56,8 +56,8 @@ const untilSynced = (clients, timeoutS) => new Promise((resolve, reject) => {
 
 const finish = (result, clients) => {
   for (const c of clients) c.provider.destroy()
-  process.stdout.write(JSON.stringify(result) + '\n')
-  setTimeout(() => process.exit(0), 100)
+  // Exit once the pipe took it all: a result of many latencies outgrows the pipe's buffer.
+  process.stdout.write(JSON.stringify(result) + '\n', () => setTimeout(() => process.exit(0), 100))
 }
 
 async function join () {
