@@ -104,6 +104,8 @@ WORKLOADS = (
     Workload("10x5", "10 rooms x 5 editors x 200 inserts at 20/s", 10, 5, 200, 20.0),
     Workload("1x50", "1 room x 50 editors x 40 inserts at 2/s", 1, 50, 40, 2.0),
 )
+# Not run by default: one update at a time, so its latency is the path alone, without queueing.
+PROBE = Workload("probe", "1 room x 2 editors x 100 inserts at 5/s", 1, 2, 100, 5.0)
 SIDES = ("reference", "tandem")
 
 
@@ -256,7 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs of every workload; figures are their medians")
     parser.add_argument("--window", type=int, default=8, help="updates per editor not yet received by a peer (max rate)")
-    parser.add_argument("--only", default="", help="comma-separated workloads: 1x2, 10x5, 1x50, join")
+    parser.add_argument("--only", default="", help="comma-separated workloads: 1x2, 10x5, 1x50, join, probe (not in the default set)")
     parser.add_argument("--no-deflate", action="store_true", help="skip the runs with permessage-deflate offered")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs)")
     parser.add_argument("--tandem-env", action="append", default=[], metavar="KEY=VALUE",
@@ -268,7 +270,7 @@ def main() -> None:
     args.server_env = {**SERVER_ENV, **dict(kv.split("=", 1) for kv in args.tandem_env)}
     args.runs = min(max(args.runs, 1), 9)
     only = {part for part in args.only.split(",") if part}
-    workloads = [w for w in WORKLOADS if not only or w.key in only]
+    workloads = [w for w in (*WORKLOADS, PROBE) if w.key in only or (not only and w is not PROBE)]
     joins = not only or "join" in only
 
     install_node_clients()
