@@ -17,6 +17,10 @@ Every figure is the median of `--runs` runs; reference and Tandem alternate with
 Bounded: every driver run has a deadline, and the servers and PostgreSQL started here are
 stopped by pid at the end.
 
+To take an update's path apart: `--only probe` (one update in flight at a time: the path
+without queueing), `--tandem-env KEY=VALUE` (a setting changed, e.g. the checker on the event
+loop), `--fsync off`, and `--py-spy FILE` (py-spy samples Tandem's first paced 10x5 run).
+
     .venv/bin/python bench/bench_yjs.py [--runs 3]
 """
 
