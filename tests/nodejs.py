@@ -24,13 +24,14 @@ def node_env() -> dict[str, str]:
     return {**os.environ, "PATH": os.pathsep.join([str(BIN_DIR), os.environ.get("PATH", "")])}
 
 
-def install_node_clients() -> Path:
-    """tests/node with its node_modules, installed from the lockfile (`npm ci`) when missing."""
-    if not (NODE_DIR / "node_modules" / "y-websocket" / "package.json").exists():
+def install_node_clients(node_dir: Path = NODE_DIR, marker: str = "y-websocket") -> Path:
+    """`node_dir` (tests/node by default) with its node_modules, installed from its lockfile
+    (`npm ci`) when the package `marker` is missing."""
+    if not (node_dir / "node_modules" / marker / "package.json").exists():
         done = executable.npm(
-            ["ci", "--no-audit", "--no-fund"], return_completed_process=True, cwd=NODE_DIR, env=node_env(),
+            ["ci", "--no-audit", "--no-fund"], return_completed_process=True, cwd=node_dir, env=node_env(),
             capture_output=True, text=True, timeout=NPM_CI_TIMEOUT_S,
         )  # fmt: skip
         if done.returncode != 0:
-            raise RuntimeError(f"npm ci failed in {NODE_DIR}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return NODE_DIR
+            raise RuntimeError(f"npm ci failed in {node_dir}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return node_dir

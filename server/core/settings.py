@@ -54,9 +54,11 @@ class Settings(BaseSettings):
     max_frame_bytes: int = 1_048_576  # larger: frame_too_large, session stays open
     frame_hard_limit_bytes: int = 4_194_304  # larger: refused by the WebSocket layer (1009)
     # permessage-deflate when a client offers it. Off, as in the y-websocket and Hocuspocus
-    # servers: compressing each small message roughly doubled the server's CPU per update, and
-    # a compressing client sends its messages one zlib round trip at a time.
+    # servers: a compressing client sends its messages one zlib round trip at a time.
     ws_compression: bool = False
+    # With it, a message shorter than this is sent uncompressed (server/transport/websocket.py):
+    # compressing every small update, once per receiving peer, doubled the server's CPU per update.
+    ws_compression_min_bytes: int = Field(default=1024, ge=0)
     max_messages_per_s: float = 100.0
     max_message_burst: int = 200
     # What one connection's send queue may hold, in frames and in bytes (a text frame counts its

@@ -16,13 +16,28 @@ limit on the opening handshake and its answer to a text frame that is not UTF-8.
   socket as long as the peer keeps its TCP connection (and, after a keepalive timeout, the
   application waiting for a disconnect that never comes). Here the transport gets
   `ABORT_AFTER_S` more, then is aborted.
+- permessage-deflate (`ws_compression`, when a client offers it): a whole message shorter than
+  `ws_compression_min_bytes` goes out uncompressed (RSV1 clear, which RFC 7692 section 6
+  allows for any message). Compressing a typical update of a few dozen bytes saves a few bytes
+  and, once per receiving peer, costs more CPU than the rest of delivering it; the large ones
+  (a sync reply, a document) are compressed as before.
 Imports uvicorn and websockets; nothing of Tandem's but its settings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import websockets.http11
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
+from websockets.frames import CONT, CTRL_OPCODES, Frame
+from websockets.typing import ExtensionParameter
 
 from server.core.settings import Settings
 
@@ -43,12 +58,54 @@ def configure(settings: Settings) -> dict[str, object]:
     order. h11 (uvicorn's HTTP parser when httptools is absent) bounds the whole request head."""
     line_bytes = handshake_line_bytes(settings)
     websockets.http11.MAX_LINE_LENGTH = line_bytes
-    return {"ws": WebSocketTransport, "h11_max_incomplete_event_size": 2 * line_bytes}
+    transport = type("WebSocketTransport", (WebSocketTransport,), {"deflate_min_bytes": settings.ws_compression_min_bytes})
+    return {"ws": transport, "h11_max_incomplete_event_size": 2 * line_bytes}
+
+
+class ThresholdDeflate(PerMessageDeflate):
+    """permessage-deflate that sends a whole message shorter than `min_bytes` as it is. The
+    compressor's window holds only what was compressed, so skipping a message leaves the
+    context of the next compressed one intact on both sides."""
+
+    def __init__(self, negotiated: PerMessageDeflate, min_bytes: int) -> None:
+        super().__init__(
+            negotiated.remote_no_context_takeover, negotiated.local_no_context_takeover,
+            negotiated.remote_max_window_bits, negotiated.local_max_window_bits, negotiated.compress_settings,
+        )  # fmt: skip
+        self.min_bytes = min_bytes
+
+    def encode(self, frame: Frame) -> Frame:
+        if frame.fin and frame.opcode not in CTRL_OPCODES and frame.opcode is not CONT and len(frame.data) < self.min_bytes:
+            return frame  # RSV1 stays clear: the peer reads it uncompressed
+        return super().encode(frame)
+
+
+class ThresholdDeflateFactory(ServerPerMessageDeflateFactory):
+    """uvicorn's permessage-deflate parameters (12-bit windows, memLevel 5), negotiating a
+    `ThresholdDeflate`."""
+
+    def __init__(self, min_bytes: int) -> None:
+        super().__init__(server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5})
+        self.min_bytes = min_bytes
+
+    def process_request_params(
+        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension]
+    ) -> tuple[list[ExtensionParameter], PerMessageDeflate]:
+        response, negotiated = super().process_request_params(params, accepted_extensions)
+        return response, ThresholdDeflate(negotiated, self.min_bytes)
 
 
 class WebSocketTransport(WebSocketsSansIOProtocol):
     """uvicorn's websockets (sans-I/O) protocol, except for a text frame that is not UTF-8 and
-    a transport the peer does not empty after the end."""
+    a transport the peer does not empty after the end, and permessage-deflate only for a
+    message of at least `deflate_min_bytes` (set by `configure`)."""
+
+    deflate_min_bytes = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.conn.available_extensions:  # uvicorn's permessage-deflate, as ws_per_message_deflate asked
+            self.conn.available_extensions = [ThresholdDeflateFactory(self.deflate_min_bytes)]
 
     async def run_asgi(self) -> None:
         await super().run_asgi()

@@ -5,14 +5,17 @@
 //
 // Config: {"mode": "load" | "join", "base": "ws://127.0.0.1:8000", "rooms": [{"ws": id, "doc": id,
 // "tokens": [token per client]}], "window": 4, "rate": 0 (total updates/s, 0: as fast as the
-// window allows), "warmupS": 1, "durationS": 5, "timeoutS": 60, "deflate": false}.
+// window allows), "warmupS": 1, "durationS": 5, "timeoutS": 60, "deflate": false, "inserts": 0}.
+// With "inserts" > 0 every writer sends exactly that many updates and all of them are measured
+// (warmupS and durationS are unused); the run ends once every update reached a peer.
 //
 // load: every client is a writer. Each update inserts one token `|w.n.t|` into the "content"
 // text at the writer's own cursor (w writer, n its counter, t the send time in microseconds of
 // the monotonic clock). Receivers parse tokens from remote text deltas: latency = receive time - t, per
 // receiving client. A writer keeps at most `window` updates that no other client of its room
 // has received yet (y-websocket has no acks, so "received by a peer" stands in for one).
-// join: one client per room entry; reports the time from creating the provider to `synced`.
+// join: one client per room entry; reports the time from creating the provider to `synced` and
+// its text holding `expectLength` characters (config, default 0).
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -36,8 +39,10 @@ const connect = (room, token) => {
     params: { token }, WebSocketPolyfill: BenchWebSocket, disableBc: true, maxBackoffTime: 1000
   })
   const closes = []
+  const client = { doc, text: doc.getText('content'), provider, closes, extensions: '' }
   provider.on('connection-close', (e) => closes.push(e ? `${e.code} ${e.reason}` : 'local'))
-  return { doc, text: doc.getText('content'), provider, closes }
+  provider.on('status', (e) => { if (e.status === 'connected') client.extensions = provider.ws.extensions })
+  return client
 }
 
 const untilSynced = (clients, timeoutS) => new Promise((resolve, reject) => {
@@ -51,8 +56,8 @@ const untilSynced = (clients, timeoutS) => new Promise((resolve, reject) => {
 
 const finish = (result, clients) => {
   for (const c of clients) c.provider.destroy()
-  process.stdout.write(JSON.stringify(result) + '\n')
-  setTimeout(() => process.exit(0), 100)
+  // Exit once the pipe took it all: a result of many latencies outgrows the pipe's buffer.
+  process.stdout.write(JSON.stringify(result) + '\n', () => setTimeout(() => process.exit(0), 100))
 }
 
 async function join () {
@@ -61,6 +66,10 @@ async function join () {
     const t0 = nowUs()
     const client = connect(room, room.tokens[0])
     await untilSynced([client], cfg.timeoutS)
+    // A server may answer the sync before its document is loaded (the reference server's
+    // persistence loads it asynchronously, then sends it as an update): until it is all there.
+    const deadline = nowUs() + cfg.timeoutS * 1e6
+    while (client.text.length < (cfg.expectLength ?? 0) && nowUs() < deadline) await new Promise((resolve) => setImmediate(resolve))
     out.push({ ms: (nowUs() - t0) / 1000, length: client.text.length, closes: client.closes })
     client.provider.destroy()
   }
@@ -83,13 +92,16 @@ async function load () {
   await untilSynced(clients, cfg.timeoutS)
   const setupMs = (nowUs() - setupStart) / 1000
 
+  const counted = cfg.inserts > 0
   const start = nowUs() + 200_000
-  const measureFrom = start + cfg.warmupS * 1e6
-  const stopAt = measureFrom + cfg.durationS * 1e6
+  const measureFrom = counted ? start : start + cfg.warmupS * 1e6
+  const stopAt = counted ? Infinity : measureFrom + cfg.durationS * 1e6
+  let lastFirst = start // when the latest update first reached a peer
   const latencies = [] // ms, per (update, receiving client), for updates sent in the window
   let firstReceived = 0 // updates first received by a peer inside the window
   let sent = 0
   let running = true
+  const canSend = (w) => running && (!counted || w.sent < cfg.inserts)
 
   const send = (w) => {
     const c = w.client
@@ -118,7 +130,8 @@ async function load () {
             w.seen.add(n)
             w.inflight--
             if (at >= measureFrom && at < stopAt) firstReceived++
-            if (!cfg.rate && running) setImmediate(() => { if (running && w.inflight < cfg.window) send(w) })
+            lastFirst = at
+            if (!cfg.rate && running) setImmediate(() => { if (canSend(w) && w.inflight < cfg.window) send(w) })
           }
         }
       }
@@ -130,12 +143,17 @@ async function load () {
     // Paced: each writer sends at rate/writers, phases spread evenly.
     const period = writers.length / cfg.rate * 1000
     writers.forEach((w, i) => setTimeout(() => {
-      const tick = setInterval(() => { if (running) send(w); else clearInterval(tick) }, period)
+      const tick = setInterval(() => { if (canSend(w)) send(w); else clearInterval(tick) }, period)
     }, period * i / writers.length))
   } else {
-    for (const w of writers) for (let i = 0; i < cfg.window; i++) send(w)
+    for (const w of writers) for (let i = 0; i < cfg.window && canSend(w); i++) send(w)
   }
-  await new Promise((resolve) => setTimeout(resolve, (stopAt - nowUs()) / 1000))
+  if (counted) {
+    const deadline = nowUs() + cfg.timeoutS * 1e6
+    while (nowUs() < deadline && !writers.every((w) => w.seen.size === cfg.inserts)) await new Promise((resolve) => setTimeout(resolve, 20))
+  } else {
+    await new Promise((resolve) => setTimeout(resolve, (stopAt - nowUs()) / 1000))
+  }
   running = false
   // Drain: wait (bounded) until every update sent reached every other client of its room.
   const drainDeadline = nowUs() + 20e6
@@ -146,10 +164,11 @@ async function load () {
   finish({
     setupMs,
     sent,
-    updatesPerS: firstReceived / cfg.durationS,
+    updatesPerS: counted ? firstReceived / ((lastFirst - start) / 1e6) : firstReceived / cfg.durationS,
     latencies,
     converged: [...lengths.values()].every((s) => s.size === 1),
-    closes: clients.flatMap((c) => c.closes)
+    closes: clients.flatMap((c) => c.closes),
+    deflate: clients.some((c) => c.extensions.includes('permessage-deflate')) // as negotiated
   }, clients)
 }
 
