@@ -59,11 +59,11 @@ async def pick(
 ) -> tuple[str | None, str | None]:
     """The agent other than `exclude` to give a `capability` step to and the delegation type:
     `automatic` when it was the only free one, `load_balance` when chosen among several;
-    (None, None): none is free. Picks of one tenant wait for each other's commit (a lock held
-    to the end of the transaction), so a slot counted free is not filled twice."""
-    await conn.execute(Q["execution_lock_agent_slots"])
+    (None, None): none is free. The agent chosen stays locked to the end of the transaction
+    (claim_agent_slot, migration 0030), so a slot counted free is not filled twice; picks of
+    other agents do not wait for it."""
     row = await conn.fetchrow(
-        Q["execution_pick_agent"], seen_within_s, capability, exclude
+        Q["execution_claim_agent"], capability, seen_within_s, exclude
     )
     if row is None:
         return None, None

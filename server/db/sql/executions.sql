@@ -65,29 +65,11 @@ VALUES (current_tenant_id(), $1, $2, $3, $4, $5::task_priority, $6, $7::text,
         $8::text::jsonb, $9, 0, $10, $11, $12, $13)
 RETURNING {task};
 
--- name: execution_lock_agent_slots
--- Held until commit by a transaction that gives out step tasks, so that the next one's pick
--- counts the tasks it assigned: two transactions never fill the same free slot.
-SELECT pg_advisory_xact_lock(hashtextextended('tandem.agent_slots:' || current_tenant_id()::text, 0));
-
--- name: execution_pick_agent
--- The least-loaded agent with capability $2 that is listed active (presence TTL $1), has a free slot and
--- is not $3 (null: any), and how many such agents there were. Load: its open tasks, as v_agent_workload
--- counts them (assigned, accepted, in progress), read through idx_tasks_open_assignee.
-SELECT agent_id, count(*) OVER () AS candidates
-FROM (
-    SELECT agent_id, max_concurrent_tasks,
-           (SELECT count(*) FROM tasks t
-             WHERE t.tenant_id = agents.tenant_id AND t.assigned_to = agents.agent_id
-               AND t.status IN ('assigned', 'accepted', 'in_progress') AND t.deleted_at IS NULL) AS load
-    FROM agents
-    WHERE capabilities @> ARRAY[$2::text]
-      AND agent_listed_status(status, last_seen_at, $1, CURRENT_TIMESTAMP) = 'active'
-      AND ($3::text IS NULL OR agent_id <> $3::text)
-) a
-WHERE load < max_concurrent_tasks
-ORDER BY load, agent_id
-LIMIT 1;
+-- name: execution_claim_agent
+-- The least-loaded agent with capability $1 that is listed active (presence TTL $2), has a free slot and is
+-- not $3 (null: any), locked for this transaction so no other fills the slot, and how many free ones there
+-- were (claim_agent_slot, migration 0030). No row: none could be claimed.
+SELECT agent_id, candidates FROM claim_agent_slot($1, $2, $3);
 
 -- name: execution_waiting_tasks
 -- At most $1 step tasks of the current tenant waiting for an agent, oldest first, locked (others skip them).
