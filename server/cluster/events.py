@@ -103,9 +103,11 @@ class Events:
             event.ref,
         )  # fmt: skip
 
-    async def notify(self, conn: asyncpg.Connection, event: Event) -> None:
-        """In the writer's transaction: other nodes hear of the event only if it commits."""
-        await conn.execute(Q["notify"], [self.payload(event)])
+    async def notify(self, conn: asyncpg.Connection, *events: Event) -> None:
+        """In the writer's transaction: other nodes hear of the events only if it commits, in
+        this order. One statement however many events (one round trip)."""
+        if events:
+            await conn.execute(Q["notify"], [self.payload(event) for event in events])
 
     def deliver(self, event: Event) -> int:
         """After the commit: this node's listeners (each once) and observers. Never raises."""
