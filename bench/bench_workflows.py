@@ -13,12 +13,15 @@ ends) until `--count` executions completed or `--time-limit-s` passed. Measured:
 All clients run in this one process (the client side shares the machine's cores with the nodes
 and PostgreSQL). Prints the figures; asserts nothing; stops what it started, by pid.
 
+`--analyze` runs ANALYZE after the warm-up: the tables start empty, and until autovacuum first
+analyzes them (a minute or more) the planner reads single rows of `tasks` by id through an index
+on another column, filtering hundreds of rows; a deployment that has run a while has statistics.
 `--statements` loads pg_stat_statements into the benchmark's own cluster (a restart before the
 nodes start) and prints, for the measured window, the statements, round trips and transactions
 per step transition and where PostgreSQL's execution time went.
 
     .venv/bin/python bench/bench_workflows.py [--count 300] [--in-flight 10] [--time-limit-s 120]
-        [--statements]
+        [--analyze] [--statements]
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ class Statements:
             await conn.execute("SELECT pg_stat_clear_snapshot()")
             xacts = await self._xacts(conn) - self.commits
             rows = await conn.fetch(
-                "SELECT calls, total_exec_time, toplevel, query FROM pg_stat_statements"
+                "SELECT calls, total_exec_time, shared_blks_hit + shared_blks_read AS blocks, toplevel, query FROM pg_stat_statements"
                 " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
                 " ORDER BY calls DESC"
             )
@@ -117,13 +120,14 @@ class Statements:
                 f"running {nested / per:.1f} more inside (functions, triggers), {xacts / per:.2f} transactions, "
                 f"{total_ms / per:.2f} ms of statement execution"
             ),
-            "  calls/transition  mean ms  % time  top  statement",
+            "  calls/transition  mean ms  % time  blocks/call  top  statement",
         ]
         for r in rows[:TOP_STATEMENTS]:
             query = " ".join(r["query"].split())[:110]
             lines.append(
                 f"  {r['calls'] / per:16.2f} {r['total_exec_time'] / max(r['calls'], 1):8.3f} "
-                f"{100 * r['total_exec_time'] / max(total_ms, 1e-9):7.1f}  {'yes' if r['toplevel'] else ' no'}  {query}"
+                f"{100 * r['total_exec_time'] / max(total_ms, 1e-9):7.1f}  {r['blocks'] / max(r['calls'], 1):11.1f}"
+                f"  {'yes' if r['toplevel'] else ' no'}  {query}"
             )
         return "\n".join(lines)
 
@@ -234,7 +238,7 @@ class Cpu:
 
 async def run(
     urls: list[str], secret: str, count: int, in_flight: int, warmup: int, time_limit_s: float,
-    pids: tuple[list[int], int], statements: Statements | None,
+    pids: tuple[list[int], int], statements: Statements | None, analyze_url: str | None,
 ) -> None:  # fmt: skip
     tenant = uuid.uuid4()
 
@@ -273,6 +277,12 @@ async def run(
                 time.monotonic() + time_limit_s,
                 warm,
             )
+            if analyze_url is not None:
+                conn = await asyncpg.connect(analyze_url)
+                try:
+                    await conn.execute("ANALYZE")
+                finally:
+                    await conn.close()
             if statements is not None:
                 await statements.reset()
             clock.measuring = True
@@ -332,6 +342,11 @@ def main() -> None:
         help="bound on the warm-up and on the measurement",
     )
     parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="ANALYZE after the warm-up (statistics as a running deployment has them)",
+    )
+    parser.add_argument(
         "--statements",
         action="store_true",
         help="count statements per step transition (pg_stat_statements)",
@@ -366,6 +381,7 @@ def main() -> None:
                 args.time_limit_s,
                 pids,
                 statements,
+                pg.admin_url if args.analyze else None,
             )
         )
     finally:
