@@ -6,6 +6,7 @@ Called by server/workspaces/executions.py inside the engine's transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from server.workspaces import tasks
 
 ENGINE = "system"  # the from_agent_id of the engine's delegations
 STEP_TASK_TYPE = "workflow_step"
+_TASK_COLUMNS = tuple(f.name for f in dataclasses.fields(tasks.Task))
 
 
 async def start_step(
@@ -37,16 +39,17 @@ async def start_step(
         who = [(agent, None) for agent in step.get("agents", [step.get("agent")])]
     made = []
     for assignee, kind in who:
-        row = await conn.fetchrow(
+        reason = None if kind is None else f"step {step['id']} needs {step['capability']}"
+        row = dict(await conn.fetchrow(
             Q["execution_task_create"], workspace_id, template["title"], STEP_TASK_TYPE, template.get("description"),
             template.get("priority", "normal"), created_by, assignee, json.dumps(parameters),
             template.get("timeout_s", 3600), execution_id, step["id"], attempt, assignee if "agents" in step else None,
-        )  # fmt: skip
-        task = tasks._task(row)
+            ENGINE, kind, reason,
+        ))  # fmt: skip
+        task = tasks._task({name: row.pop(name) for name in _TASK_COLUMNS})
         delegation = None
         if kind is not None:
-            reason = f"step {step['id']} needs {step['capability']}"
-            delegation = await delegate(conn, task, assignee, kind, reason)
+            delegation = tasks.Delegation(task_id=task.task_id, **row)
         made.append((task, delegation))
     return made
 
