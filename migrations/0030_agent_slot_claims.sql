@@ -1,9 +1,8 @@
 -- migrate:up
 -- The engine's choice of agent for a capability step (server/workspaces/execution_agents.py) in
--- one call, locking per agent instead of per tenant. A tenant-wide lock held to commit made
--- every transaction that gave out a step task wait for every other one: with many executions
--- at once that wait was most of a step's advance. Here a transaction locks only the agent it
--- gives the task to (a transaction-scoped advisory lock on tenant and agent), and counts that
+-- one call, locking per agent: transactions that give step tasks to different agents do not
+-- wait for each other. A transaction locks only the agent it gives the task to (a
+-- transaction-scoped advisory lock on tenant and agent), and counts that
 -- agent's open tasks in a statement run after it holds the lock, so it sees every task the
 -- previous holder committed: two transactions never fill one free slot. Candidates are tried
 -- least-loaded first, skipping those another transaction is giving a task to right now; when
