@@ -13,7 +13,15 @@ ends) until `--count` executions completed or `--time-limit-s` passed. Measured:
 All clients run in this one process (the client side shares the machine's cores with the nodes
 and PostgreSQL). Prints the figures; asserts nothing; stops what it started, by pid.
 
+`--analyze` runs ANALYZE after the warm-up: the tables start empty, and until autovacuum first
+analyzes them (a minute or more) the planner reads single rows of `tasks` by id through an index
+on another column, filtering hundreds of rows; a deployment that has run a while has statistics.
+`--statements` loads pg_stat_statements into the benchmark's own cluster (a restart before the
+nodes start) and prints, for the measured window, the statements, round trips and transactions
+per step transition and where PostgreSQL's execution time went.
+
     .venv/bin/python bench/bench_workflows.py [--count 300] [--in-flight 10] [--time-limit-s 120]
+        [--analyze] [--statements]
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+import asyncpg
 
 REPO = Path(__file__).resolve().parent.parent
 for path in (REPO, REPO / "clients"):
@@ -63,6 +73,90 @@ STEPS = [
 ]
 DEPENDS = {s["id"]: s.get("depends_on", []) for s in STEPS}
 WAIT_S = 60.0  # one execution's deadline
+TOP_STATEMENTS = 25  # statements listed by --statements
+
+
+class Statements:
+    """pg_stat_statements and pg_stat_database over the measured window (`--statements`)."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.commits = 0
+
+    async def _xacts(self, conn: asyncpg.Connection) -> int:
+        return int(await conn.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        ))  # fmt: skip
+
+    async def reset(self) -> None:
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute("SELECT pg_stat_statements_reset()")
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            self.commits = await self._xacts(conn)
+        finally:
+            await conn.close()
+
+    async def report(self, transitions: int) -> str:
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            xacts = await self._xacts(conn) - self.commits
+            rows = await conn.fetch(
+                "SELECT calls, total_exec_time, shared_blks_hit + shared_blks_read AS blocks, toplevel, query FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " ORDER BY calls DESC"
+            )
+        finally:
+            await conn.close()
+        per = max(transitions, 1)
+        calls = sum(r["calls"] for r in rows if r["toplevel"])
+        nested = sum(r["calls"] for r in rows if not r["toplevel"])
+        # Nested statements' time is inside their top-level statement's.
+        total_ms = sum(r["total_exec_time"] for r in rows if r["toplevel"])
+        lines = [
+            (
+                f"per step transition ({transitions}): {calls / per:.1f} statements (each a round trip) "
+                f"running {nested / per:.1f} more inside (functions, triggers), {xacts / per:.2f} transactions, "
+                f"{total_ms / per:.2f} ms of statement execution"
+            ),
+            "  calls/transition  mean ms  % time  blocks/call  top  statement",
+        ]
+        for r in rows[:TOP_STATEMENTS]:
+            query = " ".join(r["query"].split())[:110]
+            lines.append(
+                f"  {r['calls'] / per:16.2f} {r['total_exec_time'] / max(r['calls'], 1):8.3f} "
+                f"{100 * r['total_exec_time'] / max(total_ms, 1e-9):7.1f}  {r['blocks'] / max(r['calls'], 1):11.1f}"
+                f"  {'yes' if r['toplevel'] else ' no'}  {query}"
+            )
+        return "\n".join(lines)
+
+
+async def load_statements(pg: Postgres) -> None:
+    """Preload pg_stat_statements in the benchmark's cluster (a restart before the nodes start)."""
+    conn = await asyncpg.connect(pg.admin_url)
+    try:
+        await conn.execute(
+            "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
+        )
+    finally:
+        await conn.close()
+    pg.stop()
+    pg.start()
+    conn = await asyncpg.connect(pg.admin_url)
+    try:  # statements run by functions and triggers too (the audit trail), apart from the top level
+        await conn.execute("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+
+
+async def create_statements(pg: Postgres) -> None:
+    conn = await asyncpg.connect(pg.admin_url)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    finally:
+        await conn.close()
 
 
 class Clock:
@@ -144,7 +238,7 @@ class Cpu:
 
 async def run(
     urls: list[str], secret: str, count: int, in_flight: int, warmup: int, time_limit_s: float,
-    pids: tuple[list[int], int],
+    pids: tuple[list[int], int], statements: Statements | None, analyze_url: str | None,
 ) -> None:  # fmt: skip
     tenant = uuid.uuid4()
 
@@ -183,6 +277,14 @@ async def run(
                 time.monotonic() + time_limit_s,
                 warm,
             )
+            if analyze_url is not None:
+                conn = await asyncpg.connect(analyze_url)
+                try:
+                    await conn.execute("ANALYZE")
+                finally:
+                    await conn.close()
+            if statements is not None:
+                await statements.reset()
             clock.measuring = True
             done: list[float] = []
             quota = [count]
@@ -215,6 +317,8 @@ async def run(
         f"p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}"
     )
     print(used)
+    if statements is not None:
+        print(await statements.report(len(done) * len(STEPS)))
 
 
 def main() -> None:
@@ -237,6 +341,16 @@ def main() -> None:
         default=120.0,
         help="bound on the warm-up and on the measurement",
     )
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="ANALYZE after the warm-up (statistics as a running deployment has them)",
+    )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="count statements per step transition (pg_stat_statements)",
+    )
     args = parser.parse_args()
     for key, value in machine().items():
         print(f"{key}: {value}")
@@ -244,12 +358,18 @@ def main() -> None:
     pg = Postgres(work).start()
     nodes = []
     try:
+        statements = None
+        if args.statements:
+            asyncio.run(load_statements(pg))
         print(
             f"postgres: {pg.version()} (fsync on); server rate limit raised: {SERVER_ENV}"
         )
         secret = jwt_secret()
         nodes = start_nodes(2, pg.admin_url, secret, work, SERVER_ENV)
         urls = [n.ws_url for n in nodes]
+        if args.statements:
+            asyncio.run(create_statements(pg))
+            statements = Statements(pg.admin_url)
         pids = ([n.pid for n in nodes], pg.postmaster_pid)
         asyncio.run(
             run(
@@ -260,6 +380,8 @@ def main() -> None:
                 args.warmup,
                 args.time_limit_s,
                 pids,
+                statements,
+                pg.admin_url if args.analyze else None,
             )
         )
     finally:

@@ -111,6 +111,60 @@ BEGIN
 END;
 $$;
 
+CREATE FUNCTION public.claim_agent_slot(capability text, seen_within_s double precision, exclude text) RETURNS TABLE(agent_id text, candidates bigint)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+DECLARE
+    tenant uuid := current_tenant_id();
+    free text[];
+    maxes integer[];
+    holds boolean := coalesce(current_setting('tandem.holds_agent_slot', true), '') = 'yes';
+    i integer;
+    pass integer;
+    open_tasks bigint;
+BEGIN
+    SELECT array_agg(a.agent_id ORDER BY a.load, a.agent_id), array_agg(a.max_concurrent_tasks ORDER BY a.load, a.agent_id)
+      INTO free, maxes
+      FROM (SELECT g.agent_id, g.max_concurrent_tasks,
+                   (SELECT count(*) FROM public.tasks t
+                     WHERE t.tenant_id = g.tenant_id AND t.assigned_to = g.agent_id
+                       AND t.status IN ('assigned', 'accepted', 'in_progress') AND t.deleted_at IS NULL) AS load
+              FROM public.agents g
+             WHERE g.tenant_id = tenant
+               AND g.capabilities @> ARRAY[capability]
+               AND public.agent_listed_status(g.status::text, g.last_seen_at, seen_within_s, CURRENT_TIMESTAMP) = 'active'
+               AND (exclude IS NULL OR g.agent_id <> exclude)) a
+     WHERE a.load < a.max_concurrent_tasks;
+    IF free IS NULL THEN
+        RETURN;
+    END IF;
+    FOR pass IN 1..2 LOOP
+        FOR i IN 1..array_length(free, 1) LOOP
+            IF pass = 1 THEN
+                CONTINUE WHEN NOT pg_try_advisory_xact_lock(hashtextextended('tandem.agent_slot:' || tenant::text || ':' || free[i], 0));
+            ELSIF holds THEN
+                RETURN;
+            ELSE
+                PERFORM pg_advisory_xact_lock(hashtextextended('tandem.agent_slot:' || tenant::text || ':' || free[i], 0));
+            END IF;
+            holds := true;
+            PERFORM set_config('tandem.holds_agent_slot', 'yes', true);
+            -- A statement of its own: its snapshot is taken under the lock.
+            SELECT count(*) INTO open_tasks FROM public.tasks t
+             WHERE t.tenant_id = tenant AND t.assigned_to = free[i]
+               AND t.status IN ('assigned', 'accepted', 'in_progress') AND t.deleted_at IS NULL;
+            IF open_tasks < maxes[i] THEN
+                agent_id := free[i];
+                candidates := array_length(free, 1);
+                RETURN NEXT;
+                RETURN;
+            END IF;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION public.current_tenant_id() RETURNS uuid
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
@@ -1529,6 +1583,9 @@ REVOKE ALL ON FUNCTION public.agent_listed_status(status text, last_seen_at time
 GRANT ALL ON FUNCTION public.agent_listed_status(status text, last_seen_at timestamp with time zone, seen_within_s double precision, now timestamp with time zone) TO tandem_app;
 
 REVOKE ALL ON FUNCTION public.audit_trigger_function() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.claim_agent_slot(capability text, seen_within_s double precision, exclude text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.claim_agent_slot(capability text, seen_within_s double precision, exclude text) TO tandem_app;
 
 REVOKE ALL ON FUNCTION public.current_tenant_id() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.current_tenant_id() TO tandem_app;

@@ -84,3 +84,60 @@ async def test_two_transactions_starting_steps_for_an_agent_with_one_free_slot_g
     await asyncio.gather(start_and_wait(barrier), start_and_wait(barrier))
     rows = await env.admin.fetch("SELECT assigned_to, status FROM tasks WHERE step_id = 'a' ORDER BY created_at")
     assert sorted((r["status"], r["assigned_to"] or "") for r in rows) == [("assigned", "alice"), ("pending", "")]
+
+
+async def test_a_start_does_not_wait_for_another_giving_a_task_to_a_different_agent(
+    env,
+) -> None:
+    # The slot a transaction fills is locked per agent: while the first start holds alice's
+    # (uncommitted), a second one gives its task to bob at once, and commits first.
+    await register(env, "alice", ["pair"], slots=1)
+    await register(env, "bob", ["pair"], slots=1)
+    flow = await define(
+        env, "pair", {"type": "sequential", "steps": [step("a", capability="pair")]}
+    )
+
+    async def one() -> executions.Outcome:
+        async with tx(env.pool, "olivia") as conn:
+            return await executions.start(
+                conn, "olivia", ROLES["olivia"], env.ws_a, flow, None, {}, {},
+                max_input_bytes=1 << 20, seen_within_s=SEEN_S,
+            )  # fmt: skip
+
+    async with tx(env.pool, "olivia") as conn:
+        first = await executions.start(
+            conn, "olivia", ROLES["olivia"], env.ws_a, flow, None, {}, {},
+            max_input_bytes=1 << 20, seen_within_s=SEEN_S,
+        )  # fmt: skip
+        async with asyncio.timeout(BARRIER_TIMEOUT_S):
+            second = await one()  # committed while the first is still open
+    assert first.tasks[0][0].assigned_to == "alice"
+    assert second.tasks[0][0].assigned_to == "bob"
+
+
+async def test_a_transaction_holding_an_agent_leaves_a_step_waiting_rather_than_wait_itself(
+    env,
+) -> None:
+    # Waiting while holding an agent's lock could close a cycle with another transaction: the
+    # second pick of a transaction that holds one, when every free agent is being given a task
+    # elsewhere, leaves its step waiting for a slot (given out when one frees).
+    await register(env, "alice", ["solo"], slots=1)
+    await register(env, "bob", ["other"], slots=5)
+    solo = await define(
+        env, "solo", {"type": "sequential", "steps": [step("a", capability="solo")]}
+    )
+    both = await define(env, "both", {"type": "parallel", "steps": [
+        step("x", capability="other"), step("y", capability="solo"),
+    ]})  # fmt: skip
+    async with tx(env.pool, "olivia") as conn:
+        held = await executions.start(
+            conn, "olivia", ROLES["olivia"], env.ws_a, solo, None, {}, {},
+            max_input_bytes=1 << 20, seen_within_s=SEEN_S,
+        )  # fmt: skip
+        async with asyncio.timeout(BARRIER_TIMEOUT_S):
+            out = await start(env, both)  # holds bob's lock, finds alice's taken
+    assert held.tasks[0][0].assigned_to == "alice"
+    assert {t.step_id: (t.status, t.assigned_to) for t, _, _ in out.tasks} == {
+        "x": ("assigned", "bob"),
+        "y": ("pending", None),
+    }

@@ -46,7 +46,7 @@ async def queued(
             await app.execute(Q["set_context"], str(TENANT_A), "alice", None)
             for i in range(EVENTS):
                 await app.execute(
-                    Q["notify_and_emit"], "{}", ws, "state.changed", f'{{"n": {i}}}'
+                    Q["notify_and_emit"], ["{}"], [ws], ["state.changed"], [f'{{"n": {i}}}']
                 )
     finally:
         await app.close()

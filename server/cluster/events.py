@@ -105,15 +105,21 @@ class Events:
             event.ref,
         )  # fmt: skip
 
-    async def notify(self, conn: asyncpg.Connection, event: Event) -> None:
-        """In the writer's transaction: other nodes hear of the event only if it commits, and
-        its webhook (when it has a type endpoints subscribe to) enters the outbox with it."""
-        kind = webhook_types.of_event(event.message.type)
-        if kind is None:
-            await conn.execute(Q["notify"], [self.payload(event)])
+    async def notify(self, conn: asyncpg.Connection, *events: Event) -> None:
+        """In the writer's transaction: other nodes hear of the events only if it commits, in
+        this order, and each of a type webhook endpoints subscribe to enters the outbox with it;
+        one statement however many events (one round trip)."""
+        if not events:
             return
-        data = event.message.model_dump(mode="json")  # jsonb: the pool's codec encodes it
-        await conn.execute(Q["notify_and_emit"], self.payload(event), event.workspace_id, str(kind), data)
+        kinds = [webhook_types.of_event(event.message.type) for event in events]
+        await conn.execute(
+            Q["notify_and_emit"],
+            [self.payload(event) for event in events],
+            [event.workspace_id for event in events],
+            [None if kind is None else str(kind) for kind in kinds],
+            # jsonb: the pool's codec encodes it
+            [None if kind is None else event.message.model_dump(mode="json") for event, kind in zip(events, kinds)],
+        )
 
     def deliver(self, event: Event) -> int:
         """After the commit: this node's listeners (each once) and observers. Never raises."""

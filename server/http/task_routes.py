@@ -122,12 +122,10 @@ async def _act(
             who.tenant_id, change.task, action, who.agent_id,
             change.delegation, frozenset(previous),
         )  # fmt: skip
-        await node.coordination.publish(conn, event)
         run_events = (
             [] if run is None else execution_events(who.tenant_id, run, who.agent_id)
         )
-        for run_event in run_events:
-            await node.coordination.publish(conn, run_event)
+        await node.coordination.publish(conn, event, *run_events)
     node.coordination.deliver(event)
     for run_event in run_events:
         node.coordination.deliver(run_event)

@@ -189,16 +189,17 @@ class CoordinationHandlers(_Base):
         action = msg.type.removeprefix("task.")
         agent = self.principal.agent_id
         async with self._tx() as conn:
-            workspace_id = (await tasks.get_task(conn, msg.task_id)).workspace_id
+            # Locked first: its workspace decides who may act, and the transition reads it once.
+            locked = await tasks.lock_task(conn, msg.task_id)
+            workspace_id = locked.workspace_id
             self._joined_writer(workspace_id)
             # A workflow step's task advances its execution in this same transaction.
             change, run = await executions.transition_task(
-                conn, agent, self.roles.get(workspace_id, "member"), msg, self.node.settings.presence_ttl_s
+                conn, agent, self.roles.get(workspace_id, "member"), msg, self.node.settings.presence_ttl_s, locked
             )
             previous = {change.previous.assigned_to} - {None, change.task.assigned_to}
             event = task_event(self.principal.tenant_id, change.task, action, agent, change.delegation, frozenset(previous))
-            await self.node.coordination.publish(conn, event)
-            run_events = await self._publish_run(conn, run)
+            run_events = await self._publish_run(conn, run, event)
         self.reply(pc.TASK_REPLIES[action](re=msg.id, task=change.task.to_wire()))
         self.node.coordination.deliver(event)
         self._deliver_run(run_events)

@@ -94,17 +94,17 @@ class ExecutionHandlers(_Base):
     # --- shared with the task handlers: an engine run's events ------------------------------------
 
     async def _publish_run(
-        self, conn: asyncpg.Connection, out: executions.Outcome | None
+        self, conn: asyncpg.Connection, out: executions.Outcome | None, *before: Event
     ) -> list[Event]:
-        """In the run's transaction: NOTIFY each of its events; deliver them after the commit."""
-        if out is None:
-            return []
-        assert self.principal is not None
-        events = execution_events(
-            self.principal.tenant_id, out, self.principal.agent_id
-        )
-        for event in events:
-            await self.node.coordination.publish(conn, event)
+        """In the run's transaction: NOTIFY its events (after `before`, in one statement);
+        deliver them after the commit."""
+        events = []
+        if out is not None:
+            assert self.principal is not None
+            events = execution_events(
+                self.principal.tenant_id, out, self.principal.agent_id
+            )
+        await self.node.coordination.publish(conn, *before, *events)
         return events
 
     def _deliver_run(self, events: list[Event]) -> None:

@@ -125,9 +125,9 @@ class Coordination:
 
     # --- events ----------------------------------------------------------------------------------
 
-    async def publish(self, conn: asyncpg.Connection, event: Event) -> None:
-        """In the change's transaction; call `deliver(event)` once it committed."""
-        await self.events.notify(conn, event)
+    async def publish(self, conn: asyncpg.Connection, *events: Event) -> None:
+        """In the change's transaction, in one statement; call `deliver` for each once it committed."""
+        await self.events.notify(conn, *events)
 
     def deliver(self, event: Event) -> None:
         self.events.deliver(event)
@@ -240,15 +240,12 @@ class Coordination:
                     if workspace_id is None:
                         continue  # a task of no workspace has nobody to tell
                     task = await tasks.get_task(conn, task_id)
-                    event = task_event(tenant_id, task, "timeout", "system")
-                    await self.publish(conn, event)
-                    events.append(event)
+                    events.append(task_event(tenant_id, task, "timeout", "system"))
                     # A workflow step's task: its execution retries or moves on in this transaction.
                     run = await executions.after_outcome(conn, task, "timeout", self.settings.presence_ttl_s)
                     if run is not None:
-                        for step_event in execution_events(tenant_id, run, "system"):
-                            await self.publish(conn, step_event)
-                            events.append(step_event)
+                        events.extend(execution_events(tenant_id, run, "system"))
+                await self.publish(conn, *events)
             swept += len(marked)
             for event in events:
                 self.deliver(event)
@@ -273,16 +270,13 @@ class Coordination:
             async with store.tenant_transaction(self.pool, tenant_id) as conn:
                 found = await execution_failover.fail_over(conn, grace, self.settings.presence_ttl_s, budget - moved)
                 for one in found:
-                    event = task_event(
+                    events.append(task_event(
                         tenant_id, one.task, "delegate", executions.ENGINE, one.delegation, frozenset({one.previous})
-                    )
-                    await self.publish(conn, event)
-                    events.append(event)
+                    ))  # fmt: skip
                 # Waiting step tasks too: an agent may be back (or free) without registering again.
                 waiting = await executions.hand_out_waiting(conn, self.settings.presence_ttl_s)
-                for event in execution_events(tenant_id, waiting, executions.ENGINE):
-                    await self.publish(conn, event)
-                    events.append(event)
+                events.extend(execution_events(tenant_id, waiting, executions.ENGINE))
+                await self.publish(conn, *events)
             moved += len(found)
             for event in events:
                 self.deliver(event)

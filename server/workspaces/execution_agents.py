@@ -6,6 +6,7 @@ Called by server/workspaces/executions.py inside the engine's transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from server.workspaces import tasks
 
 ENGINE = "system"  # the from_agent_id of the engine's delegations
 STEP_TASK_TYPE = "workflow_step"
+_TASK_COLUMNS = tuple(f.name for f in dataclasses.fields(tasks.Task))
 
 
 async def start_step(
@@ -37,16 +39,17 @@ async def start_step(
         who = [(agent, None) for agent in step.get("agents", [step.get("agent")])]
     made = []
     for assignee, kind in who:
-        row = await conn.fetchrow(
+        reason = None if kind is None else f"step {step['id']} needs {step['capability']}"
+        row = dict(await conn.fetchrow(
             Q["execution_task_create"], workspace_id, template["title"], STEP_TASK_TYPE, template.get("description"),
             template.get("priority", "normal"), created_by, assignee, json.dumps(parameters),
             template.get("timeout_s", 3600), execution_id, step["id"], attempt, assignee if "agents" in step else None,
-        )  # fmt: skip
-        task = tasks._task(row)
+            ENGINE, kind, reason,
+        ))  # fmt: skip
+        task = tasks._task({name: row.pop(name) for name in _TASK_COLUMNS})
         delegation = None
         if kind is not None:
-            reason = f"step {step['id']} needs {step['capability']}"
-            delegation = await delegate(conn, task, assignee, kind, reason)
+            delegation = tasks.Delegation(task_id=task.task_id, **row)
         made.append((task, delegation))
     return made
 
@@ -59,11 +62,11 @@ async def pick(
 ) -> tuple[str | None, str | None]:
     """The agent other than `exclude` to give a `capability` step to and the delegation type:
     `automatic` when it was the only free one, `load_balance` when chosen among several;
-    (None, None): none is free. Picks of one tenant wait for each other's commit (a lock held
-    to the end of the transaction), so a slot counted free is not filled twice."""
-    await conn.execute(Q["execution_lock_agent_slots"])
+    (None, None): none is free. The agent chosen stays locked to the end of the transaction
+    (claim_agent_slot, migration 0031), so a slot counted free is not filled twice; picks of
+    other agents do not wait for it."""
     row = await conn.fetchrow(
-        Q["execution_pick_agent"], seen_within_s, capability, exclude
+        Q["execution_claim_agent"], capability, seen_within_s, exclude
     )
     if row is None:
         return None, None

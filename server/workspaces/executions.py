@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -30,6 +31,7 @@ from server.workspaces.execution_rules import Action, Status
 
 ENGINE = execution_agents.ENGINE
 MAX_WAITING_ASSIGNED = 16  # waiting step tasks given to agents per freed slot check
+MAX_CACHED_DEFINITIONS = 1024  # workflow versions whose steps and config this process keeps
 # Task actions that end a step attempt, and how a failure other than `fail` is described.
 OUTCOMES = {
     "complete": "completed",
@@ -154,10 +156,11 @@ async def transition_task(
     role: str | None,
     request: Any,
     seen_within_s: float,
+    locked: tasks.Task | None = None,
 ) -> tuple[tasks.TaskChange, Outcome | None]:
-    """`tasks.transition`, then, when the task is a step's and it completed, failed or was
-    cancelled, the engine in the same transaction (`after_task`)."""
-    change = await tasks.transition(conn, agent_id, role, request)
+    """`tasks.transition` (of the task `locked` when given), then, when the task is a step's
+    and it completed, failed or was cancelled, the engine in the same transaction (`after_task`)."""
+    change = await tasks.transition(conn, agent_id, role, request, locked)
     return change, await after_task(conn, change, seen_within_s)
 
 
@@ -357,11 +360,27 @@ async def _lock(
     return _execution(row)
 
 
+# A workflow version never changes once defined (a new definition is a new version), so its
+# parsed steps and config are kept by (workflow id, version), the most recently used ones, and
+# read only: the engine's decisions copy what they change. The execution row the caller locked
+# or read (under RLS) is what names the version.
+_definitions: OrderedDict[tuple[uuid.UUID, int | None], dict[str, Any]] = OrderedDict()
+
+
 async def _definition(conn: asyncpg.Connection, ex: Execution) -> dict[str, Any]:
+    key = (ex.workflow_id, ex.workflow_version)
+    found = _definitions.get(key)
+    if found is not None:
+        _definitions.move_to_end(key)
+        return found
     row = await conn.fetchrow(
         Q["execution_definition"], ex.workflow_id, ex.workflow_version
     )
-    return {"steps": json.loads(row["steps"]), "config": json.loads(row["config"])}
+    found = {"steps": json.loads(row["steps"]), "config": json.loads(row["config"])}
+    _definitions[key] = found
+    if len(_definitions) > MAX_CACHED_DEFINITIONS:
+        _definitions.popitem(last=False)
+    return found
 
 
 async def _save(

@@ -138,7 +138,18 @@ _STAMPS: dict[Status, tuple[str, str, str]] = {
 }
 
 
-async def transition(conn: asyncpg.Connection, agent_id: str, role: str | None, request: pc.TaskAction) -> TaskChange:
+async def lock_task(conn: asyncpg.Connection, task_id: uuid.UUID) -> Task:
+    """A live task of this tenant under a row lock held until commit (`transition`'s first
+    step, for a caller that needs the task's workspace before); unknown ids: `not_found`."""
+    row = await conn.fetchrow(Q["task_lock"], task_id)
+    if row is None:
+        raise TandemError(ErrorCode.NOT_FOUND)
+    return _task(row)
+
+
+async def transition(
+    conn: asyncpg.Connection, agent_id: str, role: str | None, request: pc.TaskAction, locked: Task | None = None
+) -> TaskChange:
     """Apply the action `request` names (`task.assign`, ... validated at the protocol boundary)
     to its task for `agent_id`, whose role in the task's workspace is `role`.
 
@@ -151,14 +162,12 @@ async def transition(conn: asyncpg.Connection, agent_id: str, role: str | None, 
     1. complete and fail also count the outcome on the assignee's registry entry (its health
     counters, server/workspaces/agents.py). delegate also records a `task_delegations` row from
     the current assignee (the actor when there is none). The caller checks writing rights first.
+    `locked`: the task as `lock_task` returned it in this transaction (not read again).
     """
     task_id, action = request.task_id, Action(request.type.removeprefix("task."))
     to_agent_id: str | None = getattr(request, "agent_id", None)
     result_text = json.dumps(request.result) if isinstance(request, pc.TaskComplete) else None
-    row = await conn.fetchrow(Q["task_lock"], task_id)
-    if row is None:
-        raise TandemError(ErrorCode.NOT_FOUND)
-    previous = _task(row)
+    previous = locked if locked is not None and locked.task_id == task_id else await lock_task(conn, task_id)
     kinds = _actor_kinds(previous, agent_id, role, action, to_agent_id)
     retries_left = previous.retry_count < previous.max_retries
     status = task_rules.check(previous.status, action, kinds, retries_left)

@@ -281,10 +281,10 @@ async def test_a_rolled_back_change_never_produces_an_event(
                 await conn.execute(Q["set_context"], str(TENANT_A), "alice", None)
                 await conn.execute(
                     Q["notify_and_emit"],
-                    "{}",
-                    uuid.UUID(ws),
-                    "state.changed",
-                    json.dumps({"rolled": "back"}),
+                    ["{}"],
+                    [uuid.UUID(ws)],
+                    ["state.changed"],
+                    [json.dumps({"rolled": "back"})],
                 )
                 op = store.NewOperation("alice", "insert", "{}", typed_history(1)[0])
                 assert await store.append_operations(conn, doc_id, [op]) == [1]

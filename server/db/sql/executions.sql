@@ -56,38 +56,34 @@ FROM workflow_versions WHERE workflow_id = $1 AND version = $2;
 -- $5 priority, $6 creator, $7 assignee (null: pending until an agent is free), $8 parameters, $9 timeout.
 -- $13: the agent of a collaborative step it is made for (null: any other step).
 -- max_retries is 0: the step's retries are new attempts, made by the engine.
-INSERT INTO tasks (tenant_id, workspace_id, title, type, description, priority, created_by, assigned_to,
-                   assigned_at, status, parameters, timeout_seconds, max_retries, execution_id, step_id, attempt,
-                   collaborator)
-VALUES (current_tenant_id(), $1, $2, $3, $4, $5::task_priority, $6, $7::text,
-        CASE WHEN $7::text IS NULL THEN NULL ELSE CURRENT_TIMESTAMP END,
-        CASE WHEN $7::text IS NULL THEN 'pending' ELSE 'assigned' END::task_status,
-        $8::text::jsonb, $9, 0, $10, $11, $12, $13)
-RETURNING {task};
+-- With $15 (a delegation type; null: none) the delegation of the task from $14 to its assignee, for reason
+-- $16, is recorded in the same statement (one round trip): its columns follow the task's (null without).
+WITH t AS (
+    INSERT INTO tasks (tenant_id, workspace_id, title, type, description, priority, created_by, assigned_to,
+                       assigned_at, status, parameters, timeout_seconds, max_retries, execution_id, step_id, attempt,
+                       collaborator)
+    VALUES (current_tenant_id(), $1, $2, $3, $4, $5::task_priority, $6, $7::text,
+            CASE WHEN $7::text IS NULL THEN NULL ELSE CURRENT_TIMESTAMP END,
+            CASE WHEN $7::text IS NULL THEN 'pending' ELSE 'assigned' END::task_status,
+            $8::text::jsonb, $9, 0, $10, $11, $12, $13)
+    RETURNING *
+), d AS (
+    INSERT INTO task_delegations (tenant_id, task_id, from_agent_id, to_agent_id, delegation_type, reason,
+                                  delegated_at)
+    SELECT current_tenant_id(), t.id, $14::text, t.assigned_to, $15::text::delegation_type, $16::text,
+           clock_timestamp()
+    FROM t WHERE $15::text IS NOT NULL
+    RETURNING id AS delegation_id, from_agent_id, to_agent_id,
+              coalesce(delegation_type, 'manual')::text AS delegation_type, reason, delegated_at
+)
+SELECT {task}, d.delegation_id, d.from_agent_id, d.to_agent_id, d.delegation_type, d.reason, d.delegated_at
+FROM t LEFT JOIN d ON true;
 
--- name: execution_lock_agent_slots
--- Held until commit by a transaction that gives out step tasks, so that the next one's pick
--- counts the tasks it assigned: two transactions never fill the same free slot.
-SELECT pg_advisory_xact_lock(hashtextextended('tandem.agent_slots:' || current_tenant_id()::text, 0));
-
--- name: execution_pick_agent
--- The least-loaded agent with capability $2 that is listed active (presence TTL $1), has a free slot and
--- is not $3 (null: any), and how many such agents there were. Load: its open tasks, as v_agent_workload
--- counts them (assigned, accepted, in progress), read through idx_tasks_open_assignee.
-SELECT agent_id, count(*) OVER () AS candidates
-FROM (
-    SELECT agent_id, max_concurrent_tasks,
-           (SELECT count(*) FROM tasks t
-             WHERE t.tenant_id = agents.tenant_id AND t.assigned_to = agents.agent_id
-               AND t.status IN ('assigned', 'accepted', 'in_progress') AND t.deleted_at IS NULL) AS load
-    FROM agents
-    WHERE capabilities @> ARRAY[$2::text]
-      AND agent_listed_status(status, last_seen_at, $1, CURRENT_TIMESTAMP) = 'active'
-      AND ($3::text IS NULL OR agent_id <> $3::text)
-) a
-WHERE load < max_concurrent_tasks
-ORDER BY load, agent_id
-LIMIT 1;
+-- name: execution_claim_agent
+-- The least-loaded agent with capability $1 that is listed active (presence TTL $2), has a free slot and is
+-- not $3 (null: any), locked for this transaction so no other fills the slot, and how many free ones there
+-- were (claim_agent_slot, migration 0031). No row: none could be claimed.
+SELECT agent_id, candidates FROM claim_agent_slot($1, $2, $3);
 
 -- name: execution_waiting_tasks
 -- At most $1 step tasks of the current tenant waiting for an agent, oldest first, locked (others skip them).

@@ -2,9 +2,12 @@
 -- transaction, so the tables' tenant policy scopes it.
 
 -- name: notify_and_emit
--- A workspace event's NOTIFY and its webhook (tandem_webhook_emit, the one writer of the outbox),
--- in the change's own transaction and one round trip.
-SELECT pg_notify('tandem', $1::text), tandem_webhook_emit($2::uuid, $3::text, $4::jsonb, NULL);
+-- Workspace events, in the change's own transaction and one round trip, in order: each one's
+-- NOTIFY ($1) and, where its type $3 is one webhooks subscribe to (else null), its webhook in
+-- workspace $2 with data $4 (tandem_webhook_emit, the one writer of the outbox).
+SELECT pg_notify('tandem', e.payload),
+       CASE WHEN e.kind IS NOT NULL THEN tandem_webhook_emit(e.workspace_id, e.kind, e.data, NULL) END
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[]) AS e(payload, workspace_id, kind, data);
 
 -- name: webhook_create
 INSERT INTO webhook_endpoints (tenant_id, workspace_id, url, secret, event_types, created_by)
