@@ -150,6 +150,7 @@ async def test_notes11_app_role_has_exactly_the_privileges_it_needs(admin_conn) 
         "tandem_webhook_documents_changed",  # 0030: the log's trigger (a trigger function)
         "tenants_with_due_webhooks",  # 0030: the delivery loop's tenant ids
         "sweep_webhook_outbox",  # 0030: retention, a count back
+        "claim_agent_slot",  # 0031: the engine's pick of a free agent, under that agent's lock
     }
     schema = await admin_conn.fetchrow(
         "SELECT has_schema_privilege('tandem_app', 'public', 'USAGE') AS usage,"
