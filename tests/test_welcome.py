@@ -3,8 +3,11 @@ here), one `server.welcome` log line otherwise; URLs name a connectable host."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -72,9 +75,30 @@ def test_on_a_terminal_the_block_is_written_there_and_otherwise_a_json_log_line(
     assert not shown.lstrip().startswith("{")
 
     logs.configure("info", json=True)  # to pytest's stderr, which is not a terminal
-    welcome.announce(message)
+    try:
+        welcome.announce(message)
+    finally:  # the handler would outlive this test's stderr
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if h.get_name() == "tandem"]:
+            root.removeHandler(handler)
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["event"] == "server.welcome"
     assert line["token"] == message.token
     assert line["expires_at"] == "2030-01-02T04:04:05Z"
     assert line["urls"] == {"ws": "ws://127.0.0.1:8123/ws", "yjs": "ws://127.0.0.1:8123/yjs/{workspace_id}/{doc_id}"}
+
+
+def test_the_start_output_goes_to_stderr_when_the_log_handler_s_stream_was_closed() -> None:
+    # A program embedding the server (a test session, for one) may close the stream the log
+    # handler was given; the start output must not fail the server's startup then.
+    closed = io.StringIO()
+    logs.configure("info", json=True)
+    root = logging.getLogger()
+    try:
+        handler = next(h for h in root.handlers if h.get_name() == "tandem")
+        handler.setStream(closed)
+        closed.close()
+        assert logs.log_stream() is sys.stderr
+    finally:
+        for handler in [h for h in root.handlers if h.get_name() == "tandem"]:
+            root.removeHandler(handler)

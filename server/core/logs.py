@@ -105,10 +105,12 @@ def configure(level: str = "info", json: bool = True) -> None:
 
 
 def log_stream() -> TextIO:
-    """The stream log lines go to: the handler `configure` installed, else stderr. Whether it is
-    a terminal decides the form of the server's start output (server/welcome.py)."""
+    """The stream log lines go to: the handler `configure` installed, else stderr (also when
+    that handler's stream was closed under it, as an embedding program may do). Whether it is a
+    terminal decides the form of the server's start output (server/welcome.py)."""
     for handler in logging.getLogger().handlers:
-        if handler.get_name() == "tandem" and isinstance(handler, logging.StreamHandler):
+        is_ours = handler.get_name() == "tandem" and isinstance(handler, logging.StreamHandler)
+        if is_ours and not getattr(handler.stream, "closed", False):
             return handler.stream  # type: ignore[no-any-return]
     return sys.stderr
 
