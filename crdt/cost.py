@@ -21,6 +21,12 @@ from pycrdt import Decoder, Encoder, get_state, get_update, merge_updates, write
 
 from crdt.clock import decode_state_vector, delete_set_clock
 from crdt.document import Document
+from crdt.ids import check_ids
+
+# Struct kinds (`Ids.kinds` bits) whose bytes hold nothing yrs parses beyond what `check_ids`
+# reads: GC, deleted, string and type (a type ref and a name). JSON, `any`, binary, embed, format
+# and subdocument content, and skip structs, are left to yrs.
+PLAIN_KINDS = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 7)
 
 _MAX_CLOCK = 2**32 - 1  # yrs clocks are u32: a state vector entry covering all of a client
 _MAX_CLOCK_VARINT = write_var_uint(_MAX_CLOCK)
@@ -31,6 +37,24 @@ def struct_groups(update: bytes) -> int:
     one group per client, so it bounds the distinct client ids whose structs the update carries
     (each a new entry of the document's state vector). Raises for an update without one."""
     return Decoder(update).read_var_uint()
+
+
+def plain_measures(update: bytes) -> tuple[int, dict[int, int]] | None:
+    """`(struct_groups(update), deletion_reach(update))` read in Python alone, for a well-formed
+    update of plain structs (`PLAIN_KINDS`) with one run of structs per group and no client
+    twice; None for any other update, whose measures take yrs. Linear in the update's size
+    (`check_ids`); a keystroke's update takes about 10 us."""
+    try:
+        ids = check_ids(update)
+    except ValueError:
+        return None
+    if ids.kinds & ~PLAIN_KINDS:
+        return None
+    own_end = {run.client: run.end for run in ids.runs}
+    if len(ids.runs) != ids.groups or len(own_end) != ids.groups:
+        return None  # a group without structs, or a client in two groups
+    reach = {client: end for client, end in ids.deletes.items() if client not in own_end or end > own_end[client]}
+    return ids.groups, reach
 
 
 def apply_cpu_s(state: bytes, update: bytes) -> float:

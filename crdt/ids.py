@@ -206,16 +206,20 @@ class Between(NamedTuple):
 
 class Ids(NamedTuple):
     """What `check_ids` read: the update's runs of structs, in order (a skip struct ends one);
-    for each client it deletes from, the end of its last deleted range; the ids that fall
-    between the two UTF-16 halves of a character of its strings (`(client, clock)`); the ids
-    where applying it cuts structs in two (before an item's right origin, after its origin,
-    at both ends of a deleted range); and its items with both origins (`Between`)."""
+    for each client it deletes from, the end of its last (non-empty) deleted range; the ids
+    that fall between the two UTF-16 halves of a character of its strings (`(client, clock)`);
+    the ids where applying it cuts structs in two (before an item's right origin, after its
+    origin, at both ends of a deleted range); its items with both origins (`Between`); its
+    count of struct groups; and the kinds of struct it holds (bit `1 << ref`: GC 0, the
+    content refs 1-9, skip 10)."""
 
     runs: list[Run]
     deletes: dict[int, int]
     mid_character: set[tuple[int, int]]
     cuts: list[tuple[int, int]]
     between: list[Between]
+    groups: int
+    kinds: int
 
 
 def check_ids(update: bytes) -> Ids:
@@ -235,6 +239,7 @@ def check_ids(update: bytes) -> Ids:
     cuts: list[tuple[int, int]] = []
     between: list[Between] = []
     placed: dict[int, list[tuple[int, int]]] = {}  # per client of `between`: ranges it deletes
+    kinds = 0
     groups, pos = _count(data, 0)
     for _ in range(groups):
         structs, pos = _count(data, pos)
@@ -248,6 +253,7 @@ def check_ids(update: bytes) -> Ids:
             info = data[pos]
             pos += 1
             ref = info & 0x1F
+            kinds |= 1 << ref
             if ref == 0:  # GC: a length
                 length, pos = _uint(data, pos)
             elif ref == 10:  # skip: clocks this update does not hold
@@ -309,7 +315,7 @@ def check_ids(update: bytes) -> Ids:
                 raise _out_of_range(client, end)
             cuts.append((client, clock))
             cuts.append((client, end))
-            if end > deletes.get(client, 0):
+            if length and end > deletes.get(client, 0):  # an empty range deletes nothing
                 deletes[client] = end
             if client in placed:
                 placed[client].append((clock, end))
@@ -318,7 +324,7 @@ def check_ids(update: bytes) -> Ids:
     if any(placed.values()):
         merged = {client: _merged(ranges) for client, ranges in placed.items()}
         between = [b._replace(visible=False) if b.visible and _deleted(merged[b.client], b) else b for b in between]
-    return Ids(runs, deletes, mid_character, cuts, between)
+    return Ids(runs, deletes, mid_character, cuts, between, groups, kinds)
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -175,7 +175,8 @@ async def start_node(
     checker = None
     if settings.validate_in_worker:
         checker = UpdateChecker(
-            settings.validation_workers, settings.validation_timeout_s, settings.validation_memory_bytes
+            settings.validation_workers, settings.validation_timeout_s, settings.validation_memory_bytes,
+            inline_max_bytes=settings.validation_inline_bytes,
         )
         await checker.start()
         stack.push_async_callback(checker.stop)

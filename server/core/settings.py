@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     validation_workers: int = 1
     validation_timeout_s: float = 1.0
     validation_memory_bytes: int = 1 << 30
+    # Plain updates up to this size (text, deletions, types) are read in Python on the event loop
+    # instead of the worker (crdt.cost.plain_measures); 0: all go to the worker.
+    validation_inline_bytes: int = 256
     # What one update may cost the room applying it (server/documents/update_bounds.py, docs/protocol.md#7).
     max_update_clients: int = 64  # distinct client ids whose structs one update carries
     # An update larger than this is timed in the worker against a copy of the room's state, and

@@ -10,6 +10,12 @@ A round trip that takes longer than `timeout_s`, or whose worker dies, gets the 
 and replaced and its updates retried one by one, so the costly one is found and refused while
 the others pass. Updates queued at the same time, from any connection, share one round trip.
 
+A small update of plain structs (up to `inline_max_bytes`: text, deletions, types; the bulk of
+what editors send) needs no worker: `crdt.cost.plain_measures` reads all of it in Python, every
+count bounded by the bytes left, and it holds no content only yrs parses (JSON, `any`, embeds),
+so its verdict is given on the event loop in microseconds instead of a round trip (0.4-1.6 ms of
+an update's latency here). Anything else, or anything that reads wrong, goes to the worker.
+
 The worker speaks a small binary protocol over its stdin/stdout (server/documents/checker_wire.py).
 The server side uses the event loop's pipes only: no helper threads, no pickle.
 """
@@ -36,11 +42,13 @@ from server.documents.checker_wire import (
     read_request,
 )
 
-# The worker process (python -m server.documents.checker) needs neither: they double its start-up time.
+# The worker process (python -m server.documents.checker) needs none of them: they double its start-up time.
 if __name__ != "__main__":
     import asyncio
 
     import structlog
+
+    from crdt.cost import plain_measures
 
     log = structlog.get_logger("tandem.checker")
 
@@ -145,10 +153,16 @@ class UpdateChecker:
 
     Bounds: at most `max_batch` updates per round trip; `workers` worker processes (one per core
     you can spare), each with its own dispatcher on the shared queue; `timeout_s` per round trip;
-    `max_memory_bytes` of address space per worker.
+    `max_memory_bytes` of address space per worker. Plain updates up to `inline_max_bytes` are
+    judged on the event loop (0: every update goes to a worker).
     """
 
-    def __init__(self, workers: int = 1, timeout_s: float = 1.0, max_memory_bytes: int = 1 << 30, max_batch: int = 256) -> None:
+    def __init__(
+        self, workers: int = 1, timeout_s: float = 1.0, max_memory_bytes: int = 1 << 30, max_batch: int = 256,
+        inline_max_bytes: int = 0,
+    ) -> None:
+        self.inline_max_bytes = inline_max_bytes
+        self.inline = 0  # updates judged on the event loop
         self.workers = workers
         self.timeout_s = timeout_s
         self.max_memory_bytes = max_memory_bytes
@@ -194,8 +208,24 @@ class UpdateChecker:
         return (await self._submit([(state, update)]))[0]
 
     async def check_many(self, updates: Sequence[bytes]) -> list[Verdict]:
-        """The verdicts of `updates`, in order: one future for the call, whatever its size."""
-        return await self._submit([(b"", update) for update in updates])
+        """The verdicts of `updates`, in order: the plain small ones at once, the others in
+        one future for the call, whatever its size."""
+        verdicts: list[Verdict | None] = [self._inline(update) for update in updates]
+        rest = [i for i, verdict in enumerate(verdicts) if verdict is None]
+        if rest:
+            for i, verdict in zip(rest, await self._submit([(b"", updates[i]) for i in rest])):
+                verdicts[i] = verdict
+        self.inline += len(updates) - len(rest)
+        return verdicts  # type: ignore[return-value]  # every None was filled
+
+    def _inline(self, update: bytes) -> Measured | None:
+        if len(update) > self.inline_max_bytes:
+            return None
+        measured = plain_measures(update)
+        if measured is None:
+            return None
+        clients, reach = measured
+        return Measured(clients, None, tuple(reach.items()))
 
     async def _submit(self, items: list[tuple[bytes, bytes]]) -> list[Verdict]:
         if not items:
