@@ -39,7 +39,7 @@ from server.db import database, migrate, store  # noqa: E402
 
 # (documents per batch, operations per document, calls): the shapes the document benchmark
 # produces (paced: one document, a few operations; w100-doc100: ~100 documents, a few each).
-SHAPES = [(1, 5, 400), (1, 100, 40), (100, 1, 60), (100, 4, 30)]
+SHAPES = [(1, 1, 800), (1, 5, 400), (1, 100, 40), (100, 1, 60), (100, 4, 30)]
 UPDATE = bytes(range(19))  # the size of a 3-character Y.Text insert
 CLOCK = '{"3735928559":42,"1234567":7}'  # JSON text, as the committer passes it
 

@@ -197,6 +197,42 @@ async def test_one_batch_call_sequences_documents_of_two_tenants_checks_locks_an
         await pool.close()
 
 
+async def test_a_one_document_batch_is_stored_and_refused_as_the_general_path_decides(db) -> None:
+    """One tenant's operations on one document (most commits) take the function's short path when
+    no live lock holds it and no fence or expected head is given; whatever takes the general path
+    instead is judged as before."""
+    pool = await create_pool(db.app_url, min_size=1, max_size=3)
+    admin = await asyncpg.connect(db.admin_url)
+    try:
+        doc = await _make_document(pool, TENANT_A)
+
+        async def batch(ops: list[tuple]) -> list[tuple]:
+            return [(r["seq"], r["refused"], r["holder"]) for r in await _append_batch(pool, ops)]
+
+        assert await batch([(TENANT_A, doc, "x", None)] * 3) == [(1, None, None), (2, None, None), (3, None, None)]
+        assert await batch([(TENANT_A, doc, "x", 7)]) == [(None, "stale_fence", None)]  # a fence, and no lock
+        assert await batch([(TENANT_B, doc, "z", None)]) == [(None, "not_found", None)]  # another tenant's
+        assert await batch([(TENANT_A, uuid.uuid4(), "x", None)]) == [(None, "not_found", None)]
+        await admin.execute(
+            "UPDATE shared_documents SET is_locked = true, locked_by = 'x', locked_at = now(),"
+            " lock_expires_at = now() + interval '1 minute', lock_fence = nextval('lock_fence_seq') WHERE id = $1",
+            doc,
+        )
+        assert await batch([(TENANT_A, doc, "x", None), (TENANT_A, doc, "y", None)]) == [(4, None, None), (None, "locked", "x")]
+        await admin.execute("UPDATE shared_documents SET lock_expires_at = now() - interval '1 second' WHERE id = $1", doc)
+        assert await batch([(TENANT_A, doc, "y", None)] * 2) == [(5, None, None), (6, None, None)]  # the lock expired
+        stored = await admin.fetch(
+            'SELECT sequence_number, agent_id, "update" FROM document_operations WHERE document_id = $1 ORDER BY 1', doc
+        )
+        assert [(r[0], r[1], r[2]) for r in stored] == [
+            (1, "x", b"u0"), (2, "x", b"u1"), (3, "x", b"u2"), (4, "x", b"u0"), (5, "y", b"u0"), (6, "y", b"u1"),
+        ]  # fmt: skip
+        assert await admin.fetchval("SELECT head_seq FROM shared_documents WHERE id = $1", doc) == 6
+    finally:
+        await admin.close()
+        await pool.close()
+
+
 async def test_batch_numbers_each_documents_operations_in_array_order_when_documents_interleave(db) -> None:
     pool = await create_pool(db.app_url, min_size=1, max_size=2)
     try:
