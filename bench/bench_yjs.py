@@ -19,7 +19,9 @@ stopped by pid at the end.
 
 To take an update's path apart: `--only probe` (one update in flight at a time: the path
 without queueing), `--tandem-env KEY=VALUE` (a setting changed, e.g. the checker on the event
-loop), `--fsync off`, and `--py-spy FILE` (py-spy samples Tandem's first paced 10x5 run).
+loop), `--fsync off`, and `--py-spy FILE` (py-spy samples Tandem's first run of
+`--py-spy-workload`, 10x5 by default). `--history-ops` sizes the cold join's document (200,000
+for the large open).
 
     .venv/bin/python bench/bench_yjs.py [--runs 3]
 """
@@ -181,7 +183,7 @@ class YjsBench:
             "inserts": w.inserts, "timeoutS": 120, "rooms": self.rooms(side, w),
         }  # fmt: skip
         profile = None
-        if self.args.py_spy and side == "tandem" and w.key == "10x5" and not deflate and not self.profiled:
+        if self.args.py_spy and side == "tandem" and w.key == self.args.py_spy_workload and not deflate and not self.profiled:
             self.profiled = True  # the first such run: py-spy samples the server and its checker meanwhile
             profile = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--subprocesses", "--rate", "250", "--format", "raw",
                                         "--output", self.args.py_spy, "--nonblocking"], env=os.environ | {"PATH": str(Path(sys.executable).parent)},
@@ -254,6 +256,26 @@ class YjsBench:
         self.node.stop()
 
 
+async def round_trips(url: str, count: int = 200, idle_s: float = 0.05) -> tuple[float, float]:
+    """Median ms of `SELECT 1` back to back, and after `idle_s` of idling: what waking the
+    machine's CPUs adds to each process hop on an update's path (a commit takes several)."""
+    conn = await asyncpg.connect(url)
+    try:
+        out = []
+        for gap in (0.0, idle_s):
+            times = []
+            for _ in range(count):
+                if gap:
+                    await asyncio.sleep(gap)
+                t = time.perf_counter()
+                await conn.fetchval("SELECT 1")
+                times.append((time.perf_counter() - t) * 1000)
+            out.append(median(times))
+        return out[0], out[1]
+    finally:
+        await conn.close()
+
+
 def row(label: str, ref: float, tandem: float, unit: str) -> str:
     return f"| {label} | {ref:,.1f} {unit} | {tandem:,.1f} {unit} | {tandem / ref:.2f}x |"
 
@@ -265,6 +287,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated workloads: 1x2, 10x5, 1x50, join, probe (not in the default set)")
     parser.add_argument("--no-deflate", action="store_true", help="skip the runs with permessage-deflate offered")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs)")
+    parser.add_argument("--history-ops", type=int, default=HISTORY_OPS, help="updates in the cold join's document")
+    parser.add_argument("--py-spy-workload", default="10x5", help="the workload --py-spy samples (its first run without deflate)")
     parser.add_argument("--tandem-env", action="append", default=[], metavar="KEY=VALUE",
                         help="one more setting for Tandem (repeatable), to see what a stage costs")
     parser.add_argument("--fsync", choices=("on", "off"), default="on", help="PostgreSQL's fsync (off: what the disk flush costs)")
@@ -279,7 +303,7 @@ def main() -> None:
 
     install_node_clients()
     install_reference()
-    history = typed_history(HISTORY_OPS) if joins else []
+    history = typed_history(args.history_ops) if joins else []
     expected = Doc()
     for u in history:
         expected.apply_update(u)
@@ -304,6 +328,9 @@ def main() -> None:
         print(f"   driver: one Node {node_version} process (yjs + y-websocket WebsocketProvider over ws), every editor"
               f" inserts ~25 characters at its own cursor; window {args.window} at max rate; medians of {args.runs} runs")
         print(f"     load: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min load average before the run)", flush=True)
+        warm, idle = asyncio.run(round_trips(pg.admin_url))
+        print(f"  machine: a PostgreSQL round trip (SELECT 1) takes {warm:.2f} ms back to back, {idle:.2f} ms after 50 ms idle"
+              " (medians of 200: waking idle CPUs)", flush=True)
         for run in range(args.runs):
             sides = SIDES if run % 2 == 0 else SIDES[::-1]
             for w in workloads:
@@ -340,7 +367,7 @@ def report(workloads: list[Workload], loads: dict[tuple[str, str, bool], list[di
             print(row(f"{w.title}: latency {p}", fig(w.key, "reference", p), fig(w.key, "tandem", p), "ms"))
     if cold:
         ref = median(cold["reference restart"])
-        print(row(f"first open of a {HISTORY_OPS:,}-update document after a restart (reference: y-leveldb; Tandem: log replay)",
+        print(row(f"first open of a {args.history_ops:,}-update document after a restart (reference: y-leveldb; Tandem: log replay)",
                   ref, median(cold["tandem replay"]), "ms"))
         print(row("the same after another restart (reference: y-leveldb merged the updates; Tandem: the snapshot its stop wrote)",
                   median(cold["reference compacted"]), median(cold["tandem snapshot"]), "ms"))
