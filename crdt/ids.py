@@ -14,6 +14,7 @@ as `CorruptUpdate`. Pure: standard library only.
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Mapping, Set
 from typing import NamedTuple
 
@@ -25,6 +26,7 @@ would have made two billion insertions as one client id)."""
 MAX_CLIENT_ID = 2**53 - 1  # Yjs client ids are JS integers
 _MAX_VARINT_BYTES = 10
 _MAX_ANY_DEPTH = 64  # nesting of lib0 `any` values (ContentAny, ContentDoc options)
+_FOUR_BYTE_LEAD = re.compile(rb"[\xf0-\xff]")  # a UTF-8 lead byte of a character past U+FFFF (or garbage)
 
 
 class ClockOutOfRange(ValueError):
@@ -287,10 +289,13 @@ def check_ids(update: bytes) -> Ids:
                         pos = _skip_bytes(data, pos)[1]
                 if ref == 4:  # a string: as many ticks as UTF-16 units
                     length, pos = _skip_bytes(data, pos)
-                    if length and max(data[pos - length : pos]) >= 0xF0:  # characters past U+FFFF
-                        length = _mark_pairs(data[pos - length : pos], client, clock, mid_character)
-                    elif length and max(data[pos - length : pos]) >= 0x80:
-                        length = len(data[pos - length : pos].decode("utf-8", "replace"))
+                    raw = data[pos - length : pos]
+                    if raw.isascii():  # C speed: a snapshot's string may take megabytes
+                        pass
+                    elif _FOUR_BYTE_LEAD.search(raw):  # characters past U+FFFF
+                        length = _mark_pairs(raw, client, clock, mid_character)
+                    else:
+                        length = len(raw.decode("utf-8", "replace"))
                 else:
                     length, pos = _skip_content(data, pos, ref)
                 if right is not None and origin is not None:
