@@ -82,6 +82,22 @@ async def test_the_happy_path_stamps_each_step(env) -> None:
     await refused(act(env, "alice", task.task_id, "fail", error="late"), ErrorCode.INVALID_TRANSITION)
 
 
+async def test_start_from_assigned_accepts_and_starts_in_one_change(env) -> None:
+    """The worker's short path: one transition, one audit row, stamped as a start after accept."""
+    task = await create(env, "olivia", assign_to="alice")
+    audits = await audit_count(env, task.task_id)
+    start = await act(env, "alice", task.task_id, "start")
+    assert (start.action, start.previous.status, start.task.status) == ("start", "assigned", "in_progress")
+    assert start.task.started_at is not None and start.task.assigned_at == task.assigned_at
+    assert start.to_wire()["previous_status"] == "assigned"
+    assert await audit_count(env, task.task_id) == audits + 1
+    # Only the assignee may: the creator starting it is refused and changes nothing.
+    other = await create(env, "olivia", assign_to="alice")
+    error = await refused(act(env, "olivia", other.task_id, "start"), ErrorCode.INVALID_TRANSITION)
+    assert error.details == {"status": "assigned", "action": "start"}
+    assert await get(env, other.task_id) == other
+
+
 async def test_reject_then_reassign_then_cancel(env) -> None:
     task = await create(env, "alice", assign_to="bob")
     rejected = await act(env, "bob", task.task_id, "reject", reason="busy")
