@@ -1281,27 +1281,15 @@ CREATE INDEX idx_operations_timestamp ON public.document_operations USING btree 
 
 CREATE INDEX idx_snapshots_tenant_id ON public.document_snapshots USING btree (tenant_id);
 
-CREATE INDEX idx_tasks_assigned_to ON public.tasks USING btree (assigned_to) WHERE ((assigned_to IS NOT NULL) AND (deleted_at IS NULL));
-
-CREATE INDEX idx_tasks_created_at ON public.tasks USING btree (created_at DESC);
-
-CREATE INDEX idx_tasks_created_by ON public.tasks USING btree (created_by) WHERE (deleted_at IS NULL);
+CREATE INDEX idx_tasks_assignee_status ON public.tasks USING btree (tenant_id, assigned_to, status) WHERE (deleted_at IS NULL);
 
 CREATE INDEX idx_tasks_execution_waiting ON public.tasks USING btree (tenant_id, created_at) WHERE ((execution_id IS NOT NULL) AND (status = 'pending'::public.task_status) AND (assigned_to IS NULL) AND (deleted_at IS NULL));
 
 CREATE INDEX idx_tasks_in_progress ON public.tasks USING btree (started_at) WHERE ((status = 'in_progress'::public.task_status) AND (deleted_at IS NULL));
 
-CREATE INDEX idx_tasks_list_covering ON public.tasks USING btree (tenant_id, assigned_to, status) INCLUDE (title, priority, created_at) WHERE (deleted_at IS NULL);
-
 CREATE INDEX idx_tasks_open_assignee ON public.tasks USING btree (tenant_id, assigned_to) WHERE ((status = ANY (ARRAY['assigned'::public.task_status, 'accepted'::public.task_status, 'in_progress'::public.task_status])) AND (deleted_at IS NULL));
 
 CREATE INDEX idx_tasks_parent_id ON public.tasks USING btree (parent_task_id) WHERE (parent_task_id IS NOT NULL);
-
-CREATE INDEX idx_tasks_status ON public.tasks USING btree (status) WHERE ((status <> ALL (ARRAY['completed'::public.task_status, 'failed'::public.task_status, 'cancelled'::public.task_status])) AND (deleted_at IS NULL));
-
-CREATE INDEX idx_tasks_tenant_id ON public.tasks USING btree (tenant_id);
-
-CREATE INDEX idx_tasks_tenant_status_priority ON public.tasks USING btree (tenant_id, status, priority) WHERE ((status = ANY (ARRAY['pending'::public.task_status, 'assigned'::public.task_status])) AND (deleted_at IS NULL));
 
 CREATE INDEX idx_tasks_workspace_status_priority ON public.tasks USING btree (workspace_id, status, priority) WHERE (deleted_at IS NULL);
 
