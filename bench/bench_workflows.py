@@ -3,7 +3,7 @@
 Starts its own PostgreSQL (fsync on) and two `tandem serve` nodes on it. The workflow:
 `a`, then `b` and `c` in parallel, then `d` (joins them), then `e`; every step needs the
 capability `work`. Ten SDK agents (five per node) register it and work through
-`ws.tasks.assigned_to_me()`: accept, start, complete each task given to them, concurrently up to
+`ws.tasks.assigned_to_me()`: start (accepting it too) and complete each task given to them, concurrently up to
 their slots. A driver on each node keeps `--in-flight` executions running (starts one when one
 ends) until `--count` executions completed or `--time-limit-s` passed. Measured:
 - executions completed per second (and step transitions per second: 5 per execution);
@@ -182,8 +182,7 @@ async def worker(
 
     async def do(task: tandem_client.Task) -> None:
         with contextlib.suppress(tandem_client.InvalidTransition):
-            await ws.tasks.accept(task)
-            await ws.tasks.start(task)
+            await ws.tasks.start(task)  # from assigned: accepted and started at once
             clock.completed[(task.execution_id or "", task.step_id or "")] = (
                 time.perf_counter()
             )

@@ -114,6 +114,8 @@ $$;
 CREATE FUNCTION public.claim_agent_slot(capability text, seen_within_s double precision, exclude text) RETURNS TABLE(agent_id text, candidates bigint)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'public'
+    SET enable_seqscan TO 'off'
+    SET enable_bitmapscan TO 'off'
     AS $$
 DECLARE
     tenant uuid := current_tenant_id();
@@ -126,11 +128,14 @@ DECLARE
 BEGIN
     SELECT array_agg(a.agent_id ORDER BY a.load, a.agent_id), array_agg(a.max_concurrent_tasks ORDER BY a.load, a.agent_id)
       INTO free, maxes
-      FROM (SELECT g.agent_id, g.max_concurrent_tasks,
-                   (SELECT count(*) FROM public.tasks t
-                     WHERE t.tenant_id = g.tenant_id AND t.assigned_to = g.agent_id
-                       AND t.status IN ('assigned', 'accepted', 'in_progress') AND t.deleted_at IS NULL) AS load
+      FROM (SELECT g.agent_id, g.max_concurrent_tasks, l.load
               FROM public.agents g
+              CROSS JOIN LATERAL (
+                  SELECT count(*) AS load
+                    FROM (SELECT 1 FROM public.tasks t
+                           WHERE t.tenant_id = g.tenant_id AND t.assigned_to = g.agent_id
+                             AND t.status IN ('assigned', 'accepted', 'in_progress') AND t.deleted_at IS NULL
+                           LIMIT g.max_concurrent_tasks) o) l
              WHERE g.tenant_id = tenant
                AND g.capabilities @> ARRAY[capability]
                AND public.agent_listed_status(g.status::text, g.last_seen_at, seen_within_s, CURRENT_TIMESTAMP) = 'active'
@@ -151,9 +156,11 @@ BEGIN
             holds := true;
             PERFORM set_config('tandem.holds_agent_slot', 'yes', true);
             -- A statement of its own: its snapshot is taken under the lock.
-            SELECT count(*) INTO open_tasks FROM public.tasks t
-             WHERE t.tenant_id = tenant AND t.assigned_to = free[i]
-               AND t.status IN ('assigned', 'accepted', 'in_progress') AND t.deleted_at IS NULL;
+            SELECT count(*) INTO open_tasks
+              FROM (SELECT 1 FROM public.tasks t
+                     WHERE t.tenant_id = tenant AND t.assigned_to = free[i]
+                       AND t.status IN ('assigned', 'accepted', 'in_progress') AND t.deleted_at IS NULL
+                     LIMIT maxes[i]) o;
             IF open_tasks < maxes[i] THEN
                 agent_id := free[i];
                 candidates := array_length(free, 1);
@@ -1310,27 +1317,15 @@ CREATE INDEX idx_operations_timestamp ON public.document_operations USING btree 
 
 CREATE INDEX idx_snapshots_tenant_id ON public.document_snapshots USING btree (tenant_id);
 
-CREATE INDEX idx_tasks_assigned_to ON public.tasks USING btree (assigned_to) WHERE ((assigned_to IS NOT NULL) AND (deleted_at IS NULL));
-
-CREATE INDEX idx_tasks_created_at ON public.tasks USING btree (created_at DESC);
-
-CREATE INDEX idx_tasks_created_by ON public.tasks USING btree (created_by) WHERE (deleted_at IS NULL);
+CREATE INDEX idx_tasks_assignee ON public.tasks USING btree (tenant_id, assigned_to) WHERE (deleted_at IS NULL);
 
 CREATE INDEX idx_tasks_execution_waiting ON public.tasks USING btree (tenant_id, created_at) WHERE ((execution_id IS NOT NULL) AND (status = 'pending'::public.task_status) AND (assigned_to IS NULL) AND (deleted_at IS NULL));
 
 CREATE INDEX idx_tasks_in_progress ON public.tasks USING btree (started_at) WHERE ((status = 'in_progress'::public.task_status) AND (deleted_at IS NULL));
 
-CREATE INDEX idx_tasks_list_covering ON public.tasks USING btree (tenant_id, assigned_to, status) INCLUDE (title, priority, created_at) WHERE (deleted_at IS NULL);
-
 CREATE INDEX idx_tasks_open_assignee ON public.tasks USING btree (tenant_id, assigned_to) WHERE ((status = ANY (ARRAY['assigned'::public.task_status, 'accepted'::public.task_status, 'in_progress'::public.task_status])) AND (deleted_at IS NULL));
 
 CREATE INDEX idx_tasks_parent_id ON public.tasks USING btree (parent_task_id) WHERE (parent_task_id IS NOT NULL);
-
-CREATE INDEX idx_tasks_status ON public.tasks USING btree (status) WHERE ((status <> ALL (ARRAY['completed'::public.task_status, 'failed'::public.task_status, 'cancelled'::public.task_status])) AND (deleted_at IS NULL));
-
-CREATE INDEX idx_tasks_tenant_id ON public.tasks USING btree (tenant_id);
-
-CREATE INDEX idx_tasks_tenant_status_priority ON public.tasks USING btree (tenant_id, status, priority) WHERE ((status = ANY (ARRAY['pending'::public.task_status, 'assigned'::public.task_status])) AND (deleted_at IS NULL));
 
 CREATE INDEX idx_tasks_workspace_status_priority ON public.tasks USING btree (workspace_id, status, priority) WHERE (deleted_at IS NULL);
 

@@ -242,6 +242,7 @@ async def test_a_step_with_no_free_agent_waits_and_is_given_out_when_a_slot_free
         "automatic",
     )
     assert (b.assigned_to, b.status, db) == (None, "pending", None)
+    assert out.waiting is True  # the save saw b waiting: the next outcome asks for it
     freed = await finish(env, a)
     [(given, action, delegation)] = freed.tasks
     assert (given.task_id, given.assigned_to, action, delegation.delegation_type) == (
@@ -250,6 +251,9 @@ async def test_a_step_with_no_free_agent_waits_and_is_given_out_when_a_slot_free
         "assign",
         "automatic",
     )
+    # Nothing waits any more: the outcome saved that and asked for no waiting task.
+    done = await finish(env, given)
+    assert done.waiting is False and done.tasks == []
 
 
 async def test_another_tenants_execution_is_not_found_and_unchanged(env) -> None:

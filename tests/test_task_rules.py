@@ -24,7 +24,9 @@ from server.workspaces.task_rules import (
 
 EXPECTED: dict[str, dict[str, str]] = {
     "pending": {"assign": "assigned", "delegate": "assigned", "cancel": "cancelled"},
-    "assigned": {"accept": "accepted", "reject": "rejected", "delegate": "assigned", "cancel": "cancelled"},
+    "assigned": {
+        "accept": "accepted", "start": "in_progress", "reject": "rejected", "delegate": "assigned", "cancel": "cancelled"
+    },
     "accepted": {"start": "in_progress", "reject": "rejected", "delegate": "assigned", "cancel": "cancelled"},
     "rejected": {"assign": "assigned", "delegate": "assigned", "cancel": "cancelled"},
     "in_progress": {

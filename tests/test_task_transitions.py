@@ -10,6 +10,7 @@ import asyncio
 from server.core.errors import ErrorCode, TandemError
 from server.workspaces import tasks
 from server.workspaces.task_rules import TRANSITIONS, Action, Status
+from tests.conftest import TENANT_A
 from tests.task_helpers import (
     LIMIT,
     act,
@@ -80,6 +81,41 @@ async def test_the_happy_path_stamps_each_step(env) -> None:
     assert (await get(env, task.task_id)) == done.task
 
     await refused(act(env, "alice", task.task_id, "fail", error="late"), ErrorCode.INVALID_TRANSITION)
+
+
+async def test_start_from_assigned_accepts_and_starts_in_one_change(env) -> None:
+    """The worker's short path: one transition, one audit row, stamped as a start after accept."""
+    task = await create(env, "olivia", assign_to="alice")
+    audits = await audit_count(env, task.task_id)
+    start = await act(env, "alice", task.task_id, "start")
+    assert (start.action, start.previous.status, start.task.status) == ("start", "assigned", "in_progress")
+    assert start.task.started_at is not None and start.task.assigned_at == task.assigned_at
+    assert start.to_wire()["previous_status"] == "assigned"
+    assert await audit_count(env, task.task_id) == audits + 1
+    # Only the assignee may: the creator starting it is refused and changes nothing.
+    other = await create(env, "olivia", assign_to="alice")
+    error = await refused(act(env, "olivia", other.task_id, "start"), ErrorCode.INVALID_TRANSITION)
+    assert error.details == {"status": "assigned", "action": "start"}
+    assert await get(env, other.task_id) == other
+
+
+async def test_complete_and_fail_count_on_the_assignees_registry_entry_in_the_same_change(env) -> None:
+    """The health counters move in the transition's own statement; an unregistered assignee
+    (bob) has no entry and its outcomes count nowhere."""
+    await env.admin.execute("INSERT INTO agents (tenant_id, agent_id, name) VALUES ($1, 'alice', 'Alice')", TENANT_A)
+    counters = "SELECT tasks_completed, tasks_failed, consecutive_failures FROM agents WHERE agent_id = $1"
+    for outcome, kwargs in (("fail", {"error": "boom"}), ("fail", {"error": "again"}), ("complete", {"result": {}})):
+        task = await create(env, "olivia", assign_to="alice", max_retries=0)
+        await act(env, "alice", task.task_id, "start")
+        await act(env, "alice", task.task_id, outcome, **kwargs)
+        if outcome == "fail":
+            failed = tuple(await env.admin.fetchrow(counters, "alice"))
+    assert failed == (0, 2, 2)
+    assert tuple(await env.admin.fetchrow(counters, "alice")) == (1, 2, 0)  # a completion ends the run
+    task = await create(env, "olivia", assign_to="bob")
+    await act(env, "bob", task.task_id, "start")
+    assert (await act(env, "bob", task.task_id, "complete", result={})).task.status == "completed"
+    assert await env.admin.fetchval("SELECT count(*) FROM agents WHERE agent_id = 'bob'") == 0
 
 
 async def test_reject_then_reassign_then_cancel(env) -> None:

@@ -4,7 +4,7 @@ their section with the lock's fence, and complete the task.
 The coordinator creates a team workspace, a document "spec" with one placeholder per section,
 and one task per section ("Write section N", its number in `parameters`). Then N workers, each
 its own agent with its own connection, take pending tasks: claim (of concurrent claims one
-wins), accept, start, lock the document (waiting while another worker holds it), replace the
+wins), start (which accepts too), lock the document (waiting while another worker holds it), replace the
 section's placeholder with their text (every edit carries the lock's fence), and complete the
 task with a result; each also counts its sections in the workspace state. The coordinator waits
 for a `completed` task.changed event for every task, then prints the document.
@@ -63,8 +63,7 @@ async def work(urls: list[str], token: str, workspace_id: str, max_rounds: int) 
             if task is None:
                 continue  # every one we tried was taken meanwhile; list again
             section = int(task.parameters["section"])
-            await ws.tasks.accept(task)
-            await ws.tasks.start(task)
+            await ws.tasks.start(task)  # accepts and starts it in one request
             async with doc.lock(ttl=10, wait=True, timeout=120) as lock:
                 text, mark = str(doc.text), placeholder(section)
                 at = text.index(mark)

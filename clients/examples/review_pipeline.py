@@ -6,7 +6,8 @@ The writer creates a team workspace and a document, adds the others, and defines
 `review_facts` (capability `review`, both after `draft`, so they run in parallel, one per
 reviewer: the engine gives each to the least-loaded free reviewer) and `merge` (capability
 `edit`, after both). Each agent registers its capability and works through
-`ws.tasks.assigned_to_me()`: accept, start, edit the document, complete with what it did.
+`ws.tasks.assigned_to_me()`: start (accepting it in the same request), edit the document,
+complete with what it did.
 The writer starts the run and waits for it to complete.
 
     python review_pipeline.py --url ws://127.0.0.1:8000/ws --token-writer W --token-reviewer-a RA \\
@@ -94,12 +95,10 @@ async def merge(doc: tandem_client.Document, me: str) -> dict[str, object]:
 async def do_step(
     ws: tandem_client.Workspace, task: tandem_client.Task, me: str, topic: str
 ) -> None:
-    """Accept, start, do and complete one step task (a task taken from this agent meanwhile:
-    InvalidTransition, left alone)."""
+    """Start (and so accept), do and complete one step task (a task taken from this agent
+    meanwhile: InvalidTransition, left alone)."""
     try:
-        if task.status == "assigned":
-            task = await ws.tasks.accept(task)
-        if task.status == "accepted":
+        if task.status in ("assigned", "accepted"):
             task = await ws.tasks.start(task)
         doc = await ws.open(str(task.parameters["document_id"]), create=False)
         if task.step_id == "draft":

@@ -37,7 +37,7 @@ MOVES_FROM: dict[str, frozenset[str]] = {
     "assign": frozenset({"pending", "rejected", "timeout"}),
     "accept": frozenset({"assigned"}),
     "reject": frozenset({"assigned", "accepted"}),
-    "start": frozenset({"accepted"}),
+    "start": frozenset({"assigned", "accepted"}),
     "complete": frozenset({"in_progress"}),
     "fail": frozenset({"in_progress"}),
     "cancel": frozenset({"pending", "assigned", "accepted", "rejected", "in_progress", "timeout"}),

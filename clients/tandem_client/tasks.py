@@ -148,7 +148,7 @@ class Tasks:
     def assigned_to_me(self, *, relist_s: float = 30.0, max_queue: int | None = None) -> AssignedTasks:
         """The tasks assigned to this agent here, open ones first, then each new assignment as
         it happens (tandem_client/work.py): `async with ws.tasks.assigned_to_me() as mine:
-        async for task in mine:` accept, start, complete."""
+        async for task in mine:` start (from `assigned` it accepts too), complete."""
         return AssignedTasks(self, relist_s=relist_s, max_queue=max_queue)
 
     def events(self, max_queue: int | None = None) -> EventStream[TaskEvent]:

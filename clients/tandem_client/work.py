@@ -1,10 +1,11 @@
 """The worker helper: the tasks assigned to this agent in a workspace, existing and new
-(`ws.tasks.assigned_to_me()`), so a worker runs accept / start / complete in a loop.
+(`ws.tasks.assigned_to_me()`), so a worker runs start / complete in a loop (`start` from
+`assigned` accepts the task too, in the same request).
 
     async with ws.tasks.assigned_to_me() as mine:
         async for task in mine:
-            if task.status == "assigned":
-                await ws.tasks.accept(task)
+            if task.status in ("assigned", "accepted"):
+                task = await ws.tasks.start(task)
             ...
 
 The `task.changed` stream is opened first and the open tasks are listed after it, so nothing

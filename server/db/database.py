@@ -52,6 +52,20 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+class AppConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection of the application role, given back to the pool without asyncpg's
+    reset statement (`RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()`, one more
+    round trip per transaction). Nothing the server runs on a pooled connection outlives its
+    transaction: the tenant context is `set_config(..., true)`, advisory locks are
+    transaction-scoped, LISTEN runs on the fan-out's own connection, no cursor is held open.
+    The one session setting, the committer's `statement_timeout`, is reset before its
+    connection goes back (server/documents/commit_shard.py). asyncpg still rolls back an open
+    transaction at release."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def create_pool(
     url: str,
     min_size: int = 1,
@@ -68,7 +82,7 @@ async def create_pool(
     settings = {"application_name": application_name} if application_name else None
     return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, init=_init_connection, server_settings=settings,
-        timeout=connect_timeout_s, command_timeout=command_timeout_s,
+        timeout=connect_timeout_s, command_timeout=command_timeout_s, connection_class=AppConnection,
     )
 
 

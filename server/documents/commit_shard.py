@@ -9,6 +9,7 @@ back to the pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -138,15 +139,19 @@ class Shard:
                 pass  # already back in the pool: PostgreSQL ended it
 
     async def give_back(self, pool: asyncpg.Pool, timeout_s: float) -> None:
-        """Return the connection to the pool (at stop); bounded: asyncpg terminates it when its
-        reset fails or takes longer than `timeout_s`."""
+        """Return the connection to the pool (at stop) with its `statement_timeout` reset (the
+        pool's release runs no reset statement: server/db/database.py `AppConnection`); bounded
+        by `timeout_s`: a connection that does not answer in time is closed instead."""
         conn, self.conn = self.conn, None
         if conn is None:
             return
         try:
+            await conn.execute(store.Q["reset_statement_timeout"], timeout=timeout_s)
             await pool.release(conn, timeout=timeout_s)
         except Exception:
             log.warning("committer.release_failed", shard=self.index, exc_info=True)
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()  # its slot goes back to the pool, empty
 
     def view(self, now: float, ok: bool) -> dict[str, Any]:
         def since(t: float | None) -> float | None:

@@ -132,14 +132,6 @@ async def seen(conn: asyncpg.Connection, agent_ids: Sequence[str]) -> None:
         await conn.execute(Q["agent_seen"], list(agent_ids))
 
 
-async def task_outcome(
-    conn: asyncpg.Connection, agent_id: str, completed: bool
-) -> None:
-    """Count a task of `agent_id` completed or failed, in the caller's transaction (the one
-    that moves the task); a completion resets the failure run. Unregistered: nothing changes."""
-    await conn.execute(Q["agent_task_outcome"], agent_id, completed)
-
-
 def _agent(row: Mapping[str, Any]) -> Agent:
     values = dict(row)
     values["metadata"] = json.loads(values["metadata"])

@@ -72,7 +72,7 @@ async def fail_over(
         after = tasks._task(
             await conn.fetchrow(
                 Q["task_apply_transition"], task.task_id, status, agent, task.retry_count, None, task.error,
-                *tasks._STAMPS[status],
+                *tasks._STAMPS[status], None, False,
             )
         )  # fmt: skip
         delegation = tasks.Delegation(

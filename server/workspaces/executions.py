@@ -83,6 +83,7 @@ class Outcome:
     tasks: list[tuple[tasks.Task, str, tasks.Delegation | None]] = field(
         default_factory=list
     )
+    waiting: bool | None = None  # whether step tasks waited at the last save (None: not known)
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -216,8 +217,9 @@ async def after_outcome(
                     conn, ex, definition, states, results, out, seen_within_s
                 )
             else:  # paused: recorded now, decided on resume
-                out.execution = await _save(conn, ex, ex.status, states, results)
-    await _assign_waiting(conn, out, seen_within_s)
+                out.execution = await _save(conn, ex, ex.status, states, results, out=out)
+    if out.waiting is not False:  # the save just now found none waiting: nothing to hand out
+        await _assign_waiting(conn, out, seen_within_s)
     return out
 
 
@@ -296,7 +298,7 @@ async def _advance(
         if plan.finish is Action.COMPLETE:
             named = definition["config"].get("output_step")
             output = results.get(named) if isinstance(named, str) else results
-    saved = await _save(conn, ex, status, plan.states, results, output, error)
+    saved = await _save(conn, ex, status, plan.states, results, output, error, out)
     if status == Status.FAILED:
         await _cancel_open_tasks(conn, ex.execution_id, out, seen_within_s)
     return saved
@@ -385,12 +387,16 @@ async def _definition(conn: asyncpg.Connection, ex: Execution) -> dict[str, Any]
 
 async def _save(
     conn: asyncpg.Connection, ex: Execution, status: str, states: Mapping[str, Any], results: Mapping[str, Any],
-    output: Any = None, error: str | None = None,
+    output: Any = None, error: str | None = None, out: Outcome | None = None,
 ) -> Execution:  # fmt: skip
-    row = await conn.fetchrow(
+    """Write the engine's decision; `out.waiting` learns whether step tasks wait for an agent."""
+    row = dict(await conn.fetchrow(
         Q["execution_save"], ex.execution_id, str(status), json.dumps(states), json.dumps(results),
         None if output is None else json.dumps(output), error,
-    )  # fmt: skip
+    ))  # fmt: skip
+    waiting = row.pop("tasks_waiting")
+    if out is not None:
+        out.waiting = waiting
     return _execution(row)
 
 

@@ -57,6 +57,7 @@ TRANSITIONS: dict[tuple[Status, Action], Status] = {
     (S.PENDING, A.DELEGATE): S.ASSIGNED,
     (S.PENDING, A.CANCEL): S.CANCELLED,
     (S.ASSIGNED, A.ACCEPT): S.ACCEPTED,
+    (S.ASSIGNED, A.START): S.IN_PROGRESS,  # accept and start in one step: the worker's usual path
     (S.ASSIGNED, A.REJECT): S.REJECTED,
     (S.ASSIGNED, A.DELEGATE): S.ASSIGNED,
     (S.ASSIGNED, A.CANCEL): S.CANCELLED,

@@ -23,7 +23,7 @@ from server.core.errors import ErrorCode, TandemError
 from server.db import store
 from server.db.store import Q
 from server.wire import protocol_coordination as pc
-from server.workspaces import agents, task_rules
+from server.workspaces import task_rules
 from server.workspaces.directory import WRITE_ROLES, rfc3339
 from server.workspaces.task_rules import Action, Actor, Status
 
@@ -179,15 +179,14 @@ async def transition(
         assignee, retry_count = None, retry_count + 1
     if isinstance(request, pc.TaskFail):
         error_text = request.error
+    # The agent registry's health counters move with the task, in the same statement.
+    counted = previous.assigned_to if action in (Action.COMPLETE, Action.FAIL) else None
     with store.input_errors():
         row = await conn.fetchrow(
             Q["task_apply_transition"], task_id, status, assignee, retry_count, result_text, error_text,
-            *_STAMPS[status],
+            *_STAMPS[status], counted, action == Action.COMPLETE,
         )  # fmt: skip
     task = _task(row)
-    if action in (Action.COMPLETE, Action.FAIL) and previous.assigned_to is not None:
-        # The agent registry's health counters move with the task, in this transaction.
-        await agents.task_outcome(conn, previous.assigned_to, action == Action.COMPLETE)
 
     delegation = None
     if action == Action.DELEGATE:

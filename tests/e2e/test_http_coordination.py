@@ -138,9 +138,15 @@ async def test_a_task_life_cycle_over_http_is_the_agent_endpoints(
             delegated.status_code == 200
             and delegated.json()["task"]["assigned_to"] == "bob"
         )
-        for action in ("accept", "start"):
-            moved = await http.post(f"/tasks/{second}/{action}", headers=bearer("bob"))
-            assert moved.status_code == 200, moved.text
+        # Started straight from assigned: accepted and started in one change, one event.
+        moved = await http.post(f"/tasks/{second}/start", headers=bearer("bob"))
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["task"]["status"] == "in_progress"
+        assert moved.json()["task"]["started_at"] is not None
+        heard = await bob_ws.event(
+            lambda f: f["type"] == "task.changed" and f["task"]["task_id"] == second and f["action"] not in ("create", "delegate")
+        )
+        assert (heard["action"], heard["task"]["status"]) == ("start", "in_progress")
         failed = await http.post(
             f"/tasks/{second}/fail", json={"error": "disk full"}, headers=bearer("bob")
         )

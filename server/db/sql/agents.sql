@@ -38,14 +38,6 @@ LIMIT $4;
 UPDATE agents SET last_seen_at = CURRENT_TIMESTAMP
 WHERE agent_id = ANY($1::text[]);
 
--- name: agent_task_outcome
--- A task of agent $1 completed ($2 true) or failed: count it; a completion ends a failure run.
-UPDATE agents
-SET tasks_completed = tasks_completed + CASE WHEN $2::boolean THEN 1 ELSE 0 END,
-    tasks_failed = tasks_failed + CASE WHEN $2::boolean THEN 0 ELSE 1 END,
-    consecutive_failures = CASE WHEN $2::boolean THEN 0 ELSE consecutive_failures + 1 END
-WHERE agent_id = $1;
-
 -- name: agent_capabilities_missing
 -- Which of capabilities $1 no registered agent of the current tenant declares.
 SELECT c FROM unnest($1::text[]) AS c

@@ -25,7 +25,8 @@ FOR UPDATE;
 
 -- name: execution_save
 -- Execution $1 after the engine decided: $2 status, $3 step_states, $4 step_results, $5 output, $6 error;
--- completed_at is stamped when the status is terminal.
+-- completed_at is stamped when the status is terminal. tasks_waiting: whether any step task of the tenant
+-- waits for an agent now (this transaction's new ones included), so the engine asks for them only then.
 UPDATE workflow_executions
 SET status = $2::workflow_status,
     step_states = $3::text::jsonb,
@@ -34,7 +35,10 @@ SET status = $2::workflow_status,
     error = $6,
     completed_at = CASE WHEN $2 IN ('completed', 'failed', 'cancelled') THEN CURRENT_TIMESTAMP END
 WHERE id = $1
-RETURNING {execution};
+RETURNING {execution},
+          EXISTS (SELECT 1 FROM tasks w
+                   WHERE w.execution_id IS NOT NULL AND w.status = 'pending' AND w.assigned_to IS NULL
+                     AND w.deleted_at IS NULL) AS tasks_waiting;
 
 -- name: execution_list
 -- Executions of workspace $1, of workflow $2 and with status in $3 (null: any), newest first; at most $4.

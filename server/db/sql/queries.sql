@@ -20,6 +20,10 @@ SELECT 1;
 -- End any statement of this session past $1 milliseconds (PostgreSQL rolls it back).
 SELECT set_config('statement_timeout', $1::text, false);
 
+-- name: reset_statement_timeout
+-- Back to the role's and database's statement_timeout (before a connection goes back to the pool).
+RESET statement_timeout;
+
 -- name: maintain_partitions
 -- Create this month's and next month's audit partitions (run as the owner role; idempotent).
 SELECT tandem_maintain_partitions();

@@ -32,17 +32,29 @@ FOR UPDATE;
 -- name: task_apply_transition
 -- Task $1 after a transition: $2 status, $3 assignee, $4 retry_count, $5 result (null: keep), $6 error, then
 -- assigned_at/started_at/completed_at each by $7/$8/$9: 'now' stamps, 'keep' keeps, 'clear' empties.
-UPDATE tasks
-SET status = $2::task_status,
-    assigned_to = $3,
-    retry_count = $4,
-    result = coalesce($5::text::jsonb, result),
-    error = $6,
-    assigned_at = CASE $7::text WHEN 'now' THEN CURRENT_TIMESTAMP WHEN 'keep' THEN assigned_at END,
-    started_at = CASE $8::text WHEN 'now' THEN CURRENT_TIMESTAMP WHEN 'keep' THEN started_at END,
-    completed_at = CASE $9::text WHEN 'now' THEN CURRENT_TIMESTAMP WHEN 'keep' THEN completed_at END
-WHERE id = $1
-RETURNING {task};
+-- With $10 (null: none) the outcome is counted on that agent's registry entry in the same statement (one
+-- round trip): completed when $11, else failed; a completion ends a failure run. An unregistered agent: no row.
+WITH moved AS (
+    UPDATE tasks
+    SET status = $2::task_status,
+        assigned_to = $3,
+        retry_count = $4,
+        result = coalesce($5::text::jsonb, result),
+        error = $6,
+        assigned_at = CASE $7::text WHEN 'now' THEN CURRENT_TIMESTAMP WHEN 'keep' THEN assigned_at END,
+        started_at = CASE $8::text WHEN 'now' THEN CURRENT_TIMESTAMP WHEN 'keep' THEN started_at END,
+        completed_at = CASE $9::text WHEN 'now' THEN CURRENT_TIMESTAMP WHEN 'keep' THEN completed_at END
+    WHERE id = $1
+    RETURNING *
+), counted AS (
+    UPDATE agents
+    SET tasks_completed = tasks_completed + CASE WHEN $11::boolean THEN 1 ELSE 0 END,
+        tasks_failed = tasks_failed + CASE WHEN $11::boolean THEN 0 ELSE 1 END,
+        consecutive_failures = CASE WHEN $11::boolean THEN 0 ELSE consecutive_failures + 1 END
+    WHERE $10::text IS NOT NULL AND agent_id = $10::text AND EXISTS (SELECT 1 FROM moved)
+)
+SELECT {task}
+FROM moved;
 
 -- name: task_list
 -- Tasks of workspace $1 filtered by assignee $2, creator $3, statuses $4, priorities $5, parent $6 (null: any); critical first, then oldest; at most $7.
