@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 from pycrdt import Doc, Text
 
 if str(Path(__file__).resolve().parent.parent) not in sys.path:
@@ -189,6 +191,7 @@ class YjsBench:
                                         "--output", self.args.py_spy, "--nonblocking"], env=os.environ | {"PATH": str(Path(sys.executable).parent)},
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             time.sleep(1.0)  # until it is attached
+        before = self.commit_counters() if side == "tandem" else {}
         try:
             r = self.drive(config, server.pid, timeout_s=240)
         finally:
@@ -198,7 +201,20 @@ class YjsBench:
         if not r["converged"] or r["closes"] or r["sent"] != w.rooms * w.editors * w.inserts:
             raise SystemExit(f"{side} {w.key}: converged {r['converged']}, sent {r['sent']}, closes {r['closes'][:5]}")
         lat = summarize(r["latencies"])
-        return {"updates_per_s": r["updatesPerS"], "p50": lat["p50"], "p99": lat["p99"], "cpu_s": r["cpu_s"], "deflate": r["deflate"]}
+        out = {"updates_per_s": r["updatesPerS"], "p50": lat["p50"], "p99": lat["p99"], "cpu_s": r["cpu_s"], "deflate": r["deflate"]}
+        if side == "tandem":  # the node's own account of its appends over the run
+            after = self.commit_counters()
+            appends = after["tandem_commit_seconds_count"] - before["tandem_commit_seconds_count"]
+            out["commit_ms"] = (after["tandem_commit_seconds_sum"] - before["tandem_commit_seconds_sum"]) / appends * 1000
+            out["ops_per_commit"] = (after["tandem_committed_operations_total"] - before["tandem_committed_operations_total"]) / appends
+        return out
+
+    def commit_counters(self) -> dict[str, float]:
+        """The node's append counters from its /metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.node.port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        wanted = ("tandem_commit_seconds_count", "tandem_commit_seconds_sum", "tandem_committed_operations_total")
+        return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name in wanted}
 
     def join(self, base: str, room: dict[str, Any], server_pid: int, length: int) -> float:
         j = self.drive({"mode": "join", "base": base, "timeoutS": 60, "expectLength": length, "rooms": [room]}, server_pid, 120)["joins"][0]
@@ -365,6 +381,14 @@ def report(workloads: list[Workload], loads: dict[tuple[str, str, bool], list[di
             print(row(f"{w.title}: updates/s", fig(w.key, "reference", "updates_per_s"), fig(w.key, "tandem", "updates_per_s"), ""))
         for p in ("p50", "p99"):
             print(row(f"{w.title}: latency {p}", fig(w.key, "reference", p), fig(w.key, "tandem", p), "ms"))
+    if workloads:
+        print()
+        print("Tandem's appends during each workload (its /metrics: tandem_commit_seconds, tandem_committed_operations)")
+        print()
+        print("| workload | append round trip, mean ms | operations per append |")
+        print("|---|---|---|")
+        for w in workloads:
+            print(f"| {w.key} | {fig(w.key, 'tandem', 'commit_ms'):.2f} | {fig(w.key, 'tandem', 'ops_per_commit'):.1f} |")
     if cold:
         ref = median(cold["reference restart"])
         print(row(f"first open of a {args.history_ops:,}-update document after a restart (reference: y-leveldb; Tandem: log replay)",

@@ -248,6 +248,9 @@ async def test_operations_wait_while_the_database_refuses_connections_and_commit
         await outcomes.wait(after)
         assert all(outcomes.committed(u) for u in after)
         assert metrics.registry.get_sample_value("tandem_commit_reconnects_total") >= 1
+        # Every append the database answered is timed: at least one per batch that committed.
+        timed = metrics.registry.get_sample_value("tandem_commit_seconds_count")
+        assert timed is not None and timed >= metrics.registry.get_sample_value("tandem_commit_batches_total") > 0
         await check_log(admin, outcomes, docs)
     finally:
         await committer.stop(5.0)

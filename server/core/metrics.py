@@ -99,6 +99,12 @@ class Metrics:
         self.committed_operations = Counter(
             "tandem_committed_operations", "Document operations committed.", registry=self.registry
         )
+        self.commit_seconds = Histogram(
+            "tandem_commit_seconds",
+            "One group-commit append as the node waits for it: the statement, its commit (WAL flush included) "
+            "and the round trip to PostgreSQL.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0), registry=self.registry,
+        )
         self.commit_unavailable = Counter(
             "tandem_commit_unavailable",
             "Operations refused with `unavailable`, by cause: lost (the connection failed under the batch), "

@@ -334,11 +334,14 @@ class Committer:
         if any(p.op.expect_head is not None for p in batch):  # an If-Match write is in the batch
             query = "append_batch_expecting"
             args.append([p.op.expect_head for p in batch])
+        started = time.monotonic()
         rows = await shard.conn.fetch(
             store.Q[query], *args,
             timeout=self.timeout_s + CLIENT_GRACE_S,  # the server's statement_timeout ends it first
         )  # fmt: skip
         shard.committed_at = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.commit_seconds.observe(shard.committed_at - started)
         if len(rows) < len(batch):  # never (one row per operation), but none may stay undecided
             self._fail(batch[len(rows):], RuntimeError("the append returned no outcome"))
         committed = []
