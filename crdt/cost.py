@@ -24,9 +24,9 @@ from crdt.document import Document
 from crdt.ids import check_ids
 
 # Struct kinds (`Ids.kinds` bits) whose bytes hold nothing yrs parses beyond what `check_ids`
-# reads: GC, deleted, string and type (a type ref and a name). JSON, `any`, binary, embed, format
-# and subdocument content, and skip structs, are left to yrs.
-PLAIN_KINDS = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 7)
+# reads: GC, deleted and string. Types (whose type refs yrs extends beyond Yjs's), JSON, `any`,
+# binary, embed, format and subdocument content, and skip structs, are left to yrs.
+PLAIN_KINDS = (1 << 0) | (1 << 1) | (1 << 4)
 
 _MAX_CLOCK = 2**32 - 1  # yrs clocks are u32: a state vector entry covering all of a client
 _MAX_CLOCK_VARINT = write_var_uint(_MAX_CLOCK)

@@ -97,15 +97,18 @@ def test_everything_but_plain_structs_is_left_to_the_worker() -> None:
         assert plain_measures(update) is None
 
 
-def test_xml_types_and_their_text_are_plain() -> None:
-    def xml(doc: Doc) -> None:
-        fragment = doc.get("prosemirror", type=XmlFragment)
-        paragraph = fragment.children.append(XmlElement("paragraph"))
-        paragraph.children.append(XmlText("hello"))
-
-    update = _update_of(xml)
-    (verdict,) = check_updates([(b"", update)])
-    assert isinstance(verdict, Measured) and plain_measures(update) == (verdict.clients, dict(verdict.reach))
+def test_typing_into_an_xml_paragraph_is_plain_and_making_the_paragraph_is_not() -> None:
+    doc = Doc(client_id=5)
+    fragment = doc.get("prosemirror", type=XmlFragment)
+    paragraph = fragment.children.append(XmlElement("paragraph"))
+    text = paragraph.children.append(XmlText())
+    made = doc.get_update()
+    before = doc.get_state()
+    text.insert(0, "hello")
+    typed = doc.get_update(before)
+    assert plain_measures(made) is None  # type structs: the worker's
+    (verdict,) = check_updates([(b"", typed)])
+    assert isinstance(verdict, Measured) and plain_measures(typed) == (verdict.clients, dict(verdict.reach))
 
 
 async def test_the_checker_judges_small_plain_updates_without_a_round_trip() -> None:

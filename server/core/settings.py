@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     validation_workers: int = 1
     validation_timeout_s: float = 1.0
     validation_memory_bytes: int = 1 << 30
-    # Plain updates up to this size (text, deletions, types) are read in Python on the event loop
+    # Plain updates up to this size (text and deletions) are read in Python on the event loop
     # instead of the worker (crdt.cost.plain_measures); 0: all go to the worker.
     validation_inline_bytes: int = 256
     # What one update may cost the room applying it (server/documents/update_bounds.py, docs/protocol.md#7).

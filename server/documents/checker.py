@@ -10,9 +10,9 @@ A round trip that takes longer than `timeout_s`, or whose worker dies, gets the 
 and replaced and its updates retried one by one, so the costly one is found and refused while
 the others pass. Updates queued at the same time, from any connection, share one round trip.
 
-A small update of plain structs (up to `inline_max_bytes`: text, deletions, types; the bulk of
-what editors send) needs no worker: `crdt.cost.plain_measures` reads all of it in Python, every
-count bounded by the bytes left, and it holds no content only yrs parses (JSON, `any`, embeds),
+A small update of plain structs (up to `inline_max_bytes`: text and deletions, the bulk of what
+editors send) needs no worker: `crdt.cost.plain_measures` reads all of it in Python, every count
+bounded by the bytes left, and it holds no content only yrs parses (types, JSON, `any`, embeds),
 so its verdict is given on the event loop in microseconds instead of a round trip (0.4-1.6 ms of
 an update's latency here). Anything else, or anything that reads wrong, goes to the worker.
 
