@@ -174,6 +174,10 @@ async def test_twenty_agents_on_two_nodes_race_for_a_lock_one_wins_each_round_an
             else:
                 await agents[h].request("lock.release", fence=fence, **lock_target)
                 lapsed = None
+                # A node answers a certain refusal from the locks it has heard of (KnownLocks):
+                # the next round starts once both nodes heard of this release, which their
+                # sessions hear after the node's own view took it in.
+                await eventually(partial(_heard_release, inboxes, fence), timeout_s=10)
 
         # What was stored is exactly the holders' writes, one a round, in order.
         assert await op_agents(admin, doc_id) == [holder for _, holder in winners]
@@ -192,6 +196,10 @@ async def test_twenty_agents_on_two_nodes_race_for_a_lock_one_wins_each_round_an
     finally:
         await admin.close()
         await close_all(agents)
+
+
+def _heard_release(inboxes: list[Inbox], fence: int) -> bool:
+    return all(any(f["lock"]["fence"] == fence for f in inbox.of("lock.released")) for inbox in inboxes)
 
 
 async def _lapsed(agent: wsclient.Agent, ws_id: str, expires_at: datetime) -> bool:
