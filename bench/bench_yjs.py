@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -155,10 +156,13 @@ class YjsBench:
         return [{"ws": ws_id, "doc": d, "tokens": [self.token(f"editor-{i}") for i in range(w.editors)]} for d in docs]
 
     def drive(self, config: dict[str, Any], server_pid: int, timeout_s: float) -> dict[str, Any]:
-        """Run the Node driver once; its JSON result with the server's CPU seconds meanwhile
-        (the server process and its children: Tandem's update checker)."""
+        """Run the Node driver once; its JSON result with the CPU seconds meanwhile of the
+        server (the process and its children: Tandem's update checker), of PostgreSQL (every
+        process of the cluster: it serves Tandem only) and of the driver itself."""
         pids = tree_pids(server_pid)
         before = cpu_seconds(pids)
+        pg_before = cpu_seconds(tree_pids(self.pg.postmaster_pid))
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.Popen([NODE, str(NODE_DIR / "bench.mjs"), json.dumps(config)], cwd=NODE_DIR, env=node_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -168,6 +172,8 @@ class YjsBench:
             proc.communicate(timeout=30)
             raise SystemExit(f"the Node driver did not finish within {timeout_s:.0f}s") from None
         after = cpu_seconds(tree_pids(server_pid))
+        pg_after = cpu_seconds(tree_pids(self.pg.postmaster_pid))
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)  # the driver, reaped by communicate()
         lines = [line for line in out.splitlines() if line.startswith("{")]
         if not lines:
             raise SystemExit(f"the Node driver printed no result (exit {proc.returncode}): {err[-2000:]}")
@@ -175,6 +181,8 @@ class YjsBench:
         if "error" in result:
             raise SystemExit(f"the Node driver failed: {result['error']}\n{err[-2000:]}\n{self.node.log_tail()}")
         result["cpu_s"] = sum(after[pid] - before.get(pid, 0.0) for pid in after)
+        result["pg_cpu_s"] = sum(pg_after[pid] - pg_before.get(pid, 0.0) for pid in pg_after)
+        result["driver_cpu_s"] = reaped.ru_utime + reaped.ru_stime - children.ru_utime - children.ru_stime
         return result
 
     def load(self, side: str, w: Workload, deflate: bool) -> dict[str, Any]:
@@ -201,7 +209,11 @@ class YjsBench:
         if not r["converged"] or r["closes"] or r["sent"] != w.rooms * w.editors * w.inserts:
             raise SystemExit(f"{side} {w.key}: converged {r['converged']}, sent {r['sent']}, closes {r['closes'][:5]}")
         lat = summarize(r["latencies"])
-        out = {"updates_per_s": r["updatesPerS"], "p50": lat["p50"], "p99": lat["p99"], "cpu_s": r["cpu_s"], "deflate": r["deflate"]}
+        sent = w.rooms * w.editors * w.inserts
+        out = {
+            "updates_per_s": r["updatesPerS"], "p50": lat["p50"], "p99": lat["p99"], "cpu_s": r["cpu_s"], "deflate": r["deflate"],
+            "cpu_ms": r["cpu_s"] / sent * 1000, "pg_cpu_ms": r["pg_cpu_s"] / sent * 1000, "driver_cpu_ms": r["driver_cpu_s"] / sent * 1000,
+        }  # fmt: skip
         if side == "tandem":  # the node's own account of its appends over the run
             after = self.commit_counters()
             appends = after["tandem_commit_seconds_count"] - before["tandem_commit_seconds_count"]
@@ -385,10 +397,12 @@ def report(workloads: list[Workload], loads: dict[tuple[str, str, bool], list[di
         print()
         print("Tandem's appends during each workload (its /metrics: tandem_commit_seconds, tandem_committed_operations)")
         print()
-        print("| workload | append round trip, mean ms | operations per append |")
-        print("|---|---|---|")
+        print("| workload | append round trip, mean ms | operations per append | CPU ms per update: driver / server / PostgreSQL, reference | the same, Tandem |")
+        print("|---|---|---|---|---|")
         for w in workloads:
-            print(f"| {w.key} | {fig(w.key, 'tandem', 'commit_ms'):.2f} | {fig(w.key, 'tandem', 'ops_per_commit'):.1f} |")
+            cpu = {side: " / ".join(f"{fig(w.key, side, k):.3f}" for k in ("driver_cpu_ms", "cpu_ms", "pg_cpu_ms")) for side in SIDES}
+            print(f"| {w.key} | {fig(w.key, 'tandem', 'commit_ms'):.2f} | {fig(w.key, 'tandem', 'ops_per_commit'):.1f} |"
+                  f" {cpu['reference']} | {cpu['tandem']} |")
     if cold:
         ref = median(cold["reference restart"])
         print(row(f"first open of a {args.history_ops:,}-update document after a restart (reference: y-leveldb; Tandem: log replay)",
