@@ -35,12 +35,16 @@ if str(REPO) not in sys.path:
 
 from bench.bench_documents import SERVER_ENV
 from bench.common import (
+    SCRAPE_TIMEOUT_S,
     Postgres,
+    Scrape,
     ServerNode,
     cleanup_dir,
+    grew,
     jwt_secret,
     machine,
     raise_fd_limit,
+    scrape,
     start_nodes,
     workdir,
 )
@@ -49,15 +53,11 @@ from bench.doc_workers import Workers
 from bench.fanout_rig import (
     NODES,
     SAMPLE_EVERY_S,
-    SCRAPE_TIMEOUT_S,
     Rig,
-    Scrape,
     budget_per_doc,
-    grew,
     measure,
     merge,
     reader_specs,
-    scrape,
 )  # fmt: skip
 
 TARGET_RATE_PER_S = 1000.0  # target: cross-node p99 <= single-node p99 + 5 ms at this rate

@@ -37,7 +37,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -46,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from prometheus_client.parser import text_string_to_metric_families
 from pycrdt import Doc, Text
 
 if str(Path(__file__).resolve().parent.parent) not in sys.path:
@@ -57,9 +55,11 @@ from bench.common import (
     Postgres,
     cleanup_dir,
     cpu_seconds,
+    grew,
     jwt_secret,
     machine,
     median,
+    scrape,
     start_nodes,
     summarize,
     tree_pids,
@@ -199,7 +199,7 @@ class YjsBench:
                                         "--output", self.args.py_spy, "--nonblocking"], env=os.environ | {"PATH": str(Path(sys.executable).parent)},
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             time.sleep(1.0)  # until it is attached
-        before = self.commit_counters() if side == "tandem" else {}
+        before = scrape(self.node) if side == "tandem" else {}
         try:
             r = self.drive(config, server.pid, timeout_s=240)
         finally:
@@ -215,18 +215,11 @@ class YjsBench:
             "cpu_ms": r["cpu_s"] / sent * 1000, "pg_cpu_ms": r["pg_cpu_s"] / sent * 1000, "driver_cpu_ms": r["driver_cpu_s"] / sent * 1000,
         }  # fmt: skip
         if side == "tandem":  # the node's own account of its appends over the run
-            after = self.commit_counters()
-            appends = after["tandem_commit_seconds_count"] - before["tandem_commit_seconds_count"]
-            out["commit_ms"] = (after["tandem_commit_seconds_sum"] - before["tandem_commit_seconds_sum"]) / appends * 1000
-            out["ops_per_commit"] = (after["tandem_committed_operations_total"] - before["tandem_committed_operations_total"]) / appends
+            after = scrape(self.node)
+            appends = grew(before, after, "tandem_commit_seconds_count")
+            out["commit_ms"] = grew(before, after, "tandem_commit_seconds_sum") / appends * 1000
+            out["ops_per_commit"] = grew(before, after, "tandem_committed_operations_total") / appends
         return out
-
-    def commit_counters(self) -> dict[str, float]:
-        """The node's append counters from its /metrics."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.node.port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        wanted = ("tandem_commit_seconds_count", "tandem_commit_seconds_sum", "tandem_committed_operations_total")
-        return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name in wanted}
 
     def join(self, base: str, room: dict[str, Any], server_pid: int, length: int) -> float:
         j = self.drive({"mode": "join", "base": base, "timeoutS": 60, "expectLength": length, "rooms": [room]}, server_pid, 120)["joins"][0]

@@ -8,6 +8,7 @@ SIGKILL). Imports nothing from tests/.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from server.db.pgcluster import Cluster, find_bin_dir, free_port
 
@@ -285,3 +287,30 @@ def start_nodes(
 
 def cleanup_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# --- a node's /metrics ---------------------------------------------------------------------------
+
+SCRAPE_TIMEOUT_S = 5.0
+Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(node: ServerNode) -> Scrape:
+    """Every sample of the node's /metrics, keyed by (name, sorted labels); {} if unreadable."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/metrics", timeout=SCRAPE_TIMEOUT_S) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def grew(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
+    """How much a counter grew between two scrapes (a labelled child not yet created counts as 0;
+    nan when the later scrape failed)."""
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0) if after else math.nan

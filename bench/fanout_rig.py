@@ -8,22 +8,22 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from bench.common import (
     Postgres,
+    Scrape,
     ServerNode,
     cpu_percent,
     cpu_seconds,
+    grew,
     machine_busy_seconds,
     median,
+    scrape,
     summarize,
     tree_pids,
 )
@@ -41,36 +41,8 @@ from server.core.auth import issue_token
 
 NODES = 3
 MAX_DOCS_PER_CONN = 100  # the server's default max_open_docs
-SCRAPE_TIMEOUT_S = 5.0
 SAMPLE_EVERY_S = 1.0
 SUMMED = ("errors", "closings", "exhausted", "undrained", "readers_behind", "missing")
-
-Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-# --- /metrics ------------------------------------------------------------------------------------
-
-
-def scrape(node: ServerNode) -> Scrape:
-    """Every sample of the node's /metrics, keyed by (name, sorted labels); {} if unreadable."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/metrics", timeout=SCRAPE_TIMEOUT_S) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def grew(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
-    """How much a counter grew between two scrapes (a labelled child not yet created counts as 0;
-    nan when the later scrape failed)."""
-    key = (name, tuple(sorted(labels.items())))
-    return after.get(key, 0.0) - before.get(key, 0.0) if after else math.nan
-
 
 def hint_lag_ms(before: Scrape, after: Scrape) -> dict[str, float]:
     """Mean, p50 and p99 (interpolated in the histogram's buckets, as Prometheus'
