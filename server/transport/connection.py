@@ -4,8 +4,11 @@
 eagerly and hands them to the endpoint (`on_frame`), which queues updates (and on /yjs every
 message) in the connection's update pipeline (server/transport/pipeline.py). Outgoing frames go through
 one `Mailbox`, bounded in frames (`send_queue_len`) and bytes (`max_send_queue_bytes`), drained by
-one sender task. A client that lets it fill is a slow consumer: what is queued for it is dropped
-at once and nothing more is queued, so a peer that never reads holds no frames while it is closed
+one sender task. A connection that writes through (`write_through`: one message per frame, so
+nothing is gained by joining queued frames) writes a frame in the caller's step instead, when
+nothing is queued or being written and the transport is not paused (SEND_NOW in
+server/transport/websocket.py). A client that lets the outbox fill is a slow consumer: what is
+queued for it is dropped at once and nothing more is queued, so a peer that never reads holds no frames while it is closed
 (server/transport/websocket.py bounds what its socket keeps afterwards).
 
 A received update is never dropped (docs/protocol.md#44): when the connection ends for any
@@ -22,6 +25,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
@@ -33,7 +37,7 @@ from server.core.errors import ErrorCode
 from server.transport.mailbox import Mailbox
 from server.transport.node import Node
 from server.transport.pipeline import UpdatePipeline
-from server.transport.websocket import INVALID_UTF8
+from server.transport.websocket import INVALID_UTF8, SEND_NOW
 
 log = structlog.get_logger("tandem.connection")
 
@@ -47,6 +51,7 @@ class Connection(UpdatePipeline, Generic[Frame]):
     `closing_frames`, `cleanup`, and the pipeline's hooks (the update outcomes, `handle`)."""
 
     kind = "connection"  # the log's event prefix: "session" (agents), "yws" (editors)
+    write_through = False  # frames are written in the caller's step when nothing waits before them
 
     def __init__(self, ws: WebSocket, node: Node) -> None:
         self.ws = ws
@@ -55,6 +60,8 @@ class Connection(UpdatePipeline, Generic[Frame]):
         self.conn_id = str(uuid.uuid4())
         self.principal: auth.Principal | None = None
         self.outbox: Mailbox[Frame] = Mailbox(s.send_queue_len, s.max_send_queue_bytes, len)  # for `_sender`
+        self._send_now: Callable[[Frame], bool] | None = None  # the transport's SEND_NOW, if it has one
+        self._writing = False  # the sender took a payload and has not written it yet
         self.tasks: set[asyncio.Task[Any]] = set()
         self.log = log.bind(conn_id=self.conn_id)
         self.reading = True  # frames are still read and handled
@@ -96,6 +103,9 @@ class Connection(UpdatePipeline, Generic[Frame]):
         (what is queued still goes out before the closing sequence)."""
         if not (self.transport_open and self.sending):
             return
+        send_now = self._send_now
+        if send_now is not None and not self.outbox.items and not self._writing and send_now(frame):
+            return
         try:
             self.outbox.put(frame)
         except asyncio.QueueFull:
@@ -110,10 +120,12 @@ class Connection(UpdatePipeline, Generic[Frame]):
         try:
             while True:
                 payload = self.next_payload(await outbox.wait())
+                self._writing = True
                 if isinstance(payload, bytes):
                     await self.ws.send_bytes(payload)
                 else:
                     await self.ws.send_text(payload)
+                self._writing = False
         except Exception:  # the peer is gone: nothing more can be sent; the reader sees the end
             self.transport_open = False
 
@@ -187,6 +199,8 @@ class Connection(UpdatePipeline, Generic[Frame]):
             await self._send_closing()
             return
         self.principal = verdict
+        if self.write_through:
+            self._send_now = self.ws.scope.get("extensions", {}).get(SEND_NOW)
         self.log = self.log.bind(tenant_id=str(verdict.tenant_id), agent_id=verdict.agent_id)
         if not await self.start():
             return

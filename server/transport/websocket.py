@@ -21,6 +21,11 @@ limit on the opening handshake and its answer to a text frame that is not UTF-8.
   allows for any message). Compressing a typical update of a few dozen bytes saves a few bytes
   and, once per receiving peer, costs more CPU than the rest of delivering it; the large ones
   (a sync reply, a document) are compressed as before.
+- Writing at once (`SEND_NOW`, an ASGI scope extension): a callable that writes one message to
+  the transport in the caller's own step, if it can go out now (the handshake is done, no close
+  was sent, the transport is not paused), and returns whether it did. A connection whose
+  outbox is empty writes each frame of a fan-out this way instead of waking its sender task for
+  it; a paused transport (a peer not reading) still takes the bounded outbox.
 Imports uvicorn and websockets; nothing of Tandem's but its settings.
 """
 
@@ -36,6 +41,7 @@ from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
 )
+from websockets.exceptions import InvalidState
 from websockets.frames import CONT, CTRL_OPCODES, Frame
 from websockets.typing import ExtensionParameter
 
@@ -44,6 +50,7 @@ from server.core.settings import Settings
 HANDSHAKE_HEADROOM_BYTES = 8192  # the rest of a handshake line: path, other parameters, header name
 INVALID_UTF8 = "tandem.invalid_utf8"  # key of the `websocket.receive` event of such a frame
 ABORT_AFTER_S = 2.0  # after the application ended: for what is still buffered (the close frame)
+SEND_NOW = "tandem.send_now"  # scope["extensions"] key: Callable[[bytes | str], bool]
 
 
 def handshake_line_bytes(settings: Settings) -> int:
@@ -106,6 +113,27 @@ class WebSocketTransport(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         if self.conn.available_extensions:  # uvicorn's permessage-deflate, as ws_per_message_deflate asked
             self.conn.available_extensions = [ThresholdDeflateFactory(self.deflate_min_bytes)]
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # absent when the handshake was refused
+        if scope is not None:
+            scope["extensions"][SEND_NOW] = self.send_now
+
+    def send_now(self, data: bytes | str) -> bool:
+        """Write one message now if it can go out without waiting (True), as the ASGI
+        `websocket.send` would; False leaves it to the caller's queue."""
+        if not self.writable.is_set() or self.disconnected or self.close_sent or self.initial_response is not None:
+            return False
+        try:
+            if isinstance(data, bytes):
+                self.conn.send_binary(data)
+            else:
+                self.conn.send_text(data.encode())
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
     async def run_asgi(self) -> None:
         await super().run_asgi()

@@ -78,6 +78,7 @@ class YjsConnection(Connection[bytes], LiveRights):
 
     kind = "yws"
     paced = True
+    write_through = True  # one y-protocols message per frame: nothing to join
     presence_batch = False  # presence events one by one: `send_text` bridges awareness from them
 
     def __init__(self, ws: WebSocket, node: Node, relays: AwarenessRelays, workspace_id: str, doc_id: str) -> None:
