@@ -219,6 +219,9 @@ class YjsBench:
             appends = grew(before, after, "tandem_commit_seconds_count")
             out["commit_ms"] = grew(before, after, "tandem_commit_seconds_sum") / appends * 1000
             out["ops_per_commit"] = grew(before, after, "tandem_committed_operations_total") / appends
+            waits = grew(before, after, "tandem_commit_wait_seconds_count")
+            out["wait_ms"] = grew(before, after, "tandem_commit_wait_seconds_sum") / waits * 1000
+            out["waited_share"] = 1 - grew(before, after, "tandem_commit_wait_seconds_bucket", le="0.0005") / waits
         return out
 
     def join(self, base: str, room: dict[str, Any], server_pid: int, length: int) -> float:
@@ -386,16 +389,30 @@ def report(workloads: list[Workload], loads: dict[tuple[str, str, bool], list[di
             print(row(f"{w.title}: updates/s", fig(w.key, "reference", "updates_per_s"), fig(w.key, "tandem", "updates_per_s"), ""))
         for p in ("p50", "p99"):
             print(row(f"{w.title}: latency {p}", fig(w.key, "reference", p), fig(w.key, "tandem", p), "ms"))
+    paced = [w for w in workloads if w.rate]
+    if paced:
+        print()
+        print("Each run's latency, reference / Tandem (the two sides of a run ran back to back), and the median of the runs' ratios")
+        print()
+        print("| workload: figure | runs: reference / Tandem ms | median of the ratios |")
+        print("|---|---|---|")
+        for w in paced:
+            for p in ("p50", "p99"):
+                pairs = list(zip((r[p] for r in loads[(w.key, "reference", False)]), (r[p] for r in loads[(w.key, "tandem", False)]), strict=True))
+                runs = ", ".join(f"{a:.1f} / {b:.1f}" for a, b in pairs)
+                print(f"| {w.key}: {p} | {runs} | {median([b / a for a, b in pairs]):.2f}x |")
     if workloads:
         print()
-        print("Tandem's appends during each workload (its /metrics: tandem_commit_seconds, tandem_committed_operations)")
+        print("Tandem's appends during each workload (its /metrics: tandem_commit_seconds, tandem_committed_operations,"
+              " tandem_commit_wait_seconds: an update's wait for the append in flight before its own)")
         print()
-        print("| workload | append round trip, mean ms | operations per append | CPU ms per update: driver / server / PostgreSQL, reference | the same, Tandem |")
-        print("|---|---|---|---|---|")
+        print("| workload | append round trip, mean ms | operations per append | updates that waited > 0.5 ms, their share | wait, mean ms"
+              " | CPU ms per update: driver / server / PostgreSQL, reference | the same, Tandem |")
+        print("|---|---|---|---|---|---|---|")
         for w in workloads:
             cpu = {side: " / ".join(f"{fig(w.key, side, k):.3f}" for k in ("driver_cpu_ms", "cpu_ms", "pg_cpu_ms")) for side in SIDES}
             print(f"| {w.key} | {fig(w.key, 'tandem', 'commit_ms'):.2f} | {fig(w.key, 'tandem', 'ops_per_commit'):.1f} |"
-                  f" {cpu['reference']} | {cpu['tandem']} |")
+                  f" {fig(w.key, 'tandem', 'waited_share'):.0%} | {fig(w.key, 'tandem', 'wait_ms'):.2f} | {cpu['reference']} | {cpu['tandem']} |")
     if cold:
         ref = median(cold["reference restart"])
         print(row(f"first open of a {args.history_ops:,}-update document after a restart (reference: y-leveldb; Tandem: log replay)",

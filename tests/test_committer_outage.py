@@ -251,6 +251,9 @@ async def test_operations_wait_while_the_database_refuses_connections_and_commit
         # Every append the database answered is timed: at least one per batch that committed.
         timed = metrics.registry.get_sample_value("tandem_commit_seconds_count")
         assert timed is not None and timed >= metrics.registry.get_sample_value("tandem_commit_batches_total") > 0
+        # And every operation appended waited some time for it, counted once per append tried.
+        waits = metrics.registry.get_sample_value("tandem_commit_wait_seconds_count")
+        assert waits is not None and waits >= metrics.registry.get_sample_value("tandem_committed_operations_total") > 0
         await check_log(admin, outcomes, docs)
     finally:
         await committer.stop(5.0)

@@ -105,6 +105,12 @@ class Metrics:
             "and the round trip to PostgreSQL.",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0), registry=self.registry,
         )
+        self.commit_wait_seconds = Histogram(
+            "tandem_commit_wait_seconds",
+            "How long each operation waited in its shard's queue before the append carrying it started: "
+            "the append in flight ahead of it (a shard runs one at a time) and any batching wait.",
+            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0), registry=self.registry,
+        )
         self.commit_unavailable = Counter(
             "tandem_commit_unavailable",
             "Operations refused with `unavailable`, by cause: lost (the connection failed under the batch), "

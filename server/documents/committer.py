@@ -335,6 +335,10 @@ class Committer:
             query = "append_batch_expecting"
             args.append([p.op.expect_head for p in batch])
         started = time.monotonic()
+        if self.metrics is not None:
+            waited = self.metrics.commit_wait_seconds
+            for p in batch:
+                waited.observe(started - p.queued_at)
         rows = await shard.conn.fetch(
             store.Q[query], *args,
             timeout=self.timeout_s + CLIENT_GRACE_S,  # the server's statement_timeout ends it first
