@@ -98,14 +98,20 @@ class Connection(UpdatePipeline, Generic[Frame]):
     # --- sending -------------------------------------------------------------------------------
 
     def queue(self, frame: Frame) -> None:
-        """Queue a frame without waiting. A full queue ends the connection (slow_consumer) and
+        """Send a frame without waiting: written at once if the connection writes through and
+        nothing waits before it, queued otherwise. A full queue ends the connection (slow_consumer) and
         drops what it holds, unless the connection is ending anyway: then the frame is dropped
         (what is queued still goes out before the closing sequence)."""
         if not (self.transport_open and self.sending):
             return
         send_now = self._send_now
-        if send_now is not None and not self.outbox.items and not self._writing and send_now(frame):
-            return
+        if send_now is not None and not self.outbox.items and not self._writing:
+            try:
+                if send_now(frame):
+                    return
+            except Exception:  # as in `_sender`: the transport failed; the reader sees the end
+                self.transport_open = False
+                return
         try:
             self.outbox.put(frame)
         except asyncio.QueueFull:
