@@ -2,7 +2,8 @@
 `tandem serve` nodes: a session that chose `own` gets the `task.changed` of the tasks its agent
 created, is assigned or was assigned before the change (delegated away from it), wherever the
 change was made, and none of the others'; a session that joined with the default gets them all;
-the last join of a session decides; a bad value is `invalid_message` and changes nothing.
+the last join of a session decides; a bad value is `invalid_message` and changes nothing. The
+SDK's `client.join(..., task_events="own")` keeps its choice across a reconnect to another node.
 
 Absence is shown without waiting for nothing: each session's last expected event is one made
 after every other change and carried the same way (the same node's NOTIFY, or this node), so
@@ -12,6 +13,9 @@ events of one origin arrive in commit order and nothing earlier can still be on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,12 +26,18 @@ from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.conftest import eventually
 from tests.e2e.multinode_helpers import Nodes
-from tests.serverproc import servers_for
+from tests.serverproc import REPO, servers_for
+
+if str(REPO / "clients") not in sys.path:  # the SDK is its own package; the suite uses its source
+    sys.path.insert(0, str(REPO / "clients"))
+
+import tandem_client
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.conftest import TestDatabase
 
 Frame = dict[str, Any]
+FAST = {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.5, "reconnect_jitter_s": 0.1}
 WAIT_S = 15.0  # bound on every wait below, never a measurement
 
 
@@ -148,3 +158,46 @@ async def test_a_bad_task_events_value_is_invalid_message_and_changes_nothing(no
         assert await heard.until(("marker", "create")) == [("marker", "create")]
     finally:
         await close_all([owner, worker])
+
+
+async def titles_until(events: tandem_client.EventStream[tandem_client.TaskEvent], last: str) -> list[str]:
+    """The titles of the task events read from `events` up to the one of the task titled `last`."""
+    seen: list[str] = []
+    async with asyncio.timeout(WAIT_S):
+        async for event in events:
+            seen.append(event.task.title)
+            if event.task.title == last:
+                return seen
+    raise AssertionError(f"the stream ended before {last!r}: {seen}")
+
+
+async def test_the_sdk_joins_with_own_again_after_a_reconnect_and_switches_on_a_new_join(nodes: Nodes) -> None:
+    nodes.start(2)
+    tenant = uuid.uuid4()
+    async with contextlib.AsyncExitStack() as stack:
+        owner = await stack.enter_async_context(tandem_client.connect(nodes.url(1), wsclient.token(tenant, "owner")))
+        worker = await stack.enter_async_context(
+            tandem_client.connect([nodes.url(0), nodes.url(1)], wsclient.token(tenant, "worker"), **FAST)
+        )
+        assert worker.node_id == "node-1"
+        info = await owner.create_workspace("Own", visibility="team")
+        ws_owner = await owner.join(info.workspace_id)
+        ws = await worker.join(info.workspace_id, task_events="own")
+        assert ws.task_events == "own"
+
+        async def round_(tag: str) -> list[str]:
+            """Titles the worker's workspace stream gets of one task of nobody's, then one of its own
+            (both made on node 2 one after the other: the second arrives after the first would)."""
+            async with ws.tasks.events() as events:
+                await ws_owner.tasks.create(f"other {tag}")
+                await ws_owner.tasks.create(f"mine {tag}", assign_to="worker")
+                return await titles_until(events, f"mine {tag}")
+
+        assert await round_("1") == ["mine 1"]
+        nodes.nodes[0].kill()  # the worker's node: it reconnects to node 2 and joins again
+        await worker.wait_for(lambda: worker.node_id == "node-2", timeout_s=WAIT_S)
+        await ws.tasks.list()  # requests wait for the restore (the join again) to finish
+        assert await round_("2") == ["mine 2"]
+        assert await worker.join(info.workspace_id) is ws  # the default again: every task event
+        assert ws.task_events == "all"
+        assert await round_("3") == ["other 3", "mine 3"]
