@@ -156,9 +156,14 @@ class Client:
             existing = self._workspaces.get(workspace_id)
             if existing is not None and existing.failure is None:
                 if existing.task_events != task_events:
+                    # Set first: a reconnect while the join is on its way joins with the new choice.
+                    previous, existing.task_events = existing.task_events, task_events
                     fields = {"workspace_id": workspace_id, "task_events": task_events}
-                    existing._apply(wire.JoinReply.from_wire(await self._idempotent("workspace.join", fields)))
-                    existing.task_events = task_events
+                    try:
+                        existing._apply(wire.JoinReply.from_wire(await self._idempotent("workspace.join", fields)))
+                    except BaseException:
+                        existing.task_events = previous
+                        raise
                 return existing
             frame = await self._idempotent("workspace.join", wire.join_fields(workspace_id, task_events))
             workspace = Workspace(self, wire.JoinReply.from_wire(frame), task_events)
