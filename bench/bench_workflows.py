@@ -3,7 +3,7 @@
 Starts its own PostgreSQL (fsync on) and two `tandem serve` nodes on it. The workflow:
 `a`, then `b` and `c` in parallel, then `d` (joins them), then `e`; every step needs the
 capability `work`. Ten SDK agents (five per node) register it and work through
-`ws.tasks.assigned_to_me()`: start (accepting it too) and complete each task given to them, concurrently up to
+`ws.tasks.assigned_to_me()`, joined with `task_events="own"` (as are the drivers): start (accepting it too) and complete each task given to them, concurrently up to
 their slots. A driver on each node keeps `--in-flight` executions running (starts one when one
 ends) until `--count` executions completed or `--time-limit-s` passed. Measured:
 - executions completed per second (and step transitions per second: 5 per execution);
@@ -177,7 +177,7 @@ class Clock:
 async def worker(
     client: tandem_client.Client, ws_id: str, clock: Clock, stop: asyncio.Event
 ) -> None:
-    ws = await client.join(ws_id)
+    ws = await client.join(ws_id, task_events="own")  # it only works its own tasks
     running: set[asyncio.Task[None]] = set()
 
     async def do(task: tandem_client.Task) -> None:
@@ -251,7 +251,8 @@ async def run(
             await stack.enter_async_context(connect(f"owner-{n}", n)) for n in range(2)
         ]
         info = await owners[0].create_workspace("bench", visibility="team")
-        spaces = [await o.join(info.workspace_id) for o in owners]
+        # A driver follows its own runs (their step tasks are its own: it started them).
+        spaces = [await o.join(info.workspace_id, task_events="own") for o in owners]
         agents = [
             await stack.enter_async_context(connect(f"agent-{i}", i % 2))
             for i in range(AGENTS)

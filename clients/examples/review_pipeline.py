@@ -126,7 +126,8 @@ async def work(
 ) -> None:
     """This agent's worker loop: register its capability, then do every task given to it."""
     me = client.agent_id or role
-    ws = await client.join(workspace_id)
+    # Only its own tasks' events reach it: it does only its own tasks.
+    ws = await client.join(workspace_id, task_events="own")
     async with ws.tasks.assigned_to_me() as mine:
         await client.agents.register(
             role,

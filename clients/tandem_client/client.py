@@ -145,24 +145,38 @@ class Client:
         frame = await self._idempotent("workspace.list", {})
         return [wire.WorkspaceInfo.from_wire(w) for w in frame["workspaces"]]
 
-    async def join(self, workspace_id: str) -> Workspace:
+    async def join(self, workspace_id: str, *, task_events: wire.TaskEvents = "all") -> Workspace:
         """Join a workspace (becoming a member of a team or public one). Joining again returns
-        the same `Workspace`."""
+        the same `Workspace`. `task_events="own"`: of the workspace's `task.changed` events, only
+        those of tasks this agent created, is assigned or was assigned before the change reach
+        this client (docs/protocol.md section 5.4): enough for `ws.tasks.assigned_to_me()`, and
+        the rest of the workspace's task traffic is not sent. Joining again with another choice
+        applies it (the last join decides); a reconnect joins with it again."""
         async with self._join_lock:
             existing = self._workspaces.get(workspace_id)
             if existing is not None and existing.failure is None:
+                if existing.task_events != task_events:
+                    # Set first: a reconnect while the join is on its way joins with the new choice.
+                    previous, existing.task_events = existing.task_events, task_events
+                    fields = {"workspace_id": workspace_id, "task_events": task_events}
+                    try:
+                        existing._apply(wire.JoinReply.from_wire(await self._idempotent("workspace.join", fields)))
+                    except BaseException:
+                        existing.task_events = previous
+                        raise
                 return existing
-            frame = await self._idempotent("workspace.join", {"workspace_id": workspace_id})
-            workspace = Workspace(self, wire.JoinReply.from_wire(frame))
+            frame = await self._idempotent("workspace.join", wire.join_fields(workspace_id, task_events))
+            workspace = Workspace(self, wire.JoinReply.from_wire(frame), task_events)
             self._workspaces[workspace.workspace_id] = workspace
             await workspace.presence._refresh_quietly()  # the view starts from the server's list
             return workspace
 
     def task_events(self, max_queue: int | None = None) -> EventStream[TaskEvent]:
         """Every `task.changed` event this client receives from now on: those of its joined
-        workspaces, and those of tasks this agent created or is assigned (or was, before a
-        delegation), in any workspace, joined or not (docs/protocol.md section 12.6). Bounded,
-        oldest dropped (see `EventStream`)."""
+        workspaces (of a workspace joined with `task_events="own"`, only this agent's tasks'),
+        and those of tasks this agent created or is assigned (or was, before a delegation), in
+        any workspace, joined or not (docs/protocol.md section 12.6). Bounded, oldest dropped
+        (see `EventStream`)."""
         return self._task_streams.new(max_queue)
 
     async def _idempotent(self, type_: str, fields: dict[str, Any]) -> wire.Frame:

@@ -153,7 +153,8 @@ class Tasks:
 
     def events(self, max_queue: int | None = None) -> EventStream[TaskEvent]:
         """`task.changed` events of this workspace from now on, this client's own changes
-        included (bounded, oldest dropped; see `EventStream`):
+        included (joined with `task_events="own"`: only this agent's tasks'; bounded, oldest
+        dropped; see `EventStream`):
         `async with ws.tasks.events() as events: async for event in events:`."""
         return self._streams.new(max_queue)
 

@@ -10,13 +10,15 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 PROTOCOL_VERSION = 1
 EMPTY_STATE_VECTOR = b"\x00"
 
 Frame = dict[str, Any]
 RequestId = int
+# Which `task.changed` events of a joined workspace a session gets (docs/protocol.md section 5.4).
+TaskEvents = Literal["all", "own"]
 
 
 def b64(data: bytes) -> str:
@@ -66,6 +68,11 @@ def request(type_: str, rid: RequestId, fields_: dict[str, Any]) -> Frame:
 def given(**fields_: Any) -> dict[str, Any]:
     """The fields whose value is not None: optional fields left out are the server's defaults."""
     return {k: v for k, v in fields_.items() if v is not None}
+
+
+def join_fields(workspace_id: str, task_events: TaskEvents) -> dict[str, Any]:
+    """A first `workspace.join`'s fields: `task_events` only when it is not the default."""
+    return {"workspace_id": workspace_id, **({} if task_events == "all" else {"task_events": task_events})}
 
 
 @dataclass(frozen=True)

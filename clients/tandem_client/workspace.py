@@ -32,8 +32,9 @@ class Workspace:
     shared JSON state, `tasks` the task board, `members` the members, `workflows` the workflow
     definitions; `lock(name)` a named lock."""
 
-    def __init__(self, client: Client, reply: wire.JoinReply) -> None:
+    def __init__(self, client: Client, reply: wire.JoinReply, task_events: wire.TaskEvents = "all") -> None:
         self.client = client
+        self.task_events = task_events  # which task.changed of the workspace reach this client (`Client.join`)
         self.failure: ClientError | None = None
         self.left = False
         self.state = WorkspaceState(self)
@@ -179,7 +180,8 @@ class Workspace:
     async def _rejoin(self) -> None:
         """Join again on a new session; a refusal fails the workspace and its documents."""
         try:
-            frame = await self.client._conn.request("workspace.join", {"workspace_id": self.workspace_id}, restore=True)
+            fields = wire.join_fields(self.workspace_id, self.task_events)
+            frame = await self.client._conn.request("workspace.join", fields, restore=True)
         except TandemError as exc:
             self._fail(exc)
             return

@@ -8,10 +8,12 @@ LISTEN connection (server/cluster/fanout.py; the payload's format is server/clus
 `on_remote`.
 
 An event reaches the sessions that joined its workspace and, for task events, every session
-of the agents it names (creator, assignee) wherever they are. NOTIFY payloads are limited
-(`hints.MAX_NOTIFY_BYTES`): an event too large to carry (a big state or task result) travels as
-a reference and the receiving node reads the current value back (`refetch`). Imports no
-Starlette.
+of the agents it names (creator, assignee, previous assignee) wherever they are. A session that
+joined with `task_events: "own"` is left out of its workspace's `task.changed` (its own tasks'
+still reach it through its agent): the choice is which index it is in, decided at the join, so
+nothing is parsed per session. NOTIFY payloads are limited (`hints.MAX_NOTIFY_BYTES`): an event
+too large to carry (a big state or task result) travels as a reference and the receiving node
+reads the current value back (`refetch`). Imports no Starlette.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class Events:
         self.refetch = refetch
         self.observers: list[Observer] = []  # node-side reactions (rooms' lock views)
         self._by_workspace: dict[tuple[uuid.UUID, uuid.UUID], dict[str, Listener]] = defaultdict(dict)
+        # The joined sessions that get every `task.changed` of the workspace (`task_events: "all"`).
+        self._tasks_by_workspace: dict[tuple[uuid.UUID, uuid.UUID], dict[str, Listener]] = defaultdict(dict)
         self._by_agent: dict[tuple[uuid.UUID, str], dict[str, Listener]] = defaultdict(dict)
         self.delivered = 0
         self._refetching: set[asyncio.Task[None]] = set()
@@ -78,11 +82,20 @@ class Events:
     def connect(self, listener: Listener, tenant_id: uuid.UUID, agent_id: str) -> None:
         self._by_agent[(tenant_id, agent_id)][listener.conn_id] = listener
 
-    def join(self, listener: Listener, tenant_id: uuid.UUID, workspace_id: uuid.UUID) -> None:
-        self._by_workspace[(tenant_id, workspace_id)][listener.conn_id] = listener
+    def join(
+        self, listener: Listener, tenant_id: uuid.UUID, workspace_id: uuid.UUID, task_events: p.TaskEvents = "all"
+    ) -> None:
+        """Subscribe `listener` to the workspace; joining again replaces its `task_events` choice."""
+        key = (tenant_id, workspace_id)
+        self._by_workspace[key][listener.conn_id] = listener
+        if task_events == "all":
+            self._tasks_by_workspace[key][listener.conn_id] = listener
+        else:
+            _discard(self._tasks_by_workspace, key, listener.conn_id)
 
     def leave(self, conn_id: str, tenant_id: uuid.UUID, workspace_id: uuid.UUID) -> None:
         _discard(self._by_workspace, (tenant_id, workspace_id), conn_id)
+        _discard(self._tasks_by_workspace, (tenant_id, workspace_id), conn_id)
 
     def disconnect(self, conn_id: str, tenant_id: uuid.UUID, agent_id: str, workspace_ids: list[uuid.UUID]) -> None:
         _discard(self._by_agent, (tenant_id, agent_id), conn_id)
@@ -128,7 +141,8 @@ class Events:
                 observer(event)
             except Exception:
                 log.exception("events.observer_failed", type=event.message.type)
-        targets: dict[str, Listener] = dict(self._by_workspace.get((event.tenant_id, event.workspace_id), {}))
+        joined = self._tasks_by_workspace if event.message.type == "task.changed" else self._by_workspace
+        targets: dict[str, Listener] = dict(joined.get((event.tenant_id, event.workspace_id), {}))
         for agent_id in event.agents:
             targets.update(self._by_agent.get((event.tenant_id, agent_id), {}))
         if not targets:

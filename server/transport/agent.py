@@ -182,7 +182,7 @@ class AgentConnection(
         self.session.joined(msg.workspace_id)
         self.can_write[msg.workspace_id] = joined.can_write
         self.roles[msg.workspace_id] = joined.role
-        self.node.coordination.events.join(self, self.principal.tenant_id, msg.workspace_id)
+        self.node.coordination.events.join(self, self.principal.tenant_id, msg.workspace_id, msg.task_events)
         await self.node.presence.join(self, self.principal.tenant_id, self.principal.agent_id, msg.workspace_id)
         self.reply(
             p.WorkspaceJoinOk(

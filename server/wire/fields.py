@@ -94,6 +94,9 @@ ShortName = Annotated[str, StringConstraints(min_length=1, max_length=50), After
 Visibility = Literal["private", "team", "public"]
 ContentType = Literal["text", "markdown", "json", "yaml", "code"]
 Role = Literal["owner", "admin", "member", "viewer"]
+# Which `task.changed` events of a joined workspace a session gets (docs/protocol.md#54): every
+# one, or only those of tasks its agent created, is assigned or was assigned before the change.
+TaskEvents = Literal["all", "own"]
 
 
 

@@ -29,6 +29,7 @@ from server.wire.fields import (
     Role,
     ShortName,
     StateVector,
+    TaskEvents,
     Visibility,
 )
 from server.wire.messages_presence import (  # noqa: F401 - in the registry below
@@ -81,6 +82,7 @@ class WorkspaceJoin(Request):
     type: Literal["workspace.join"] = "workspace.join"
     id: ReqId | None = None
     workspace_id: UUID
+    task_events: TaskEvents = "all"  # the session's last join of the workspace decides
 
 
 class WorkspaceLeave(Request):

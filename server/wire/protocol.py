@@ -31,6 +31,7 @@ from server.wire.fields import (  # noqa: F401 - re-exported: the protocol's fie
     Role,
     ShortName,
     StateVector,
+    TaskEvents,
     Visibility,
     _request_id,
 )

@@ -1,11 +1,12 @@
 """Failover of workflow step tasks end to end (docs/protocol.md section 12.9): two `tandem serve`
 nodes on one database, two SDK agents with the step's capability, one per node, each working
-through `ws.tasks.assigned_to_me()`. The agent holding the step task goes away mid-task (its
+through `ws.tasks.assigned_to_me()`, joined with `task_events="own"` (only their own tasks'
+events reach them). The agent holding the step task goes away mid-task (its
 connection closes while the task is in progress): the sweep of one node gives the task to the
 other agent once the grace period has passed (never before it; how soon after depends on the sweep
 interval and the machine's load, so it is not asserted), recorded as one `failover` delegation; the other agent completes it and the run completes. The old holder,
 back, cannot complete the task any more. Then an agent that sets itself `maintenance` loses its
-assigned step task the same way, and a step waiting for a free agent is handed out when one
+assigned step task the same way (and hears of it), and a step waiting for a free agent is handed out when one
 registers.
 """
 
@@ -95,7 +96,9 @@ async def test_a_gone_agents_step_task_fails_over_to_another_capable_agent(
         await a.agents.register("A", capabilities=["work"], max_concurrent_tasks=1)
         await b.agents.register("B", capabilities=["work"], max_concurrent_tasks=1)
         flow = await ws_owner.workflows.define("one", "sequential", ONE_STEP)
-        ws_a, ws_b = await a.join(info.workspace_id), await b.join(info.workspace_id)
+        # Workers that only do their own tasks join with task_events="own" (protocol 5.4).
+        ws_a = await a.join(info.workspace_id, task_events="own")
+        ws_b = await b.join(info.workspace_id, task_events="own")
         mine_a = await stack.enter_async_context(ws_a.tasks.assigned_to_me())
         mine_b = await stack.enter_async_context(ws_b.tasks.assigned_to_me())
 
@@ -141,14 +144,22 @@ async def test_a_gone_agents_step_task_fails_over_to_another_capable_agent(
         given = await next_task(mine_b)
         assert given.execution_id == second.execution_id
         back = await stack.enter_async_context(connect("worker-a", 1))
-        ws_back = await back.join(info.workspace_id)
+        ws_back = await back.join(info.workspace_id, task_events="own")
         with pytest.raises(tandem_client.InvalidTransition):
             await ws_back.tasks.complete(task, {"by": "worker-a"})
         mine_back = await stack.enter_async_context(ws_back.tasks.assigned_to_me())
         await back.agents.register("A", capabilities=["work"], max_concurrent_tasks=1)
-        await b.agents.set_status("maintenance")
-        taken = await next_task(mine_back)
-        assert taken.task_id == given.task_id
+        async with ws_b.tasks.events() as b_events:
+            await b.agents.set_status("maintenance")
+            taken = await next_task(mine_back)
+            assert taken.task_id == given.task_id
+            # worker-b hears of the task taken from it
+            async with asyncio.timeout(WAIT_S):
+                async for event in b_events:
+                    moved_away = event.task.task_id == given.task_id
+                    if moved_away and event.action == "delegate":
+                        break
+            assert event.task.assigned_to == "worker-a" and event.delegation is not None
         _, history = await ws_owner.tasks.get(taken)
         assert (history[-1].delegation_type, history[-1].from_agent_id, history[-1].reason) == (
             "failover", "worker-b", "worker-b is maintenance; step work needs work",
@@ -164,7 +175,7 @@ async def test_a_gone_agents_step_task_fails_over_to_another_capable_agent(
         _, waiting = await ws_owner.workflows.execution(third.execution_id)
         assert [(t.status, t.assigned_to) for t in waiting] == [("pending", None)]
         c = await stack.enter_async_context(connect("worker-c", 1))
-        ws_c = await c.join(info.workspace_id)
+        ws_c = await c.join(info.workspace_id, task_events="own")
         mine_c = await stack.enter_async_context(ws_c.tasks.assigned_to_me())
         await c.agents.register("C", capabilities=["work"], max_concurrent_tasks=1)
         handed = await next_task(mine_c)
