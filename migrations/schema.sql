@@ -57,7 +57,7 @@ CREATE TYPE public.workspace_visibility AS ENUM (
 );
 
 CREATE FUNCTION public.agent_listed_status(status text, last_seen_at timestamp with time zone, seen_within_s double precision, now timestamp with time zone) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
     SELECT CASE
         WHEN status IN ('maintenance', 'error') THEN status
