@@ -18,7 +18,8 @@ analyzes them (a minute or more) the planner reads single rows of `tasks` by id 
 on another column, filtering hundreds of rows; a deployment that has run a while has statistics.
 `--statements` loads pg_stat_statements into the benchmark's own cluster (a restart before the
 nodes start) and prints, for the measured window, the statements, round trips and transactions
-per step transition and where PostgreSQL's execution time went.
+per step transition, the row updates of tasks, workflow_executions and agents (HOT or not)
+and where PostgreSQL's execution time went.
 
     .venv/bin/python bench/bench_workflows.py [--count 300] [--in-flight 10] [--time-limit-s 120]
         [--analyze] [--statements]
