@@ -136,7 +136,9 @@ class Statements:
         moved = []
         for table, (upd, hot) in sorted(updates.items()):
             upd0, hot0 = self.updates.get(table, (0, 0))
-            moved.append(f"{table} {(upd - upd0) / per:.2f} ({hot - hot0} of {upd - upd0} HOT)")
+            moved.append(
+                f"{table} {(upd - upd0) / per:.2f} ({hot - hot0} of {upd - upd0} HOT)"
+            )
         lines += ["  row updates per transition: " + ", ".join(moved),
                   "  calls/transition  mean ms  % time  blocks/call  top  statement"]  # fmt: skip
         for r in rows[:TOP_STATEMENTS]:

@@ -175,7 +175,9 @@ async def after_task(
     execution. A stale outcome (not the step's running attempt) and one of a finished execution
     change no step. The agent that did the task has a free slot now: waiting step tasks are
     given out."""
-    return await after_outcome(conn, change.task, change.action, seen_within_s, change.execution_row)
+    return await after_outcome(
+        conn, change.task, change.action, seen_within_s, change.execution_row
+    )
 
 
 async def after_outcome(
@@ -188,7 +190,11 @@ async def after_outcome(
     if task.execution_id is None or task.step_id is None or action not in OUTCOMES:
         return None
     out = Outcome()
-    ex = _execution(locked) if locked is not None else await _lock(conn, task.execution_id, None)
+    ex = (
+        _execution(locked)
+        if locked is not None
+        else await _lock(conn, task.execution_id, None)
+    )
     if ex.status not in rules.TERMINAL:
         ok = action == "complete"
         error = task.error if action == "fail" else f"the task was {OUTCOMES[action]}"

@@ -362,7 +362,9 @@ def _task(row: Mapping[str, Any]) -> Task:
 def _moved(row: Mapping[str, Any]) -> tuple[Task, dict[str, Any] | None]:
     """A `task_apply_transition` row: the task, and its execution's columns when it locked one."""
     values = dict(row)
-    execution = {name[2:]: values.pop(name) for name in [n for n in values if n.startswith("x_")]}
+    execution = {
+        name[2:]: values.pop(name) for name in [n for n in values if n.startswith("x_")]
+    }
     return _task(values), execution if execution["execution_id"] is not None else None
 
 
