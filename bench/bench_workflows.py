@@ -18,7 +18,8 @@ analyzes them (a minute or more) the planner reads single rows of `tasks` by id 
 on another column, filtering hundreds of rows; a deployment that has run a while has statistics.
 `--statements` loads pg_stat_statements into the benchmark's own cluster (a restart before the
 nodes start) and prints, for the measured window, the statements, round trips and transactions
-per step transition and where PostgreSQL's execution time went.
+per step transition, the row updates of tasks, workflow_executions and agents (HOT or not)
+and where PostgreSQL's execution time went.
 
     .venv/bin/python bench/bench_workflows.py [--count 300] [--in-flight 10] [--time-limit-s 120]
         [--analyze] [--statements]
@@ -82,6 +83,15 @@ class Statements:
     def __init__(self, admin_url: str) -> None:
         self.admin_url = admin_url
         self.commits = 0
+        self.updates: dict[str, tuple[int, int]] = {}
+
+    async def _updates(self, conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
+        """Row updates and HOT ones (no index entry written) of each table the engine updates."""
+        rows = await conn.fetch(
+            "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+            " WHERE relname IN ('tasks', 'workflow_executions', 'agents')"
+        )
+        return {r["relname"]: (r["n_tup_upd"], r["n_tup_hot_upd"]) for r in rows}
 
     async def _xacts(self, conn: asyncpg.Connection) -> int:
         return int(await conn.fetchval(
@@ -94,6 +104,7 @@ class Statements:
             await conn.execute("SELECT pg_stat_statements_reset()")
             await conn.execute("SELECT pg_stat_clear_snapshot()")
             self.commits = await self._xacts(conn)
+            self.updates = await self._updates(conn)
         finally:
             await conn.close()
 
@@ -107,6 +118,7 @@ class Statements:
                 " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
                 " ORDER BY calls DESC"
             )
+            updates = await self._updates(conn)
         finally:
             await conn.close()
         per = max(transitions, 1)
@@ -120,8 +132,15 @@ class Statements:
                 f"running {nested / per:.1f} more inside (functions, triggers), {xacts / per:.2f} transactions, "
                 f"{total_ms / per:.2f} ms of statement execution"
             ),
-            "  calls/transition  mean ms  % time  blocks/call  top  statement",
         ]
+        moved = []
+        for table, (upd, hot) in sorted(updates.items()):
+            upd0, hot0 = self.updates.get(table, (0, 0))
+            moved.append(
+                f"{table} {(upd - upd0) / per:.2f} ({hot - hot0} of {upd - upd0} HOT)"
+            )
+        lines += ["  row updates per transition: " + ", ".join(moved),
+                  "  calls/transition  mean ms  % time  blocks/call  top  statement"]  # fmt: skip
         for r in rows[:TOP_STATEMENTS]:
             query = " ".join(r["query"].split())[:110]
             lines.append(

@@ -57,7 +57,7 @@ CREATE TYPE public.workspace_visibility AS ENUM (
 );
 
 CREATE FUNCTION public.agent_listed_status(status text, last_seen_at timestamp with time zone, seen_within_s double precision, now timestamp with time zone) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
     SELECT CASE
         WHEN status IN ('maintenance', 'error') THEN status
@@ -71,10 +71,8 @@ CREATE FUNCTION public.audit_trigger_function() RETURNS trigger
     SET search_path TO 'pg_catalog', 'public'
     AS $$
 DECLARE
-    key_column text := COALESCE(TG_ARGV[0], 'id');
     old_row jsonb;
     new_row jsonb;
-    fields text[];
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         old_row := pg_catalog.to_jsonb(OLD);
@@ -82,31 +80,27 @@ BEGIN
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         new_row := pg_catalog.to_jsonb(NEW);
     END IF;
-    IF TG_OP = 'UPDATE' THEN
-        SELECT pg_catalog.array_agg(n.key ORDER BY n.key) INTO fields
-          FROM pg_catalog.jsonb_each(new_row) AS n
-         WHERE n.value IS DISTINCT FROM old_row -> n.key;
-    END IF;
-    FOR i IN 1 .. TG_NARGS - 1 LOOP
-        old_row := old_row - TG_ARGV[i];
-        new_row := new_row - TG_ARGV[i];
-    END LOOP;
 
+    -- The arguments after the first are columns never copied ('{}' when none); changed_fields
+    -- is computed over the whole rows, so it still names them when they changed.
     INSERT INTO public.audit_log (
         tenant_id, table_name, record_id, action, old_data, new_data, changed_fields,
         changed_by, ip_address, user_agent
-    ) VALUES (
+    ) SELECT
         (COALESCE(new_row, old_row) ->> 'tenant_id')::uuid,
         TG_TABLE_NAME,
-        (COALESCE(new_row, old_row) ->> key_column)::uuid,
+        (COALESCE(new_row, old_row) ->> COALESCE(TG_ARGV[0], 'id'))::uuid,
         TG_OP,
-        old_row,
-        new_row,
-        fields,
+        old_row - TG_ARGV[1:TG_NARGS - 1],
+        new_row - TG_ARGV[1:TG_NARGS - 1],
+        CASE WHEN TG_OP = 'UPDATE' THEN
+            (SELECT pg_catalog.array_agg(n.key ORDER BY n.key)
+               FROM pg_catalog.jsonb_each(new_row) AS n
+              WHERE n.value IS DISTINCT FROM old_row -> n.key)
+        END,
         COALESCE(NULLIF(pg_catalog.current_setting('app.user_id', true), ''), 'system'),
         NULLIF(pg_catalog.current_setting('app.client_ip', true), '')::inet,
-        NULLIF(pg_catalog.current_setting('app.user_agent', true), '')
-    );
+        NULLIF(pg_catalog.current_setting('app.user_agent', true), '');
     RETURN NULL;
 END;
 $$;

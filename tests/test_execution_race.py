@@ -1,7 +1,8 @@
 """Exactly once under concurrency (docs/protocol.md section 12.9): two transactions complete
 the last two parallel tasks of an execution at the same time, 100 times; the join step's task
 is created once each time. Both transactions hold their own task's row lock and wait for each
-other before the engine runs, so both reach the execution's row lock while the other is open.
+other before the transition (whose statement also locks the execution's row, as a node's
+`task.complete` does), so both reach the execution's row lock while the other is open.
 """
 
 # ruff: noqa: F811  (each test takes the imported `env` fixture as its parameter)
@@ -35,11 +36,12 @@ async def test_two_transactions_completing_the_last_two_branches_create_the_join
             message = request(
                 "task.complete", task_id=task.task_id, result={"by": agent}
             )
-            change = await tasks.transition(conn, agent, ROLES[agent], message)
+            locked = await tasks.lock_task(conn, task.task_id)
             async with asyncio.timeout(BARRIER_TIMEOUT_S):
                 await (
                     barrier.wait()
                 )  # both transactions are open and past their task's lock
+            change = await tasks.transition(conn, agent, ROLES[agent], message, locked)
             return await executions.after_task(conn, change, SEEN_S)
 
     for _ in range(ROUNDS):

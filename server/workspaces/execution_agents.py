@@ -33,22 +33,21 @@ async def start_step(
     parameters = dict(template.get("parameters", {}))
     if "document_id" in step:
         parameters.setdefault("document_id", step["document_id"])
-    if "capability" in step:
-        who = [await pick(conn, step["capability"], seen_within_s)]
-    else:
-        who = [(agent, None) for agent in step.get("agents", [step.get("agent")])]
+    capability = step.get("capability")
+    # A capability step's agent is claimed by the insert itself (execution_task_create).
+    who = [None] if capability is not None else step.get("agents", [step.get("agent")])
+    reason = None if capability is None else f"step {step['id']} needs {capability}"
     made = []
-    for assignee, kind in who:
-        reason = None if kind is None else f"step {step['id']} needs {step['capability']}"
+    for assignee in who:
         row = dict(await conn.fetchrow(
             Q["execution_task_create"], workspace_id, template["title"], STEP_TASK_TYPE, template.get("description"),
             template.get("priority", "normal"), created_by, assignee, json.dumps(parameters),
             template.get("timeout_s", 3600), execution_id, step["id"], attempt, assignee if "agents" in step else None,
-            ENGINE, kind, reason,
+            capability, seen_within_s, reason, ENGINE,
         ))  # fmt: skip
         task = tasks._task({name: row.pop(name) for name in _TASK_COLUMNS})
         delegation = None
-        if kind is not None:
+        if row["delegation_id"] is not None:
             delegation = tasks.Delegation(task_id=task.task_id, **row)
         made.append((task, delegation))
     return made

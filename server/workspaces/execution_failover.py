@@ -69,10 +69,10 @@ async def fail_over(
             else f"gone for over {grace_s:g} s"
         )
         reason = f"{task.assigned_to} is {why}; step {task.step_id} needs {capability}"
-        after = tasks._task(
+        after, _ = tasks._moved(
             await conn.fetchrow(
                 Q["task_apply_transition"], task.task_id, status, agent, task.retry_count, None, task.error,
-                *tasks._STAMPS[status], None, False,
+                *tasks._STAMPS[status], None, False, None,
             )
         )  # fmt: skip
         delegation = tasks.Delegation(

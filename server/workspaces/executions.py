@@ -175,18 +175,26 @@ async def after_task(
     execution. A stale outcome (not the step's running attempt) and one of a finished execution
     change no step. The agent that did the task has a free slot now: waiting step tasks are
     given out."""
-    return await after_outcome(conn, change.task, change.action, seen_within_s)
+    return await after_outcome(
+        conn, change.task, change.action, seen_within_s, change.execution_row
+    )
 
 
 async def after_outcome(
-    conn: asyncpg.Connection, task: tasks.Task, action: str, seen_within_s: float
-) -> Outcome | None:
+    conn: asyncpg.Connection, task: tasks.Task, action: str, seen_within_s: float,
+    locked: Mapping[str, Any] | None = None,
+) -> Outcome | None:  # fmt: skip
     """`after_task` for a task already moved by `action` (`complete`, `fail`, `cancel`, or the
-    sweep's `timeout`), in the transaction that moved it."""
+    sweep's `timeout`), in the transaction that moved it. `locked`: the execution's row as the
+    transition's statement locked and read it (None: locked here)."""
     if task.execution_id is None or task.step_id is None or action not in OUTCOMES:
         return None
     out = Outcome()
-    ex = await _lock(conn, task.execution_id, None)
+    ex = (
+        _execution(locked)
+        if locked is not None
+        else await _lock(conn, task.execution_id, None)
+    )
     if ex.status not in rules.TERMINAL:
         ok = action == "complete"
         error = task.error if action == "fail" else f"the task was {OUTCOMES[action]}"

@@ -87,6 +87,9 @@ class TaskChange:
     action: str
     delegation: Delegation | None
     notify: frozenset[str]
+    # A step task's outcome: its execution's row, locked by the transition's own statement
+    # (columns as the `execution` projection names them; None: not read, or not visible).
+    execution_row: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -138,6 +141,10 @@ _STAMPS: dict[Status, tuple[str, str, str]] = {
 }
 
 
+# The actions whose outcome advances a step task's execution (executions.OUTCOMES but the sweep's timeout).
+_STEP_OUTCOMES = frozenset({Action.COMPLETE, Action.FAIL, Action.CANCEL})
+
+
 async def lock_task(conn: asyncpg.Connection, task_id: uuid.UUID) -> Task:
     """A live task of this tenant under a row lock held until commit (`transition`'s first
     step, for a caller that needs the task's workspace before); unknown ids: `not_found`."""
@@ -179,14 +186,16 @@ async def transition(
         assignee, retry_count = None, retry_count + 1
     if isinstance(request, pc.TaskFail):
         error_text = request.error
-    # The agent registry's health counters move with the task, in the same statement.
+    # The agent registry's health counters move with the task, in the same statement; so does
+    # the lock of a step task's execution, which its outcome advances next (executions.after_task).
     counted = previous.assigned_to if action in (Action.COMPLETE, Action.FAIL) else None
+    step_outcome = action in _STEP_OUTCOMES and previous.step_id is not None
     with store.input_errors():
         row = await conn.fetchrow(
             Q["task_apply_transition"], task_id, status, assignee, retry_count, result_text, error_text,
-            *_STAMPS[status], counted, action == Action.COMPLETE,
+            *_STAMPS[status], counted, action == Action.COMPLETE, previous.execution_id if step_outcome else None,
         )  # fmt: skip
-    task = _task(row)
+    task, execution_row = _moved(row)
 
     delegation = None
     if action == Action.DELEGATE:
@@ -198,7 +207,7 @@ async def transition(
             )
         )
     notify = frozenset(a for a in (task.created_by, task.assigned_to, previous.assigned_to) if a)
-    return TaskChange(task, previous, str(action), delegation, notify)
+    return TaskChange(task, previous, str(action), delegation, notify, execution_row)
 
 
 def _actor_kinds(task: Task, agent_id: str, role: str | None, action: str, to_agent_id: str | None) -> set[Actor]:
@@ -348,6 +357,15 @@ def _task(row: Mapping[str, Any]) -> Task:
     values["parameters"] = json.loads(values["parameters"])
     values["result"] = None if values["result"] is None else json.loads(values["result"])
     return Task(**values)
+
+
+def _moved(row: Mapping[str, Any]) -> tuple[Task, dict[str, Any] | None]:
+    """A `task_apply_transition` row: the task, and its execution's columns when it locked one."""
+    values = dict(row)
+    execution = {
+        name[2:]: values.pop(name) for name in [n for n in values if n.startswith("x_")]
+    }
+    return _task(values), execution if execution["execution_id"] is not None else None
 
 
 def _delegation(row: Mapping[str, Any]) -> Delegation:

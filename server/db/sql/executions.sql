@@ -57,26 +57,35 @@ FROM workflow_versions WHERE workflow_id = $1 AND version = $2;
 
 -- name: execution_task_create
 -- The task of attempt $12 of step $11 of execution $10 in workspace $1: $2 title, $3 type, $4 description,
--- $5 priority, $6 creator, $7 assignee (null: pending until an agent is free), $8 parameters, $9 timeout.
--- $13: the agent of a collaborative step it is made for (null: any other step).
--- max_retries is 0: the step's retries are new attempts, made by the engine.
--- With $15 (a delegation type; null: none) the delegation of the task from $14 to its assignee, for reason
--- $16, is recorded in the same statement (one round trip): its columns follow the task's (null without).
-WITH t AS (
+-- $5 priority, $6 creator, $7 assignee (null: the agent claimed for capability $14, else pending until an
+-- agent is free), $8 parameters, $9 timeout. $13: the agent of a collaborative step it is made for (null:
+-- any other step). max_retries is 0: the step's retries are new attempts, made by the engine.
+-- With $14 (a capability; null: none) the least-loaded free agent with it is claimed in the same statement
+-- as execution_claim_agent does (presence TTL $15), and the task's delegation from $17 to it recorded for
+-- reason $16 (`automatic`, or `load_balance` when there were several candidates): one round trip for the
+-- claim, the task and its delegation. The delegation's columns follow the task's (null without).
+WITH c AS (
+    SELECT agent_id, CASE WHEN candidates > 1 THEN 'load_balance' ELSE 'automatic' END AS kind
+    FROM claim_agent_slot($14::text, $15::double precision, NULL)
+    WHERE $14::text IS NOT NULL
+), a AS (
+    SELECT coalesce($7::text, (SELECT agent_id FROM c)) AS assignee
+), t AS (
     INSERT INTO tasks (tenant_id, workspace_id, title, type, description, priority, created_by, assigned_to,
                        assigned_at, status, parameters, timeout_seconds, max_retries, execution_id, step_id, attempt,
                        collaborator)
-    VALUES (current_tenant_id(), $1, $2, $3, $4, $5::task_priority, $6, $7::text,
-            CASE WHEN $7::text IS NULL THEN NULL ELSE CURRENT_TIMESTAMP END,
-            CASE WHEN $7::text IS NULL THEN 'pending' ELSE 'assigned' END::task_status,
-            $8::text::jsonb, $9, 0, $10, $11, $12, $13)
+    SELECT current_tenant_id(), $1, $2, $3, $4, $5::task_priority, $6, a.assignee,
+           CASE WHEN a.assignee IS NULL THEN NULL ELSE CURRENT_TIMESTAMP END,
+           CASE WHEN a.assignee IS NULL THEN 'pending' ELSE 'assigned' END::task_status,
+           $8::text::jsonb, $9, 0, $10, $11, $12, $13
+    FROM a
     RETURNING *
 ), d AS (
     INSERT INTO task_delegations (tenant_id, task_id, from_agent_id, to_agent_id, delegation_type, reason,
                                   delegated_at)
-    SELECT current_tenant_id(), t.id, $14::text, t.assigned_to, $15::text::delegation_type, $16::text,
+    SELECT current_tenant_id(), t.id, $17::text, t.assigned_to, c.kind::delegation_type, $16::text,
            clock_timestamp()
-    FROM t WHERE $15::text IS NOT NULL
+    FROM t, c
     RETURNING id AS delegation_id, from_agent_id, to_agent_id,
               coalesce(delegation_type, 'manual')::text AS delegation_type, reason, delegated_at
 )

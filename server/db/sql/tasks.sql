@@ -34,6 +34,9 @@ FOR UPDATE;
 -- assigned_at/started_at/completed_at each by $7/$8/$9: 'now' stamps, 'keep' keeps, 'clear' empties.
 -- With $10 (null: none) the outcome is counted on that agent's registry entry in the same statement (one
 -- round trip): completed when $11, else failed; a completion ends a failure run. An unregistered agent: no row.
+-- With $12 (null: none) workflow execution $12 is locked too (as execution_lock does, after the task) and its
+-- columns follow the task's, named as {execution} with an x_ prefix (null when not visible): the engine
+-- advancing after a step task's outcome reads it without another round trip.
 WITH moved AS (
     UPDATE tasks
     SET status = $2::task_status,
@@ -52,9 +55,18 @@ WITH moved AS (
         tasks_failed = tasks_failed + CASE WHEN $11::boolean THEN 0 ELSE 1 END,
         consecutive_failures = CASE WHEN $11::boolean THEN 0 ELSE consecutive_failures + 1 END
     WHERE $10::text IS NOT NULL AND agent_id = $10::text AND EXISTS (SELECT 1 FROM moved)
+), ex AS MATERIALIZED (
+    SELECT id AS x_execution_id, workflow_id AS x_workflow_id, workflow_version AS x_workflow_version,
+           workspace_id AS x_workspace_id, status::text AS x_status, triggered_by AS x_triggered_by,
+           input::text AS x_input, context::text AS x_context, step_states::text AS x_step_states,
+           step_results::text AS x_step_results, output::text AS x_output, error AS x_error,
+           started_at AS x_started_at, completed_at AS x_completed_at
+    FROM workflow_executions
+    WHERE $12::uuid IS NOT NULL AND id = $12::uuid AND EXISTS (SELECT 1 FROM moved)
+    FOR UPDATE
 )
-SELECT {task}
-FROM moved;
+SELECT {task}, ex.*
+FROM moved LEFT JOIN ex ON true;
 
 -- name: task_list
 -- Tasks of workspace $1 filtered by assignee $2, creator $3, statuses $4, priorities $5, parent $6 (null: any); critical first, then oldest; at most $7.
