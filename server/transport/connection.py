@@ -8,8 +8,8 @@ one sender task. A connection that writes through (`write_through`: one message 
 nothing is gained by joining queued frames) writes a frame in the caller's step instead, when
 nothing is queued or being written and the transport is not paused (SEND_NOW in
 server/transport/websocket.py). A client that lets the outbox fill is a slow consumer: what is
-queued for it is dropped at once and nothing more is queued, so a peer that never reads holds no frames while it is closed
-(server/transport/websocket.py bounds what its socket keeps afterwards).
+queued for it is dropped at once and nothing more is queued, so a peer that never reads holds no
+frames while it is closed (server/transport/websocket.py bounds what its socket keeps afterwards).
 
 A received update is never dropped (docs/protocol.md#44): when the connection ends for any
 reason (the client closed or vanished, a limit, token expiry, a server fault, shutdown), reading
@@ -99,9 +99,9 @@ class Connection(UpdatePipeline, Generic[Frame]):
 
     def queue(self, frame: Frame) -> None:
         """Send a frame without waiting: written at once if the connection writes through and
-        nothing waits before it, queued otherwise. A full queue ends the connection (slow_consumer) and
-        drops what it holds, unless the connection is ending anyway: then the frame is dropped
-        (what is queued still goes out before the closing sequence)."""
+        nothing waits before it, queued otherwise. A full queue ends the connection
+        (slow_consumer) and drops what it holds, unless the connection is ending anyway: then the
+        frame is dropped (what is queued still goes out before the closing sequence)."""
         if not (self.transport_open and self.sending):
             return
         send_now = self._send_now
