@@ -8,6 +8,7 @@ import re
 from importlib import resources
 
 import asyncpg
+import pytest
 
 from server.db import store
 from tests.conftest import TestDatabase
@@ -43,3 +44,16 @@ async def test_every_statement_prepares_as_the_application_role(db: TestDatabase
         assert failures == {}
     finally:
         await conn.close()
+
+
+def test_a_prefixed_projection_renames_every_column_and_keeps_its_expressions() -> None:
+    projection = "id AS task_id, title, coalesce(priority, 'normal') AS priority, status::text AS status"
+    assert store._prefixed(projection, "x_") == (
+        "id AS x_task_id, title AS x_title, coalesce(priority, 'normal') AS x_priority, status::text AS x_status"
+    )
+    # A column without a name cannot be prefixed: refused when the statements load.
+    with pytest.raises(RuntimeError, match=r"count\(\*\)"):
+        store._prefixed("id, count(*)", "x_")
+    # The engine's transition reads its execution's columns through one, so `execution` is written once.
+    assert "x_step_results" in store.Q["task_apply_transition"]
+    assert "-- projection: execution" in _sql_text() and _sql_text().count("step_results::text AS") == 1

@@ -22,12 +22,35 @@ import asyncpg
 from server.core.errors import ErrorCode, TandemError
 
 _NAME = re.compile(r"^-- (name|projection): (\w+)\n(?:--[^\n]*\n)*", re.MULTILINE)
-_USE = re.compile(r"\{(\w+)\}")
+_USE = re.compile(r"\{(\w+)(?: as (\w+))?\}")
+_ALIAS = re.compile(r"^(?:(?P<expr>.+?)\s+AS\s+)?(?P<name>\w+)$", re.DOTALL | re.IGNORECASE)
+
+
+def _prefixed(projection: str, prefix: str) -> str:
+    """`projection` with every column's name prefixed (`{execution as x_}`): the columns of
+    two projections in one row without a clash. A column is `expr AS name` or a bare name;
+    columns are split at the commas outside parentheses."""
+    columns, depth, start = [], 0, 0
+    for i, char in enumerate(projection):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            columns.append(projection[start:i])
+            start = i + 1
+    columns.append(projection[start:])
+    out = []
+    for column in columns:
+        match = _ALIAS.match(column.strip())
+        if match is None:
+            raise RuntimeError(f"a projection column needs a name to prefix: {column.strip()!r}")
+        expr, name = match.group("expr") or match.group("name"), match.group("name")
+        out.append(f"{expr} AS {prefix}{name}")
+    return ", ".join(out)
 
 
 def _load_queries() -> dict[str, str]:
     """Every named statement of every `server/db/sql/*.sql` file (one file per concern), with the
-    projections it names (`{task}`: server/db/sql/projections.sql) expanded."""
+    projections it names (`{task}`: server/db/sql/projections.sql) expanded; `{task as p_}`
+    names each column with the prefix `p_`."""
     queries: dict[str, str] = {}
     projections: dict[str, str] = {}
     for path in sorted(resources.files("server.db.sql").iterdir(), key=lambda f: f.name):
@@ -44,7 +67,10 @@ def _load_queries() -> dict[str, str]:
             found[name] = text[match.end() : end].strip()
 
     def expand(use: re.Match[str]) -> str:
-        return projections.get(use.group(1), use.group(0))  # other braces: SQL's own ('{}')
+        projection = projections.get(use.group(1))
+        if projection is None:
+            return use.group(0)  # other braces: SQL's own ('{}')
+        return projection if use.group(2) is None else _prefixed(projection, use.group(2))
 
     return {name: _USE.sub(expand, sql) for name, sql in queries.items()}
 

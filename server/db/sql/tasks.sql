@@ -35,7 +35,7 @@ FOR UPDATE;
 -- With $10 (null: none) the outcome is counted on that agent's registry entry in the same statement (one
 -- round trip): completed when $11, else failed; a completion ends a failure run. An unregistered agent: no row.
 -- With $12 (null: none) workflow execution $12 is locked too (as execution_lock does, after the task) and its
--- columns follow the task's, named as {execution} with an x_ prefix (null when not visible): the engine
+-- columns follow the task's, named as the execution projection's with an x_ prefix (null when not visible): the engine
 -- advancing after a step task's outcome reads it without another round trip.
 WITH moved AS (
     UPDATE tasks
@@ -56,11 +56,7 @@ WITH moved AS (
         consecutive_failures = CASE WHEN $11::boolean THEN 0 ELSE consecutive_failures + 1 END
     WHERE $10::text IS NOT NULL AND agent_id = $10::text AND EXISTS (SELECT 1 FROM moved)
 ), ex AS MATERIALIZED (
-    SELECT id AS x_execution_id, workflow_id AS x_workflow_id, workflow_version AS x_workflow_version,
-           workspace_id AS x_workspace_id, status::text AS x_status, triggered_by AS x_triggered_by,
-           input::text AS x_input, context::text AS x_context, step_states::text AS x_step_states,
-           step_results::text AS x_step_results, output::text AS x_output, error AS x_error,
-           started_at AS x_started_at, completed_at AS x_completed_at
+    SELECT {execution as x_}
     FROM workflow_executions
     WHERE $12::uuid IS NOT NULL AND id = $12::uuid AND EXISTS (SELECT 1 FROM moved)
     FOR UPDATE
