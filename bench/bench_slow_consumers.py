@@ -21,7 +21,6 @@ import asyncio
 import json
 import sys
 import time
-import urllib.request
 import uuid
 from datetime import date
 from pathlib import Path
@@ -39,6 +38,7 @@ from bench.common import (  # noqa: E402
     cleanup_dir,
     jwt_secret,
     machine,
+    scrape,
     start_nodes,
     workdir,
 )
@@ -60,11 +60,10 @@ def awareness_message(clock: int, blob: str) -> bytes:
 
 
 def open_sessions(node: ServerNode) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("tandem_sessions "):
-                return int(float(line.split()[1]))
-    raise RuntimeError("no tandem_sessions gauge")
+    sessions = scrape(node).get(("tandem_sessions", ()))
+    if sessions is None:
+        raise RuntimeError("no tandem_sessions gauge")
+    return int(sessions)
 
 
 async def run(node: ServerNode, secret: str, peers: int, state_bytes: int) -> dict[str, float]:

@@ -10,7 +10,6 @@ import math
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -21,11 +20,14 @@ import psutil
 
 from bench.common import (
     Postgres,
+    Scrape,
     ServerNode,
     cpu_percent,
     cpu_seconds,
+    grew,
     machine_busy_seconds,
     rss_bytes,
+    scrape,
     summarize,
     tree_pids,
 )
@@ -107,18 +109,9 @@ class Bench:
             last = now
         return last
 
-    def commit_counters(self) -> tuple[float, float]:
-        """(commit batches, committed operations) from the node's /metrics (nan if unreadable)."""
-        values = {"tandem_commit_batches_total": float("nan"), "tandem_committed_operations_total": float("nan")}
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.node.port}/metrics", timeout=5) as r:
-                for line in r.read().decode().splitlines():
-                    name, _, value = line.partition(" ")
-                    if name in values:
-                        values[name] = float(value)
-        except OSError:
-            pass
-        return values["tandem_commit_batches_total"], values["tandem_committed_operations_total"]
+    def commit_counters(self) -> Scrape:
+        """The node's /metrics now, for `grew` over a window ({} if unreadable)."""
+        return scrape(self.node)
 
     def profile(self, name: str) -> subprocess.Popen[bytes]:
         """py-spy samples the node over the measured window (collapsed stacks, `--nonblocking`
@@ -195,7 +188,7 @@ class Bench:
         procs = {"server": tree_pids(self.node.pid), "postgres": pg_pids, "client": self.workers.pids}
         cpu0 = {k: cpu_seconds(v) for k, v in procs.items()}
         busy0 = machine_busy_seconds()
-        batches0, ops0 = self.commit_counters()
+        counters0 = self.commit_counters()
         profiler = self.profile(name) if self.py_spy_dir is not None else None
         peak_rss = 0
         while time.monotonic() < stop_at:
@@ -208,8 +201,10 @@ class Bench:
         # Whatever else ran on the machine meanwhile (other jobs share these cores).
         cpu["other"] = max(0.0, 100.0 * (machine_busy_seconds() - busy0) / wall - sum(cpu.values()))
         end_rss = self.node_rss()
-        batches1, ops1 = self.commit_counters()
-        ops_per_batch = (ops1 - ops0) / (batches1 - batches0) if batches1 > batches0 else float("nan")
+        counters1 = self.commit_counters()
+        batches = grew(counters0, counters1, "tandem_commit_batches_total")
+        ops = grew(counters0, counters1, "tandem_committed_operations_total")
+        ops_per_batch = ops / batches if batches > 0 else float("nan")
         if profiler is not None:
             try:
                 profiler.wait(timeout=30)
