@@ -20,7 +20,6 @@ import psutil
 
 from bench.common import (
     Postgres,
-    Scrape,
     ServerNode,
     cpu_percent,
     cpu_seconds,
@@ -109,10 +108,6 @@ class Bench:
             last = now
         return last
 
-    def commit_counters(self) -> Scrape:
-        """The node's /metrics now, for `grew` over a window ({} if unreadable)."""
-        return scrape(self.node)
-
     def profile(self, name: str) -> subprocess.Popen[bytes]:
         """py-spy samples the node over the measured window (collapsed stacks, `--nonblocking`
         so the node is never paused)."""
@@ -188,7 +183,7 @@ class Bench:
         procs = {"server": tree_pids(self.node.pid), "postgres": pg_pids, "client": self.workers.pids}
         cpu0 = {k: cpu_seconds(v) for k, v in procs.items()}
         busy0 = machine_busy_seconds()
-        counters0 = self.commit_counters()
+        counters0 = scrape(self.node)
         profiler = self.profile(name) if self.py_spy_dir is not None else None
         peak_rss = 0
         while time.monotonic() < stop_at:
@@ -201,7 +196,7 @@ class Bench:
         # Whatever else ran on the machine meanwhile (other jobs share these cores).
         cpu["other"] = max(0.0, 100.0 * (machine_busy_seconds() - busy0) / wall - sum(cpu.values()))
         end_rss = self.node_rss()
-        counters1 = self.commit_counters()
+        counters1 = scrape(self.node)
         batches = grew(counters0, counters1, "tandem_commit_batches_total")
         ops = grew(counters0, counters1, "tandem_committed_operations_total")
         ops_per_batch = ops / batches if batches > 0 else float("nan")

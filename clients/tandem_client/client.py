@@ -158,7 +158,7 @@ class Client:
                 if existing.task_events != task_events:
                     # Set first: a reconnect while the join is on its way joins with the new choice.
                     previous, existing.task_events = existing.task_events, task_events
-                    fields = {"workspace_id": workspace_id, "task_events": task_events}
+                    fields = wire.join_fields(workspace_id, task_events)
                     try:
                         existing._apply(wire.JoinReply.from_wire(await self._idempotent("workspace.join", fields)))
                     except BaseException:

@@ -71,7 +71,8 @@ def given(**fields_: Any) -> dict[str, Any]:
 
 
 def join_fields(workspace_id: str, task_events: TaskEvents) -> dict[str, Any]:
-    """A first `workspace.join`'s fields: `task_events` only when it is not the default."""
+    """A `workspace.join`'s fields: `task_events` only when it is not the default ("all", which
+    a join without it chooses too)."""
     return {"workspace_id": workspace_id, **({} if task_events == "all" else {"task_events": task_events})}
 
 
