@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import pytest
@@ -25,6 +25,9 @@ from tests.conftest import Postgres, TestDatabase, _create_database, _drop_datab
 from tests.e2e.editors import Editors
 from tests.nodejs import install_node_clients
 from tests.serverproc import ServerProcess, Servers, server_env, servers_for
+
+if TYPE_CHECKING:
+    from tests.e2e.multinode_helpers import Nodes
 
 T = TypeVar("T")
 
@@ -73,6 +76,15 @@ class Tandem:
 def tandem(db: TestDatabase, tmp_path: Path) -> Iterator[Tandem]:
     for servers in servers_for(tmp_path):
         yield Tandem(servers, db)
+
+
+@pytest.fixture
+def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
+    """Nodes started one by one on the test's database (tests/e2e/multinode_helpers.py)."""
+    from tests.e2e.multinode_helpers import Nodes  # it imports this module
+
+    for servers in servers_for(tmp_path):
+        yield Nodes(servers, db)
 
 
 @pytest.fixture(scope="module")

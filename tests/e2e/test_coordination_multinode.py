@@ -13,21 +13,18 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import pytest
 from pycrdt import Doc, Text
 
 from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.conftest import eventually, shared_doc
 from tests.e2e.multinode_helpers import Nodes
-from tests.serverproc import servers_for
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.conftest import TestDatabase
@@ -35,12 +32,6 @@ if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test 
 Frame = dict[str, Any]
 
 NOTIFY_LIMIT_BYTES = 8000  # PostgreSQL's NOTIFY payload limit (server/cluster/events.py)
-
-
-@pytest.fixture
-def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
-    for servers in servers_for(tmp_path):
-        yield Nodes(servers, db)
 
 
 # --- helpers ---------------------------------------------------------------------------------

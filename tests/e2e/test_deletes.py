@@ -10,8 +10,6 @@ real y-websocket editors (tests/node/yclient.mjs).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,7 +20,7 @@ from tests.conftest import TENANT_A
 from tests.e2e.conftest import operation_count, shared_doc
 from tests.e2e.editors import Editors, YClient, tok
 from tests.e2e.multinode_helpers import Nodes
-from tests.serverproc import ServerProcess, server_env, servers_for
+from tests.serverproc import ServerProcess, server_env
 from tests.test_cli import ok, tandem
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
@@ -30,12 +28,6 @@ if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test 
 
 CLOSE_TIMEOUT_S = 5.0  # wide: a node applies a deletion well within a second of the commit
 FAST = {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.5, "reconnect_jitter_s": 0.1}
-
-
-@pytest.fixture
-def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
-    for servers in servers_for(tmp_path):
-        yield Nodes(servers, db)
 
 
 def yjs_base(node: ServerProcess) -> str:

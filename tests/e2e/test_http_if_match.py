@@ -6,30 +6,20 @@ row lock, can refuse one: exactly one commits, the other gets 412 and nothing of
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-import pytest
 
 from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.conftest import operation_count, shared_doc
 from tests.e2e.http_peers import PROBLEM, bearer
 from tests.e2e.multinode_helpers import Nodes
-from tests.serverproc import servers_for
 
 if TYPE_CHECKING:
     from tests.conftest import TestDatabase
 
 ROUNDS = 8
-
-
-@pytest.fixture
-def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
-    for servers in servers_for(tmp_path):
-        yield Nodes(servers, db)
 
 
 async def test_two_nodes_writing_on_one_if_match_commit_exactly_one(

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -26,16 +25,9 @@ from tests.e2e.multinode_helpers import (
     metric,
     terminate_backend,
 )
-from tests.serverproc import servers_for
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.conftest import TestDatabase
-
-
-@pytest.fixture
-def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
-    for servers in servers_for(tmp_path):
-        yield Nodes(servers, db)
 
 
 async def connect_spread(nodes: Nodes, count: int, nodes_used: int) -> list[Client]:

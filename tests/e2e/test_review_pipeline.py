@@ -11,26 +11,16 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 
 from tests import wsclient
-from tests.conftest import TestDatabase
 from tests.e2e.conftest import admin_fetch
 from tests.e2e.multinode_helpers import Nodes
-from tests.serverproc import REPO, TANDEM, server_env, servers_for
+from tests.serverproc import REPO, TANDEM, server_env
 
 EXAMPLE = REPO / "clients" / "examples" / "review_pipeline.py"
 ROLES = ("writer", "reviewer-a", "reviewer-b", "editor")
 RUN_TIMEOUT_S = 180.0  # bound on the example's process, never a measurement
-
-
-@pytest.fixture
-def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
-    for servers in servers_for(tmp_path):
-        yield Nodes(servers, db)
 
 
 def run(*args: str, env: dict[str, str]) -> str:

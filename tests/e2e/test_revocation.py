@@ -12,9 +12,8 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -29,7 +28,7 @@ from tests.e2e.conftest import admin_fetch, shared_doc
 from tests.e2e.editors import Editors, YClient, tok
 from tests.e2e.http_peers import FAST
 from tests.e2e.multinode_helpers import Nodes
-from tests.serverproc import REPO, TANDEM, ServerProcess, server_env, servers_for
+from tests.serverproc import REPO, TANDEM, ServerProcess, server_env
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.conftest import TestDatabase
@@ -38,12 +37,6 @@ CLOSE_WAIT_S = (
     10.0  # generous: the server closes within about a second; the measure is printed
 )
 REVOKED = (4401, "token_revoked")
-
-
-@pytest.fixture
-def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
-    for servers in servers_for(tmp_path):
-        yield Nodes(servers, db)
 
 
 @pytest.fixture

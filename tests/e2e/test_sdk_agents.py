@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -17,10 +16,10 @@ import pytest
 from tests import wsclient
 from tests.e2e.conftest import Tandem, eventually
 from tests.e2e.multinode_helpers import Nodes
-from tests.serverproc import REPO, servers_for
+from tests.serverproc import REPO
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
-    from tests.conftest import TestDatabase
+    pass
 
 if (
     str(REPO / "clients") not in sys.path
@@ -40,12 +39,6 @@ def server(module_tandem: Tandem) -> Iterator[Tandem]:
     """One node for the module's single-node tests; each test works in its own tenant."""
     module_tandem.start()
     yield module_tandem
-
-
-@pytest.fixture
-def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
-    for servers in servers_for(tmp_path):
-        yield Nodes(servers, db)
 
 
 def connect(url: str, tenant: uuid.UUID, agent_id: str) -> tandem_client.Client:

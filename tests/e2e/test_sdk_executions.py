@@ -11,16 +11,13 @@ import asyncio
 import contextlib
 import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests import wsclient
-from tests.conftest import TestDatabase
 from tests.e2e.conftest import admin_fetch
 from tests.e2e.multinode_helpers import Nodes
-from tests.serverproc import REPO, servers_for
+from tests.serverproc import REPO
 
 if (
     str(REPO / "clients") not in sys.path
@@ -52,12 +49,6 @@ PIPELINE = [
         "depends_on": ["review_a", "review_b"],
     },
 ]
-
-
-@pytest.fixture
-def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
-    for servers in servers_for(tmp_path):
-        yield Nodes(servers, db)
 
 
 async def work(

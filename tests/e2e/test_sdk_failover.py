@@ -17,9 +17,7 @@ import contextlib
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
@@ -27,7 +25,7 @@ from tests import wsclient
 from tests.conftest import TestDatabase
 from tests.e2e.conftest import admin_fetch
 from tests.e2e.multinode_helpers import Nodes
-from tests.serverproc import REPO, servers_for
+from tests.serverproc import REPO
 
 if (
     str(REPO / "clients") not in sys.path
@@ -44,12 +42,6 @@ GRACE_S, SWEEP_S, TTL_S = (
     1.5,
 )  # heartbeat every TTL_S / 3 = 0.5 s, well inside GRACE_S
 ONE_STEP = [{"id": "work", "task": {"title": "Work"}, "capability": "work"}]
-
-
-@pytest.fixture
-def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
-    for servers in servers_for(tmp_path):
-        yield Nodes(servers, db)
 
 
 async def next_task(mine: tandem_client.AssignedTasks) -> tandem_client.Task:

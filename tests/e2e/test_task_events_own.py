@@ -16,17 +16,15 @@ import asyncio
 import contextlib
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import pytest
 
 from tests import wsclient
 from tests.conftest import TENANT_A
 from tests.e2e.conftest import eventually
 from tests.e2e.multinode_helpers import Nodes
-from tests.serverproc import REPO, servers_for
+from tests.serverproc import REPO
 
 if str(REPO / "clients") not in sys.path:  # the SDK is its own package; the suite uses its source
     sys.path.insert(0, str(REPO / "clients"))
@@ -34,17 +32,11 @@ if str(REPO / "clients") not in sys.path:  # the SDK is its own package; the sui
 import tandem_client
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
-    from tests.conftest import TestDatabase
+    pass
 
 Frame = dict[str, Any]
 FAST = {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.5, "reconnect_jitter_s": 0.1}
 WAIT_S = 15.0  # bound on every wait below, never a measurement
-
-
-@pytest.fixture
-def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
-    for servers in servers_for(tmp_path):
-        yield Nodes(servers, db)
 
 
 class Heard:

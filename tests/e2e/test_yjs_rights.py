@@ -8,11 +8,8 @@ real PostgreSQL, real y-websocket editors (tests/node/yclient.mjs).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
 
 from tests import wsclient
 from tests.e2e.conftest import (
@@ -24,18 +21,12 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.editors import Editors, YClient, tok
 from tests.e2e.multinode_helpers import Nodes
-from tests.serverproc import ServerProcess, servers_for
+from tests.serverproc import ServerProcess
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect it as a test class
     from tests.conftest import TestDatabase
 
 CHANGE_TIMEOUT_S = 5.0  # wide: the server applies a membership change within well under a second
-
-
-@pytest.fixture
-def nodes(db: TestDatabase, tmp_path: Path) -> Iterator[Nodes]:
-    for servers in servers_for(tmp_path):
-        yield Nodes(servers, db)
 
 
 def yjs_base(node: ServerProcess) -> str:
